@@ -1,0 +1,942 @@
+//! Configuration: the raw TOML shape and its validation into typed values.
+//!
+//! Owns: reading the file, `deny_unknown_fields` parsing, and turning every
+//! string into the type the data path uses (`SocketAddr`, `Duration`, host
+//! patterns, loaded certificates). Every mistake becomes a [`Problem`] naming
+//! file, line, column and key, and all problems are collected before failing,
+//! so `wsgate check` shows an operator the whole list at once.
+//!
+//! Must not: keep raw strings for the hot path, or know about sockets.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
+pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
+/// Default for `timeouts.connect`: TCP connect to a backend.
+pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+/// Default for `timeouts.upstream_handshake`: the backend must answer the upgrade within this.
+pub const DEFAULT_UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(10);
+/// Default for `timeouts.half_close`: once one side of a tunnel has closed, how long the other may keep it open.
+pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
+/// Default for `limits.max_request_headers`: bytes of request line and headers accepted from a client.
+pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 16 * 1024;
+
+// === raw shape, exactly as written in TOML ===
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    runtime: RawRuntime,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    listeners: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    workers: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    client_handshake: Option<Spanned<String>>,
+    connect: Option<Spanned<String>>,
+    upstream_handshake: Option<Spanned<String>>,
+    half_close: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_request_headers: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    bind: Spanned<String>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    certificates: Option<Vec<Spanned<RawCertPair>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertPair {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    host: Option<Spanned<String>>,
+    path_prefix: Option<Spanned<String>>,
+    upstream: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    servers: Spanned<Vec<Spanned<String>>>,
+}
+
+// === typed, validated configuration ===
+
+/// A validated configuration. Everything the data path reads is already typed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from; relative paths in it were resolved against its folder.
+    pub source: PathBuf,
+    /// Process-level settings read before the runtime starts.
+    pub runtime: RuntimeConfig,
+    /// The admin listener; accepted now, served by a later release.
+    pub admin: Option<AdminConfig>,
+    /// Every named timeout, with defaults filled in.
+    pub timeouts: Timeouts,
+    /// Every named size limit, with defaults filled in.
+    pub limits: Limits,
+    /// Listeners in file order; names are unique.
+    pub listeners: Vec<ListenerConfig>,
+    /// Routes in file order; the router sorts them by specificity.
+    pub routes: Vec<RouteConfig>,
+    /// Upstream pools by name; every route's upstream is present here.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads; `None` means one per CPU.
+    pub workers: Option<usize>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    pub bind: SocketAddr,
+}
+
+/// `[timeouts]`: every deadline the proxy enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TLS handshake and request headers from the client.
+    pub client_handshake: Duration,
+    /// TCP connect to one backend.
+    pub connect: Duration,
+    /// From sending the upgrade request to the backend's response headers.
+    pub upstream_handshake: Duration,
+    /// How long a tunnel stays up after one side has finished sending.
+    pub half_close: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client_handshake: DEFAULT_CLIENT_HANDSHAKE,
+            connect: DEFAULT_CONNECT,
+            upstream_handshake: DEFAULT_UPSTREAM_HANDSHAKE,
+            half_close: DEFAULT_HALF_CLOSE,
+        }
+    }
+}
+
+/// `[limits]`: sizes the proxy refuses to exceed.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (request line and headers) read from a client, in bytes.
+    pub max_request_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_headers: DEFAULT_MAX_REQUEST_HEADERS,
+        }
+    }
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Unique name used in logs and stats.
+    pub name: String,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// TLS termination; `None` for plain TCP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS settings of a listener: loaded certificates, the first being the default.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Non-empty; chosen by SNI, `certificates[0]` when SNI is absent or unknown.
+    pub certificates: Vec<LoadedCertificate>,
+}
+
+/// A certificate chain and its key, read and checked at load time.
+#[derive(Clone)]
+pub struct LoadedCertificate {
+    /// Path of the PEM chain, for logs.
+    pub cert_path: PathBuf,
+    /// Path of the PEM key, for logs.
+    pub key_path: PathBuf,
+    /// Chain and signing key as rustls uses them.
+    pub key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for LoadedCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("LoadedCertificate")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish()
+    }
+}
+
+/// Which request hosts a route accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// No `host` key: any host.
+    Any,
+    /// `host = "chat.example.com"`, lowercase.
+    Exact(String),
+    /// `host = "*.example.com"`: stored as the suffix `.example.com`; matches
+    /// one or more labels in front of it, never `example.com` itself.
+    Wildcard(String),
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Host the route applies to.
+    pub host: HostPattern,
+    /// Normalised prefix without trailing slash (`/` for the root); matches whole segments.
+    pub path_prefix: String,
+    /// Name of an entry in `upstreams`.
+    pub upstream: String,
+}
+
+/// One `[upstreams.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Non-empty and without duplicates.
+    pub servers: Vec<SocketAddr>,
+}
+
+// === errors ===
+
+/// One mistake in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// Dotted key path such as `listeners[1].bind`.
+    pub key: String,
+    /// What is wrong, one line.
+    pub message: String,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read, and has one or more problems.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// The problems found, empty for a read error.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{}: {}: {}",
+                path.display(),
+                p.line,
+                p.column,
+                p.key,
+                p.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// === loading ===
+
+/// Reads and validates the config file at `path`.
+///
+/// # Errors
+/// [`ConfigError::Read`] if the file cannot be read, [`ConfigError::Invalid`]
+/// with every problem otherwise.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Validates config text as if read from `path` (used for relative paths and messages).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] with every problem found.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let key = key_at(text, span.start);
+            let message = e.message().trim().replace('\n', " ");
+            let mut v = Validator::new(text, path);
+            v.problem_at(span, key, message);
+            return Err(v.into_error());
+        }
+    };
+    let mut v = Validator::new(text, path);
+    let config = v.validate(raw);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(v.into_error())
+    }
+}
+
+/// Best-effort dotted key for a parse error: the table header above the
+/// position and the key on its line, since toml's errors carry only a span.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[line_start..];
+    let line = line.split('\n').next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (Some(t), None) => t,
+        (None, Some(k)) => k,
+        (None, None) => "(document)".to_string(),
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Validator<'a> {
+    fn new(text: &'a str, path: &'a Path) -> Self {
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self {
+            text,
+            path,
+            base,
+            problems: Vec::new(),
+        }
+    }
+
+    fn into_error(mut self) -> ConfigError {
+        self.problems.sort_by_key(|p| (p.line, p.column));
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            problems: self.problems,
+        }
+    }
+
+    fn problem_at(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let (line, column) = line_column(self.text, span.start);
+        self.problems.push(Problem {
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn problem<T>(&mut self, at: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
+        self.problem_at(at.span(), key, message);
+    }
+
+    fn validate(&mut self, raw: RawConfig) -> Config {
+        let runtime = RuntimeConfig {
+            workers: raw
+                .runtime
+                .workers
+                .and_then(|w| match usize::try_from(*w.get_ref()) {
+                    Ok(n) if (1..=1024).contains(&n) => Some(n),
+                    _ => {
+                        self.problem(
+                            &w,
+                            "runtime.workers",
+                            "must be a whole number from 1 to 1024",
+                        );
+                        None
+                    }
+                }),
+        };
+        let admin = raw.admin.and_then(|a| {
+            self.socket_addr(&a.bind, "admin.bind")
+                .map(|bind| AdminConfig { bind })
+        });
+        let t = raw.timeouts;
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            client_handshake: self.duration(
+                t.client_handshake,
+                "timeouts.client_handshake",
+                d.client_handshake,
+            ),
+            connect: self.duration(t.connect, "timeouts.connect", d.connect),
+            upstream_handshake: self.duration(
+                t.upstream_handshake,
+                "timeouts.upstream_handshake",
+                d.upstream_handshake,
+            ),
+            half_close: self.duration(t.half_close, "timeouts.half_close", d.half_close),
+        };
+        let limits = Limits {
+            max_request_headers: match raw.limits.max_request_headers {
+                None => DEFAULT_MAX_REQUEST_HEADERS,
+                Some(v) => match usize::try_from(*v.get_ref()) {
+                    // hyper needs room for at least its own minimum read buffer.
+                    Ok(n) if (8192..=1024 * 1024).contains(&n) => n,
+                    _ => {
+                        self.problem(
+                            &v,
+                            "limits.max_request_headers",
+                            "must be a number of bytes from 8192 to 1048576",
+                        );
+                        DEFAULT_MAX_REQUEST_HEADERS
+                    }
+                },
+            },
+        };
+
+        let mut upstreams = BTreeMap::new();
+        for (name, up) in raw.upstreams {
+            let key = format!("upstreams.{name}");
+            let mut servers = Vec::new();
+            if up.get_ref().servers.get_ref().is_empty() {
+                self.problem(
+                    &up.get_ref().servers,
+                    format!("{key}.servers"),
+                    "must name at least one server",
+                );
+            }
+            for (i, s) in up.get_ref().servers.get_ref().iter().enumerate() {
+                let skey = format!("{key}.servers[{i}]");
+                if let Some(addr) = self.socket_addr(s, &skey) {
+                    if servers.contains(&addr) {
+                        self.problem(s, skey, format!("{addr} is listed twice"));
+                    } else {
+                        servers.push(addr);
+                    }
+                }
+            }
+            upstreams.insert(name, UpstreamConfig { servers });
+        }
+
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        if raw.listeners.is_empty() {
+            self.problem_at(0..0, "listeners", "at least one [[listeners]] is required");
+        }
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        for (i, l) in raw.listeners.into_iter().enumerate() {
+            let key = format!("listeners[{i}]");
+            let l = l.into_inner();
+            let name = l.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                self.problem(&l.name, format!("{key}.name"), "must not be empty");
+            } else if !names.insert(name.clone()) {
+                self.problem(
+                    &l.name,
+                    format!("{key}.name"),
+                    format!("listener name {name:?} is used twice"),
+                );
+            }
+            let bind = self.socket_addr(&l.bind, &format!("{key}.bind"));
+            if let Some(b) = bind {
+                // Port 0 binds anywhere, so two of them never collide.
+                if b.port() != 0 && !binds.insert(b) {
+                    self.problem(
+                        &l.bind,
+                        format!("{key}.bind"),
+                        format!("{b} is bound by another listener"),
+                    );
+                }
+            }
+            let tls = l.tls.and_then(|t| self.tls(t, &format!("{key}.tls")));
+            if let Some(bind) = bind {
+                listeners.push(ListenerConfig { name, bind, tls });
+            }
+        }
+
+        let mut routes = Vec::new();
+        if raw.routes.is_empty() {
+            self.problem_at(0..0, "routes", "at least one [[routes]] is required");
+        }
+        let mut seen_routes = HashSet::new();
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let span = r.span();
+            let r = r.into_inner();
+            let host = match &r.host {
+                None => Some(HostPattern::Any),
+                Some(h) => self.host_pattern(h, &format!("{key}.host")),
+            };
+            let prefix = match &r.path_prefix {
+                None => Some("/".to_string()),
+                Some(p) => self.path_prefix(p, &format!("{key}.path_prefix")),
+            };
+            let upstream = r.upstream.get_ref().clone();
+            if !upstreams.contains_key(&upstream) {
+                self.problem(
+                    &r.upstream,
+                    format!("{key}.upstream"),
+                    format!("no [upstreams.{upstream}] is defined"),
+                );
+            }
+            if let (Some(host), Some(path_prefix)) = (host, prefix) {
+                if !seen_routes.insert((host.clone(), path_prefix.clone())) {
+                    self.problem_at(span, key, "another route has the same host and path_prefix");
+                }
+                routes.push(RouteConfig {
+                    host,
+                    path_prefix,
+                    upstream,
+                });
+            }
+        }
+
+        Config {
+            source: self.path.to_path_buf(),
+            runtime,
+            admin,
+            timeouts,
+            limits,
+            listeners,
+            routes,
+            upstreams,
+        }
+    }
+
+    fn socket_addr(&mut self, s: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(s, key, format!("{:?} is not an IP address with a port, such as \"127.0.0.1:8080\" or \"[::1]:8080\"", s.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problem(&s, key, "must be longer than zero");
+                default
+            }
+            Err(e) => {
+                self.problem(
+                    &s,
+                    key,
+                    format!(
+                        "{:?} is not a duration such as \"5s\" or \"250ms\": {e}",
+                        s.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn host_pattern(&mut self, h: &Spanned<String>, key: &str) -> Option<HostPattern> {
+        let raw = h.get_ref().trim().to_ascii_lowercase();
+        let raw = raw.strip_suffix('.').unwrap_or(&raw).to_string();
+        let (wild, name) = match raw.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, raw.clone()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            self.problem(
+                h,
+                key,
+                format!(
+                    "{:?} is not a host name, nor \"*.\" followed by one (no port, no scheme)",
+                    h.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(if wild {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name)
+        })
+    }
+
+    fn path_prefix(&mut self, p: &Spanned<String>, key: &str) -> Option<String> {
+        let s = p.get_ref();
+        let bad = !s.starts_with('/')
+            || s.contains(['?', '#', '%', '\\'])
+            || s.chars().any(|c| c.is_whitespace() || c.is_control())
+            || s.split('/').any(|seg| seg == "." || seg == "..");
+        if bad {
+            self.problem(p, key, format!("{s:?} must start with '/' and hold no '?', '#', '%', '\\', spaces or dot-segments"));
+            return None;
+        }
+        let trimmed = s.trim_end_matches('/');
+        Some(if trimmed.is_empty() {
+            "/".to_string()
+        } else {
+            trimmed.to_string()
+        })
+    }
+
+    fn tls(&mut self, t: Spanned<RawTls>, key: &str) -> Option<TlsConfig> {
+        let span = t.span();
+        let t = t.into_inner();
+        let pairs: Vec<(Spanned<String>, Spanned<String>, String)> =
+            match (t.cert, t.key, t.certificates) {
+                (Some(c), Some(k), None) => vec![(c, k, key.to_string())],
+                (None, None, Some(list)) if !list.is_empty() => list
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let p = p.into_inner();
+                        (p.cert, p.key, format!("{key}.certificates[{i}]"))
+                    })
+                    .collect(),
+                _ => {
+                    self.problem_at(
+                        span,
+                        key,
+                        "give either `cert` and `key`, or a non-empty `certificates` list",
+                    );
+                    return None;
+                }
+            };
+        let mut certificates = Vec::new();
+        for (cert, k, pkey) in pairs {
+            if let Some(c) = self.certificate(&cert, &k, &pkey) {
+                certificates.push(c);
+            }
+        }
+        (!certificates.is_empty()).then_some(TlsConfig { certificates })
+    }
+
+    fn certificate(
+        &mut self,
+        cert: &Spanned<String>,
+        key: &Spanned<String>,
+        pkey: &str,
+    ) -> Option<LoadedCertificate> {
+        let cert_path = self.base.join(cert.get_ref());
+        let key_path = self.base.join(key.get_ref());
+        let chain: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&cert_path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => {
+                self.problem(
+                    cert,
+                    format!("{pkey}.cert"),
+                    format!("{} holds no PEM certificate", cert_path.display()),
+                );
+                return None;
+            }
+            Err(e) => {
+                self.problem(
+                    cert,
+                    format!("{pkey}.cert"),
+                    format!("cannot read certificates from {}: {e}", cert_path.display()),
+                );
+                return None;
+            }
+        };
+        let der = match PrivateKeyDer::from_pem_file(&key_path) {
+            Ok(k) => k,
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{pkey}.key"),
+                    format!("cannot read a private key from {}: {e}", key_path.display()),
+                );
+                return None;
+            }
+        };
+        let provider = rustls::crypto::ring::default_provider();
+        match CertifiedKey::from_der(chain, der, &provider) {
+            Ok(k) => Some(LoadedCertificate {
+                cert_path,
+                key_path,
+                key: Arc::new(k),
+            }),
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{pkey}.key"),
+                    format!(
+                        "key {} does not fit certificate {}: {e}",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let mut end = offset;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text, Path::new("/etc/wsgate/test.toml")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().to_vec(),
+        }
+    }
+
+    const GOOD: &str = r#"
+[timeouts]
+connect = "250ms"
+
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:8080"
+
+[[routes]]
+host = "*.Example.com"
+path_prefix = "/ws/"
+upstream = "chat"
+
+[[routes]]
+upstream = "chat"
+
+[upstreams.chat]
+servers = ["127.0.0.1:9001", "[::1]:9002"]
+"#;
+
+    #[test]
+    fn good_config_is_typed() {
+        let c = parse(GOOD, Path::new("x.toml")).expect("valid");
+        assert_eq!(c.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(c.timeouts.client_handshake, DEFAULT_CLIENT_HANDSHAKE);
+        assert_eq!(c.listeners[0].bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            c.routes[0].host,
+            HostPattern::Wildcard(".example.com".into())
+        );
+        assert_eq!(c.routes[0].path_prefix, "/ws");
+        assert_eq!(c.routes[1].host, HostPattern::Any);
+        assert_eq!(c.routes[1].path_prefix, "/");
+        assert_eq!(c.upstreams["chat"].servers.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_position_and_key() {
+        let text = "[timeouts]\nconnect = \"soon\"\n\n[[listeners]]\nname = \"a\"\nbind = \"nowhere\"\n\n[[routes]]\nupstream = \"missing\"\n";
+        let p = problems(text);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(
+            (p[0].line, p[0].column, p[0].key.as_str()),
+            (2, 11, "timeouts.connect")
+        );
+        assert_eq!(
+            (p[1].line, p[1].column, p[1].key.as_str()),
+            (6, 8, "listeners[0].bind")
+        );
+        assert_eq!(
+            (p[2].line, p[2].column, p[2].key.as_str()),
+            (9, 12, "routes[0].upstream")
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_its_table() {
+        let p = problems("[timeouts]\nconect = \"1s\"\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].line, p[0].column), (2, 1));
+        assert_eq!(p[0].key, "timeouts.conect");
+        assert!(p[0].message.contains("unknown field"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let p = problems("[[listeners]]\nname = \"a\nbind = 1\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, 2);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n";
+        for (route, key) in [
+            ("host = \"a b\"", "routes[0].host"),
+            ("host = \"ex.com:80\"", "routes[0].host"),
+            ("host = \"*\"", "routes[0].host"),
+            ("path_prefix = \"ws\"", "routes[0].path_prefix"),
+            ("path_prefix = \"/a/../b\"", "routes[0].path_prefix"),
+            ("path_prefix = \"/a%2f\"", "routes[0].path_prefix"),
+        ] {
+            let p = problems(&format!("{base}[[routes]]\nupstream=\"u\"\n{route}\n"));
+            assert_eq!(p.len(), 1, "{route}: {p:?}");
+            assert_eq!(p[0].key, key);
+        }
+        let p = problems(&format!("{base}[[routes]]\nupstream=\"u\"\n[upstreams.v]\nservers=[]\n[runtime]\nworkers=0\n[timeouts]\nconnect=\"0s\"\n"));
+        let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["upstreams.v.servers", "runtime.workers", "timeouts.connect"]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let text = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n[[routes]]\nupstream=\"u\"\npath_prefix=\"/\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\",\"127.0.0.1:2\"]\n";
+        let keys: Vec<_> = problems(text).into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "listeners[1].name",
+                "listeners[1].bind",
+                "routes[1]",
+                "upstreams.u.servers[1]"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_tls_files_name_the_key() {
+        let text = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\ntls = { cert = \"nope.pem\", key = \"nope.key\" }\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n";
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "listeners[0].tls.cert");
+        assert!(
+            p[0].message.contains("/etc/wsgate/nope.pem"),
+            "{}",
+            p[0].message
+        );
+        let text = text.replace(
+            "cert = \"nope.pem\", key = \"nope.key\"",
+            "certificates = []",
+        );
+        assert_eq!(problems(&text)[0].key, "listeners[0].tls");
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncé=x", 6), (2, 3));
+        assert_eq!(line_column("", 0), (1, 1));
+    }
+}

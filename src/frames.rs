@@ -1,0 +1,1167 @@
+//! Incremental RFC 6455 frame-header tracking for one direction of a tunnel.
+//!
+//! The tunnel copies bytes between peers itself; it hands every chunk to a
+//! [`FrameTracker`] as it passes so the proxy knows where frames and messages
+//! begin and end, which Close code a peer sent, and when the stream breaks the
+//! protocol. This module owns only that bookkeeping.
+//!
+//! What it must not do: no I/O and no async (it is a pure state machine), no
+//! allocation per frame or per call to [`FrameTracker::feed`], and it never
+//! buffers, unmasks or rewrites payload. The one exception to "never looks at
+//! payload" is the first two bytes of a Close frame, unmasked in a local copy
+//! (the caller's bytes are never touched) to learn the close code. Everything
+//! else is header bytes, parsed one at a time so a header split across any
+//! number of reads costs no buffer.
+
+/// Which peer sends the frames this tracker sees: client frames must be masked, server frames must not (RFC 6455 5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// The WebSocket client; every frame it sends carries a mask key.
+    Client,
+    /// The WebSocket server; its frames are never masked.
+    Server,
+}
+
+/// What the peer said in its Close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The status code, or `None` when the Close frame had an empty payload.
+    pub code: Option<u16>,
+}
+
+/// A protocol violation found in a stream's frame headers (or Close code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// An opcode RFC 6455 reserves: 3-7 (data) or 0xB-0xF (control).
+    #[error("reserved opcode {0:#x}")]
+    ReservedOpcode(u8),
+    /// A control frame announced a payload longer than 125 bytes.
+    #[error("control frame payload of {0} bytes exceeds 125")]
+    ControlTooLong(u64),
+    /// A control frame had FIN clear; control frames cannot be fragmented.
+    #[error("control frame without FIN")]
+    FragmentedControl,
+    /// A continuation frame arrived with no fragmented message in progress.
+    #[error("continuation frame with no message in progress")]
+    UnexpectedContinuation,
+    /// A text or binary frame arrived while a fragmented message was unfinished.
+    #[error("new data frame while a fragmented message is in progress")]
+    MessageInterrupted,
+    /// A client frame was unmasked or a server frame was masked.
+    #[error("{}", if *.expected_masked { "client frame is not masked" } else { "server frame is masked" })]
+    Masking {
+        /// Whether the frame should have been masked (true for client frames).
+        expected_masked: bool,
+    },
+    /// A 64-bit payload length had its most significant bit set.
+    #[error("64-bit payload length has its most significant bit set")]
+    LengthOverflow,
+    /// A Close frame carried exactly one payload byte, half a close code.
+    #[error("close frame payload of 1 byte")]
+    CloseTooShort,
+    /// A Close frame carried a code that must not appear on the wire.
+    #[error("close code {0} is not allowed on the wire")]
+    InvalidCloseCode(u16),
+    /// A frame followed this sender's own Close frame.
+    #[error("frame after close frame")]
+    FrameAfterClose,
+}
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+const FIN_BIT: u8 = 0x80;
+const MASK_BIT: u8 = 0x80;
+
+// Flag bits packed into one byte so the tracker stays within a cache line.
+const IN_PAYLOAD: u8 = 1 << 0;
+const IN_MESSAGE: u8 = 1 << 1;
+const CLOSED: u8 = 1 << 2;
+const CLOSE_HAS_CODE: u8 = 1 << 3;
+
+/// Whether `code` may appear in a Close frame on the wire (RFC 6455 7.4).
+///
+/// 1004-1006 and 1015 are reserved for local reporting only, the rest of
+/// 1000-2999 is unassigned, and nothing outside 1000-4999 is defined.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Tracks frame boundaries, message counts and Close state of one direction of a WebSocket stream.
+///
+/// Feed it every byte the tunnel passes, in order; it keeps a few header
+/// fields and the remaining payload length, never the payload itself.
+#[derive(Debug, Clone)]
+pub struct FrameTracker {
+    frames: u64,
+    messages: u64,
+    control_frames: u64,
+    // While in a header: the extended length being accumulated. While in a
+    // payload: bytes still to pass before the frame ends.
+    remaining: u64,
+    error: Option<FrameError>,
+    mask: [u8; 4],
+    close_code: u16,
+    sender: Sender,
+    // First two header bytes, kept because they decide how long the rest of
+    // the header is and what the frame means once its payload ends.
+    b0: u8,
+    b1: u8,
+    // Header bytes of the current frame seen so far; 0 between frames.
+    hdr_pos: u8,
+    // Close payload bytes seen so far, capped at 2: only the code matters.
+    close_pos: u8,
+    flags: u8,
+}
+
+impl FrameTracker {
+    /// A tracker for frames sent by `sender`, positioned at the start of the stream.
+    pub fn new(sender: Sender) -> Self {
+        Self {
+            frames: 0,
+            messages: 0,
+            control_frames: 0,
+            remaining: 0,
+            error: None,
+            mask: [0; 4],
+            close_code: 0,
+            sender,
+            b0: 0,
+            b1: 0,
+            hdr_pos: 0,
+            close_pos: 0,
+            flags: 0,
+        }
+    }
+
+    /// Feed the next bytes of the stream, in order. After an error, the tracker is poisoned: every later call returns the same error.
+    ///
+    /// Bytes after the offending one in the same chunk are not inspected.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), FrameError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.run(data).inspect_err(|e| self.error = Some(*e))
+    }
+
+    /// Frames whose header has been fully parsed and accepted (data and control).
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Data messages (text/binary, fragmented or not) whose final frame has been completely passed, payload included.
+    ///
+    /// Control frames are not messages; see [`FrameTracker::control_frames`].
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// Ping, Pong and Close frames completely passed.
+    pub fn control_frames(&self) -> u64 {
+        self.control_frames
+    }
+
+    /// True iff no frame is partially passed: not inside a header nor a payload.
+    ///
+    /// A proxy may inject a whole frame of its own here. True at the start of
+    /// the stream; false once the tracker is poisoned, because the offending
+    /// frame has been partly passed and the stream position is no longer known.
+    pub fn at_boundary(&self) -> bool {
+        self.error.is_none() && self.hdr_pos == 0 && self.flags & IN_PAYLOAD == 0
+    }
+
+    /// A fragmented data message has started and its final frame has not completed.
+    ///
+    /// A single unfragmented frame never sets this. Injecting a data frame
+    /// while it is true would corrupt the message; control frames are fine.
+    pub fn in_message(&self) -> bool {
+        self.flags & IN_MESSAGE != 0
+    }
+
+    /// The Close frame from this sender, once it has completely passed.
+    pub fn close(&self) -> Option<CloseInfo> {
+        if self.flags & CLOSED == 0 {
+            return None;
+        }
+        let code = (self.flags & CLOSE_HAS_CODE != 0).then_some(self.close_code);
+        Some(CloseInfo { code })
+    }
+
+    /// The error that poisoned this tracker, if any.
+    pub fn error(&self) -> Option<FrameError> {
+        self.error
+    }
+
+    fn opcode(&self) -> u8 {
+        self.b0 & 0x0F
+    }
+
+    fn fin(&self) -> bool {
+        self.b0 & FIN_BIT != 0
+    }
+
+    fn ext_len(&self) -> u8 {
+        match self.b1 & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        }
+    }
+
+    fn header_len(&self) -> u8 {
+        let mask_len = if self.b1 & MASK_BIT != 0 { 4 } else { 0 };
+        2 + self.ext_len() + mask_len
+    }
+
+    fn run(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
+        while let Some((&b, rest)) = data.split_first() {
+            if self.flags & IN_PAYLOAD != 0 {
+                data = self.pass_payload(data)?;
+            } else {
+                self.header_byte(b)?;
+                data = rest;
+            }
+        }
+        Ok(())
+    }
+
+    fn header_byte(&mut self, b: u8) -> Result<(), FrameError> {
+        match self.hdr_pos {
+            0 => self.check_first_byte(b)?,
+            1 => {
+                let masked = b & MASK_BIT != 0;
+                let expected_masked = self.sender == Sender::Client;
+                if masked != expected_masked {
+                    return Err(FrameError::Masking { expected_masked });
+                }
+                self.b1 = b;
+                let len7 = b & 0x7F;
+                // 126 and 127 only announce an extended length still to come.
+                self.remaining = if len7 < 126 { u64::from(len7) } else { 0 };
+            }
+            pos => {
+                let ext_end = 2 + self.ext_len();
+                if pos < ext_end {
+                    if self.ext_len() == 8 && pos == 2 && b & 0x80 != 0 {
+                        return Err(FrameError::LengthOverflow);
+                    }
+                    self.remaining = (self.remaining << 8) | u64::from(b);
+                } else {
+                    self.mask[usize::from(pos - ext_end)] = b;
+                }
+            }
+        }
+        self.hdr_pos += 1;
+        if self.hdr_pos >= 2 && self.hdr_pos == self.header_len() {
+            self.finish_header()?;
+        }
+        Ok(())
+    }
+
+    // Everything knowable from the first byte is checked here so a bad frame
+    // is reported before the rest of its header has to arrive.
+    fn check_first_byte(&mut self, b: u8) -> Result<(), FrameError> {
+        if self.flags & CLOSED != 0 {
+            return Err(FrameError::FrameAfterClose);
+        }
+        let fin = b & FIN_BIT != 0;
+        match b & 0x0F {
+            OP_CONTINUATION if self.flags & IN_MESSAGE == 0 => {
+                return Err(FrameError::UnexpectedContinuation)
+            }
+            OP_TEXT | OP_BINARY if self.flags & IN_MESSAGE != 0 => {
+                return Err(FrameError::MessageInterrupted)
+            }
+            OP_CLOSE | OP_PING | OP_PONG if !fin => return Err(FrameError::FragmentedControl),
+            OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
+            op => return Err(FrameError::ReservedOpcode(op)),
+        }
+        self.b0 = b;
+        Ok(())
+    }
+
+    fn finish_header(&mut self) -> Result<(), FrameError> {
+        let op = self.opcode();
+        // Control length is checked only now so non-minimal encodings of a
+        // short length stay legal, and the error carries the real length.
+        if op >= OP_CLOSE && self.remaining > 125 {
+            return Err(FrameError::ControlTooLong(self.remaining));
+        }
+        if op == OP_CLOSE {
+            if self.remaining == 1 {
+                return Err(FrameError::CloseTooShort);
+            }
+            // Two shifted-in bytes replace close_code entirely; only the
+            // position needs resetting.
+            self.close_pos = 0;
+        }
+        self.frames += 1;
+        self.hdr_pos = 0;
+        if (op == OP_TEXT || op == OP_BINARY) && !self.fin() {
+            self.flags |= IN_MESSAGE;
+        }
+        if self.remaining == 0 {
+            self.complete_frame();
+        } else {
+            self.flags |= IN_PAYLOAD;
+        }
+        Ok(())
+    }
+
+    // Returns the bytes of `data` past the current frame's payload.
+    fn pass_payload<'a>(&mut self, mut data: &'a [u8]) -> Result<&'a [u8], FrameError> {
+        if self.opcode() == OP_CLOSE {
+            // A Close payload here has at least 2 bytes (0 never enters the
+            // payload state, 1 is rejected), so remaining cannot underflow.
+            while self.close_pos < 2 {
+                let Some((&b, rest)) = data.split_first() else {
+                    return Ok(data);
+                };
+                // close_pos is the payload offset here, and it is below 4,
+                // so it indexes the key directly.
+                let key = if self.b1 & MASK_BIT != 0 {
+                    self.mask[usize::from(self.close_pos)]
+                } else {
+                    0
+                };
+                self.close_code = (self.close_code << 8) | u16::from(b ^ key);
+                self.close_pos += 1;
+                self.remaining -= 1;
+                data = rest;
+            }
+            if self.flags & CLOSE_HAS_CODE == 0 {
+                if !close_code_allowed(self.close_code) {
+                    return Err(FrameError::InvalidCloseCode(self.close_code));
+                }
+                self.flags |= CLOSE_HAS_CODE;
+            }
+        }
+        let take = usize::try_from(self.remaining).map_or(data.len(), |r| r.min(data.len()));
+        // take <= remaining by construction.
+        self.remaining -= take as u64;
+        if self.remaining == 0 {
+            self.complete_frame();
+        }
+        Ok(&data[take..])
+    }
+
+    fn complete_frame(&mut self) {
+        self.flags &= !IN_PAYLOAD;
+        match self.opcode() {
+            OP_CLOSE => {
+                self.control_frames += 1;
+                self.flags |= CLOSED;
+            }
+            OP_PING | OP_PONG => self.control_frames += 1,
+            _ if self.fin() => {
+                self.messages += 1;
+                self.flags &= !IN_MESSAGE;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Encodes a whole Close frame (FIN, opcode 8) with the code and a UTF-8 reason (truncated at a char boundary so the payload stays <= 125 bytes). `mask` Some => masked frame with that key (client-to-server), None => unmasked.
+///
+/// The code is written as given; callers pick one that
+/// [`close_code_allowed`] accepts if the peer is to accept the frame.
+pub fn encode_close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+    // 125 bytes of control payload minus the 2-byte code.
+    const MAX_REASON: usize = 123;
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    // end <= 123, so the payload length fits the 7-bit length field.
+    let len = (2 + end) as u8;
+
+    let mut out = Vec::with_capacity(2 + 4 + 2 + end);
+    out.push(FIN_BIT | OP_CLOSE);
+    match mask {
+        Some(key) => {
+            out.push(MASK_BIT | len);
+            out.extend_from_slice(&key);
+            let payload = code.to_be_bytes().into_iter().chain(reason.iter().copied());
+            out.extend(payload.enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => {
+            out.push(len);
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(reason);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const KEY: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+
+    /// How the test encoder writes the payload length.
+    #[derive(Clone, Copy, Debug)]
+    enum Len {
+        Min,
+        L16,
+        L64,
+    }
+
+    fn header(b0: u8, n: u64, mask: Option<[u8; 4]>, form: Len) -> Vec<u8> {
+        let mbit = if mask.is_some() { 0x80 } else { 0 };
+        let mut out = vec![b0];
+        match form {
+            Len::Min if n < 126 => out.push(mbit | n as u8),
+            Len::Min if n <= 0xFFFF => {
+                out.push(mbit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            Len::L16 => {
+                assert!(n <= 0xFFFF, "test bug: {n} does not fit 16 bits");
+                out.push(mbit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            Len::Min | Len::L64 => {
+                out.push(mbit | 127);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+        if let Some(k) = mask {
+            out.extend_from_slice(&k);
+        }
+        out
+    }
+
+    fn enc(b0: u8, payload: &[u8], mask: Option<[u8; 4]>, form: Len) -> Vec<u8> {
+        let mut out = header(b0, payload.len() as u64, mask, form);
+        let key = mask.unwrap_or([0; 4]);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    fn key_for(sender: Sender) -> Option<[u8; 4]> {
+        match sender {
+            Sender::Client => Some(KEY),
+            Sender::Server => None,
+        }
+    }
+
+    fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(reason.as_bytes());
+        p
+    }
+
+    #[derive(Debug, PartialEq, Eq, Clone, Copy)]
+    struct Snap {
+        frames: u64,
+        messages: u64,
+        control: u64,
+        boundary: bool,
+        in_message: bool,
+        close: Option<CloseInfo>,
+        error: Option<FrameError>,
+    }
+
+    fn snap(t: &FrameTracker) -> Snap {
+        Snap {
+            frames: t.frames(),
+            messages: t.messages(),
+            control: t.control_frames(),
+            boundary: t.at_boundary(),
+            in_message: t.in_message(),
+            close: t.close(),
+            error: t.error(),
+        }
+    }
+
+    fn feed_chunks<'a>(sender: Sender, chunks: impl IntoIterator<Item = &'a [u8]>) -> Snap {
+        let mut t = FrameTracker::new(sender);
+        for c in chunks {
+            if t.feed(c).is_err() {
+                break;
+            }
+        }
+        snap(&t)
+    }
+
+    fn whole(sender: Sender, bytes: &[u8]) -> Snap {
+        feed_chunks(sender, [bytes])
+    }
+
+    fn bytewise(sender: Sender, bytes: &[u8]) -> Snap {
+        feed_chunks(sender, bytes.chunks(1))
+    }
+
+    fn err_of(sender: Sender, bytes: &[u8]) -> Option<FrameError> {
+        let e = whole(sender, bytes).error;
+        assert_eq!(bytewise(sender, bytes).error, e, "bytewise disagrees");
+        e
+    }
+
+    #[test]
+    fn struct_is_compact() {
+        assert!(std::mem::size_of::<FrameTracker>() <= 64);
+    }
+
+    #[test]
+    fn fresh_tracker_is_at_boundary_and_empty() {
+        for sender in [Sender::Client, Sender::Server] {
+            let mut t = FrameTracker::new(sender);
+            assert!(t.feed(&[]).is_ok());
+            let s = snap(&t);
+            assert_eq!(
+                s,
+                Snap {
+                    frames: 0,
+                    messages: 0,
+                    control: 0,
+                    boundary: true,
+                    in_message: false,
+                    close: None,
+                    error: None,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn length_forms_count_identically_masked_and_unmasked() {
+        for sender in [Sender::Client, Sender::Server] {
+            let m = key_for(sender);
+            let mut stream = Vec::new();
+            let mut n_frames = 0;
+            for n in [0usize, 1, 5, 125, 126, 127, 1000, 65535, 65536, 70001] {
+                for form in [Len::Min, Len::L16, Len::L64] {
+                    if matches!(form, Len::L16) && n > 0xFFFF {
+                        continue;
+                    }
+                    let payload: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
+                    stream.extend(enc(0x82, &payload, m, form));
+                    n_frames += 1;
+                }
+            }
+            let expected = Snap {
+                frames: n_frames,
+                messages: n_frames,
+                control: 0,
+                boundary: true,
+                in_message: false,
+                close: None,
+                error: None,
+            };
+            assert_eq!(whole(sender, &stream), expected);
+            assert_eq!(bytewise(sender, &stream), expected);
+        }
+    }
+
+    #[test]
+    fn zero_length_frames_complete_at_header() {
+        let mut t = FrameTracker::new(Sender::Client);
+        let h = header(0x81, 0, Some(KEY), Len::Min);
+        assert_eq!(h.len(), 6);
+        t.feed(&h[..5]).unwrap();
+        assert_eq!((t.frames(), t.messages(), t.at_boundary()), (0, 0, false));
+        t.feed(&h[5..]).unwrap();
+        assert_eq!((t.frames(), t.messages(), t.at_boundary()), (1, 1, true));
+        // Non-minimal zero length and a zero-length ping.
+        t.feed(&header(0x82, 0, Some(KEY), Len::L64)).unwrap();
+        t.feed(&header(0x89, 0, Some(KEY), Len::L16)).unwrap();
+        assert_eq!(
+            (
+                t.frames(),
+                t.messages(),
+                t.control_frames(),
+                t.at_boundary()
+            ),
+            (3, 2, 1, true)
+        );
+    }
+
+    #[test]
+    fn boundary_mid_header_mid_payload_and_between_frames() {
+        for (sender, form) in [
+            (Sender::Client, Len::L64),
+            (Sender::Server, Len::L16),
+            (Sender::Client, Len::Min),
+        ] {
+            let m = key_for(sender);
+            let payload = [9u8; 40];
+            let f = enc(0x81, &payload, m, form);
+            let hlen = f.len() - payload.len();
+            let mut stream = f.clone();
+            stream.extend(&f);
+            let mut t = FrameTracker::new(sender);
+            assert!(t.at_boundary());
+            for (i, b) in stream.iter().enumerate() {
+                t.feed(&[*b]).unwrap();
+                let off = (i + 1) % f.len();
+                let done = (i + 1) / f.len();
+                // Only a fully consumed frame is a boundary.
+                assert_eq!(t.at_boundary(), off == 0, "offset {}", i + 1);
+                let headers = done + usize::from(off >= hlen);
+                assert_eq!(t.frames(), headers as u64, "offset {}", i + 1);
+                assert_eq!(t.messages(), done as u64, "offset {}", i + 1);
+            }
+            assert_eq!(t.frames(), 2);
+        }
+    }
+
+    #[test]
+    fn fragmented_message_with_interleaved_control_frames() {
+        for sender in [Sender::Client, Sender::Server] {
+            let m = key_for(sender);
+            let parts: Vec<(Vec<u8>, bool, u64, u64)> = vec![
+                // (frame, in_message after it, messages, control frames)
+                (enc(0x01, b"hel", m, Len::Min), true, 0, 0),
+                (enc(0x89, b"ping", m, Len::Min), true, 0, 1),
+                (enc(0x00, b"lo ", m, Len::L16), true, 0, 1),
+                (enc(0x8A, b"", m, Len::Min), true, 0, 2),
+                (enc(0x00, &[b'w'; 300], m, Len::L64), true, 0, 2),
+                (enc(0x80, b"orld", m, Len::Min), false, 1, 2),
+                (enc(0x82, b"single", m, Len::Min), false, 2, 2),
+                (enc(0x02, b"b", m, Len::Min), true, 2, 2),
+                (enc(0x80, b"", m, Len::Min), false, 3, 2),
+            ];
+            let mut t = FrameTracker::new(sender);
+            let mut all = Vec::new();
+            for (i, (f, in_msg, msgs, ctl)) in parts.iter().enumerate() {
+                t.feed(f).unwrap();
+                all.extend(f);
+                assert_eq!(t.in_message(), *in_msg, "after part {i}");
+                assert_eq!(t.messages(), *msgs, "after part {i}");
+                assert_eq!(t.control_frames(), *ctl, "after part {i}");
+                assert_eq!(t.frames(), i as u64 + 1);
+                assert!(t.at_boundary());
+            }
+            let expected = snap(&t);
+            assert_eq!(bytewise(sender, &all), expected);
+            assert_eq!(whole(sender, &all), expected);
+        }
+    }
+
+    #[test]
+    fn in_message_stays_set_through_final_frame_payload() {
+        let mut t = FrameTracker::new(Sender::Server);
+        t.feed(&enc(0x02, b"ab", None, Len::Min)).unwrap();
+        let last = enc(0x80, b"cd", None, Len::Min);
+        t.feed(&last[..3]).unwrap();
+        assert!(t.in_message());
+        assert_eq!(t.messages(), 0);
+        t.feed(&last[3..]).unwrap();
+        assert!(!t.in_message());
+        assert_eq!(t.messages(), 1);
+    }
+
+    #[test]
+    fn close_with_and_without_code() {
+        for sender in [Sender::Client, Sender::Server] {
+            let m = key_for(sender);
+            let with = enc(0x88, &close_payload(4321, "bye now"), m, Len::Min);
+            let s = whole(sender, &with);
+            assert_eq!(s.close, Some(CloseInfo { code: Some(4321) }));
+            assert_eq!((s.frames, s.control, s.messages), (1, 1, 0));
+            assert_eq!(bytewise(sender, &with), s);
+
+            let bare = enc(0x88, b"", m, Len::Min);
+            let s = whole(sender, &bare);
+            assert_eq!(s.close, Some(CloseInfo { code: None }));
+            assert_eq!(s.control, 1);
+
+            // Code only, non-minimal 64-bit length.
+            let only = enc(0x88, &close_payload(1000, ""), m, Len::L64);
+            assert_eq!(
+                whole(sender, &only).close,
+                Some(CloseInfo { code: Some(1000) })
+            );
+        }
+    }
+
+    #[test]
+    fn close_is_set_only_once_payload_has_passed() {
+        let f = enc(0x88, &close_payload(1001, "going"), Some(KEY), Len::Min);
+        let mut t = FrameTracker::new(Sender::Client);
+        t.feed(&f[..f.len() - 1]).unwrap();
+        assert_eq!(t.close(), None);
+        assert_eq!(t.control_frames(), 0);
+        t.feed(&f[f.len() - 1..]).unwrap();
+        assert_eq!(t.close(), Some(CloseInfo { code: Some(1001) }));
+    }
+
+    #[test]
+    fn close_code_unmasked_at_every_two_way_split() {
+        // A key whose bytes flip every bit guarantees a missed unmask shows.
+        let key = [0xFF, 0x0F, 0xAA, 0x55];
+        let f = enc(0x88, &close_payload(3007, "r"), Some(key), Len::Min);
+        for split in 0..=f.len() {
+            let s = feed_chunks(Sender::Client, [&f[..split], &f[split..]]);
+            assert_eq!(
+                s.close,
+                Some(CloseInfo { code: Some(3007) }),
+                "split {split}"
+            );
+            assert!(s.boundary);
+        }
+        // The raw (masked) bytes would read as another code.
+        assert_ne!(u16::from_be_bytes([f[6], f[7]]), 3007);
+    }
+
+    #[test]
+    fn rsv_bits_are_not_errors() {
+        for b0 in [0xC1u8, 0xA2, 0x92, 0xF1] {
+            let f = enc(b0, b"compressed?", None, Len::Min);
+            let s = whole(Sender::Server, &f);
+            assert_eq!((s.error, s.messages), (None, 1), "b0 {b0:#x}");
+        }
+        let mut stream = enc(0x41, b"a", Some(KEY), Len::Min);
+        stream.extend(enc(0x70, b"b", Some(KEY), Len::Min));
+        stream.extend(enc(0xB0, b"c", Some(KEY), Len::Min));
+        let s = whole(Sender::Client, &stream);
+        assert_eq!((s.error, s.messages, s.frames), (None, 1, 3));
+    }
+
+    #[test]
+    fn error_reserved_opcode() {
+        for op in (3u8..=7).chain(0xB..=0xF) {
+            let f = enc(0x80 | op, b"x", None, Len::Min);
+            assert_eq!(
+                err_of(Sender::Server, &f),
+                Some(FrameError::ReservedOpcode(op))
+            );
+        }
+    }
+
+    #[test]
+    fn error_control_too_long_and_nonminimal_control_ok() {
+        for op in [0x88u8, 0x89, 0x8A] {
+            let f = header(op, 126, Some(KEY), Len::Min);
+            assert_eq!(
+                err_of(Sender::Client, &f),
+                Some(FrameError::ControlTooLong(126))
+            );
+            let f = header(op, 70000, Some(KEY), Len::L64);
+            assert_eq!(
+                err_of(Sender::Client, &f),
+                Some(FrameError::ControlTooLong(70000))
+            );
+        }
+        let f = enc(0x89, &[1; 125], None, Len::L16);
+        let s = whole(Sender::Server, &f);
+        assert_eq!((s.error, s.control), (None, 1));
+        let f = enc(0x8A, &[1; 5], None, Len::L64);
+        assert_eq!(whole(Sender::Server, &f).error, None);
+    }
+
+    #[test]
+    fn error_fragmented_control() {
+        for op in [0x08u8, 0x09, 0x0A] {
+            let f = enc(op, b"", None, Len::Min);
+            assert_eq!(
+                err_of(Sender::Server, &f),
+                Some(FrameError::FragmentedControl)
+            );
+        }
+    }
+
+    #[test]
+    fn error_unexpected_continuation() {
+        let f = enc(0x80, b"x", Some(KEY), Len::Min);
+        assert_eq!(
+            err_of(Sender::Client, &f),
+            Some(FrameError::UnexpectedContinuation)
+        );
+        // Also right after a fragmented message has finished.
+        let mut s = enc(0x01, b"a", None, Len::Min);
+        s.extend(enc(0x80, b"b", None, Len::Min));
+        s.extend(enc(0x00, b"c", None, Len::Min));
+        assert_eq!(
+            err_of(Sender::Server, &s),
+            Some(FrameError::UnexpectedContinuation)
+        );
+    }
+
+    #[test]
+    fn error_message_interrupted() {
+        for second in [0x81u8, 0x82, 0x01, 0x02] {
+            let mut s = enc(0x02, b"a", None, Len::Min);
+            s.extend(enc(0x89, b"", None, Len::Min));
+            s.extend(enc(second, b"b", None, Len::Min));
+            assert_eq!(
+                err_of(Sender::Server, &s),
+                Some(FrameError::MessageInterrupted)
+            );
+        }
+    }
+
+    #[test]
+    fn error_masking_both_directions() {
+        let unmasked = enc(0x81, b"hi", None, Len::Min);
+        assert_eq!(
+            err_of(Sender::Client, &unmasked),
+            Some(FrameError::Masking {
+                expected_masked: true
+            })
+        );
+        let masked = enc(0x81, b"hi", Some(KEY), Len::Min);
+        assert_eq!(
+            err_of(Sender::Server, &masked),
+            Some(FrameError::Masking {
+                expected_masked: false
+            })
+        );
+    }
+
+    #[test]
+    fn error_length_overflow_and_max_length_accepted() {
+        let f = header(0x82, 1 << 63, None, Len::L64);
+        assert_eq!(err_of(Sender::Server, &f), Some(FrameError::LengthOverflow));
+        // The largest legal length parses and leaves us mid-payload.
+        let f = header(0x82, u64::MAX >> 1, Some(KEY), Len::L64);
+        let mut t = FrameTracker::new(Sender::Client);
+        t.feed(&f).unwrap();
+        t.feed(&[0u8; 4096]).unwrap();
+        assert_eq!((t.frames(), t.messages(), t.at_boundary()), (1, 0, false));
+    }
+
+    #[test]
+    fn error_close_too_short() {
+        let f = enc(0x88, &[3], Some(KEY), Len::Min);
+        assert_eq!(err_of(Sender::Client, &f), Some(FrameError::CloseTooShort));
+        let f = enc(0x88, &[3], None, Len::L16);
+        assert_eq!(err_of(Sender::Server, &f), Some(FrameError::CloseTooShort));
+    }
+
+    #[test]
+    fn error_invalid_close_code_and_valid_codes_pass() {
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
+            for sender in [Sender::Client, Sender::Server] {
+                let f = enc(0x88, &close_payload(code, "x"), key_for(sender), Len::Min);
+                assert_eq!(
+                    err_of(sender, &f),
+                    Some(FrameError::InvalidCloseCode(code)),
+                    "code {code}"
+                );
+            }
+        }
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 4000, 4999,
+        ] {
+            assert!(close_code_allowed(code));
+            let f = enc(0x88, &close_payload(code, ""), Some(KEY), Len::Min);
+            let s = bytewise(Sender::Client, &f);
+            assert_eq!(s.close, Some(CloseInfo { code: Some(code) }), "code {code}");
+        }
+    }
+
+    #[test]
+    fn error_frame_after_close() {
+        for next in [
+            enc(0x89, b"", None, Len::Min),
+            enc(0x81, b"late", None, Len::Min),
+            enc(0x88, b"", None, Len::Min),
+        ] {
+            let mut s = enc(0x88, &close_payload(1000, "done"), None, Len::Min);
+            s.extend(&next);
+            let snap = whole(Sender::Server, &s);
+            assert_eq!(snap.error, Some(FrameError::FrameAfterClose));
+            assert_eq!(snap.close, Some(CloseInfo { code: Some(1000) }));
+            assert_eq!(bytewise(Sender::Server, &s), snap);
+        }
+    }
+
+    #[test]
+    fn poisoned_tracker_repeats_error_and_freezes() {
+        let mut t = FrameTracker::new(Sender::Server);
+        t.feed(&enc(0x81, b"ok", None, Len::Min)).unwrap();
+        let bad = enc(0x83, b"", None, Len::Min);
+        assert_eq!(t.feed(&bad), Err(FrameError::ReservedOpcode(3)));
+        let before = snap(&t);
+        assert!(!before.boundary);
+        assert_eq!(before.messages, 1);
+        assert_eq!(t.feed(&[]), Err(FrameError::ReservedOpcode(3)));
+        let good = enc(0x82, b"fine", None, Len::Min);
+        assert_eq!(t.feed(&good), Err(FrameError::ReservedOpcode(3)));
+        assert_eq!(t.error(), Some(FrameError::ReservedOpcode(3)));
+        assert_eq!(snap(&t), before);
+    }
+
+    #[test]
+    fn error_messages_are_one_line() {
+        let all = [
+            FrameError::ReservedOpcode(0xB),
+            FrameError::ControlTooLong(300),
+            FrameError::FragmentedControl,
+            FrameError::UnexpectedContinuation,
+            FrameError::MessageInterrupted,
+            FrameError::Masking {
+                expected_masked: true,
+            },
+            FrameError::Masking {
+                expected_masked: false,
+            },
+            FrameError::LengthOverflow,
+            FrameError::CloseTooShort,
+            FrameError::InvalidCloseCode(1005),
+            FrameError::FrameAfterClose,
+        ];
+        for e in all {
+            let s = e.to_string();
+            assert!(!s.is_empty() && !s.contains('\n'), "{e:?}: {s:?}");
+        }
+        assert_eq!(
+            FrameError::ReservedOpcode(0xB).to_string(),
+            "reserved opcode 0xb"
+        );
+        assert!(FrameError::ControlTooLong(300).to_string().contains("300"));
+        assert!(FrameError::InvalidCloseCode(1005)
+            .to_string()
+            .contains("1005"));
+        assert_ne!(
+            FrameError::Masking {
+                expected_masked: true
+            }
+            .to_string(),
+            FrameError::Masking {
+                expected_masked: false
+            }
+            .to_string()
+        );
+    }
+
+    #[test]
+    fn encode_close_round_trips() {
+        for (sender, mask) in [(Sender::Client, Some(KEY)), (Sender::Server, None)] {
+            for (code, reason) in [(1000u16, ""), (1001, "going away"), (4000, "ünïcode ✓")] {
+                let f = encode_close(code, reason, mask);
+                assert_eq!(f[0], 0x88);
+                assert_eq!(f[1] & 0x80 != 0, mask.is_some());
+                assert_eq!(usize::from(f[1] & 0x7F), 2 + reason.len());
+                let payload_at = if mask.is_some() { 6 } else { 2 };
+                assert_eq!(f.len(), payload_at + 2 + reason.len());
+                let key = mask.unwrap_or([0; 4]);
+                let plain: Vec<u8> = f[payload_at..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[i % 4])
+                    .collect();
+                assert_eq!(plain, close_payload(code, reason));
+                for s in [whole(sender, &f), bytewise(sender, &f)] {
+                    assert_eq!(s.close, Some(CloseInfo { code: Some(code) }));
+                    assert_eq!((s.frames, s.control, s.error), (1, 1, None));
+                    assert!(s.boundary);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encode_close_truncates_reason_at_char_boundary() {
+        // 62 two-byte chars: 124 bytes, and byte 123 falls inside a char.
+        let reason = "é".repeat(62);
+        for mask in [None, Some(KEY)] {
+            let f = encode_close(1000, &reason, mask);
+            assert_eq!(usize::from(f[1] & 0x7F), 2 + 122);
+            let payload_at = if mask.is_some() { 6 } else { 2 };
+            let key = mask.unwrap_or([0; 4]);
+            let plain: Vec<u8> = f[payload_at..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            let text = std::str::from_utf8(&plain[2..]).unwrap();
+            assert_eq!(text, "é".repeat(61));
+        }
+        // Exactly 123 bytes fit untouched; longer ASCII stops at 123.
+        let f = encode_close(1000, &"a".repeat(123), None);
+        assert_eq!(f[1], 125);
+        let f = encode_close(1000, &"a".repeat(500), None);
+        assert_eq!((f[1], f.len()), (125, 127));
+        // A four-byte char straddling the limit is dropped whole.
+        let reason = format!("{}😀", "a".repeat(121));
+        let f = encode_close(3000, &reason, Some(KEY));
+        assert_eq!(f[1], 0x80 | (2 + 121));
+        let s = whole(Sender::Client, &f);
+        assert_eq!(s.close, Some(CloseInfo { code: Some(3000) }));
+    }
+
+    /// A random valid stream, plus the offsets at which each counter must tick.
+    struct Generated {
+        bytes: Vec<u8>,
+        header_ends: Vec<usize>,
+        frame_ends: Vec<usize>,
+        message_ends: Vec<usize>,
+        control_ends: Vec<usize>,
+        close: Option<(usize, CloseInfo)>,
+    }
+
+    fn random_len(rng: &mut StdRng, control: bool) -> usize {
+        if control {
+            return rng.random_range(0..=125);
+        }
+        match rng.random_range(0..10) {
+            0 => 0,
+            1 => rng.random_range(126..=1000),
+            2 => rng.random_range(65530..=66000),
+            _ => rng.random_range(1..126),
+        }
+    }
+
+    fn random_form(rng: &mut StdRng, n: usize) -> Len {
+        match rng.random_range(0..4) {
+            0 if n <= 0xFFFF => Len::L16,
+            1 => Len::L64,
+            _ => Len::Min,
+        }
+    }
+
+    fn generate(rng: &mut StdRng, sender: Sender) -> Generated {
+        let mut g = Generated {
+            bytes: Vec::new(),
+            header_ends: Vec::new(),
+            frame_ends: Vec::new(),
+            message_ends: Vec::new(),
+            control_ends: Vec::new(),
+            close: None,
+        };
+        let push = |g: &mut Generated, rng: &mut StdRng, b0: u8, n: usize| {
+            let mask = (sender == Sender::Client).then(|| rng.random::<[u8; 4]>());
+            let mut payload = vec![0u8; n];
+            rng.fill(&mut payload[..]);
+            if b0 & 0x0F == OP_CLOSE && n >= 2 {
+                let codes = [1000u16, 1001, 1011, 3000, 4999];
+                let code = codes[rng.random_range(0..codes.len())];
+                payload[..2].copy_from_slice(&code.to_be_bytes());
+            }
+            let f = enc(b0, &payload, mask, random_form(rng, n));
+            g.header_ends.push(g.bytes.len() + f.len() - n);
+            g.bytes.extend(f);
+            g.frame_ends.push(g.bytes.len());
+            payload
+        };
+        let control = |rng: &mut StdRng| if rng.random() { 0x89 } else { 0x8A };
+        for _ in 0..rng.random_range(0..12) {
+            let rsv = rng.random_range(0..8u8) << 4;
+            let op = if rng.random() { OP_TEXT } else { OP_BINARY };
+            match rng.random_range(0..3) {
+                0 => {
+                    let (b0, n) = (control(rng), random_len(rng, true));
+                    push(&mut g, rng, b0, n);
+                    g.control_ends.push(g.bytes.len());
+                }
+                1 => {
+                    let n = random_len(rng, false);
+                    push(&mut g, rng, 0x80 | rsv | op, n);
+                    g.message_ends.push(g.bytes.len());
+                }
+                _ => {
+                    let n = random_len(rng, false);
+                    push(&mut g, rng, rsv | op, n);
+                    for _ in 0..rng.random_range(0..4) {
+                        if rng.random_bool(0.5) {
+                            let (b0, n) = (control(rng), random_len(rng, true));
+                            push(&mut g, rng, b0, n);
+                            g.control_ends.push(g.bytes.len());
+                        }
+                        let n = random_len(rng, false);
+                        push(&mut g, rng, 0x00, n);
+                    }
+                    let n = random_len(rng, false);
+                    push(&mut g, rng, 0x80, n);
+                    g.message_ends.push(g.bytes.len());
+                }
+            }
+        }
+        if rng.random() {
+            let n = if rng.random() {
+                0
+            } else {
+                rng.random_range(2..=125)
+            };
+            let payload = push(&mut g, rng, 0x88, n);
+            let code = (n >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            g.control_ends.push(g.bytes.len());
+            g.close = Some((g.bytes.len(), CloseInfo { code }));
+        }
+        g
+    }
+
+    fn count_upto(ends: &[usize], off: usize) -> u64 {
+        ends.partition_point(|&e| e <= off) as u64
+    }
+
+    fn check_at(t: &FrameTracker, g: &Generated, off: usize) {
+        assert_eq!(t.error(), None, "offset {off}");
+        assert_eq!(t.frames(), count_upto(&g.header_ends, off), "offset {off}");
+        assert_eq!(
+            t.messages(),
+            count_upto(&g.message_ends, off),
+            "offset {off}"
+        );
+        assert_eq!(
+            t.control_frames(),
+            count_upto(&g.control_ends, off),
+            "offset {off}"
+        );
+        let boundary = off == 0 || g.frame_ends.binary_search(&off).is_ok();
+        assert_eq!(t.at_boundary(), boundary, "offset {off}");
+        let close = g.close.filter(|(end, _)| *end <= off).map(|(_, c)| c);
+        assert_eq!(t.close(), close, "offset {off}");
+    }
+
+    #[test]
+    fn random_streams_in_random_splits_match_whole_and_bytewise() {
+        let mut rng = StdRng::seed_from_u64(0x5753_6761_7465);
+        for round in 0..100 {
+            let sender = if round % 2 == 0 {
+                Sender::Client
+            } else {
+                Sender::Server
+            };
+            let g = generate(&mut rng, sender);
+            let mut t = FrameTracker::new(sender);
+            t.feed(&g.bytes).unwrap();
+            check_at(&t, &g, g.bytes.len());
+            let expected = snap(&t);
+            assert_eq!(bytewise(sender, &g.bytes), expected, "round {round}");
+            for _ in 0..4 {
+                let max_chunk = [1usize, 3, 14, 200, 70_000][rng.random_range(0..5)];
+                let mut t = FrameTracker::new(sender);
+                let mut off = 0;
+                while off < g.bytes.len() {
+                    let n = rng.random_range(1..=max_chunk).min(g.bytes.len() - off);
+                    t.feed(&g.bytes[off..off + n]).unwrap();
+                    off += n;
+                    check_at(&t, &g, off);
+                }
+                assert_eq!(snap(&t), expected, "round {round}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_split_invariant() {
+        // Garbage streams must produce the same verdict however they arrive.
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..300 {
+            let mut bytes = vec![0u8; rng.random_range(0..64)];
+            rng.fill(&mut bytes[..]);
+            for sender in [Sender::Client, Sender::Server] {
+                let expected = whole(sender, &bytes);
+                assert_eq!(bytewise(sender, &bytes), expected, "{bytes:?}");
+                let split = rng.random_range(0..=bytes.len());
+                let s = feed_chunks(sender, [&bytes[..split], &bytes[split..]]);
+                assert_eq!(s, expected, "{bytes:?} split {split}");
+            }
+        }
+    }
+}

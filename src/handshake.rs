@@ -1,0 +1,443 @@
+//! RFC 6455 handshake rules: the client's Upgrade request (section 4.2.1)
+//! and the backend's 101 answer (section 4.1), plus hop-by-hop header rules.
+//!
+//! Owns: deciding whether a request is a WebSocket handshake, whether it is
+//! well-formed, and whether a backend's answer may open a tunnel.
+//! [`HandshakeError`] owns its HTTP status.
+//!
+//! Must not: do I/O. Pure functions over `http` types, unit-tested here.
+
+use base64::Engine;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use sha1::{Digest, Sha1};
+
+/// The GUID of RFC 6455 section 1.3, appended to the key for the accept hash.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// How a request asks to be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// `Upgrade` names `websocket`: a WebSocket handshake, checked in full.
+    WebSocket,
+    /// Anything else, including `Upgrade: h2c` or other tokens: plain HTTP,
+    /// whose `Upgrade` is never forwarded nor honoured.
+    Plain,
+}
+
+/// Classifies a request by its `Upgrade` header.
+pub fn classify<B>(req: &Request<B>) -> RequestKind {
+    if header_has_token(req.headers(), &header::UPGRADE, "websocket") {
+        RequestKind::WebSocket
+    } else {
+        RequestKind::Plain
+    }
+}
+
+/// Why the client's handshake was refused, or a request could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// RFC 6455 requires GET.
+    #[error("WebSocket handshake must use GET, not {0}")]
+    Method(Method),
+    /// RFC 6455 requires HTTP/1.1.
+    #[error("WebSocket handshake must use HTTP/1.1")]
+    Version,
+    /// No Host header, or more than one.
+    #[error("exactly one Host header is required")]
+    Host,
+    /// `Connection` lacks the `upgrade` token.
+    #[error("Connection header must contain the upgrade token")]
+    Connection,
+    /// `Sec-WebSocket-Key` missing, repeated, or not 16 bytes of base64.
+    #[error("Sec-WebSocket-Key must be one base64 value of 16 bytes")]
+    Key,
+    /// `Sec-WebSocket-Version` missing or repeated.
+    #[error("Sec-WebSocket-Version header is required")]
+    VersionMissing,
+    /// A version other than 13: answered 426 with the supported version.
+    #[error("unsupported Sec-WebSocket-Version {0:?}; this proxy speaks 13")]
+    UnsupportedVersion(String),
+    /// A handshake carrying a body: its bytes would reach the tunnel unparsed.
+    #[error("WebSocket handshake must not carry a body")]
+    Body,
+    /// The path is ambiguous or climbs above the root.
+    #[error("{0}")]
+    Path(#[from] crate::routes::PathError),
+    /// No route for this host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// Plain HTTP is not proxied in this release.
+    #[error("plain HTTP requests are not proxied; use a WebSocket upgrade")]
+    PlainHttp,
+}
+
+impl HandshakeError {
+    /// The status the client is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandshakeError::UnsupportedVersion(_) => StatusCode::UPGRADE_REQUIRED,
+            HandshakeError::NoRoute => StatusCode::NOT_FOUND,
+            HandshakeError::PlainHttp => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Checks a WebSocket handshake request per RFC 6455 section 4.2.1 and
+/// returns its key.
+///
+/// # Errors
+/// The first rule broken, as a [`HandshakeError`].
+pub fn check_client_request<B>(req: &Request<B>) -> Result<HeaderValue, HandshakeError> {
+    if req.method() != Method::GET {
+        return Err(HandshakeError::Method(req.method().clone()));
+    }
+    if req.version() != Version::HTTP_11 {
+        return Err(HandshakeError::Version);
+    }
+    let h = req.headers();
+    if h.get_all(header::HOST).iter().count() != 1 {
+        return Err(HandshakeError::Host);
+    }
+    if !header_has_token(h, &header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::Connection);
+    }
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(HandshakeError::Body);
+    }
+    let key = single(h, &header::SEC_WEBSOCKET_KEY).ok_or(HandshakeError::Key)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes())
+        .map_err(|_| HandshakeError::Key)?;
+    if decoded.len() != 16 {
+        return Err(HandshakeError::Key);
+    }
+    let version =
+        single(h, &header::SEC_WEBSOCKET_VERSION).ok_or(HandshakeError::VersionMissing)?;
+    if version.as_bytes() != b"13" {
+        return Err(HandshakeError::UnsupportedVersion(
+            String::from_utf8_lossy(version.as_bytes()).into_owned(),
+        ));
+    }
+    Ok(key.clone())
+}
+
+/// The `Sec-WebSocket-Accept` value for a client key (RFC 6455 section 4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Why a backend's answer cannot open a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendAnswerError {
+    /// 101 without `Upgrade: websocket`.
+    #[error("backend 101 lacks Upgrade: websocket")]
+    Upgrade,
+    /// 101 without `Connection: upgrade`.
+    #[error("backend 101 lacks Connection: upgrade")]
+    Connection,
+    /// 101 whose `Sec-WebSocket-Accept` does not match the client's key.
+    #[error("backend 101 has a wrong or missing Sec-WebSocket-Accept")]
+    Accept,
+    /// A subprotocol the client did not offer.
+    #[error("backend chose subprotocol {0:?} the client did not offer")]
+    Protocol(String),
+    /// An extension the client did not offer.
+    #[error("backend chose extension {0:?} the client did not offer")]
+    Extension(String),
+}
+
+/// Checks that a backend's 101 completes the client's handshake.
+///
+/// # Errors
+/// The first rule broken, as a [`BackendAnswerError`].
+pub fn check_backend_101<B>(
+    res: &Response<B>,
+    expected_accept: &str,
+    offered: &HeaderMap,
+) -> Result<(), BackendAnswerError> {
+    debug_assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let h = res.headers();
+    if !header_has_token(h, &header::UPGRADE, "websocket") {
+        return Err(BackendAnswerError::Upgrade);
+    }
+    if !header_has_token(h, &header::CONNECTION, "upgrade") {
+        return Err(BackendAnswerError::Connection);
+    }
+    match single(h, &header::SEC_WEBSOCKET_ACCEPT) {
+        Some(v) if v.as_bytes() == expected_accept.as_bytes() => {}
+        _ => return Err(BackendAnswerError::Accept),
+    }
+    if let Some(p) = h.get(header::SEC_WEBSOCKET_PROTOCOL) {
+        let p = p.to_str().unwrap_or("").trim();
+        if !header_has_token(offered, &header::SEC_WEBSOCKET_PROTOCOL, p) {
+            return Err(BackendAnswerError::Protocol(p.to_string()));
+        }
+    }
+    for ext in h.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
+        for item in ext.to_str().unwrap_or("").split(',') {
+            let name = item.split(';').next().unwrap_or("").trim();
+            if name.is_empty() {
+                continue;
+            }
+            let offered_it = offered
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .flat_map(|v| v.to_str().unwrap_or("").split(','))
+                .any(|o| {
+                    o.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case(name)
+                });
+            if !offered_it {
+                return Err(BackendAnswerError::Extension(name.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Headers meaningful for one hop only (RFC 9110 section 7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Whether any value of `name` holds `token` in its comma-separated list, case-insensitively.
+pub fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    })
+}
+
+/// The value of a header that must appear exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    all.next().is_none().then_some(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> http::request::Builder {
+        Request::builder()
+            .uri("/ws")
+            .header("host", "example.com")
+            .header("upgrade", "websocket")
+            .header("connection", "keep-alive, Upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+    }
+
+    #[test]
+    fn rfc_example_accept_key() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn good_request_passes() {
+        let req = good().body(()).unwrap();
+        assert_eq!(classify(&req), RequestKind::WebSocket);
+        assert_eq!(
+            check_client_request(&req).unwrap(),
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+    }
+
+    #[test]
+    fn each_broken_rule_is_named() {
+        let cases: Vec<(http::request::Builder, HandshakeError)> = vec![
+            (good().method("POST"), HandshakeError::Method(Method::POST)),
+            (good().version(Version::HTTP_10), HandshakeError::Version),
+            (good().header("host", "b"), HandshakeError::Host),
+            (
+                good()
+                    .header("connection", "close")
+                    .header("connection", "x"),
+                HandshakeError::Connection,
+            ),
+            (
+                good().header("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAAAA=="),
+                HandshakeError::Key,
+            ),
+            (
+                good().header("sec-websocket-version", "13"),
+                HandshakeError::VersionMissing,
+            ),
+            (good().header("content-length", "5"), HandshakeError::Body),
+            (
+                good().header("transfer-encoding", "chunked"),
+                HandshakeError::Body,
+            ),
+        ];
+        for (builder, want) in cases {
+            let mut req = builder.body(()).unwrap();
+            if want == HandshakeError::Connection {
+                req.headers_mut().remove("connection");
+                req.headers_mut()
+                    .insert("connection", HeaderValue::from_static("keep-alive"));
+            }
+            assert_eq!(check_client_request(&req), Err(want.clone()), "{want}");
+        }
+        let mut req = good().body(()).unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-key", HeaderValue::from_static("c2hvcnQ="));
+        assert_eq!(check_client_request(&req), Err(HandshakeError::Key));
+        req.headers_mut().insert(
+            "sec-websocket-key",
+            HeaderValue::from_static("not base64!!"),
+        );
+        assert_eq!(check_client_request(&req), Err(HandshakeError::Key));
+        let mut req = good().body(()).unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("8"));
+        let err = check_client_request(&req).unwrap_err();
+        assert_eq!(err.status(), StatusCode::UPGRADE_REQUIRED);
+        req.headers_mut().remove("sec-websocket-version");
+        assert_eq!(
+            check_client_request(&req),
+            Err(HandshakeError::VersionMissing)
+        );
+    }
+
+    #[test]
+    fn other_upgrades_are_plain() {
+        let req = Request::builder()
+            .header("upgrade", "h2c")
+            .body(())
+            .unwrap();
+        assert_eq!(classify(&req), RequestKind::Plain);
+        let req = Request::builder()
+            .header("upgrade", "h2c, WebSocket")
+            .body(())
+            .unwrap();
+        assert_eq!(classify(&req), RequestKind::WebSocket);
+    }
+
+    fn answer(headers: &[(&str, &str)]) -> Response<()> {
+        let mut b = Response::builder().status(101);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn backend_101_is_checked() {
+        let accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+        let base = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", accept),
+        ];
+        let mut offered = HeaderMap::new();
+        offered.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("chat, superchat"),
+        );
+        offered.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
+        );
+        assert_eq!(check_backend_101(&answer(&base), accept, &offered), Ok(()));
+        let with = |extra: (&'static str, &'static str)| {
+            let mut h = base.to_vec();
+            h.push(extra);
+            answer(&h)
+        };
+        assert_eq!(
+            check_backend_101(&with(("sec-websocket-protocol", "chat")), accept, &offered),
+            Ok(())
+        );
+        assert_eq!(
+            check_backend_101(&with(("sec-websocket-protocol", "mqtt")), accept, &offered),
+            Err(BackendAnswerError::Protocol("mqtt".into()))
+        );
+        assert_eq!(
+            check_backend_101(
+                &with(("sec-websocket-extensions", "permessage-deflate")),
+                accept,
+                &offered
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_backend_101(
+                &with(("sec-websocket-extensions", "x-zip")),
+                accept,
+                &offered
+            ),
+            Err(BackendAnswerError::Extension("x-zip".into()))
+        );
+        assert_eq!(
+            check_backend_101(&answer(&base[1..]), accept, &offered),
+            Err(BackendAnswerError::Upgrade)
+        );
+        assert_eq!(
+            check_backend_101(&answer(&[base[0], base[2]]), accept, &offered),
+            Err(BackendAnswerError::Connection)
+        );
+        assert_eq!(
+            check_backend_101(&answer(&base[..2]), accept, &offered),
+            Err(BackendAnswerError::Accept)
+        );
+        assert_eq!(
+            check_backend_101(&answer(&base), "other", &offered),
+            Err(BackendAnswerError::Accept)
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("upgrade, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+}

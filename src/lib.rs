@@ -1,0 +1,132 @@
+//! wsgate: a reverse proxy and load balancer built for WebSocket traffic.
+//!
+//! Data path, per connection:
+//! `listener` accepts and terminates TLS (`tls`), hyper parses the request,
+//! `proxy` runs the lifecycle: `handshake` checks it against RFC 6455,
+//! `routes` normalises the path and matches host and path in the snapshot
+//! loaded once, `balancer` orders the servers, `upstream` connects and
+//! verifies the backend's 101, `tunnel` splices the two streams while
+//! `frames` follows frame headers, and `stats` writes one access-log line at
+//! the end.
+//!
+//! Control path: `config` loads and validates, `routes` compiles an
+//! immutable [`routes::Snapshot`] held behind one `ArcSwap` in [`Shared`];
+//! shutdown cancels one token that every tracked task watches.
+//!
+//! Established tunnels own their two streams, their counters and the `Arc`s
+//! of what they use: replacing the snapshot never reaches into them.
+
+#![forbid(unsafe_code)]
+
+pub mod balancer;
+pub mod config;
+pub mod demo;
+pub mod frames;
+pub mod handshake;
+pub mod listener;
+pub mod proxy;
+pub mod routes;
+pub mod stats;
+pub mod tls;
+pub mod tunnel;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::listener::BoundListener;
+use crate::routes::{CompileError, Snapshot};
+use crate::stats::Registry;
+
+/// State shared by every task of one running wsgate.
+pub struct Shared {
+    /// The routing table; swapped whole, never mutated.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Live tunnels and the feed of finished ones.
+    pub registry: Arc<Registry>,
+    /// Every task wsgate starts, so shutdown can wait for all of them.
+    pub tasks: TaskTracker,
+    /// Cancelled once, at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// Why wsgate could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config could not be compiled into a routing table.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// A bound listener has no entry in the config.
+    #[error("listener {0} is not in the config")]
+    UnknownListener(String),
+}
+
+/// A running wsgate.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Gateway {
+    /// Starts serving on already-bound listeners (tests bind `127.0.0.1:0`).
+    ///
+    /// # Errors
+    /// [`StartError`] if the config does not compile or a listener is unknown.
+    pub fn start(
+        config: Config,
+        listeners: Vec<BoundListener>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
+        let snapshot = Snapshot::compile(Arc::new(config))?;
+        for l in &listeners {
+            if !snapshot.listeners.contains_key(&l.name) {
+                return Err(StartError::UnknownListener(l.name.clone()));
+            }
+        }
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry: Arc::new(Registry::default()),
+            tasks: TaskTracker::new(),
+            shutdown,
+        });
+        let mut addrs = Vec::new();
+        for l in listeners {
+            if let Ok(a) = l.socket.local_addr() {
+                tracing::info!(listener = %l.name, addr = %a, "listening");
+                addrs.push((l.name.clone(), a));
+            }
+            shared.tasks.spawn(listener::accept_loop(l, shared.clone()));
+        }
+        Ok(Self { shared, addrs })
+    }
+
+    /// The address a listener is bound to.
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+    }
+
+    /// Live tunnels and finished-tunnel feed.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.shared.registry
+    }
+
+    /// The shared state, for control-path tasks.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Waits for shutdown to be requested and every task to end.
+    pub async fn wait(self) {
+        self.shared.shutdown.cancelled().await;
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}

@@ -1,0 +1,136 @@
+//! Listeners: binding, the accept loop, TLS termination and HTTP/1.1 serving.
+//!
+//! Owns: turning each accepted socket into a served connection within the
+//! `client_handshake` deadline (TLS handshake and each request's headers),
+//! with hyper's HTTP/1.1 server and upgrades enabled. Requests go to
+//! `proxy::handle`.
+//!
+//! Must not: interpret requests (proxy.rs does), or outlive shutdown: every
+//! task here is tracked and watches the shutdown token.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::Config;
+use crate::proxy::{self, ConnContext};
+use crate::tls::ClientStream;
+use crate::Shared;
+
+/// A listening socket and the name of its `[[listeners]]` entry.
+pub struct BoundListener {
+    /// Listener name.
+    pub name: String,
+    /// The bound socket.
+    pub socket: TcpListener,
+}
+
+/// A listener address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {name}: cannot bind {addr}: {source}")]
+pub struct BindError {
+    /// Listener name.
+    pub name: String,
+    /// Address from the config.
+    pub addr: SocketAddr,
+    /// The OS error (in use, permission denied, no such address).
+    #[source]
+    pub source: io::Error,
+}
+
+/// Binds every listener of `config`.
+///
+/// # Errors
+/// The first [`BindError`], naming listener, address and reason.
+pub async fn bind_all(config: &Config) -> Result<Vec<BoundListener>, BindError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let socket = TcpListener::bind(l.bind)
+            .await
+            .map_err(|source| BindError {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
+        bound.push(BoundListener {
+            name: l.name.clone(),
+            socket,
+        });
+    }
+    Ok(bound)
+}
+
+/// Accepts connections until shutdown.
+pub async fn accept_loop(listener: BoundListener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.socket.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let shared2 = shared.clone();
+                let name = listener.name.clone();
+                shared
+                    .tasks
+                    .spawn(async move { serve(tcp, peer, &name, shared2).await });
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: back off instead of spinning.
+                tracing::warn!(listener = %listener.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>) {
+    let (settings, timeouts, limits) = {
+        let snapshot = shared.snapshot.load();
+        let Some(settings) = snapshot.listeners.get(name).cloned() else {
+            return;
+        };
+        (settings, snapshot.timeouts, snapshot.limits)
+    };
+    let _ = tcp.set_nodelay(true);
+    let stream = match &settings.tls {
+        None => ClientStream::Plain(tcp),
+        Some(tls) => match tokio::time::timeout(timeouts.client_handshake, tls.accept(tcp)).await {
+            Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, listener = name, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, listener = name, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let ctx = Arc::new(ConnContext {
+        shared: shared.clone(),
+        listener: settings,
+        peer,
+    });
+    let service = service_fn(move |req| proxy::handle(req, ctx.clone()));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.client_handshake)
+        .max_buf_size(limits.max_request_headers)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                tracing::debug!(client = %peer, listener = name, error = %e, "client connection ended with an error");
+            }
+        }
+        _ = shared.shutdown.cancelled() => {}
+    }
+}

@@ -1,0 +1,221 @@
+//! The `wsgate` binary: command line, logging, runtime, signals. Everything
+//! else is the library; this is the only place `anyhow` appears.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wsgate::config::{self, Config};
+use wsgate::{demo, listener, Gateway};
+
+/// A reverse proxy and load balancer built for WebSocket traffic.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or print every problem and exit 1.
+    Check {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a config together with local echo backends on the addresses it names.
+    Demo {
+        /// Config file (TOML).
+        #[arg(long, short, default_value = "config.example.toml")]
+        config: PathBuf,
+    },
+    /// Connect to a WebSocket URL; send stdin lines, print what comes back.
+    Client {
+        /// ws:// or wss:// URL.
+        url: String,
+        /// PEM CA certificate to trust for wss://.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            report(load(&config).and_then(|c| runtime(&c)?.block_on(run(c))))
+        }
+        Command::Demo { config } => report(
+            demo::ensure_certificates(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|cas| {
+                    let c = load(&config)?;
+                    runtime(&c)?.block_on(run_demo(c, cas))
+                }),
+        ),
+        Command::Client { url, ca } => report(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")
+                .and_then(|rt| Ok(rt.block_on(demo::client(&url, ca.as_deref()))?)),
+        ),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(config::load(path)?)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.runtime.workers {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().context("starting the runtime")
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn on_signals(token: CancellationToken, tasks: &TaskTracker) {
+    tasks.spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = token.cancelled() => return,
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let bound = listener::bind_all(&config).await?;
+    let gateway = Gateway::start(config, bound, shutdown.clone())?;
+    on_signals(shutdown, &gateway.shared().tasks);
+    gateway.wait().await;
+    Ok(())
+}
+
+async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let servers: Vec<_> = config
+        .upstreams
+        .values()
+        .flat_map(|u| u.servers.iter().copied())
+        .collect();
+    demo::start_echo_backends(&servers, &tasks, &shutdown).await?;
+    for ca in &cas {
+        println!(
+            "demo: made a CA and server certificate; the CA is {}",
+            ca.display()
+        );
+    }
+    let listeners = config.listeners.clone();
+    let bound = listener::bind_all(&config).await?;
+    let gateway = Gateway::start(config, bound, shutdown.clone())?;
+    on_signals(shutdown.clone(), &tasks);
+    println!(
+        "demo: echo backends on {}",
+        servers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut first_url = None;
+    for l in &listeners {
+        let Some(addr) = gateway.local_addr(&l.name) else {
+            continue;
+        };
+        let (scheme, host) = if l.tls.is_some() {
+            ("wss", "localhost")
+        } else {
+            ("ws", "127.0.0.1")
+        };
+        let url = format!("{scheme}://{host}:{}/chat", addr.port());
+        println!("demo: listener {} at {url}", l.name);
+        if l.tls.is_none() && first_url.is_none() {
+            first_url = Some(url);
+        }
+    }
+    if let Some(url) = &first_url {
+        demo::self_check(url, None)
+            .await
+            .context("demo self-check")?;
+        println!("demo: self-check passed: a message to {url} came back through wsgate");
+        println!("demo: try it yourself:\n    cargo run --release -- client {url}");
+        if let Some(ca) = cas.first().or(None) {
+            println!("demo: or over TLS:\n    cargo run --release -- client --ca {} wss://localhost:8443/chat", ca.display());
+        }
+    }
+    println!("demo: press Ctrl-C to stop");
+    gateway.wait().await;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}

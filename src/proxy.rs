@@ -1,0 +1,275 @@
+//! The life of one request, top to bottom: classify, check the handshake,
+//! normalise the path, route, pick servers, open the upstream, answer the
+//! client, and hand a verified upgrade to a tracked tunnel task.
+//!
+//! Owns: the order of those phases and the answer for each failure. Every
+//! request ends in exactly one response and one log line (the tunnel's
+//! access line for a 101, a handshake line for everything else).
+//!
+//! Must not: open a tunnel on anything but a backend's verified 101, or pass
+//! any byte from the client to a backend before that.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::handshake::{self, HandshakeError, RequestKind};
+use crate::routes::{self, ListenerSettings};
+use crate::stats::NewConn;
+use crate::tls::ClientStream;
+use crate::upstream::{self, Answer, Deadlines, UpstreamError};
+use crate::{tunnel, Shared};
+
+/// Body of every response wsgate sends to a client.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// What one client connection knows about itself.
+pub struct ConnContext {
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    /// The listener that accepted it.
+    pub listener: Arc<ListenerSettings>,
+    /// The peer's socket address.
+    pub peer: SocketAddr,
+}
+
+/// Why a request was answered without a tunnel.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Client(#[from] HandshakeError),
+    #[error(transparent)]
+    Backend(#[from] UpstreamError),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Client(e) => e.status(),
+            Refusal::Backend(e) => e.status(),
+        }
+    }
+
+    fn side(&self) -> &'static str {
+        match self {
+            Refusal::Client(HandshakeError::NoRoute) => "config",
+            Refusal::Client(_) => "client",
+            Refusal::Backend(_) => "backend",
+        }
+    }
+}
+
+/// Serves one request on a client connection. Never fails: every error becomes a response.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    ctx: Arc<ConnContext>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().to_string(), |p| p.to_string());
+    let (response, backend) = match forward(&mut req, &ctx).await {
+        Ok(r) => r,
+        Err(refusal) => (refuse(&refusal), None),
+    };
+    let status = response.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        tracing::info!(
+            target: "wsgate::access",
+            client = %ctx.peer,
+            listener = %ctx.listener.name,
+            method = %method,
+            target = ?target,
+            status = status.as_u16(),
+            backend = backend.map_or_else(|| "-".to_string(), |b: SocketAddr| b.to_string()),
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            reason = response.extensions().get::<Reason>().map_or("", |r| r.0.as_str()),
+            "request answered without tunnel"
+        );
+    }
+    Ok(response)
+}
+
+/// Reason text carried to the log line alongside a refusal.
+#[derive(Clone)]
+struct Reason(String);
+
+async fn forward(
+    req: &mut Request<Incoming>,
+    ctx: &ConnContext,
+) -> Result<(Response<ProxyBody>, Option<SocketAddr>), Refusal> {
+    if handshake::classify(req) == RequestKind::Plain {
+        return Err(HandshakeError::PlainHttp.into());
+    }
+    let key = handshake::check_client_request(req)?;
+    // Absolute-form targets carry their own authority, which could disagree with Host.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        return Err(HandshakeError::Path(routes::PathError::NotOriginForm).into());
+    }
+    let path = routes::normalize_path(req.uri().path()).map_err(HandshakeError::Path)?;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let host = routes::normalize_host(host);
+
+    // Take what this request needs from the snapshot and let go of the rest.
+    let (route, timeouts) = {
+        let snapshot = ctx.shared.snapshot.load();
+        let route = snapshot.route(&host, &path).cloned();
+        (route.ok_or(HandshakeError::NoRoute)?, snapshot.timeouts)
+    };
+    let candidates = route.upstream.candidates(upstream::CONNECT_ATTEMPTS);
+
+    let mut target = path.clone();
+    if let Some(q) = req.uri().query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let mut headers = req.headers().clone();
+    handshake::strip_hop_by_hop(&mut headers);
+    upstream::set_forwarding_headers(
+        &mut headers,
+        ctx.peer.ip(),
+        ctx.listener.tls.is_some(),
+        req.headers().get(header::HOST),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let mut backend_req = Request::new(Empty::<Bytes>::new());
+    *backend_req.method_mut() = http::Method::GET;
+    *backend_req.uri_mut() = target
+        .parse()
+        .map_err(|_| HandshakeError::Path(routes::PathError::BadEncoding))?;
+    *backend_req.headers_mut() = headers;
+
+    let accept = handshake::accept_key(key.as_bytes());
+    let deadlines = Deadlines {
+        connect: timeouts.connect,
+        handshake: timeouts.upstream_handshake,
+    };
+    let answer = upstream::open(
+        &candidates,
+        backend_req,
+        &accept,
+        req.headers(),
+        deadlines,
+        &ctx.shared.tasks,
+        &ctx.shared.shutdown,
+    )
+    .await?;
+
+    match answer {
+        Answer::Http { server, response } => {
+            // Not a 101: an ordinary response, and the client connection stays
+            // HTTP, so whatever the client sends next is parsed as a request.
+            let (mut parts, body) = response.into_parts();
+            handshake::strip_hop_by_hop(&mut parts.headers);
+            Ok((Response::from_parts(parts, body.boxed()), Some(server.addr)))
+        }
+        Answer::Upgraded {
+            server,
+            stream,
+            leftover,
+            headers,
+        } => {
+            let on_client_upgrade = hyper::upgrade::on(&mut *req);
+            let active = server.track();
+            let shared = ctx.shared.clone();
+            let new_conn = NewConn {
+                client: ctx.peer,
+                listener: ctx.listener.name.clone(),
+                route: route.label.clone(),
+                upstream: route.upstream.name.clone(),
+                backend: server.addr,
+                path: target,
+            };
+            ctx.shared.tasks.spawn(async move {
+                let _active = active;
+                let upgraded = match on_client_upgrade.await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client left before the upgrade completed");
+                        return;
+                    }
+                };
+                let Ok(parts) = upgraded.downcast::<TokioIo<ClientStream>>() else {
+                    tracing::error!("upgraded client connection has an unexpected type");
+                    return;
+                };
+                let guard = shared.registry.open(new_conn);
+                let outcome = tunnel::run(
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    stream,
+                    leftover,
+                    &guard.stats,
+                    timeouts.half_close,
+                    &shared.shutdown,
+                )
+                .await;
+                guard.finish(outcome.to_end());
+            });
+            Ok((switching_protocols(headers), Some(server.addr)))
+        }
+    }
+}
+
+/// The client's 101: the backend's end-to-end headers (accept key,
+/// subprotocol, extensions, cookies) with this hop's own Upgrade/Connection.
+fn switching_protocols(mut headers: HeaderMap) -> Response<ProxyBody> {
+    handshake::strip_hop_by_hop(&mut headers);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let mut res = Response::new(empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *res.headers_mut() = headers;
+    res
+}
+
+fn refuse(refusal: &Refusal) -> Response<ProxyBody> {
+    let status = refusal.status();
+    let reason = refusal.to_string();
+    let mut res = Response::new(full(format!("{reason}\n")));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::UPGRADE_REQUIRED {
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    if status == StatusCode::BAD_REQUEST {
+        // A client that sends malformed handshakes gets no second chance on this connection.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res.extensions_mut()
+        .insert(Reason(format!("{}: {reason}", refusal.side())));
+    res
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn full(text: String) -> ProxyBody {
+    Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed()
+}

@@ -1,0 +1,407 @@
+//! The routing table: one immutable [`Snapshot`] compiled from a [`Config`],
+//! route matching by host and path, and request-path normalisation.
+//!
+//! Owns: what the data path reads per request. A snapshot is built once and
+//! swapped whole behind one `ArcSwap` (see [`crate::Shared`]); connections load
+//! it once and clone the `Arc`s they need, so a later swap never reaches them.
+//!
+//! Must not: do I/O or hold mutable state other than the balancer's counters.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::balancer::Upstream;
+use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts};
+use crate::tls::TlsSettings;
+
+/// Everything a new connection needs, compiled once per config load.
+pub struct Snapshot {
+    /// The config this was compiled from.
+    pub config: Arc<Config>,
+    /// Routes ordered most specific first, so the first match wins.
+    routes: Vec<Arc<Route>>,
+    /// Per-listener settings by name.
+    pub listeners: HashMap<String, Arc<ListenerSettings>>,
+    /// Deadlines for new connections.
+    pub timeouts: Timeouts,
+    /// Size limits for new connections.
+    pub limits: Limits,
+}
+
+/// What a listener needs at accept time.
+pub struct ListenerSettings {
+    /// Listener name for logs and stats.
+    pub name: Arc<str>,
+    /// Certificates for TLS termination; `None` on a plain listener.
+    pub tls: Option<Arc<TlsSettings>>,
+}
+
+/// One compiled route.
+pub struct Route {
+    /// Stable human label such as `chat.example.com/ws`, used in logs and stats.
+    pub label: Arc<str>,
+    host: HostPattern,
+    prefix: String,
+    /// Where matching requests go.
+    pub upstream: Arc<Upstream>,
+}
+
+/// Why a snapshot could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// A listener's certificates could not be turned into a TLS config.
+    #[error("listener {listener}: {source}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+impl Snapshot {
+    /// Compiles a validated config into a routing table.
+    ///
+    /// # Errors
+    /// [`CompileError::Tls`] if rustls refuses a listener's certificates.
+    pub fn compile(config: Arc<Config>) -> Result<Self, CompileError> {
+        let upstreams: HashMap<&str, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| (name.as_str(), Arc::new(Upstream::new(name, &u.servers))))
+            .collect();
+        let mut routes: Vec<Arc<Route>> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                // Validation guarantees the upstream exists.
+                let upstream = upstreams.get(r.upstream.as_str())?.clone();
+                let host = match &r.host {
+                    HostPattern::Any => "*".to_string(),
+                    HostPattern::Exact(h) => h.clone(),
+                    HostPattern::Wildcard(s) => format!("*{s}"),
+                };
+                Some(Arc::new(Route {
+                    label: format!("{host}{}", r.path_prefix).into(),
+                    host: r.host.clone(),
+                    prefix: r.path_prefix.clone(),
+                    upstream,
+                }))
+            })
+            .collect();
+        routes.sort_by_key(|r| {
+            let host_rank = match &r.host {
+                HostPattern::Exact(_) => (0, 0),
+                // A longer suffix is more specific.
+                HostPattern::Wildcard(s) => (1, usize::MAX - s.len()),
+                HostPattern::Any => (2, 0),
+            };
+            (host_rank, usize::MAX - r.prefix.len())
+        });
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            listeners.insert(l.name.clone(), Arc::new(listener_settings(l)?));
+        }
+        Ok(Self {
+            timeouts: config.timeouts,
+            limits: config.limits,
+            config,
+            routes,
+            listeners,
+        })
+    }
+
+    /// The most specific route for a normalised host (lowercase, no port) and
+    /// normalised path: exact host over wildcard over any, then longest prefix.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| {
+            let host_ok = match &r.host {
+                HostPattern::Any => true,
+                HostPattern::Exact(h) => h == host,
+                HostPattern::Wildcard(suffix) => {
+                    host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                }
+            };
+            host_ok && prefix_matches(&r.prefix, path)
+        })
+    }
+}
+
+fn listener_settings(l: &ListenerConfig) -> Result<ListenerSettings, CompileError> {
+    let tls = match &l.tls {
+        None => None,
+        Some(t) => Some(Arc::new(TlsSettings::new(t).map_err(|source| {
+            CompileError::Tls {
+                listener: l.name.clone(),
+                source,
+            }
+        })?)),
+    };
+    Ok(ListenerSettings {
+        name: l.name.as_str().into(),
+        tls,
+    })
+}
+
+/// Whole-segment prefix match: `/ws` matches `/ws`, `/ws/` and `/ws/a`, never `/wsx`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Lowercases a Host header value and strips its port and trailing dot, so
+/// that routing compares names only. IPv6 literals keep their brackets.
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let name = if host.starts_with('[') {
+        match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.to_ascii_lowercase()
+}
+
+/// Why a request path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Not origin-form (`/...`).
+    #[error("request target must be a path starting with '/'")]
+    NotOriginForm,
+    /// An encoding whose meaning differs between servers: `%2F`, `%5C`, `%00`.
+    #[error("ambiguous percent-encoding {0} in path")]
+    AmbiguousEncoding(String),
+    /// `%` not followed by two hex digits.
+    #[error("malformed percent-encoding in path")]
+    BadEncoding,
+    /// A raw backslash or control byte.
+    #[error("forbidden character in path")]
+    ForbiddenChar,
+    /// A `..` that climbs above the root.
+    #[error("path climbs above the root")]
+    AboveRoot,
+}
+
+/// Normalises a request path per RFC 3986: percent-encoded unreserved
+/// characters are decoded (so `%2e%2e` is seen as the `..` it is), other
+/// escapes are uppercased, and dot-segments are removed (section 5.2.4).
+///
+/// Refuses what different servers would read differently rather than guess:
+/// encoded slash, backslash or NUL, and a `..` above the root.
+///
+/// # Errors
+/// A [`PathError`] naming the offending construct.
+pub fn normalize_path(path: &str) -> Result<String, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
+                let v = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(PathError::BadEncoding)?;
+                match v {
+                    b'/' | b'\\' | 0 => {
+                        return Err(PathError::AmbiguousEncoding(format!("%{}", hex_upper(v))));
+                    }
+                    v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
+                        decoded.push(v as char)
+                    }
+                    v => {
+                        decoded.push('%');
+                        decoded.push_str(&hex_upper(v));
+                    }
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::ForbiddenChar),
+            b if b.is_ascii_control() => return Err(PathError::ForbiddenChar),
+            _ => {
+                // Multi-byte UTF-8 sequences are copied byte by byte via the char.
+                let ch = path[i..].chars().next().ok_or(PathError::ForbiddenChar)?;
+                decoded.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    remove_dot_segments(&decoded)
+}
+
+fn hex_upper(v: u8) -> String {
+    format!("{v:02X}")
+}
+
+/// RFC 3986 5.2.4 over a path already starting with `/`, refusing to climb above the root.
+fn remove_dot_segments(path: &str) -> Result<String, PathError> {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    // A trailing "." or ".." leaves a trailing slash, as the RFC's algorithm does.
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => trailing_slash = i == last,
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+                trailing_slash = i == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut result = String::with_capacity(path.len());
+    for seg in &out {
+        result.push('/');
+        result.push_str(seg);
+    }
+    if trailing_slash || result.is_empty() {
+        result.push('/');
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn dot_segments_are_resolved() {
+        for (input, want) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/%2e%2E/b", "/b"),
+            ("/a/%2E/b", "/a/b"),
+            ("/ws/", "/ws/"),
+            ("/a//b", "/a//b"),
+            ("/%7euser", "/~user"),
+            ("/a%20b", "/a%20b"),
+            ("/a%c3%a9", "/a%C3%A9"),
+            ("/..a/b..", "/..a/b.."),
+            ("/é", "/é"),
+        ] {
+            assert_eq!(normalize_path(input).as_deref(), Ok(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for (input, want) in [
+            ("/a%2fb", PathError::AmbiguousEncoding("%2F".into())),
+            ("/a%2Fb", PathError::AmbiguousEncoding("%2F".into())),
+            ("/a%5cb", PathError::AmbiguousEncoding("%5C".into())),
+            ("/a%00", PathError::AmbiguousEncoding("%00".into())),
+            ("/..", PathError::AboveRoot),
+            ("/a/../../b", PathError::AboveRoot),
+            ("/%2e%2e/etc", PathError::AboveRoot),
+            ("/a%zz", PathError::BadEncoding),
+            ("/a%2", PathError::BadEncoding),
+            ("/a\\b", PathError::ForbiddenChar),
+            ("*", PathError::NotOriginForm),
+            ("http://x/", PathError::NotOriginForm),
+        ] {
+            assert_eq!(normalize_path(input), Err(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        assert_eq!(normalize_host("Chat.Example.COM:8443"), "chat.example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(prefix_matches("/ws", "/ws"));
+        assert!(prefix_matches("/ws", "/ws/"));
+        assert!(prefix_matches("/ws", "/ws/a"));
+        assert!(!prefix_matches("/ws", "/wsx"));
+        assert!(!prefix_matches("/ws", "/"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn most_specific_route_wins() {
+        let text = r#"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
+[[routes]]
+upstream = "any"
+[[routes]]
+upstream = "anyws"
+path_prefix = "/ws"
+[[routes]]
+host = "*.example.com"
+upstream = "wild"
+[[routes]]
+host = "*.eu.example.com"
+upstream = "wildeu"
+[[routes]]
+host = "chat.example.com"
+upstream = "exact"
+[[routes]]
+host = "chat.example.com"
+path_prefix = "/ws/admin"
+upstream = "exactadmin"
+[upstreams.any]
+servers = ["127.0.0.1:1"]
+[upstreams.anyws]
+servers = ["127.0.0.1:2"]
+[upstreams.wild]
+servers = ["127.0.0.1:3"]
+[upstreams.wildeu]
+servers = ["127.0.0.1:4"]
+[upstreams.exact]
+servers = ["127.0.0.1:5"]
+[upstreams.exactadmin]
+servers = ["127.0.0.1:6"]
+"#;
+        let config = crate::config::parse(text, Path::new("t.toml")).expect("valid");
+        let snap = Snapshot::compile(Arc::new(config)).expect("compiles");
+        let pick = |h: &str, p: &str| snap.route(h, p).map(|r| r.upstream.name.to_string());
+        assert_eq!(
+            pick("chat.example.com", "/ws/admin/x").as_deref(),
+            Some("exactadmin")
+        );
+        assert_eq!(
+            pick("chat.example.com", "/ws/adminx").as_deref(),
+            Some("exact")
+        );
+        assert_eq!(pick("a.eu.example.com", "/").as_deref(), Some("wildeu"));
+        assert_eq!(pick("a.b.example.com", "/ws").as_deref(), Some("wild"));
+        assert_eq!(pick("example.com", "/ws").as_deref(), Some("anyws"));
+        assert_eq!(pick("other", "/x").as_deref(), Some("any"));
+        assert_eq!(
+            snap.route("chat.example.com", "/ws/admin")
+                .map(|r| &*r.label),
+            Some("chat.example.com/ws/admin")
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! Per-connection statistics: live counters, the registry of open tunnels,
+//! and the one access-log record written when a tunnel ends.
+//!
+//! Owns: [`ConnStats`] (atomics the tunnel updates as bytes move, readable
+//! live by anyone holding the registry), [`Registry`], and [`AccessRecord`].
+//!
+//! Must not: log per frame. The only log line per connection is written by
+//! [`AccessRecord::emit`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Which end of a tunnel did something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The WebSocket client.
+    Client,
+    /// The backend server.
+    Backend,
+    /// wsgate itself (shutdown, timeout, protocol error).
+    Proxy,
+}
+
+impl Side {
+    /// Lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+            Side::Proxy => "proxy",
+        }
+    }
+}
+
+/// Counters of one direction of a tunnel.
+#[derive(Debug, Default)]
+pub struct DirectionCounters {
+    /// Bytes read from the sender and written to the receiver.
+    pub bytes: AtomicU64,
+    /// WebSocket frames whose header has passed.
+    pub frames: AtomicU64,
+    /// Whole data messages that have passed.
+    pub messages: AtomicU64,
+}
+
+/// A snapshot of [`DirectionCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DirectionTotals {
+    /// Bytes.
+    pub bytes: u64,
+    /// Frames.
+    pub frames: u64,
+    /// Messages.
+    pub messages: u64,
+}
+
+impl DirectionCounters {
+    /// Current values.
+    pub fn totals(&self) -> DirectionTotals {
+        DirectionTotals {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            frames: self.frames.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Process-wide origin for cheap monotonic timestamps in atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`epoch`], as stored in `last_activity_ms`.
+pub fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The live state of one tunnel.
+#[derive(Debug)]
+pub struct ConnStats {
+    /// Process-unique id, increasing.
+    pub id: u64,
+    /// The client's address as seen on the socket.
+    pub client: SocketAddr,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Route label.
+    pub route: Arc<str>,
+    /// Upstream name.
+    pub upstream: Arc<str>,
+    /// The backend server.
+    pub backend: SocketAddr,
+    /// Request path as forwarded (normalised).
+    pub path: String,
+    /// Wall-clock start, for logs.
+    pub started_at: SystemTime,
+    /// Monotonic start, for durations.
+    pub started: Instant,
+    /// Client to backend.
+    pub to_backend: DirectionCounters,
+    /// Backend to client.
+    pub to_client: DirectionCounters,
+    /// Last time bytes moved either way, in [`now_ms`] units.
+    pub last_activity_ms: AtomicU64,
+}
+
+impl ConnStats {
+    /// Time since the last byte moved.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(
+            now_ms().saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// The live tunnels, by id, and the feed of finished ones.
+#[derive(Debug)]
+pub struct Registry {
+    next_id: AtomicU64,
+    live: Mutex<BTreeMap<u64, Arc<ConnStats>>>,
+    finished: broadcast::Sender<Arc<AccessRecord>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            live: Mutex::new(BTreeMap::new()),
+            // Subscribers that fall this far behind lose the oldest records, never block tunnels.
+            finished: broadcast::channel(1024).0,
+        }
+    }
+}
+
+/// Everything known about a tunnel when it opens.
+pub struct NewConn {
+    /// Client address.
+    pub client: SocketAddr,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Route label.
+    pub route: Arc<str>,
+    /// Upstream name.
+    pub upstream: Arc<str>,
+    /// Backend address.
+    pub backend: SocketAddr,
+    /// Forwarded path.
+    pub path: String,
+}
+
+impl Registry {
+    /// Registers a new tunnel; the returned guard removes it when dropped,
+    /// so an entry never outlives its connection on any path.
+    pub fn open(self: &Arc<Self>, c: NewConn) -> RegistryGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stats = Arc::new(ConnStats {
+            id,
+            client: c.client,
+            listener: c.listener,
+            route: c.route,
+            upstream: c.upstream,
+            backend: c.backend,
+            path: c.path,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            to_backend: DirectionCounters::default(),
+            to_client: DirectionCounters::default(),
+            last_activity_ms: AtomicU64::new(now_ms()),
+        });
+        self.lock().insert(id, stats.clone());
+        RegistryGuard {
+            registry: self.clone(),
+            stats,
+        }
+    }
+
+    /// Live tunnels, oldest first.
+    pub fn live(&self) -> Vec<Arc<ConnStats>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// How many tunnels are open.
+    pub fn live_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// A feed of finished tunnels' records (for tests and, later, the admin API).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AccessRecord>> {
+        self.finished.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnStats>>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Keeps a tunnel in the registry for as long as it lives.
+pub struct RegistryGuard {
+    registry: Arc<Registry>,
+    /// The tunnel's live stats.
+    pub stats: Arc<ConnStats>,
+}
+
+impl RegistryGuard {
+    /// Writes the access-log line and publishes the record. Call once, at the end.
+    pub fn finish(&self, end: TunnelEnd) -> Arc<AccessRecord> {
+        let s = &self.stats;
+        let record = Arc::new(AccessRecord {
+            id: s.id,
+            client: s.client,
+            listener: s.listener.to_string(),
+            route: s.route.to_string(),
+            upstream: s.upstream.to_string(),
+            backend: s.backend,
+            path: s.path.clone(),
+            started: humantime::format_rfc3339_millis(s.started_at).to_string(),
+            duration_ms: u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            to_backend: s.to_backend.totals(),
+            to_client: s.to_client.totals(),
+            closed_by: end.closed_by,
+            close_code: end.close_code,
+            close_frame_from: end.close_frame_from,
+            reason: end.reason,
+        });
+        record.emit();
+        let _ = self.registry.finished.send(record.clone());
+        record
+    }
+}
+
+impl Drop for RegistryGuard {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.stats.id);
+    }
+}
+
+/// How a tunnel ended, as the tunnel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelEnd {
+    /// The side that stopped first: sent EOF, errored, or (proxy) was cut.
+    pub closed_by: Side,
+    /// Code of the first Close frame that passed, if any.
+    pub close_code: Option<u16>,
+    /// Who sent that Close frame.
+    pub close_frame_from: Option<Side>,
+    /// `closed`, or what went wrong.
+    pub reason: String,
+}
+
+/// The access-log record of one tunnel, with fixed field names.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRecord {
+    /// Connection id.
+    pub id: u64,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Listener name.
+    pub listener: String,
+    /// Route label.
+    pub route: String,
+    /// Upstream name.
+    pub upstream: String,
+    /// Backend address.
+    pub backend: SocketAddr,
+    /// Forwarded path.
+    pub path: String,
+    /// RFC 3339 start time.
+    pub started: String,
+    /// Lifetime in milliseconds.
+    pub duration_ms: u64,
+    /// Client-to-backend totals.
+    pub to_backend: DirectionTotals,
+    /// Backend-to-client totals.
+    pub to_client: DirectionTotals,
+    /// Who stopped first.
+    pub closed_by: Side,
+    /// First Close frame's code.
+    pub close_code: Option<u16>,
+    /// Sender of that Close frame.
+    pub close_frame_from: Option<Side>,
+    /// `closed`, or the error that ended the tunnel.
+    pub reason: String,
+}
+
+impl AccessRecord {
+    /// The one log line of this connection, on target `wsgate::access`.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "wsgate::access",
+            id = self.id,
+            client = %self.client,
+            listener = %self.listener,
+            route = %self.route,
+            upstream = %self.upstream,
+            backend = %self.backend,
+            path = %self.path,
+            started = %self.started,
+            duration_ms = self.duration_ms,
+            bytes_to_backend = self.to_backend.bytes,
+            bytes_to_client = self.to_client.bytes,
+            frames_to_backend = self.to_backend.frames,
+            frames_to_client = self.to_client.frames,
+            messages_to_backend = self.to_backend.messages,
+            messages_to_client = self.to_client.messages,
+            closed_by = self.closed_by.as_str(),
+            close_code = self.close_code.map(i64::from).unwrap_or(-1),
+            close_frame_from = self.close_frame_from.map_or("none", Side::as_str),
+            reason = %self.reason,
+            "websocket closed"
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! Connecting to a backend and playing the client side of its handshake.
+//!
+//! Owns: TCP connect under `timeouts.connect`, retry on the next candidate
+//! when (and only when) the connect fails, sending the upgrade request over
+//! hyper's HTTP/1.1 client with upgrades, the `upstream_handshake`
+//! deadline, verifying the 101, and recovering the raw socket from hyper.
+//! Also builds the forwarding headers (`X-Forwarded-*`, RFC 7239 `Forwarded`).
+//!
+//! Must not: retry once a backend has answered, or open a tunnel on anything
+//! but a verified 101.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::balancer::Server;
+use crate::handshake::{check_backend_101, BackendAnswerError};
+
+/// How many servers one handshake may try: the first, and one more if the connect fails.
+pub const CONNECT_ATTEMPTS: usize = 2;
+
+/// Why no usable answer came from the upstream. Every variant is the backend's side.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The TCP connect failed (refused, unreachable).
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        /// Backend address.
+        addr: SocketAddr,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP connect did not finish within `timeouts.connect`.
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout {
+        /// Backend address.
+        addr: SocketAddr,
+        /// The configured deadline.
+        after: Duration,
+    },
+    /// HTTP-level failure talking to the backend (reset, malformed answer).
+    #[error("HTTP exchange with {addr} failed: {source}")]
+    Http {
+        /// Backend address.
+        addr: SocketAddr,
+        /// What hyper said.
+        #[source]
+        source: hyper::Error,
+    },
+    /// No response headers within `timeouts.upstream_handshake`.
+    #[error("{addr} did not answer the upgrade within {after:?}")]
+    HandshakeTimeout {
+        /// Backend address.
+        addr: SocketAddr,
+        /// The configured deadline.
+        after: Duration,
+    },
+    /// A 101 that does not complete the client's handshake.
+    #[error("{addr} answered an invalid 101: {source}")]
+    BadAnswer {
+        /// Backend address.
+        addr: SocketAddr,
+        /// The rule broken.
+        #[source]
+        source: BackendAnswerError,
+    },
+    /// The upstream has no servers.
+    #[error("upstream has no servers")]
+    NoServers,
+}
+
+impl UpstreamError {
+    /// The status the client is answered with: 504 for deadlines, 502 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::HandshakeTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            UpstreamError::NoServers => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
+        )
+    }
+}
+
+/// What the backend answered.
+pub enum Answer {
+    /// A verified 101: the raw socket, bytes the backend sent after its 101, and its headers.
+    Upgraded {
+        /// The server that answered (its active count is the caller's to take).
+        server: Arc<Server>,
+        /// The backend socket, recovered from hyper.
+        stream: TcpStream,
+        /// Bytes read past the 101, to be delivered to the client first.
+        leftover: Bytes,
+        /// The 101's headers, for the answer to the client.
+        headers: HeaderMap,
+    },
+    /// Any other status: passed to the client as an ordinary HTTP response.
+    Http {
+        /// The server that answered.
+        server: Arc<Server>,
+        /// Its response, body still streaming.
+        response: Response<Incoming>,
+    },
+}
+
+/// Deadlines for one upstream exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Request sent to response headers received.
+    pub handshake: Duration,
+}
+
+/// Sends the upgrade request to the first candidate that accepts a
+/// connection, trying the next one only when a connect fails.
+///
+/// # Errors
+/// The last [`UpstreamError`] met.
+pub async fn open(
+    candidates: &[Arc<Server>],
+    request: Request<Empty<Bytes>>,
+    expected_accept: &str,
+    offered: &HeaderMap,
+    deadlines: Deadlines,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Answer, UpstreamError> {
+    let mut last = UpstreamError::NoServers;
+    for server in candidates.iter().take(CONNECT_ATTEMPTS) {
+        let stream = match connect(server.addr, deadlines.connect).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(backend = %server.addr, error = %e, "backend connect failed");
+                last = e;
+                continue;
+            }
+        };
+        return exchange(
+            server,
+            stream,
+            clone_request(&request),
+            expected_accept,
+            offered,
+            deadlines,
+            tasks,
+            shutdown,
+        )
+        .await;
+    }
+    debug_assert!(last.is_connect_failure() || matches!(last, UpstreamError::NoServers));
+    Err(last)
+}
+
+async fn connect(addr: SocketAddr, after: Duration) -> Result<TcpStream, UpstreamError> {
+    match tokio::time::timeout(after, TcpStream::connect(addr)).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout { addr, after }),
+        Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
+        Ok(Ok(s)) => {
+            // Frames are small and latency-sensitive; Nagle would hold them back.
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    server: &Arc<Server>,
+    stream: TcpStream,
+    request: Request<Empty<Bytes>>,
+    expected_accept: &str,
+    offered: &HeaderMap,
+    deadlines: Deadlines,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Answer, UpstreamError> {
+    let addr = server.addr;
+    let http = |source| UpstreamError::Http { addr, source };
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    let token = shutdown.clone();
+    // The connection task drives the exchange and, for a non-101 answer, the
+    // response body; it ends with the body, the upgrade, or shutdown.
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = conn.with_upgrades() => {}
+            _ = token.cancelled() => {}
+        }
+    });
+    let response =
+        match tokio::time::timeout(deadlines.handshake, sender.send_request(request)).await {
+            Err(_) => {
+                return Err(UpstreamError::HandshakeTimeout {
+                    addr,
+                    after: deadlines.handshake,
+                })
+            }
+            Ok(r) => r.map_err(http)?,
+        };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Answer::Http {
+            server: server.clone(),
+            response,
+        });
+    }
+    check_backend_101(&response, expected_accept, offered)
+        .map_err(|source| UpstreamError::BadAnswer { addr, source })?;
+    let headers = response.headers().clone();
+    let upgraded = hyper::upgrade::on(response).await.map_err(http)?;
+    let parts =
+        upgraded
+            .downcast::<TokioIo<TcpStream>>()
+            .map_err(|_| UpstreamError::BadAnswer {
+                addr,
+                source: BackendAnswerError::Upgrade,
+            })?;
+    Ok(Answer::Upgraded {
+        server: server.clone(),
+        stream: parts.io.into_inner(),
+        leftover: parts.read_buf,
+        headers,
+    })
+}
+
+fn clone_request(req: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
+    let mut r = Request::new(Empty::new());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
+}
+
+/// Replaces the forwarding headers with what this hop knows: the peer that
+/// connected, the scheme it used, and the Host it asked for. Incoming values
+/// are dropped, because nothing yet says which peers may be trusted.
+pub fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        headers.remove(name);
+    }
+    let proto = if tls { "https" } else { "http" };
+    let ip = client.to_string();
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    // RFC 7239 section 6: IPv6 addresses are bracketed and quoted; a Host with
+    // a port holds ':' and must be a quoted-string.
+    let node = match client {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => format!("\"[{ip}]\""),
+    };
+    let mut forwarded = format!("for={node};proto={proto}");
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        if let Ok(v) = HeaderValue::from_str(h) {
+            headers.insert("x-forwarded-host", v);
+        }
+        if h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'*+^`|".contains(&b))
+        {
+            forwarded.push_str(&format!(";host={h}"));
+        } else if !h.contains(['"', '\\']) {
+            forwarded.push_str(&format!(";host=\"{h}\""));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_headers_replace_incoming_ones() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        let host = HeaderValue::from_static("chat.example.com:8443");
+        set_forwarding_headers(&mut h, "10.1.2.3".parse().unwrap(), true, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "chat.example.com:8443");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.1.2.3;proto=https;host=\"chat.example.com:8443\""
+        );
+        set_forwarding_headers(
+            &mut h,
+            "::1".parse().unwrap(),
+            false,
+            Some(&HeaderValue::from_static("a.b")),
+        );
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http;host=a.b");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn statuses_follow_the_failure() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let after = Duration::from_secs(1);
+        assert_eq!(
+            UpstreamError::HandshakeTimeout { addr, after }.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            UpstreamError::ConnectTimeout { addr, after }.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        let refused = UpstreamError::Connect {
+            addr,
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    }
+}
