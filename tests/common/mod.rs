@@ -1,0 +1,354 @@
+//! Shared test harness: a real wsgate on `127.0.0.1:0` started from TOML,
+//! real WebSocket and raw-TCP backends, raw and WebSocket clients.
+//! Every wait has a generous timeout; nothing asserts on elapsed time.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use wsgate::listener::BoundListener;
+use wsgate::stats::AccessRecord;
+use wsgate::Gateway;
+
+/// How long any single expected event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Awaits `f` or panics naming `what`.
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A running wsgate and what it needs to stay alive.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub shutdown: CancellationToken,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Starts wsgate from TOML text (written to a temp dir, so relative
+    /// paths resolve there); each listener is bound on `127.0.0.1:0`.
+    pub async fn start(toml: &str) -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), toml).await
+    }
+
+    /// Like [`start`], in a prepared directory (with certificates in it).
+    pub async fn start_in(dir: tempfile::TempDir, toml: &str) -> Self {
+        let path = dir.path().join("wsgate.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let config = wsgate::config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            bound.push(BoundListener {
+                name: l.name.clone(),
+                socket: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            });
+        }
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::start(config, bound, shutdown.clone()).expect("start");
+        Self { gateway, shutdown, dir }
+    }
+
+    /// Address of a listener.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.gateway.local_addr(listener).expect("listener exists")
+    }
+
+    /// Subscribes to finished-connection records.
+    pub fn access_log(&self) -> tokio::sync::broadcast::Receiver<Arc<AccessRecord>> {
+        self.gateway.registry().subscribe()
+    }
+
+    /// Waits until no tunnel is live.
+    pub async fn wait_idle(&self) {
+        within("live tunnels to return to zero", async {
+            while self.gateway.registry().live_count() != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Next access record, waiting for it.
+pub async fn next_record(rx: &mut tokio::sync::broadcast::Receiver<Arc<AccessRecord>>) -> Arc<AccessRecord> {
+    within("an access record", rx.recv()).await.expect("record")
+}
+
+/// A config with one plain listener `public` and one route `/` to upstream `u`.
+pub fn simple_config(servers: &[SocketAddr]) -> String {
+    format!(
+        "[timeouts]\nconnect = \"2s\"\nupstream_handshake = \"2s\"\nclient_handshake = \"2s\"\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[routes]]\nupstream = \"u\"\n\n[upstreams.u]\nservers = {}\n",
+        server_list(servers)
+    )
+}
+
+/// TOML array of addresses.
+pub fn server_list(servers: &[SocketAddr]) -> String {
+    let items: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+// === backends ===
+
+/// One WebSocket connection a backend accepted, with the request it saw.
+pub struct Accepted {
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub ws: WebSocketStream<TcpStream>,
+}
+
+/// A WebSocket backend handing every accepted connection to the test.
+pub struct WsBackend {
+    pub addr: SocketAddr,
+    pub accepted: mpsc::UnboundedReceiver<Accepted>,
+}
+
+impl WsBackend {
+    pub async fn start() -> Self {
+        Self::start_with(|_req, res| res).await
+    }
+
+    /// `answer` may edit the 101 (e.g. to pick a subprotocol).
+    pub async fn start_with(answer: fn(&Request, Response) -> Response) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let seen = Arc::new(Mutex::new(None));
+                    let seen2 = seen.clone();
+                    let cb = move |req: &Request, res: Response| {
+                        *seen2.lock().unwrap() = Some((req.uri().to_string(), req.headers().clone()));
+                        Ok(answer(req, res))
+                    };
+                    if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await {
+                        let (path, headers) = seen.lock().unwrap().take().expect("request seen");
+                        let _ = tx.send(Accepted { path, headers, ws });
+                    }
+                });
+            }
+        });
+        Self { addr, accepted: rx }
+    }
+
+    /// Waits for the next accepted connection.
+    pub async fn next(&mut self) -> Accepted {
+        within("the backend to accept a WebSocket", self.accepted.recv()).await.expect("backend alive")
+    }
+}
+
+/// A WebSocket echo backend; returns its address.
+pub async fn echo_backend() -> SocketAddr {
+    let mut b = WsBackend::start().await;
+    let addr = b.addr;
+    tokio::spawn(async move {
+        while let Some(mut a) = b.accepted.recv().await {
+            tokio::spawn(async move {
+                use futures_util::SinkExt;
+                while let Some(Ok(m)) = a.ws.next().await {
+                    if matches!(m, Message::Text(_) | Message::Binary(_)) && a.ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A raw TCP backend: records every byte it receives on each connection and
+/// answers the first request head with `answer(request_head)` (None: stay silent).
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawBackend {
+    pub async fn start(answer: fn(&str) -> Option<Vec<u8>>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw backend");
+        let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (rec, conns) = (received.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let index = {
+                        let mut r = rec.lock().unwrap();
+                        r.push(Vec::new());
+                        r.len() - 1
+                    };
+                    let mut answered = false;
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let head = {
+                            let mut r = rec.lock().unwrap();
+                            r[index].extend_from_slice(&buf[..n]);
+                            r[index].clone()
+                        };
+                        if !answered && head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            answered = true;
+                            if let Some(a) = answer(&String::from_utf8_lossy(&head)) {
+                                if tcp.write_all(&a).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, received, connections }
+    }
+
+    /// Everything received on all connections, concatenated.
+    pub fn all_received(&self) -> String {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect()
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a raw request head.
+pub fn request_key(head: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+    })
+}
+
+/// A correct 101 for a raw request head.
+pub fn good_101(head: &str) -> Option<Vec<u8>> {
+    let key = request_key(head)?;
+    let accept = wsgate::handshake::accept_key(key.as_bytes());
+    Some(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").into_bytes())
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    drop(l);
+    a
+}
+
+// === clients ===
+
+/// A well-formed handshake request head for `path` on `host`.
+pub fn handshake_request(path: &str, host: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+}
+
+/// Sends raw bytes and reads one response head (and its body if it has a
+/// Content-Length). Returns (status, head, body).
+pub async fn raw_exchange(stream: &mut TcpStream, request: &[u8]) -> (u16, String, Vec<u8>) {
+    stream.write_all(request).await.expect("write request");
+    read_response(stream).await
+}
+
+/// Reads one HTTP response from a stream.
+pub async fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = within("a response head", async {
+        loop {
+            if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                return i + 4;
+            }
+            let n = stream.read(&mut buf).await.expect("read response");
+            assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&data));
+            data.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let len = header_value(&head, "content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    let mut body = data[head_end..].to_vec();
+    within("a response body", async {
+        while body.len() < len {
+            let n = stream.read(&mut buf).await.expect("read body");
+            assert!(n > 0, "connection closed mid-body");
+            body.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    (status, head, body)
+}
+
+/// A header's value in a raw head, case-insensitive.
+pub fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// Waits for the peer to close the stream (EOF or reset), discarding data.
+pub async fn wait_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    within("the connection to close", async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Connects a WebSocket client to `ws://addr{path}`.
+pub async fn ws_connect(addr: SocketAddr, path: &str) -> WebSocketStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (ws, _) = within("the WebSocket handshake", tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp))
+        .await
+        .expect("handshake");
+    ws
+}
+
+/// Makes a CA and a certificate for `names` in `dir`; returns (cert, key, ca) paths.
+pub fn make_cert(dir: &std::path::Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, cert, key) = wsgate::demo::make_certificates(names).expect("certificates");
+    let paths = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+        dir.join(format!("{stem}-ca.pem")),
+    );
+    std::fs::write(&paths.0, cert).expect("write cert");
+    std::fs::write(&paths.1, key).expect("write key");
+    std::fs::write(&paths.2, ca).expect("write ca");
+    paths
+}
