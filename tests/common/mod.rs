@@ -49,7 +49,8 @@ impl TestGateway {
     pub async fn start_in(dir: tempfile::TempDir, toml: &str) -> Self {
         let path = dir.path().join("wsgate.toml");
         std::fs::write(&path, toml).expect("write config");
-        let config = wsgate::config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let config =
+            wsgate::config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let mut bound = Vec::new();
         for l in &config.listeners {
             bound.push(BoundListener {
@@ -59,7 +60,11 @@ impl TestGateway {
         }
         let shutdown = CancellationToken::new();
         let gateway = Gateway::start(config, bound, shutdown.clone()).expect("start");
-        Self { gateway, shutdown, dir }
+        Self {
+            gateway,
+            shutdown,
+            dir,
+        }
     }
 
     /// Address of a listener.
@@ -90,7 +95,9 @@ impl Drop for TestGateway {
 }
 
 /// Next access record, waiting for it.
-pub async fn next_record(rx: &mut tokio::sync::broadcast::Receiver<Arc<AccessRecord>>) -> Arc<AccessRecord> {
+pub async fn next_record(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<AccessRecord>>,
+) -> Arc<AccessRecord> {
     within("an access record", rx.recv()).await.expect("record")
 }
 
@@ -130,7 +137,9 @@ impl WsBackend {
 
     /// `answer` may edit the 101 (e.g. to pick a subprotocol).
     pub async fn start_with(answer: fn(&Request, Response) -> Response) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -140,7 +149,8 @@ impl WsBackend {
                     let seen = Arc::new(Mutex::new(None));
                     let seen2 = seen.clone();
                     let cb = move |req: &Request, res: Response| {
-                        *seen2.lock().unwrap() = Some((req.uri().to_string(), req.headers().clone()));
+                        *seen2.lock().unwrap() =
+                            Some((req.uri().to_string(), req.headers().clone()));
                         Ok(answer(req, res))
                     };
                     if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await {
@@ -155,7 +165,9 @@ impl WsBackend {
 
     /// Waits for the next accepted connection.
     pub async fn next(&mut self) -> Accepted {
-        within("the backend to accept a WebSocket", self.accepted.recv()).await.expect("backend alive")
+        within("the backend to accept a WebSocket", self.accepted.recv())
+            .await
+            .expect("backend alive")
     }
 }
 
@@ -168,7 +180,9 @@ pub async fn echo_backend() -> SocketAddr {
             tokio::spawn(async move {
                 use futures_util::SinkExt;
                 while let Some(Ok(m)) = a.ws.next().await {
-                    if matches!(m, Message::Text(_) | Message::Binary(_)) && a.ws.send(m).await.is_err() {
+                    if matches!(m, Message::Text(_) | Message::Binary(_))
+                        && a.ws.send(m).await.is_err()
+                    {
                         break;
                     }
                 }
@@ -188,7 +202,9 @@ pub struct RawBackend {
 
 impl RawBackend {
     pub async fn start(answer: fn(&str) -> Option<Vec<u8>>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw backend");
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -227,7 +243,11 @@ impl RawBackend {
                 });
             }
         });
-        Self { addr, received, connections }
+        Self {
+            addr,
+            received,
+            connections,
+        }
     }
 
     /// Everything received on all connections, concatenated.
@@ -245,7 +265,9 @@ impl RawBackend {
 pub fn request_key(head: &str) -> Option<String> {
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+        k.trim()
+            .eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| v.trim().to_string())
     })
 }
 
@@ -278,33 +300,37 @@ pub async fn raw_exchange(stream: &mut TcpStream, request: &[u8]) -> (u16, Strin
     read_response(stream).await
 }
 
-/// Reads one HTTP response from a stream.
+/// Reads exactly one HTTP response from a stream, leaving any bytes after
+/// it (a pipelined second response) unread.
 pub async fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = within("a response head", async {
-        loop {
-            if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                return i + 4;
-            }
-            let n = stream.read(&mut buf).await.expect("read response");
-            assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&data));
-            data.extend_from_slice(&buf[..n]);
+    within("a response head", async {
+        // Byte by byte, so nothing past this response's head is consumed.
+        while !data.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = stream.read(&mut byte).await.expect("read response");
+            assert!(
+                n > 0,
+                "connection closed before a response: {:?}",
+                String::from_utf8_lossy(&data)
+            );
+            data.push(byte[0]);
         }
     })
     .await;
-    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    let len = header_value(&head, "content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-    let mut body = data[head_end..].to_vec();
-    within("a response body", async {
-        while body.len() < len {
-            let n = stream.read(&mut buf).await.expect("read body");
-            assert!(n > 0, "connection closed mid-body");
-            body.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
+    let head = String::from_utf8_lossy(&data).into_owned();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let len = header_value(&head, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    within("a response body", stream.read_exact(&mut body))
+        .await
+        .expect("read body");
     (status, head, body)
 }
 
@@ -312,7 +338,9 @@ pub async fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
 pub fn header_value(head: &str, name: &str) -> Option<String> {
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
     })
 }
 
@@ -333,9 +361,12 @@ pub async fn wait_closed(stream: &mut TcpStream) {
 /// Connects a WebSocket client to `ws://addr{path}`.
 pub async fn ws_connect(addr: SocketAddr, path: &str) -> WebSocketStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (ws, _) = within("the WebSocket handshake", tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp))
-        .await
-        .expect("handshake");
+    let (ws, _) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp),
+    )
+    .await
+    .expect("handshake");
     ws
 }
 
