@@ -2,6 +2,8 @@
 //! real WebSocket and raw-TCP backends, raw and WebSocket clients.
 //! Every wait has a generous timeout; nothing asserts on elapsed time.
 #![allow(dead_code)]
+// tungstenite's handshake callback signature returns its large ErrorResponse by value.
+#![allow(clippy::result_large_err)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
