@@ -1,0 +1,454 @@
+//! The tunnel: echo up to 16 MiB, fragmentation and control frames intact,
+//! close codes both ways, half-close, bytes sent with the 101, protocol
+//! violations, and stats and access records matching what was sent.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::stats::Side;
+
+#[tokio::test]
+async fn text_and_binary_echo_up_to_16_mib() {
+    let echo = echo_backend().await;
+    let gw = TestGateway::start(&simple_config(&[echo])).await;
+    let mut rx = gw.access_log();
+    let mut ws = ws_connect(gw.addr("public"), "/ws").await;
+    let sizes = [
+        0usize,
+        1,
+        125,
+        126,
+        65_535,
+        65_536,
+        1 << 20,
+        (16 << 20) - 14,
+    ];
+    for (i, &size) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..size).map(|b| (b * 31 + i) as u8).collect();
+        ws.send(Message::binary(payload.clone()))
+            .await
+            .expect("send binary");
+        let got = within("binary echo", ws.next())
+            .await
+            .expect("message")
+            .expect("ok");
+        assert_eq!(
+            got.into_data().as_ref(),
+            payload.as_slice(),
+            "binary of {size} bytes"
+        );
+        let text = "é".repeat(size / 2);
+        ws.send(Message::text(text.clone()))
+            .await
+            .expect("send text");
+        let got = within("text echo", ws.next())
+            .await
+            .expect("message")
+            .expect("ok");
+        assert_eq!(
+            got.into_text().expect("text").as_str(),
+            text,
+            "text of {size} bytes"
+        );
+    }
+    ws.close(None).await.expect("close");
+    finish(ws).await;
+    let record = next_record(&mut rx).await;
+    let n = 2 * sizes.len() as u64;
+    assert_eq!(record.to_backend.messages, n);
+    assert_eq!(record.to_client.messages, n);
+    assert!(record.to_backend.bytes > 2 * (16 << 20), "{record:?}");
+    assert_eq!(record.reason, "closed");
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn fragments_and_pings_pass_intact() {
+    let mut backend = WsBackend::start().await;
+    let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = ws_connect(gw.addr("public"), "/ws").await;
+    let mut server = backend.next().await.ws;
+
+    // Client: a text message in three fragments with a ping between them.
+    client
+        .send(Message::Frame(Frame::message(
+            "hel",
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await
+        .expect("frag 1");
+    client
+        .send(Message::Frame(Frame::ping("p1")))
+        .await
+        .expect("ping");
+    client
+        .send(Message::Frame(Frame::message(
+            "lo ",
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await
+        .expect("frag 2");
+    client
+        .send(Message::Frame(Frame::message(
+            "world",
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await
+        .expect("frag 3");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.push(
+            within("backend to read", server.next())
+                .await
+                .expect("message")
+                .expect("ok"),
+        );
+    }
+    assert_eq!(got[0], Message::Ping("p1".into()));
+    assert_eq!(got[1], Message::text("hello world"));
+    // tungstenite answers the ping on its next write; this one is a fragmented binary from the server.
+    server
+        .send(Message::Frame(Frame::message(
+            vec![1u8, 2],
+            OpCode::Data(Data::Binary),
+            false,
+        )))
+        .await
+        .expect("s frag 1");
+    server
+        .send(Message::Frame(Frame::message(
+            vec![3u8],
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await
+        .expect("s frag 2");
+    let mut seen_pong = false;
+    loop {
+        match within("client to read", client.next())
+            .await
+            .expect("message")
+            .expect("ok")
+        {
+            Message::Pong(p) => {
+                assert_eq!(p.as_ref(), b"p1");
+                seen_pong = true;
+            }
+            Message::Binary(b) => {
+                assert_eq!(b.as_ref(), [1, 2, 3]);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        seen_pong,
+        "the pong must arrive before the later binary message"
+    );
+    client.close(None).await.expect("close");
+    tokio::join!(finish(server), finish(client));
+    let record = next_record(&mut rx).await;
+    // 3 data frames + ping + close from the client; 2 data frames + pong + close from the server.
+    assert_eq!(record.to_backend.frames, 5);
+    assert_eq!(record.to_backend.messages, 1);
+    assert_eq!(record.to_client.frames, 4);
+    assert_eq!(record.to_client.messages, 1);
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn close_codes_reach_the_other_side_both_ways() {
+    let mut backend = WsBackend::start().await;
+    let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
+    let mut rx = gw.access_log();
+
+    // Client closes with 4001.
+    let mut client = ws_connect(gw.addr("public"), "/ws").await;
+    let mut server = backend.next().await.ws;
+    client
+        .close(Some(CloseFrame {
+            code: CloseCode::Library(4001),
+            reason: "bye".into(),
+        }))
+        .await
+        .expect("close");
+    match within("backend to see the close", server.next()).await {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 4001);
+            assert_eq!(f.reason.as_str(), "bye");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    tokio::join!(finish(server), finish(client));
+    let record = next_record(&mut rx).await;
+    assert_eq!(record.close_code, Some(4001));
+    assert_eq!(record.close_frame_from, Some(Side::Client));
+
+    // Backend closes with 1011.
+    let mut client = ws_connect(gw.addr("public"), "/ws").await;
+    let mut server = backend.next().await.ws;
+    server
+        .close(Some(CloseFrame {
+            code: CloseCode::Error,
+            reason: "oops".into(),
+        }))
+        .await
+        .expect("close");
+    match within("client to see the close", client.next()).await {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Error),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    tokio::join!(finish(client), finish(server));
+    let record = next_record(&mut rx).await;
+    assert_eq!(record.close_code, Some(1011));
+    assert_eq!(record.close_frame_from, Some(Side::Backend));
+    gw.wait_idle().await;
+}
+
+/// Reads until the peer's close completes, then drops the socket, as a real
+/// endpoint does once the closing handshake is over.
+async fn finish<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(_)) = within("the closing handshake", ws.next()).await {}
+}
+
+/// A raw backend that answers the handshake, optionally sending `first` in
+/// the same write as its 101, then hands the socket to the test.
+async fn raw_ws_backend(
+    first: &'static [u8],
+) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let Some(mut answer) = good_101(&String::from_utf8_lossy(&head)) else {
+                continue;
+            };
+            answer.extend_from_slice(first);
+            if tcp.write_all(&answer).await.is_ok() {
+                let _ = tx.send(tcp).await;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A raw client handshake; returns the stream after the 101 head.
+async fn raw_client(addr: std::net::SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let (status, _, _) = raw_exchange(&mut tcp, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 101);
+    tcp
+}
+
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let mask = [7u8, 1, 9, 3];
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test]
+async fn half_close_is_passed_on_and_the_other_side_keeps_sending() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+
+    let frame = masked_text(b"last words");
+    client.write_all(&frame).await.expect("write");
+    client.shutdown().await.expect("client half-close");
+    // The backend reads the frame, then EOF: the FIN was passed on.
+    let mut got = Vec::new();
+    within("backend to see EOF", server.read_to_end(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, frame);
+    // Its direction is still open: it can answer, then close.
+    let reply = [0x81u8, 5, b'l', b'a', b't', b'e', b'r'];
+    server.write_all(&reply).await.expect("write reply");
+    server.shutdown().await.expect("backend close");
+    let mut got = Vec::new();
+    within(
+        "client to get the reply and EOF",
+        client.read_to_end(&mut got),
+    )
+    .await
+    .expect("read");
+    assert_eq!(got, reply);
+    let record = next_record(&mut rx).await;
+    assert_eq!(record.closed_by, Side::Client);
+    assert_eq!(record.reason, "closed");
+    assert_eq!(record.to_backend.messages, 1);
+    assert_eq!(record.to_client.messages, 1);
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn bytes_sent_with_the_101_reach_the_client() {
+    const GREETING: &[u8] = &[0x81, 5, b'h', b'e', b'l', b'l', b'o'];
+    let (addr, mut accepted) = raw_ws_backend(GREETING).await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut client = raw_client(gw.addr("public")).await;
+    let _server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    let mut got = vec![0u8; GREETING.len()];
+    within("greeting", client.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, GREETING);
+    let live = gw.gateway.registry().live();
+    assert_eq!(live.len(), 1);
+    within("greeting to be counted", async {
+        while live[0].to_client.totals().messages != 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unmasked_client_frame_ends_the_tunnel() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    client
+        .write_all(&[0x81, 2, b'h', b'i'])
+        .await
+        .expect("write");
+    let record = next_record(&mut rx).await;
+    assert_eq!(record.closed_by, Side::Client);
+    assert!(
+        record.reason.contains("client broke WebSocket framing"),
+        "{}",
+        record.reason
+    );
+    wait_closed(&mut client).await;
+    wait_closed(&mut server).await;
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn stats_and_access_record_match_what_was_sent() {
+    let mut backend = WsBackend::start().await;
+    let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = ws_connect(gw.addr("public"), "/chat/room?id=7").await;
+    let mut server = backend.next().await.ws;
+    for m in ["a", "bb", "ccc"] {
+        client.send(Message::text(m)).await.expect("send");
+        let got = within("backend read", server.next())
+            .await
+            .expect("message")
+            .expect("ok");
+        server.send(got).await.expect("echo");
+        within("client read", client.next())
+            .await
+            .expect("message")
+            .expect("ok");
+    }
+    // Live view while open: a masked client frame of n < 126 bytes is 6 + n bytes, a server frame 2 + n.
+    let live = gw.gateway.registry().live();
+    assert_eq!(live.len(), 1);
+    let conn = live[0].clone();
+    assert_eq!(&*conn.listener, "public");
+    assert_eq!(&*conn.route, "*/");
+    assert_eq!(&*conn.upstream, "u");
+    assert_eq!(conn.backend, backend.addr);
+    assert_eq!(conn.path, "/chat/room?id=7");
+    assert_eq!(conn.to_backend.totals().bytes, 7 + 8 + 9);
+    within("server bytes to be counted", async {
+        while conn.to_client.totals().bytes != 3 + 4 + 5 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    client
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .await
+        .expect("close");
+    tokio::join!(finish(server), finish(client));
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.id, conn.id);
+    assert_eq!(r.client, conn.client);
+    assert_eq!(r.to_backend.bytes, 7 + 8 + 9 + 8);
+    assert_eq!(r.to_client.bytes, 3 + 4 + 5 + 4);
+    assert_eq!((r.to_backend.frames, r.to_backend.messages), (4, 3));
+    assert_eq!((r.to_client.frames, r.to_client.messages), (4, 3));
+    assert_eq!(r.close_code, Some(1000));
+    assert_eq!(r.close_frame_from, Some(Side::Client));
+    assert_eq!(r.path, "/chat/room?id=7");
+    assert_eq!(r.reason, "closed");
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn a_bad_client_does_not_disturb_others_and_counters_return_to_zero() {
+    let echo = echo_backend().await;
+    let gw = TestGateway::start(&simple_config(&[echo])).await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(ws_connect(gw.addr("public"), "/ws").await);
+    }
+    // One misbehaving client in the middle.
+    let mut bad = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut bad, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 101);
+    bad.write_all(&[0x8f, 0x80, 0, 0, 0, 0])
+        .await
+        .expect("reserved opcode");
+    wait_closed(&mut bad).await;
+    for round in 0..3 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let text = format!("{i}-{round}");
+            c.send(Message::text(text.clone())).await.expect("send");
+            let got = within("echo", c.next())
+                .await
+                .expect("message")
+                .expect("ok");
+            assert_eq!(got.into_text().expect("text").as_str(), text);
+        }
+    }
+    assert_eq!(gw.gateway.registry().live_count(), 50);
+    for mut c in clients {
+        c.close(None).await.expect("close");
+        finish(c).await;
+    }
+    gw.wait_idle().await;
+}
