@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::handshake::{self, HandshakeError, RequestKind};
 use crate::routes::{self, ListenerSettings};
-use crate::stats::NewConn;
+use crate::stats::ConnInfo;
 use crate::tls::ClientStream;
 use crate::upstream::{self, Answer, Deadlines, UpstreamError};
 use crate::{tunnel, Shared};
@@ -160,16 +160,15 @@ async fn forward(
         connect: timeouts.connect,
         handshake: timeouts.upstream_handshake,
     };
-    let answer = upstream::open(
-        &candidates,
-        backend_req,
-        &accept,
-        req.headers(),
+    let hs = upstream::Handshake {
+        request: backend_req,
+        expected_accept: &accept,
+        offered: req.headers(),
         deadlines,
-        &ctx.shared.tasks,
-        &ctx.shared.shutdown,
-    )
-    .await?;
+        tasks: &ctx.shared.tasks,
+        shutdown: &ctx.shared.shutdown,
+    };
+    let answer = upstream::open(&candidates, &hs).await?;
 
     match answer {
         Answer::Http { server, response } => {
@@ -188,7 +187,7 @@ async fn forward(
             let on_client_upgrade = hyper::upgrade::on(&mut *req);
             let active = server.track();
             let shared = ctx.shared.clone();
-            let new_conn = NewConn {
+            let new_conn = ConnInfo {
                 client: ctx.peer,
                 listener: ctx.listener.name.clone(),
                 route: route.label.clone(),

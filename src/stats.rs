@@ -88,18 +88,8 @@ pub fn now_ms() -> u64 {
 pub struct ConnStats {
     /// Process-unique id, increasing.
     pub id: u64,
-    /// The client's address as seen on the socket.
-    pub client: SocketAddr,
-    /// Listener name.
-    pub listener: Arc<str>,
-    /// Route label.
-    pub route: Arc<str>,
-    /// Upstream name.
-    pub upstream: Arc<str>,
-    /// The backend server.
-    pub backend: SocketAddr,
-    /// Request path as forwarded (normalised).
-    pub path: String,
+    /// Where it comes from and goes to.
+    pub info: ConnInfo,
     /// Wall-clock start, for logs.
     pub started_at: SystemTime,
     /// Monotonic start, for durations.
@@ -141,7 +131,8 @@ impl Default for Registry {
 }
 
 /// Everything known about a tunnel when it opens.
-pub struct NewConn {
+#[derive(Debug)]
+pub struct ConnInfo {
     /// Client address.
     pub client: SocketAddr,
     /// Listener name.
@@ -159,16 +150,11 @@ pub struct NewConn {
 impl Registry {
     /// Registers a new tunnel; the returned guard removes it when dropped,
     /// so an entry never outlives its connection on any path.
-    pub fn open(self: &Arc<Self>, c: NewConn) -> RegistryGuard {
+    pub fn open(self: &Arc<Self>, info: ConnInfo) -> RegistryGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(ConnStats {
             id,
-            client: c.client,
-            listener: c.listener,
-            route: c.route,
-            upstream: c.upstream,
-            backend: c.backend,
-            path: c.path,
+            info,
             started_at: SystemTime::now(),
             started: Instant::now(),
             to_backend: DirectionCounters::default(),
@@ -216,12 +202,12 @@ impl RegistryGuard {
         let s = &self.stats;
         let record = Arc::new(AccessRecord {
             id: s.id,
-            client: s.client,
-            listener: s.listener.to_string(),
-            route: s.route.to_string(),
-            upstream: s.upstream.to_string(),
-            backend: s.backend,
-            path: s.path.clone(),
+            client: s.info.client,
+            listener: s.info.listener.to_string(),
+            route: s.info.route.to_string(),
+            upstream: s.info.upstream.to_string(),
+            backend: s.info.backend,
+            path: s.info.path.clone(),
             started: humantime::format_rfc3339_millis(s.started_at).to_string(),
             duration_ms: u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             to_backend: s.to_backend.totals(),

@@ -131,23 +131,31 @@ pub struct Deadlines {
     pub handshake: Duration,
 }
 
+/// One upgrade request to send, and what is needed to judge the answer.
+pub struct Handshake<'a> {
+    /// The request as the backend must see it.
+    pub request: Request<Empty<Bytes>>,
+    /// The `Sec-WebSocket-Accept` the client's key calls for.
+    pub expected_accept: &'a str,
+    /// The client's headers: the subprotocols and extensions it offered.
+    pub offered: &'a HeaderMap,
+    /// Deadlines for connect and answer.
+    pub deadlines: Deadlines,
+    /// Where the connection task is tracked.
+    pub tasks: &'a TaskTracker,
+    /// Ends the connection task at shutdown.
+    pub shutdown: &'a CancellationToken,
+}
+
 /// Sends the upgrade request to the first candidate that accepts a
 /// connection, trying the next one only when a connect fails.
 ///
 /// # Errors
 /// The last [`UpstreamError`] met.
-pub async fn open(
-    candidates: &[Arc<Server>],
-    request: Request<Empty<Bytes>>,
-    expected_accept: &str,
-    offered: &HeaderMap,
-    deadlines: Deadlines,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<Answer, UpstreamError> {
+pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answer, UpstreamError> {
     let mut last = UpstreamError::NoServers;
     for server in candidates.iter().take(CONNECT_ATTEMPTS) {
-        let stream = match connect(server.addr, deadlines.connect).await {
+        let stream = match connect(server.addr, hs.deadlines.connect).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(backend = %server.addr, error = %e, "backend connect failed");
@@ -155,17 +163,7 @@ pub async fn open(
                 continue;
             }
         };
-        return exchange(
-            server,
-            stream,
-            clone_request(&request),
-            expected_accept,
-            offered,
-            deadlines,
-            tasks,
-            shutdown,
-        )
-        .await;
+        return exchange(server, stream, hs).await;
     }
     debug_assert!(last.is_connect_failure() || matches!(last, UpstreamError::NoServers));
     Err(last)
@@ -183,49 +181,48 @@ async fn connect(addr: SocketAddr, after: Duration) -> Result<TcpStream, Upstrea
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn exchange(
     server: &Arc<Server>,
     stream: TcpStream,
-    request: Request<Empty<Bytes>>,
-    expected_accept: &str,
-    offered: &HeaderMap,
-    deadlines: Deadlines,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
+    hs: &Handshake<'_>,
 ) -> Result<Answer, UpstreamError> {
+    let deadlines = hs.deadlines;
     let addr = server.addr;
     let http = |source| UpstreamError::Http { addr, source };
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
         .map_err(http)?;
-    let token = shutdown.clone();
+    let token = hs.shutdown.clone();
     // The connection task drives the exchange and, for a non-101 answer, the
     // response body; it ends with the body, the upgrade, or shutdown.
-    tasks.spawn(async move {
+    hs.tasks.spawn(async move {
         tokio::select! {
             _ = conn.with_upgrades() => {}
             _ = token.cancelled() => {}
         }
     });
-    let response =
-        match tokio::time::timeout(deadlines.handshake, sender.send_request(request)).await {
-            Err(_) => {
-                return Err(UpstreamError::HandshakeTimeout {
-                    addr,
-                    after: deadlines.handshake,
-                })
-            }
-            Ok(r) => r.map_err(http)?,
-        };
+    let response = match tokio::time::timeout(
+        deadlines.handshake,
+        sender.send_request(clone_request(&hs.request)),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(UpstreamError::HandshakeTimeout {
+                addr,
+                after: deadlines.handshake,
+            })
+        }
+        Ok(r) => r.map_err(http)?,
+    };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Answer::Http {
             server: server.clone(),
             response,
         });
     }
-    check_backend_101(&response, expected_accept, offered)
+    check_backend_101(&response, hs.expected_accept, hs.offered)
         .map_err(|source| UpstreamError::BadAnswer { addr, source })?;
     let headers = response.headers().clone();
     let upgraded = hyper::upgrade::on(response).await.map_err(http)?;

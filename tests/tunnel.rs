@@ -381,11 +381,11 @@ async fn stats_and_access_record_match_what_was_sent() {
     let live = gw.gateway.registry().live();
     assert_eq!(live.len(), 1);
     let conn = live[0].clone();
-    assert_eq!(&*conn.listener, "public");
-    assert_eq!(&*conn.route, "*/");
-    assert_eq!(&*conn.upstream, "u");
-    assert_eq!(conn.backend, backend.addr);
-    assert_eq!(conn.path, "/chat/room?id=7");
+    assert_eq!(&*conn.info.listener, "public");
+    assert_eq!(&*conn.info.route, "*/");
+    assert_eq!(&*conn.info.upstream, "u");
+    assert_eq!(conn.info.backend, backend.addr);
+    assert_eq!(conn.info.path, "/chat/room?id=7");
     assert_eq!(conn.to_backend.totals().bytes, 7 + 8 + 9);
     within("server bytes to be counted", async {
         while conn.to_client.totals().bytes != 3 + 4 + 5 {
@@ -404,7 +404,7 @@ async fn stats_and_access_record_match_what_was_sent() {
     tokio::join!(finish(server), finish(client));
     let r = next_record(&mut rx).await;
     assert_eq!(r.id, conn.id);
-    assert_eq!(r.client, conn.client);
+    assert_eq!(r.client, conn.info.client);
     assert_eq!(r.to_backend.bytes, 7 + 8 + 9 + 8);
     assert_eq!(r.to_client.bytes, 3 + 4 + 5 + 4);
     assert_eq!((r.to_backend.frames, r.to_backend.messages), (4, 3));
