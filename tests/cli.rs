@@ -1,0 +1,570 @@
+//! The `wsgate` binary: `check` and its error report, `--help` and
+//! `--version`, `run` with JSON logs, its access-log line, its refusals and
+//! SIGTERM, the line-based `client`, and the demo on its fixed ports.
+
+mod common;
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
+    cmd
+}
+
+/// Runs wsgate to completion (waiting on a blocking thread).
+async fn wsgate(args: &[&str]) -> Output {
+    let child = command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wsgate");
+    within(
+        &format!("wsgate {args:?} to exit"),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("join")
+    .expect("run wsgate")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write file");
+    path.to_str().expect("utf-8 path").to_string()
+}
+
+const GOOD: &str = r#"[timeouts]
+connect = "2s"
+
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[routes]]
+upstream = "u"
+
+[upstreams.u]
+servers = ["127.0.0.1:9"]
+"#;
+
+#[tokio::test]
+async fn check_accepts_a_good_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "good.toml", GOOD);
+    let out = wsgate(&["check", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{path}: ok\n"));
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[tokio::test]
+async fn check_reports_every_problem_with_line_column_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = r#"[timeouts]
+connect = "soon"
+
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[routes]]
+upstream = "missing"
+
+[upstreams.u]
+servers = ["127.0.0.1:9"]
+"#;
+    let path = write(dir.path(), "bad.toml", config);
+    let out = wsgate(&["check", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "", "nothing on stdout for a bad config");
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "exactly two problems: {stderr}");
+    let connect = format!("{path}:2:11: timeouts.connect: ");
+    assert!(lines[0].starts_with(&connect), "{}", lines[0]);
+    assert!(lines[0].contains("\"soon\""), "{}", lines[0]);
+    let upstream = format!("{path}:9:12: routes[0].upstream: ");
+    assert!(lines[1].starts_with(&upstream), "{}", lines[1]);
+    assert!(lines[1].contains("missing"), "{}", lines[1]);
+}
+
+#[tokio::test]
+async fn check_reports_a_syntax_error_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "syntax.toml",
+        "[[listeners]]\nname = \"unterminated\nbind = \"127.0.0.1:0\"\n",
+    );
+    let out = wsgate(&["check", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with(&format!("{path}:2:")), "{stderr}");
+    assert!(stderr.contains("name"), "the key is named: {stderr}");
+}
+
+#[tokio::test]
+async fn check_reports_a_missing_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("absent.toml");
+    let path = path.to_str().expect("utf-8 path");
+    let out = wsgate(&["check", "--config", path]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{path}: cannot read config")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn help_on_every_subcommand() {
+    for (sub, must_mention) in [
+        ("run", "--config"),
+        ("check", "--config"),
+        ("demo", "--config"),
+        ("client", "--ca"),
+    ] {
+        let out = wsgate(&[sub, "--help"]).await;
+        assert_eq!(out.status.code(), Some(0), "{sub} --help");
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains(&format!("Usage: wsgate {sub}")),
+            "{sub}: {stdout}"
+        );
+        assert!(stdout.contains(must_mention), "{sub}: {stdout}");
+        assert!(stdout.contains("--log-format"), "{sub}: {stdout}");
+    }
+    let out = wsgate(&["--help"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    for sub in ["run", "check", "demo", "client"] {
+        assert!(stdout.contains(sub), "top-level help lists {sub}: {stdout}");
+    }
+}
+
+#[tokio::test]
+async fn version_matches_cargo_toml() {
+    let out = wsgate(&["--version"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("wsgate {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// README: "`--help`, `--version`: as usual, on every command".
+#[tokio::test]
+async fn version_on_every_subcommand() {
+    for sub in ["run", "check", "demo", "client"] {
+        let out = wsgate(&[sub, "--version"]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "wsgate {sub} --version: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains(env!("CARGO_PKG_VERSION")),
+            "wsgate {sub} --version: {}",
+            text(&out.stdout)
+        );
+    }
+}
+
+// === running children ===
+
+/// A running wsgate whose stdout is read line by line; killed when dropped.
+struct Running {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    stderr: Arc<Mutex<String>>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wsgate");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        // Blocking pipe reads live on their own threads; both end at the child's exit.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err_pipe.read_to_string(&mut s);
+            sink.lock().unwrap().push_str(&s);
+        });
+        Self {
+            child,
+            lines,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads stdout until a line satisfies `pred`; panics with everything
+    /// seen (and stderr) if stdout ends first.
+    async fn line_until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let found = within(what, async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if pred(&line) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Some(line) => line,
+            None => {
+                // stdout is closed: the child has exited or is exiting.
+                let _ = self.wait_exit().await;
+                panic!(
+                    "wsgate's stdout ended before {what}\nstdout:\n{}\nstderr:\n{}",
+                    self.seen.join("\n"),
+                    self.stderr.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    /// Reads JSON log lines until one has `message == msg`.
+    async fn json_event(&mut self, msg: &str) -> Value {
+        let line = self
+            .line_until(&format!("a JSON log line {msg:?}"), |l| {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"));
+                v["message"] == msg
+            })
+            .await;
+        serde_json::from_str(&line).expect("JSON")
+    }
+
+    /// Waits for the child to exit.
+    async fn wait_exit(&mut self) -> ExitStatus {
+        within("wsgate to exit", async {
+            loop {
+                if let Some(status) = self.child.try_wait().expect("try_wait") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    /// Reads what is left on stdout once the child has exited.
+    async fn drain(&mut self) {
+        within("the rest of wsgate's stdout", async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line);
+            }
+        })
+        .await;
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        self.wait_exit().await
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Like tokio's kill_on_drop: never leave a wsgate behind a failed test.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago (the child must bind it itself).
+async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_json_with_one_access_line_per_tunnel() {
+    let backend = echo_backend().await;
+    let port = free_port().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        r#"[timeouts]
+connect = "2s"
+upstream_handshake = "2s"
+
+[[listeners]]
+name = "edge"
+bind = "127.0.0.1:{port}"
+
+[[routes]]
+path_prefix = "/chat"
+upstream = "echo"
+
+[upstreams.echo]
+servers = ["{backend}"]
+"#
+    );
+    let path = write(dir.path(), "run.toml", &config);
+    let mut wsgate = Running::spawn(&["run", "--config", &path, "--log-format", "json"]);
+
+    let listening = wsgate.json_event("listening").await;
+    assert_eq!(listening["listener"], "edge", "{listening}");
+    assert_eq!(listening["level"], "INFO", "{listening}");
+    let addr: std::net::SocketAddr = listening["addr"]
+        .as_str()
+        .expect("addr field")
+        .parse()
+        .expect("addr is a socket address");
+    assert_eq!(addr.port(), port);
+
+    let mut ws = ws_connect(addr, "/chat/room").await;
+    let client_addr = ws.get_ref().local_addr().expect("local addr");
+    for m in ["one", "two", "three"] {
+        ws.send(Message::text(m)).await.expect("send");
+        match within("an echo", ws.next()).await {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), m),
+            other => panic!("expected the echo of {m}, got {other:?}"),
+        }
+    }
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .await
+    .expect("close");
+    within("the closing handshake", async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    // The backend closes TCP first (RFC 6455 5.5.1); wsgate passes its FIN on.
+    wait_closed(ws.get_mut()).await;
+    drop(ws);
+
+    let closed = wsgate.json_event("websocket closed").await;
+    let expect_str = [
+        ("target", "wsgate::access"),
+        ("listener", "edge"),
+        ("route", "*/chat"),
+        ("upstream", "echo"),
+        ("path", "/chat/room"),
+        ("closed_by", "backend"),
+        ("close_frame_from", "client"),
+        ("reason", "closed"),
+    ];
+    for (key, want) in expect_str {
+        assert_eq!(closed[key], want, "{key} in {closed}");
+    }
+    assert_eq!(closed["client"], client_addr.to_string(), "{closed}");
+    assert_eq!(closed["backend"], backend.to_string(), "{closed}");
+    // Masked client frames: 3 texts (2+4+len) and a Close with a code (2+4+2);
+    // unmasked echoes (2+len) and the echoed Close (2+2).
+    let expect_num = [
+        ("messages_to_backend", 3),
+        ("messages_to_client", 3),
+        ("frames_to_backend", 4),
+        ("frames_to_client", 4),
+        ("bytes_to_backend", 9 + 9 + 11 + 8),
+        ("bytes_to_client", 5 + 5 + 7 + 4),
+        ("close_code", 1000),
+    ];
+    for (key, want) in expect_num {
+        assert_eq!(closed[key].as_i64(), Some(want), "{key} in {closed}");
+    }
+    assert!(closed["id"].is_u64(), "{closed}");
+    assert!(closed["duration_ms"].is_u64(), "{closed}");
+
+    let status = wsgate.terminate().await;
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    wsgate.drain().await;
+    let shutdown = wsgate
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "shutting down");
+    assert!(shutdown.is_some(), "{:?}", wsgate.seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_a_bad_config_and_a_busy_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &GOOD.replace("connect = \"2s\"", "connect = \"0s\""),
+    );
+    let out = wsgate(&["run", "--config", &bad]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{bad}:2:11: timeouts.connect: must be longer than zero"
+        )),
+        "{stderr}"
+    );
+
+    // A listener address that is already taken.
+    let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let busy = write(
+        dir.path(),
+        "busy.toml",
+        &GOOD.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    );
+    let out = wsgate(&["run", "--config", &busy]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("listener public: cannot bind 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sends_stdin_lines_and_prints_replies() {
+    let gw = TestGateway::start(&simple_config(&[echo_backend().await])).await;
+    let url = format!("ws://{}/chat", gw.addr("public"));
+    let mut child = command(&["client", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wsgate client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Closing stdin makes the client send a Close after the lines.
+    std::io::Write::write_all(&mut stdin, b"first line\nsecond line\n").expect("write stdin");
+    drop(stdin);
+    let out = within(
+        "wsgate client to exit",
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("join")
+    .expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0], "< first line");
+    assert_eq!(lines[1], "< second line");
+    assert!(lines[2].starts_with("< close"), "{stdout}");
+    assert!(text(&out.stderr).contains(&format!("connected to {url}")));
+    gw.wait_idle().await;
+}
+
+/// The only test that uses the demo's fixed ports (8080, 8443, 9001, 9002, 9101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_the_example_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let config = dir.path().join("config.example.toml");
+    std::fs::copy(&example, &config).expect("copy the example config");
+    let config = config.to_str().expect("utf-8 path").to_string();
+
+    let mut demo = Running::spawn(&["demo", "--config", &config]);
+    demo.line_until("the demo's self-check", |l| l.contains("self-check passed"))
+        .await;
+    let ca = dir.path().join("certs/ca.pem");
+    assert!(ca.is_file(), "the demo made {}", ca.display());
+    assert!(dir.path().join("certs/server.pem").is_file());
+    assert!(dir.path().join("certs/server.key").is_file());
+    assert!(
+        demo.seen
+            .iter()
+            .any(|l| l.contains("ws://127.0.0.1:8080/chat")),
+        "{:?}",
+        demo.seen
+    );
+
+    let addr = "127.0.0.1:8080".parse().expect("addr");
+    let mut ws = ws_connect(addr, "/chat").await;
+    ws.send(Message::text("ping through the demo"))
+        .await
+        .expect("send");
+    match within("the demo's echo", ws.next()).await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "ping through the demo"),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+    drop(ws);
+
+    // The TLS listener serves the certificate the demo made, signed by its CA.
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca).expect("open CA") {
+            roots.add(c.expect("CA PEM")).expect("add CA");
+        }
+    }
+    let tls_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect("127.0.0.1:8443").await.expect("connect");
+    let tls = within(
+        "the TLS handshake with the demo",
+        tokio_rustls::TlsConnector::from(Arc::new(tls_config))
+            .connect("localhost".try_into().expect("name"), tcp),
+    )
+    .await
+    .expect("TLS handshake with the demo's certificate");
+    let (mut wss, _) = within(
+        "the wss handshake",
+        tokio_tungstenite::client_async("wss://localhost:8443/chat", tls),
+    )
+    .await
+    .expect("wss handshake");
+    wss.send(Message::text("over tls")).await.expect("send");
+    match within("the demo's wss echo", wss.next()).await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "over tls"),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+    drop(wss);
+
+    let status = demo.terminate().await;
+    assert!(status.success(), "demo exit after SIGTERM: {status}");
+}
