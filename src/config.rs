@@ -30,6 +30,8 @@ pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(10);
 /// Default for `timeouts.half_close`: once one side of a tunnel has closed, how long the other may keep it open.
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
+/// Default for `timeouts.close`: how long a closing handshake started by wsgate may take before the connection is cut.
+pub const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
 /// Default for `limits.max_request_headers`: bytes of request line and headers accepted from a client.
 pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 16 * 1024;
 
@@ -72,6 +74,7 @@ struct RawTimeouts {
     connect: Option<Spanned<String>>,
     upstream_handshake: Option<Spanned<String>>,
     half_close: Option<Spanned<String>>,
+    close: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -165,6 +168,8 @@ pub struct Timeouts {
     pub upstream_handshake: Duration,
     /// How long a tunnel stays up after one side has finished sending.
     pub half_close: Duration,
+    /// How long a closing handshake started by wsgate (shutdown, drain) may take.
+    pub close: Duration,
 }
 
 impl Default for Timeouts {
@@ -174,6 +179,7 @@ impl Default for Timeouts {
             connect: DEFAULT_CONNECT,
             upstream_handshake: DEFAULT_UPSTREAM_HANDSHAKE,
             half_close: DEFAULT_HALF_CLOSE,
+            close: DEFAULT_CLOSE,
         }
     }
 }
@@ -378,12 +384,21 @@ fn key_at(text: &str, offset: usize) -> String {
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"').to_string())
         .filter(|k| !k.is_empty() && !k.starts_with('['));
-    let table = before[..line_start]
+    let headers: Vec<&str> = before[..line_start]
         .lines()
-        .rev()
         .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        .filter(|l| l.starts_with('['))
+        .collect();
+    let table = headers.last().map(|&h| {
+        let name = h.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        if h.starts_with("[[") {
+            // An array of tables: name the entry as validation errors do, `listeners[1]`.
+            let index = headers.iter().filter(|&&o| o == h).count() - 1;
+            format!("{name}[{index}]")
+        } else {
+            name
+        }
+    });
     match (table, key) {
         (Some(t), Some(k)) => format!("{t}.{k}"),
         (Some(t), None) => t,
@@ -476,6 +491,7 @@ impl<'a> Validator<'a> {
                 d.upstream_handshake,
             ),
             half_close: self.duration(t.half_close, "timeouts.half_close", d.half_close),
+            close: self.duration(t.close, "timeouts.close", d.close),
         };
         let limits = Limits {
             max_request_headers: match raw.limits.max_request_headers {
@@ -876,6 +892,9 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         let p = problems("[[listeners]]\nname = \"a\nbind = 1\n");
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].line, 2);
+        let p = problems("[[listeners]]\nname = \"a\"\n[[listeners]]\nname = \"b\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].line, p[0].key.as_str()), (4, "listeners[1].name"));
     }
 
     #[test]

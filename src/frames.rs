@@ -174,6 +174,21 @@ impl FrameTracker {
         self.error.is_none() && self.hdr_pos == 0 && self.flags & IN_PAYLOAD == 0
     }
 
+    /// How many more bytes may pass before the next frame boundary: the rest
+    /// of the payload inside a payload, 1 inside a header (whose length is
+    /// only known byte by byte), 0 at a boundary. A proxy that wants to
+    /// inject a frame reads at most this many bytes, so it stops exactly at
+    /// the boundary instead of inside the next frame.
+    pub fn until_boundary(&self) -> u64 {
+        if self.hdr_pos != 0 {
+            1
+        } else if self.flags & IN_PAYLOAD != 0 {
+            self.remaining
+        } else {
+            0
+        }
+    }
+
     /// A fragmented data message has started and its final frame has not completed.
     ///
     /// A single unfragmented frame never sets this. Injecting a data frame
@@ -1163,5 +1178,23 @@ mod tests {
                 assert_eq!(s, expected, "{bytes:?} split {split}");
             }
         }
+    }
+
+    #[test]
+    fn until_boundary_counts_down_to_the_frame_end() {
+        let mut t = FrameTracker::new(Sender::Server);
+        assert_eq!(t.until_boundary(), 0);
+        // 16-bit length header: 0x82 0x7e 0x01 0x00 => 256-byte binary payload.
+        t.feed(&[0x82]).unwrap();
+        assert_eq!(t.until_boundary(), 1);
+        t.feed(&[0x7e, 0x01]).unwrap();
+        assert_eq!(t.until_boundary(), 1);
+        t.feed(&[0x00]).unwrap();
+        assert_eq!(t.until_boundary(), 256);
+        t.feed(&[0u8; 100]).unwrap();
+        assert_eq!(t.until_boundary(), 156);
+        t.feed(&[0u8; 156]).unwrap();
+        assert_eq!(t.until_boundary(), 0);
+        assert!(t.at_boundary());
     }
 }

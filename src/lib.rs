@@ -10,8 +10,10 @@
 //! the end.
 //!
 //! Control path: `config` loads and validates, `routes` compiles an
-//! immutable [`routes::Snapshot`] held behind one `ArcSwap` in [`Shared`];
-//! shutdown cancels one token that every tracked task watches.
+//! immutable [`routes::Snapshot`] held behind one `ArcSwap` in [`Shared`].
+//! Stopping has two stages: `drain` stops the accept loops, ends idle HTTP
+//! connections and asks every tunnel to close with a Close frame (1001);
+//! `shutdown` cuts whatever is left. Every task is tracked and watches them.
 //!
 //! Established tunnels own their two streams, their counters and the `Arc`s
 //! of what they use: replacing the snapshot never reaches into them.
@@ -51,7 +53,9 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Every task wsgate starts, so shutdown can wait for all of them.
     pub tasks: TaskTracker,
-    /// Cancelled once, at shutdown.
+    /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
+    pub drain: CancellationToken,
+    /// Cancelled to stop now; cancelling it also drains.
     pub shutdown: CancellationToken,
 }
 
@@ -92,6 +96,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry: Arc::new(Registry::default()),
             tasks: TaskTracker::new(),
+            drain: shutdown.child_token(),
             shutdown,
         });
         let mut addrs = Vec::new();
@@ -123,9 +128,21 @@ impl Gateway {
         &self.shared
     }
 
-    /// Waits for shutdown to be requested and every task to end.
+    /// Starts a graceful stop: listeners stop accepting, idle HTTP
+    /// connections end, and every tunnel is closed with Close 1001 at a frame
+    /// boundary, each within `timeouts.close`.
+    pub fn drain(&self) {
+        self.shared.drain.cancel();
+    }
+
+    /// The token that starts a graceful stop when cancelled.
+    pub fn drain_token(&self) -> CancellationToken {
+        self.shared.drain.clone()
+    }
+
+    /// Waits for a drain (or shutdown) to be requested and every task to end.
     pub async fn wait(self) {
-        self.shared.shutdown.cancelled().await;
+        self.shared.drain.cancelled().await;
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
     }

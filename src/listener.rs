@@ -70,7 +70,7 @@ pub async fn bind_all(config: &Config) -> Result<Vec<BoundListener>, BindError> 
 pub async fn accept_loop(listener: BoundListener, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.drain.cancelled() => return,
             r = listener.socket.accept() => r,
         };
         match accepted {
@@ -125,12 +125,20 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         .max_buf_size(limits.max_request_headers)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    tokio::select! {
-        r = conn => {
-            if let Err(e) = r {
-                tracing::debug!(client = %peer, listener = name, error = %e, "client connection ended with an error");
+    tokio::pin!(conn);
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            // A drain lets the request in flight finish, then closes the connection.
+            _ = shared.drain.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
+            _ = shared.shutdown.cancelled() => return,
         }
-        _ = shared.shutdown.cancelled() => {}
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, listener = name, error = %e, "client connection ended with an error");
     }
 }

@@ -13,7 +13,7 @@ use wsgate::{demo, listener, Gateway};
 
 /// A reverse proxy and load balancer built for WebSocket traffic.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, propagate_version = true)]
 struct Cli {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -129,8 +129,15 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("starting the runtime")
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
-fn on_signals(token: CancellationToken, tasks: &TaskTracker) {
+/// On SIGINT or SIGTERM, drains (Close 1001 to every tunnel); on a second
+/// signal, or once the closing handshakes have had `close` plus a margin,
+/// cuts what is left.
+fn on_signals(
+    drain: CancellationToken,
+    shutdown: CancellationToken,
+    close: std::time::Duration,
+    tasks: &TaskTracker,
+) {
     tasks.spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -143,19 +150,34 @@ fn on_signals(token: CancellationToken, tasks: &TaskTracker) {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
-            _ = token.cancelled() => return,
+            _ = drain.cancelled() => return,
         }
-        tracing::info!("shutting down");
-        token.cancel();
+        tracing::info!("draining: closing every tunnel with 1001; signal again to stop at once");
+        drain.cancel();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = tokio::time::sleep(close + std::time::Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        tracing::info!("stopping now");
+        shutdown.cancel();
     });
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let bound = listener::bind_all(&config).await?;
+    let close = config.timeouts.close;
     let gateway = Gateway::start(config, bound, shutdown.clone())?;
-    on_signals(shutdown, &gateway.shared().tasks);
+    // The signal watcher is not the gateway's task: the gateway must be able
+    // to finish draining without waiting for the watcher's fallback timer.
+    let tasks = TaskTracker::new();
+    on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
     gateway.wait().await;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
 
@@ -175,9 +197,10 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
         );
     }
     let listeners = config.listeners.clone();
+    let close = config.timeouts.close;
     let bound = listener::bind_all(&config).await?;
     let gateway = Gateway::start(config, bound, shutdown.clone())?;
-    on_signals(shutdown.clone(), &tasks);
+    on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
     println!(
         "demo: echo backends on {}",
         servers

@@ -208,14 +208,17 @@ async fn forward(
                     tracing::error!("upgraded client connection has an unexpected type");
                     return;
                 };
-                let guard = shared.registry.open(new_conn);
+                let guard = shared.registry.open(new_conn, &shared.drain);
                 let outcome = tunnel::run(
                     parts.io.into_inner(),
                     parts.read_buf,
                     stream,
                     leftover,
                     &guard.stats,
-                    timeouts.half_close,
+                    tunnel::TunnelTimeouts {
+                        half_close: timeouts.half_close,
+                        close: timeouts.close,
+                    },
                     &shared.shutdown,
                 )
                 .await;

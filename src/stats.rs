@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// Which end of a tunnel did something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,6 +101,60 @@ pub struct ConnStats {
     pub to_client: DirectionCounters,
     /// Last time bytes moved either way, in [`now_ms`] units.
     pub last_activity_ms: AtomicU64,
+    /// How the control path asks this tunnel to end with a Close frame.
+    pub close: CloseControl,
+}
+
+/// Close code 1001 (Going Away): sent to every tunnel when wsgate shuts down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// A request, from wsgate itself, that a tunnel end with a Close frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseOrder {
+    /// Close code written to both sides.
+    pub code: u16,
+    /// UTF-8 reason, truncated to fit a control frame.
+    pub reason: String,
+}
+
+/// The channel from the control path to one tunnel: a token that fires the
+/// close, and the order saying which code to send. Cancelling the parent
+/// token (drain) without an order means [`CLOSE_GOING_AWAY`].
+#[derive(Debug)]
+pub struct CloseControl {
+    token: CancellationToken,
+    order: OnceLock<CloseOrder>,
+}
+
+impl CloseControl {
+    /// A control that also fires when `parent` is cancelled.
+    pub fn new(parent: &CancellationToken) -> Self {
+        Self {
+            token: parent.child_token(),
+            order: OnceLock::new(),
+        }
+    }
+
+    /// Asks the tunnel to close with `order`; the first order wins. Returns
+    /// whether this one was taken.
+    pub fn request(&self, order: CloseOrder) -> bool {
+        let taken = self.order.set(order).is_ok();
+        self.token.cancel();
+        taken
+    }
+
+    /// The order to carry out once the token fired.
+    pub fn order(&self) -> CloseOrder {
+        self.order.get().cloned().unwrap_or(CloseOrder {
+            code: CLOSE_GOING_AWAY,
+            reason: "going away".to_string(),
+        })
+    }
+
+    /// Fires when a close is requested, directly or by drain.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
 }
 
 impl ConnStats {
@@ -150,7 +205,8 @@ pub struct ConnInfo {
 impl Registry {
     /// Registers a new tunnel; the returned guard removes it when dropped,
     /// so an entry never outlives its connection on any path.
-    pub fn open(self: &Arc<Self>, info: ConnInfo) -> RegistryGuard {
+    /// `drain` is the token whose cancellation asks every tunnel to close.
+    pub fn open(self: &Arc<Self>, info: ConnInfo, drain: &CancellationToken) -> RegistryGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(ConnStats {
             id,
@@ -160,6 +216,7 @@ impl Registry {
             to_backend: DirectionCounters::default(),
             to_client: DirectionCounters::default(),
             last_activity_ms: AtomicU64::new(now_ms()),
+            close: CloseControl::new(drain),
         });
         self.lock().insert(id, stats.clone());
         RegistryGuard {

@@ -18,6 +18,14 @@
 //! `ShuttingDown -> Done` (writer shut down). Any I/O or protocol error ends
 //! the whole tunnel.
 //!
+//! Closing on wsgate's own initiative (shutdown, and later drain or an
+//! operator's request) goes through [`crate::stats::CloseControl`]: each
+//! direction then reads at most up to the end of the current frame, writes
+//! the Close frame exactly at that boundary (masked toward the backend), and
+//! from then on reads and discards what its sender sends, until that
+//! sender's own Close or EOF. A direction whose sender already sent a Close
+//! gets none injected. Past `timeouts.close` the tunnel is cut.
+//!
 //! Must not: log per frame, unmask or buffer whole payloads, or allocate
 //! while a direction is idle.
 
@@ -33,8 +41,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::frames::{FrameError, FrameTracker, Sender};
-use crate::stats::{now_ms, ConnStats, DirectionCounters, Side, TunnelEnd};
+use crate::frames::{encode_close, FrameError, FrameTracker, Sender};
+use crate::stats::{now_ms, CloseOrder, ConnStats, DirectionCounters, Side, TunnelEnd};
 use crate::tls::ClientStream;
 
 /// Size of the copy buffer a direction holds while data moves.
@@ -94,6 +102,14 @@ pub enum TunnelError {
     /// One side finished and the other did not within `timeouts.half_close`.
     #[error("other side still open {0:?} after one side closed")]
     HalfCloseTimeout(Duration),
+    /// A closing handshake wsgate started did not finish within `timeouts.close`.
+    #[error("closing handshake with code {code} not finished within {after:?}")]
+    CloseTimeout {
+        /// The code wsgate sent.
+        code: u16,
+        /// The configured deadline.
+        after: Duration,
+    },
     /// wsgate is shutting down.
     #[error("proxy shutting down")]
     Shutdown,
@@ -108,6 +124,8 @@ pub struct TunnelOutcome {
     pub first_close: Option<(Side, Option<u16>)>,
     /// `None` for a clean end (both sides closed).
     pub error: Option<TunnelError>,
+    /// Set when wsgate itself started the closing handshake.
+    pub proxy_close: Option<CloseOrder>,
 }
 
 impl TunnelOutcome {
@@ -117,10 +135,11 @@ impl TunnelOutcome {
             closed_by: self.closed_by,
             close_code: self.first_close.and_then(|(_, c)| c),
             close_frame_from: self.first_close.map(|(s, _)| s),
-            reason: self
-                .error
-                .as_ref()
-                .map_or_else(|| "closed".to_string(), ToString::to_string),
+            reason: match (&self.error, &self.proxy_close) {
+                (Some(e), _) => e.to_string(),
+                (None, Some(o)) => format!("closed by proxy with {} {}", o.code, o.reason),
+                (None, None) => "closed".to_string(),
+            },
         }
     }
 }
@@ -148,6 +167,12 @@ struct Half {
     phase: Phase,
     tracker: FrameTracker,
     need_flush: bool,
+    /// A Close frame of wsgate's own, waiting for the next frame boundary.
+    inject: Option<Vec<u8>>,
+    /// The Close frame is being written now.
+    injecting: bool,
+    /// After the injected Close: the sender's bytes are tracked, not forwarded.
+    discard: bool,
 }
 
 impl Half {
@@ -156,6 +181,37 @@ impl Half {
             phase: Phase::Idle,
             tracker: FrameTracker::new(sender),
             need_flush: false,
+            inject: None,
+            injecting: false,
+            discard: false,
+        }
+    }
+
+    /// Queues `frame` for the next boundary, unless this direction is over
+    /// or its sender already sent a Close (a second one would break the
+    /// protocol). Returns whether it was queued.
+    fn begin_close(&mut self, frame: Vec<u8>) -> bool {
+        let over = matches!(self.phase, Phase::ShuttingDown | Phase::Done);
+        if over || self.tracker.close().is_some() {
+            return false;
+        }
+        self.inject = Some(frame);
+        true
+    }
+
+    /// During a close: this direction needs nothing more from its sender.
+    fn close_finished(&self) -> bool {
+        self.is_done()
+            || (self.inject.is_none() && !self.injecting && self.tracker.close().is_some())
+    }
+
+    /// The injected frame, when its moment has come: at a boundary, with
+    /// everything read so far already written.
+    fn take_injection(&mut self) -> Option<Vec<u8>> {
+        if self.tracker.at_boundary() {
+            self.inject.take()
+        } else {
+            None
         }
     }
 
@@ -204,6 +260,16 @@ impl Half {
         result
     }
 
+    fn start_injection(&mut self, frame: Vec<u8>) {
+        self.injecting = true;
+        let end = frame.len();
+        self.phase = Phase::Writing {
+            buf: frame,
+            pos: 0,
+            end,
+        };
+    }
+
     fn poll<R: Splice, W: Splice>(
         &mut self,
         cx: &mut Context<'_>,
@@ -215,6 +281,10 @@ impl Half {
         loop {
             match std::mem::replace(&mut self.phase, Phase::Idle) {
                 Phase::Idle => {
+                    if let Some(frame) = self.take_injection() {
+                        self.start_injection(frame);
+                        continue;
+                    }
                     if let Poll::Ready(r) = reader.poll_read_ready(cx) {
                         r.map_err(HalfError::Read)?;
                         self.phase = Phase::Reading(vec![0; COPY_BUFFER_SIZE]);
@@ -223,7 +293,17 @@ impl Half {
                     return Poll::Pending;
                 }
                 Phase::Reading(mut buf) => {
-                    let mut rb = ReadBuf::new(&mut buf);
+                    if let Some(frame) = self.take_injection() {
+                        self.start_injection(frame);
+                        continue;
+                    }
+                    // While a Close waits, never read past the end of the current frame.
+                    let limit = match self.inject {
+                        Some(_) => usize::try_from(self.tracker.until_boundary())
+                            .map_or(buf.len(), |u| u.min(buf.len())),
+                        None => buf.len(),
+                    };
+                    let mut rb = ReadBuf::new(&mut buf[..limit]);
                     match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
                         Poll::Pending => {
                             if self.need_flush {
@@ -239,11 +319,23 @@ impl Half {
                             // Drained: give the buffer back while idle.
                             return Poll::Pending;
                         }
+                        // rustls reports a TLS peer that closed without close_notify as
+                        // UnexpectedEof. Browsers often do; WebSocket frames carry their own
+                        // lengths, so nothing can be silently truncated: treat it as EOF.
+                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            self.phase = Phase::ShuttingDown;
+                        }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(HalfError::Read(e))),
                         Poll::Ready(Ok(())) => {
                             let n = rb.filled().len();
                             if n == 0 {
                                 self.phase = Phase::ShuttingDown;
+                                continue;
+                            }
+                            if self.discard {
+                                // The receiver already has wsgate's Close: only the sender's Close matters now.
+                                self.tracker.feed(&buf[..n]).map_err(HalfError::Protocol)?;
+                                self.phase = Phase::Reading(buf);
                                 continue;
                             }
                             self.account(&buf[..n], counters, stats)?;
@@ -273,6 +365,10 @@ impl Half {
                                 self.phase = Phase::Writing { buf, pos, end };
                             } else {
                                 self.need_flush = true;
+                                if self.injecting {
+                                    self.injecting = false;
+                                    self.discard = true;
+                                }
                                 // Leftover buffers may be any size; keep only standard ones.
                                 let buf = if buf.len() == COPY_BUFFER_SIZE {
                                     buf
@@ -307,16 +403,26 @@ impl Half {
     }
 }
 
-/// Splices `client` and `backend` until both have closed, an error, the
-/// half-close deadline, or `shutdown`. `*_leftover` are bytes each side sent
-/// that hyper read past the handshake; they are delivered first.
+/// Deadlines a tunnel enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelTimeouts {
+    /// After one side finished sending, how long the other may go on.
+    pub half_close: Duration,
+    /// How long a closing handshake started by wsgate may take.
+    pub close: Duration,
+}
+
+/// Splices `client` and `backend` until both have closed, an error, a
+/// deadline, a close ordered through `stats.close`, or a hard `shutdown`.
+/// `*_leftover` are bytes each side sent that hyper read past the
+/// handshake; they are delivered first.
 pub async fn run(
     mut client: ClientStream,
     client_leftover: Bytes,
     mut backend: TcpStream,
     backend_leftover: Bytes,
     stats: &ConnStats,
-    half_close: Duration,
+    timeouts: TunnelTimeouts,
     shutdown: &CancellationToken,
 ) -> TunnelOutcome {
     let mut up = Half::new(Sender::Client);
@@ -327,69 +433,160 @@ pub async fn run(
     if let Err(e) = down.start_with(backend_leftover, &stats.to_client, stats) {
         return half_error(e, Side::Backend, None);
     }
-    let mut first_done: Option<Side> = None;
-    let mut first_close: Option<(Side, Option<u16>)> = None;
-    // Allocated only once a side has closed, so idle tunnels carry no timer.
-    let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut state = RunState {
+        first_done: None,
+        first_close: None,
+        proxy_close: None,
+    };
+    // Timers are allocated only when needed, so idle tunnels carry none.
+    let mut half_close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
-
-    let end = |closed_by: Side, first_close, error| TunnelOutcome {
-        closed_by,
-        first_close,
-        error: Some(error),
-    };
+    let close_requested = stats.close.token().cancelled();
+    tokio::pin!(close_requested);
 
     poll_fn(|cx| {
         if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(end(Side::Proxy, first_close, TunnelError::Shutdown));
+            return Poll::Ready(state.end(Side::Proxy, TunnelError::Shutdown));
         }
-        if !up.is_done() {
-            let r = up.poll(cx, &mut client, &mut backend, &stats.to_backend, stats);
-            note_close(&up, Side::Client, &mut first_close);
-            match r {
-                Poll::Ready(Ok(())) => {
-                    first_done.get_or_insert(Side::Client);
+        if state.proxy_close.is_none() && close_requested.as_mut().poll(cx).is_ready() {
+            let order = stats.close.order();
+            let mask = mask_key(stats.id);
+            let to_backend = up.begin_close(encode_close(order.code, &order.reason, Some(mask)));
+            let to_client = down.begin_close(encode_close(order.code, &order.reason, None));
+            if (to_backend || to_client) && state.first_close.is_none() {
+                state.first_close = Some((Side::Proxy, Some(order.code)));
+            }
+            state.proxy_close = Some(order);
+            close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
+        }
+        if let Some(out) = step(
+            &mut up,
+            Side::Client,
+            cx,
+            &mut client,
+            &mut backend,
+            &stats.to_backend,
+            stats,
+            &mut state,
+        ) {
+            return Poll::Ready(out);
+        }
+        if let Some(out) = step(
+            &mut down,
+            Side::Backend,
+            cx,
+            &mut backend,
+            &mut client,
+            &stats.to_client,
+            stats,
+            &mut state,
+        ) {
+            return Poll::Ready(out);
+        }
+        if let Some(order) = &state.proxy_close {
+            if up.close_finished() && down.close_finished() {
+                return Poll::Ready(state.clean(Side::Proxy));
+            }
+            if let Some(t) = close_timer.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    let code = order.code;
+                    return Poll::Ready(state.end(
+                        Side::Proxy,
+                        TunnelError::CloseTimeout {
+                            code,
+                            after: timeouts.close,
+                        },
+                    ));
                 }
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(half_error(e, Side::Client, first_close))
-                }
-                Poll::Pending => {}
             }
         }
-        if !down.is_done() {
-            let r = down.poll(cx, &mut backend, &mut client, &stats.to_client, stats);
-            note_close(&down, Side::Backend, &mut first_close);
-            match r {
-                Poll::Ready(Ok(())) => {
-                    first_done.get_or_insert(Side::Backend);
-                }
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(half_error(e, Side::Backend, first_close))
-                }
-                Poll::Pending => {}
-            }
-        }
-        match first_done {
+        match state.first_done {
             None => Poll::Pending,
-            Some(closed_by) if up.is_done() && down.is_done() => Poll::Ready(TunnelOutcome {
-                closed_by,
-                first_close,
-                error: None,
-            }),
+            Some(closed_by) if up.is_done() && down.is_done() => {
+                Poll::Ready(state.clean(closed_by))
+            }
             Some(closed_by) => {
-                let timer =
-                    deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(half_close)));
+                let timer = half_close_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeouts.half_close)));
                 ready!(timer.as_mut().poll(cx));
-                Poll::Ready(end(
+                Poll::Ready(state.end(
                     closed_by,
-                    first_close,
-                    TunnelError::HalfCloseTimeout(half_close),
+                    TunnelError::HalfCloseTimeout(timeouts.half_close),
                 ))
             }
         }
     })
     .await
+}
+
+/// What the tunnel has learned so far about how it is ending.
+struct RunState {
+    first_done: Option<Side>,
+    first_close: Option<(Side, Option<u16>)>,
+    proxy_close: Option<CloseOrder>,
+}
+
+impl RunState {
+    fn end(&mut self, closed_by: Side, error: TunnelError) -> TunnelOutcome {
+        TunnelOutcome {
+            closed_by,
+            first_close: self.first_close,
+            error: Some(error),
+            proxy_close: self.proxy_close.take(),
+        }
+    }
+
+    fn clean(&mut self, closed_by: Side) -> TunnelOutcome {
+        TunnelOutcome {
+            closed_by,
+            first_close: self.first_close,
+            error: None,
+            proxy_close: self.proxy_close.take(),
+        }
+    }
+}
+
+/// Polls one direction; `Some` when the tunnel must end because of it.
+#[allow(clippy::too_many_arguments)]
+fn step<R: Splice, W: Splice>(
+    half: &mut Half,
+    sender: Side,
+    cx: &mut Context<'_>,
+    reader: &mut R,
+    writer: &mut W,
+    counters: &DirectionCounters,
+    stats: &ConnStats,
+    state: &mut RunState,
+) -> Option<TunnelOutcome> {
+    if half.is_done() {
+        return None;
+    }
+    let r = half.poll(cx, reader, writer, counters, stats);
+    note_close(half, sender, &mut state.first_close);
+    match r {
+        Poll::Ready(Ok(())) => {
+            state.first_done.get_or_insert(sender);
+            None
+        }
+        Poll::Ready(Err(e)) => {
+            let mut out = half_error(e, sender, state.first_close);
+            out.proxy_close = state.proxy_close.take();
+            Some(out)
+        }
+        Poll::Pending => None,
+    }
+}
+
+/// A masking key for Close frames wsgate sends to a backend. RFC 6455
+/// wants it unpredictable; std's randomly seeded hasher gives that without
+/// another dependency.
+fn mask_key(id: u64) -> [u8; 4] {
+    use std::hash::BuildHasher;
+    let bits = std::collections::hash_map::RandomState::new().hash_one(id);
+    let b = bits.to_le_bytes();
+    [b[0], b[1], b[2], b[3]]
 }
 
 fn note_close(half: &Half, side: Side, first: &mut Option<(Side, Option<u16>)>) {
@@ -439,5 +636,6 @@ fn half_error(
         closed_by,
         first_close,
         error: Some(error),
+        proxy_close: None,
     }
 }

@@ -569,3 +569,44 @@ async fn demo_runs_the_example_config() {
     let status = demo.terminate().await;
     assert!(status.success(), "demo exit after SIGTERM: {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_live_tunnels_with_1001_then_exits_0() {
+    let backend = echo_backend().await;
+    let port = free_port().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:{port}\"\n\n[[routes]]\nupstream = \"echo\"\n\n[upstreams.echo]\nservers = [\"{backend}\"]\n"
+    );
+    let path = write(dir.path(), "term.toml", &config);
+    let mut wsgate = Running::spawn(&["run", "--config", &path, "--log-format", "json"]);
+    let listening = wsgate.json_event("listening").await;
+    let addr: std::net::SocketAddr = listening["addr"]
+        .as_str()
+        .expect("addr")
+        .parse()
+        .expect("addr");
+    let mut ws = ws_connect(addr, "/live").await;
+    ws.send(Message::text("before")).await.expect("send");
+    match within("an echo", ws.next()).await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "before"),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+    let client = async {
+        match within("the Close from wsgate", ws.next()).await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
+            other => panic!("expected Close 1001, got {other:?}"),
+        }
+        // tungstenite answers the Close; then the connection ends.
+        while let Some(Ok(_)) = within("the end of the connection", ws.next()).await {}
+    };
+    let (status, ()) = tokio::join!(wsgate.terminate(), client);
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    let closed = wsgate.json_event("websocket closed").await;
+    assert_eq!(
+        closed["reason"], "closed by proxy with 1001 going away",
+        "{closed}"
+    );
+    assert_eq!(closed["closed_by"], "proxy", "{closed}");
+    assert_eq!(closed["close_code"].as_i64(), Some(1001), "{closed}");
+}

@@ -1,0 +1,306 @@
+//! Draining: every tunnel ends with a Close 1001 written at a frame
+//! boundary to both sides, new connections are refused, a peer that never
+//! answers the Close is cut after `timeouts.close`, and nothing is left.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::stats::Side;
+
+#[tokio::test]
+async fn drain_closes_every_tunnel_with_1001_on_both_sides() {
+    let mut backend = WsBackend::start().await;
+    let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
+    let mut rx = gw.access_log();
+    let mut pairs = Vec::new();
+    for _ in 0..10 {
+        let client = ws_connect(gw.addr("public"), "/ws").await;
+        let server = backend.next().await.ws;
+        pairs.push((client, server));
+    }
+    gw.gateway.drain();
+    for (mut client, mut server) in pairs {
+        // tungstenite checks masking and the close code's validity, as real peers do.
+        let (c, s) = tokio::join!(
+            within("client close", client.next()),
+            within("server close", server.next())
+        );
+        for got in [c, s] {
+            match got {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    assert_eq!(f.code, CloseCode::Away);
+                    assert_eq!(f.reason.as_str(), "going away");
+                }
+                other => panic!("expected Close 1001, got {other:?}"),
+            }
+        }
+        // Both answer the Close, as libraries do; the tunnel then ends.
+        let finish = |mut ws: tokio_tungstenite::WebSocketStream<TcpStream>| async move {
+            while let Some(Ok(_)) = within("closing handshake", ws.next()).await {}
+        };
+        tokio::join!(finish(client), finish(server));
+    }
+    for _ in 0..10 {
+        let r = next_record(&mut rx).await;
+        assert_eq!(r.closed_by, Side::Proxy);
+        assert_eq!(r.close_code, Some(1001));
+        assert_eq!(r.close_frame_from, Some(Side::Proxy));
+        assert_eq!(r.reason, "closed by proxy with 1001 going away");
+    }
+    gw.wait_idle().await;
+    // No new connection is accepted once draining.
+    match TcpStream::connect(gw.addr("public")).await {
+        Err(_) => {}
+        Ok(mut tcp) => {
+            let _ = tcp
+                .write_all(handshake_request("/ws", "a").as_bytes())
+                .await;
+            let mut buf = [0u8; 64];
+            let n = within("refusal", tcp.read(&mut buf)).await.unwrap_or(0);
+            assert_eq!(
+                n,
+                0,
+                "a draining wsgate answered: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+    }
+}
+
+/// A raw backend answering one handshake; hands over the socket.
+async fn raw_backend() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let Some(answer) = good_101(&String::from_utf8_lossy(&head)) else {
+                continue;
+            };
+            if tcp.write_all(&answer).await.is_ok() {
+                let _ = tx.send(tcp).await;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// Reads one whole frame: (first byte, payload unmasked).
+async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    within("a frame", async {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await.expect("frame header");
+        let mut len = u64::from(h[1] & 0x7f);
+        if len == 126 {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.expect("len16");
+            len = u64::from(u16::from_be_bytes(l));
+        } else if len == 127 {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).await.expect("len64");
+            len = u64::from_be_bytes(l);
+        }
+        let mut mask = [0u8; 4];
+        if h[1] & 0x80 != 0 {
+            s.read_exact(&mut mask).await.expect("mask");
+        }
+        let mut payload = vec![0u8; usize::try_from(len).expect("len")];
+        s.read_exact(&mut payload).await.expect("payload");
+        if h[1] & 0x80 != 0 {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        } else {
+            assert_eq!(h[1] & 0x80, 0);
+        }
+        (h[0], payload)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_close_waits_for_the_frame_boundary_in_both_directions() {
+    let (addr, mut accepted) = raw_backend().await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut client, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 101);
+    let mut server = within("backend", accepted.recv())
+        .await
+        .expect("backend socket");
+
+    // Each side starts a 300-byte frame and sends only part of it.
+    let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+    let mask = [9u8, 8, 7, 6];
+    let mut client_frame = vec![0x82, 0x80 | 126, 1, 44];
+    client_frame.extend_from_slice(&mask);
+    client_frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut server_frame = vec![0x82, 126, 1, 44];
+    server_frame.extend_from_slice(&payload);
+    client
+        .write_all(&client_frame[..100])
+        .await
+        .expect("client part");
+    server
+        .write_all(&server_frame[..100])
+        .await
+        .expect("server part");
+    // Make sure wsgate has passed the first parts on before draining.
+    let mut first = vec![0u8; 100];
+    within("server part at the client", client.read_exact(&mut first))
+        .await
+        .expect("read");
+    let mut first_b = vec![0u8; 100];
+    within(
+        "client part at the backend",
+        server.read_exact(&mut first_b),
+    )
+    .await
+    .expect("read");
+
+    gw.gateway.drain();
+    // The rest of each frame still passes intact, and only then the Close.
+    client
+        .write_all(&client_frame[100..])
+        .await
+        .expect("client rest");
+    server
+        .write_all(&server_frame[100..])
+        .await
+        .expect("server rest");
+    let mut rest = vec![0u8; server_frame.len() - 100];
+    within("rest at the client", client.read_exact(&mut rest))
+        .await
+        .expect("read");
+    assert_eq!([first, rest].concat(), server_frame);
+    let mut rest_b = vec![0u8; client_frame.len() - 100];
+    within("rest at the backend", server.read_exact(&mut rest_b))
+        .await
+        .expect("read");
+    assert_eq!([first_b, rest_b].concat(), client_frame);
+
+    let (op, body) = read_frame(&mut client).await;
+    assert_eq!(op, 0x88, "a Close frame to the client");
+    assert_eq!(&body[..2], &1001u16.to_be_bytes());
+    // Toward the backend the Close is masked (read_frame unmasks it).
+    let mut h = [0u8; 2];
+    server.peek(&mut h).await.expect("peek");
+    assert_eq!(h[1] & 0x80, 0x80, "Close to the backend must be masked");
+    let (op, body) = read_frame(&mut server).await;
+    assert_eq!(op, 0x88);
+    assert_eq!(&body[..2], &1001u16.to_be_bytes());
+
+    // Both answer; what they send is not forwarded (each side already got a Close).
+    client
+        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9])
+        .await
+        .expect("client reply");
+    server
+        .write_all(&[0x88, 2, 0x03, 0xe9])
+        .await
+        .expect("server reply");
+    server.shutdown().await.expect("server closes");
+    wait_closed(&mut client).await;
+    let mut extra = Vec::new();
+    within("backend EOF", server.read_to_end(&mut extra))
+        .await
+        .expect("read");
+    assert!(
+        extra.is_empty(),
+        "the client's reply reached the backend after wsgate's Close: {extra:?}"
+    );
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.reason, "closed by proxy with 1001 going away");
+    assert_eq!(r.to_backend.bytes, client_frame.len() as u64);
+    assert_eq!(r.to_client.bytes, server_frame.len() as u64);
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_the_close_is_cut() {
+    let (addr, mut accepted) = raw_backend().await;
+    let toml = simple_config(&[addr]).replace("[timeouts]\n", "[timeouts]\nclose = \"300ms\"\n");
+    let gw = TestGateway::start(&toml).await;
+    let mut rx = gw.access_log();
+    let mut client = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut client, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 101);
+    let _server = within("backend", accepted.recv())
+        .await
+        .expect("backend socket");
+    gw.gateway.drain();
+    let (op, _) = read_frame(&mut client).await;
+    assert_eq!(op, 0x88);
+    // Neither side answers.
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.closed_by, Side::Proxy);
+    assert!(
+        r.reason
+            .contains("closing handshake with code 1001 not finished"),
+        "{}",
+        r.reason
+    );
+    wait_closed(&mut client).await;
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn a_side_that_already_sent_its_close_gets_no_second_one() {
+    let (addr, mut accepted) = raw_backend().await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut client, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 101);
+    let mut server = within("backend", accepted.recv())
+        .await
+        .expect("backend socket");
+    // The backend starts closing with 4000 before the drain.
+    server
+        .write_all(&[0x88, 2, 0x0f, 0xa0])
+        .await
+        .expect("server close");
+    let (op, body) = read_frame(&mut client).await;
+    assert_eq!((op, body.as_slice()), (0x88, &[0x0f, 0xa0][..]));
+    gw.gateway.drain();
+    // The backend gets wsgate's Close (the client has not sent one)...
+    let (op, body) = read_frame(&mut server).await;
+    assert_eq!((op, &body[..2]), (0x88, &1001u16.to_be_bytes()[..]));
+    server.shutdown().await.expect("server closes");
+    // ...and the client gets nothing more than the backend's own Close.
+    let mut rest = Vec::new();
+    within("client EOF", client.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(rest.is_empty(), "client got a second frame: {rest:?}");
+    // The client answers the backend's Close, as clients do; that ends it cleanly.
+    client
+        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x0f, 0xa0])
+        .await
+        .expect("client reply");
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.reason, "closed by proxy with 1001 going away");
+    assert_eq!(r.close_code, Some(4000));
+    assert_eq!(r.close_frame_from, Some(Side::Backend));
+    gw.wait_idle().await;
+}
