@@ -173,6 +173,8 @@ struct Half {
     injecting: bool,
     /// After the injected Close: the sender's bytes are tracked, not forwarded.
     discard: bool,
+    /// The sender has finished (EOF), whether or not its receiver is shut down yet.
+    eof: bool,
 }
 
 impl Half {
@@ -184,35 +186,51 @@ impl Half {
             inject: None,
             injecting: false,
             discard: false,
+            eof: false,
         }
     }
 
     /// Queues `frame` for the next boundary, unless this direction is over
     /// or its sender already sent a Close (a second one would break the
-    /// protocol). Returns whether it was queued.
-    fn begin_close(&mut self, frame: Vec<u8>) -> bool {
+    /// protocol).
+    fn begin_close(&mut self, frame: Vec<u8>) {
         let over = matches!(self.phase, Phase::ShuttingDown | Phase::Done);
-        if over || self.tracker.close().is_some() {
-            return false;
+        if !over && self.tracker.close().is_none() {
+            self.inject = Some(frame);
         }
-        self.inject = Some(frame);
-        true
     }
 
-    /// During a close: this direction needs nothing more from its sender.
+    /// During a close: this direction needs nothing more from its sender,
+    /// and everything it read has been written and flushed. The tracker
+    /// counts bytes when they are read, so a Close seen there may still sit
+    /// in the buffer: hence the phase and flush checks.
     fn close_finished(&self) -> bool {
-        self.is_done()
-            || (self.inject.is_none() && !self.injecting && self.tracker.close().is_some())
+        if self.is_done() {
+            return true;
+        }
+        let quiet = matches!(self.phase, Phase::Idle | Phase::Reading(_)) && !self.need_flush;
+        quiet && self.inject.is_none() && !self.injecting && self.tracker.close().is_some()
     }
 
     /// The injected frame, when its moment has come: at a boundary, with
-    /// everything read so far already written.
+    /// everything read so far already written. Dropped instead if the
+    /// sender's own Close completed meanwhile (it may have been half-way
+    /// through when the close was requested): a second Close would break
+    /// the protocol.
     fn take_injection(&mut self) -> Option<Vec<u8>> {
-        if self.tracker.at_boundary() {
-            self.inject.take()
-        } else {
-            None
+        if !self.tracker.at_boundary() {
+            return None;
         }
+        if self.tracker.close().is_some() {
+            self.inject = None;
+            return None;
+        }
+        self.inject.take()
+    }
+
+    /// Whether wsgate's own Close has been written to this direction's receiver.
+    fn injected(&self) -> bool {
+        self.discard
     }
 
     /// Queues bytes read past the handshake as the first to deliver.
@@ -323,12 +341,14 @@ impl Half {
                         // UnexpectedEof. Browsers often do; WebSocket frames carry their own
                         // lengths, so nothing can be silently truncated: treat it as EOF.
                         Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            self.eof = true;
                             self.phase = Phase::ShuttingDown;
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(HalfError::Read(e))),
                         Poll::Ready(Ok(())) => {
                             let n = rb.filled().len();
                             if n == 0 {
+                                self.eof = true;
                                 self.phase = Phase::ShuttingDown;
                                 continue;
                             }
@@ -445,6 +465,7 @@ pub async fn run(
     tokio::pin!(cancelled);
     let close_requested = stats.close.token().cancelled();
     tokio::pin!(close_requested);
+    let (mut client_shut, mut backend_shut) = (false, false);
 
     poll_fn(|cx| {
         if cancelled.as_mut().poll(cx).is_ready() {
@@ -453,11 +474,8 @@ pub async fn run(
         if state.proxy_close.is_none() && close_requested.as_mut().poll(cx).is_ready() {
             let order = stats.close.order();
             let mask = mask_key(stats.id);
-            let to_backend = up.begin_close(encode_close(order.code, &order.reason, Some(mask)));
-            let to_client = down.begin_close(encode_close(order.code, &order.reason, None));
-            if (to_backend || to_client) && state.first_close.is_none() {
-                state.first_close = Some((Side::Proxy, Some(order.code)));
-            }
+            up.begin_close(encode_close(order.code, &order.reason, Some(mask)));
+            down.begin_close(encode_close(order.code, &order.reason, None));
             state.proxy_close = Some(order);
             close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
         }
@@ -485,9 +503,32 @@ pub async fn run(
         ) {
             return Poll::Ready(out);
         }
+        if state.first_close.is_none() && (up.injected() || down.injected()) {
+            let code = state.proxy_close.as_ref().map(|o| o.code);
+            state.first_close = Some((Side::Proxy, code));
+        }
         if let Some(order) = &state.proxy_close {
             if up.close_finished() && down.close_finished() {
-                return Poll::Ready(state.clean(Side::Proxy));
+                // Shut both writers down (FIN, and close_notify for TLS) before
+                // letting go, so nothing written is lost in a buffer.
+                if !client_shut {
+                    client_shut = Pin::new(&mut client).poll_shutdown(cx).is_ready();
+                }
+                if !backend_shut {
+                    backend_shut = Pin::new(&mut backend).poll_shutdown(cx).is_ready();
+                }
+                if client_shut && backend_shut {
+                    if up.injected() || down.injected() {
+                        return Poll::Ready(state.clean(Side::Proxy));
+                    }
+                    // Both peers had closed on their own: not the proxy's doing.
+                    state.proxy_close = None;
+                    let closed_by = state
+                        .first_done
+                        .or(state.first_close.map(|(s, _)| s))
+                        .unwrap_or(Side::Proxy);
+                    return Poll::Ready(state.clean(closed_by));
+                }
             }
             if let Some(t) = close_timer.as_mut() {
                 if t.as_mut().poll(cx).is_ready() {
@@ -565,6 +606,11 @@ fn step<R: Splice, W: Splice>(
     }
     let r = half.poll(cx, reader, writer, counters, stats);
     note_close(half, sender, &mut state.first_close);
+    // The half-close clock starts when the sender stops, not once the
+    // receiver's shutdown completes: that may never happen if it stalls.
+    if half.eof {
+        state.first_done.get_or_insert(sender);
+    }
     match r {
         Poll::Ready(Ok(())) => {
             state.first_done.get_or_insert(sender);

@@ -304,3 +304,151 @@ async fn a_side_that_already_sent_its_close_gets_no_second_one() {
     assert_eq!(r.close_frame_from, Some(Side::Backend));
     gw.wait_idle().await;
 }
+
+/// A connected pair of loopback sockets; `small` shrinks the buffers on
+/// the path from the first to the second, so writes through it stall.
+async fn socket_pair(small: bool) -> (TcpStream, TcpStream) {
+    let listen = tokio::net::TcpSocket::new_v4().expect("socket");
+    if small {
+        listen.set_recv_buffer_size(2048).expect("rcvbuf");
+    }
+    listen
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = listen.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let connect = tokio::net::TcpSocket::new_v4().expect("socket");
+    if small {
+        connect.set_send_buffer_size(2048).expect("sndbuf");
+    }
+    let (a, b) = tokio::join!(connect.connect(addr), listener.accept());
+    (a.expect("connect"), b.expect("accept").0)
+}
+
+#[tokio::test]
+async fn a_close_during_a_stalled_write_loses_no_byte() {
+    use wsgate::stats::{ConnInfo, Registry};
+    use wsgate::tunnel::{self, TunnelTimeouts};
+    // Driven on tunnel::run directly: only then can the test shrink the
+    // proxy side's send buffer so that a write to the backend must stall.
+    let (mut client, proxy_client) = socket_pair(false).await;
+    let (proxy_backend, mut backend) = socket_pair(true).await;
+    let registry = std::sync::Arc::new(Registry::default());
+    let drain = tokio_util::sync::CancellationToken::new();
+    let guard = registry.open(
+        ConnInfo {
+            client: client.local_addr().expect("addr"),
+            listener: "t".into(),
+            route: "r".into(),
+            upstream: "u".into(),
+            backend: backend.local_addr().expect("addr"),
+            path: "/".into(),
+        },
+        &drain,
+    );
+    let stats = guard.stats.clone();
+    let hard = tokio_util::sync::CancellationToken::new();
+    let timeouts = TunnelTimeouts {
+        half_close: std::time::Duration::from_secs(30),
+        close: std::time::Duration::from_secs(30),
+    };
+    let run = tokio::spawn(async move {
+        let client = wsgate::tls::ClientStream::Plain(proxy_client);
+        tunnel::run(
+            client,
+            bytes::Bytes::new(),
+            proxy_backend,
+            bytes::Bytes::new(),
+            &stats,
+            timeouts,
+            &hard,
+        )
+        .await
+    });
+
+    // One write the tunnel reads at once: a 14000-byte frame and the client's Close.
+    let len = 14_000usize;
+    let mut sent = vec![0x82, 0x80 | 126];
+    sent.extend_from_slice(&(len as u16).to_be_bytes());
+    sent.extend_from_slice(&[0, 0, 0, 0]);
+    sent.extend((0..len).map(|i| (i % 251) as u8));
+    sent.extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+    client.write_all(&sent).await.expect("client frames");
+    within("the client's Close to be read", async {
+        while guard.stats.to_backend.totals().frames < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The backend's Close reaches the client: both Close frames have been read.
+    backend
+        .write_all(&[0x88, 2, 0x03, 0xe8])
+        .await
+        .expect("backend close");
+    let mut got = [0u8; 4];
+    within("backend Close at the client", client.read_exact(&mut got))
+        .await
+        .expect("read");
+    drain.cancel();
+    let mut received = Vec::new();
+    within(
+        "everything at the backend",
+        backend.read_to_end(&mut received),
+    )
+    .await
+    .expect("read");
+    assert_eq!(received.len(), sent.len(), "bytes lost at drain");
+    assert_eq!(received, sent);
+    let outcome = within("the tunnel to end", run).await.expect("join");
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    // Both peers had sent their Close before the drain: wsgate wrote none, so it is not the closer.
+    assert!(outcome.proxy_close.is_none());
+    assert_eq!(outcome.closed_by, Side::Client);
+    assert_eq!(outcome.first_close, Some((Side::Client, Some(1000))));
+    guard.finish(outcome.to_end());
+}
+
+#[tokio::test]
+async fn a_close_half_way_through_when_the_drain_starts_is_not_followed_by_another() {
+    let (addr, mut accepted) = raw_backend().await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut client = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut client, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 101);
+    let mut server = within("backend", accepted.recv())
+        .await
+        .expect("backend socket");
+    let close = [0x88u8, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
+    client.write_all(&close[..1]).await.expect("first byte");
+    let mut first = [0u8; 1];
+    within("first byte at the backend", server.read_exact(&mut first))
+        .await
+        .expect("read");
+    gw.gateway.drain();
+    client.write_all(&close[1..]).await.expect("rest");
+    // The client gets wsgate's Close (its backend had sent none) and answers nothing more.
+    let (op, _) = read_frame(&mut client).await;
+    assert_eq!(op, 0x88);
+    let mut rest = [0u8; 7];
+    within("rest of the client's Close", server.read_exact(&mut rest))
+        .await
+        .expect("read");
+    assert_eq!([&first[..], &rest[..]].concat(), close);
+    // The backend answers and closes; it must see nothing after the client's Close.
+    server
+        .write_all(&[0x88, 2, 0x03, 0xe8])
+        .await
+        .expect("server reply");
+    server.shutdown().await.expect("server closes");
+    let mut extra = Vec::new();
+    within("backend EOF", server.read_to_end(&mut extra))
+        .await
+        .expect("read");
+    assert!(
+        extra.is_empty(),
+        "a second Close followed the client's: {extra:?}"
+    );
+    gw.wait_idle().await;
+}
