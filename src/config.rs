@@ -32,6 +32,9 @@ pub const DEFAULT_UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
 /// Default for `timeouts.close`: how long a closing handshake started by wsgate may take before the connection is cut.
 pub const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
+/// Longest duration any timeout accepts: a week. Larger values are typos,
+/// and arithmetic on them must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default for `limits.max_request_headers`: bytes of request line and headers accepted from a client.
 pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 16 * 1024;
 
@@ -633,9 +636,13 @@ impl<'a> Validator<'a> {
     fn duration(&mut self, s: Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
         let Some(s) = s else { return default };
         match humantime::parse_duration(s.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
+            Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
+            Ok(d) if d.is_zero() => {
                 self.problem(&s, key, "must be longer than zero");
+                default
+            }
+            Ok(_) => {
+                self.problem(&s, key, "must be at most 7 days");
                 default
             }
             Err(e) => {
@@ -912,11 +919,16 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             assert_eq!(p.len(), 1, "{route}: {p:?}");
             assert_eq!(p[0].key, key);
         }
-        let p = problems(&format!("{base}[[routes]]\nupstream=\"u\"\n[upstreams.v]\nservers=[]\n[runtime]\nworkers=0\n[timeouts]\nconnect=\"0s\"\n"));
+        let p = problems(&format!("{base}[[routes]]\nupstream=\"u\"\n[upstreams.v]\nservers=[]\n[runtime]\nworkers=0\n[timeouts]\nconnect=\"0s\"\nclose=\"9999d\"\n"));
         let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["upstreams.v.servers", "runtime.workers", "timeouts.connect"]
+            [
+                "upstreams.v.servers",
+                "runtime.workers",
+                "timeouts.connect",
+                "timeouts.close"
+            ]
         );
     }
 

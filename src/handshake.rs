@@ -49,6 +49,11 @@ pub enum HandshakeError {
     /// `Connection` lacks the `upgrade` token.
     #[error("Connection header must contain the upgrade token")]
     Connection,
+    /// `Connection` names a header the handshake needs end to end (Host,
+    /// `Sec-WebSocket-*`): honouring it would strip that header on the way
+    /// to the backend.
+    #[error("Connection header names {0}, which must reach the backend")]
+    ConnectionNamesEndToEnd(String),
     /// `Sec-WebSocket-Key` missing, repeated, or not 16 bytes of base64.
     #[error("Sec-WebSocket-Key must be one base64 value of 16 bytes")]
     Key,
@@ -102,6 +107,17 @@ pub fn check_client_request<B>(req: &Request<B>) -> Result<HeaderValue, Handshak
     }
     if !header_has_token(h, &header::CONNECTION, "upgrade") {
         return Err(HandshakeError::Connection);
+    }
+    let named = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .find(|t| {
+            t.eq_ignore_ascii_case("host") || t.to_ascii_lowercase().starts_with("sec-websocket-")
+        });
+    if let Some(t) = named {
+        return Err(HandshakeError::ConnectionNamesEndToEnd(t.to_string()));
     }
     let has_body = h.contains_key(header::TRANSFER_ENCODING)
         || h.get_all(header::CONTENT_LENGTH)
@@ -319,6 +335,21 @@ mod tests {
                     .insert("connection", HeaderValue::from_static("keep-alive"));
             }
             assert_eq!(check_client_request(&req), Err(want.clone()), "{want}");
+        }
+        for named in [
+            "Upgrade, Host",
+            "upgrade, sec-websocket-key",
+            "Upgrade, Sec-WebSocket-Protocol",
+        ] {
+            let mut req = good().body(()).unwrap();
+            req.headers_mut()
+                .insert("connection", HeaderValue::from_static(named));
+            let err = check_client_request(&req).unwrap_err();
+            assert!(
+                matches!(err, HandshakeError::ConnectionNamesEndToEnd(_)),
+                "{named}: {err}"
+            );
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         }
         let mut req = good().body(()).unwrap();
         req.headers_mut()

@@ -101,7 +101,11 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
     let _ = tcp.set_nodelay(true);
     let stream = match &settings.tls {
         None => ClientStream::Plain(tcp),
-        Some(tls) => match tokio::time::timeout(timeouts.client_handshake, tls.accept(tcp)).await {
+        Some(tls) => match tokio::select! {
+            r = tokio::time::timeout(timeouts.client_handshake, tls.accept(tcp)) => r,
+            // A handshake in progress must not hold up a drain.
+            _ = shared.drain.cancelled() => return,
+        } {
             Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 tracing::debug!(client = %peer, listener = name, error = %e, "TLS handshake failed");
@@ -117,8 +121,10 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         shared: shared.clone(),
         listener: settings,
         peer,
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
     });
-    let service = service_fn(move |req| proxy::handle(req, ctx.clone()));
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| proxy::handle(req, service_ctx.clone()));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.client_handshake)
@@ -130,8 +136,14 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
-            // A drain lets the request in flight finish, then closes the connection.
+            // A drain lets a request in flight finish, then closes the
+            // connection. hyper's graceful shutdown would also wait for a
+            // first request that has not (fully) arrived; nothing is lost by
+            // closing such a connection now.
             _ = shared.drain.cancelled(), if !draining => {
+                if ctx.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return;
+                }
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }

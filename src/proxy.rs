@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,9 +23,10 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::frames::encode_close;
 use crate::handshake::{self, HandshakeError, RequestKind};
 use crate::routes::{self, ListenerSettings};
-use crate::stats::ConnInfo;
+use crate::stats::{ConnInfo, Side, TunnelEnd, CLOSE_GOING_AWAY};
 use crate::tls::ClientStream;
 use crate::upstream::{self, Answer, Deadlines, UpstreamError};
 use crate::{tunnel, Shared};
@@ -40,6 +42,25 @@ pub struct ConnContext {
     pub listener: Arc<ListenerSettings>,
     /// The peer's socket address.
     pub peer: SocketAddr,
+    /// Requests being served on this connection right now (0 or 1 with
+    /// HTTP/1.1): a drain closes a connection at once when it is 0.
+    pub in_flight: AtomicUsize,
+}
+
+/// Counts one request in flight until dropped, on every path.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Why a request was answered without a tunnel.
@@ -73,6 +94,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
     ctx: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let _in_flight = InFlight::new(&ctx.in_flight);
     let started = Instant::now();
     let method = req.method().clone();
     let target = req
@@ -197,18 +219,37 @@ async fn forward(
             };
             ctx.shared.tasks.spawn(async move {
                 let _active = active;
-                let upgraded = match on_client_upgrade.await {
-                    Ok(u) => u,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "client left before the upgrade completed");
+                // Registered from the 101 on, so every path below ends in one access record.
+                let guard = shared.registry.open(new_conn, &shared.drain);
+                let upgraded = tokio::select! {
+                    u = on_client_upgrade => u.map_err(|e| e.to_string()),
+                    _ = shared.shutdown.cancelled() => Err("proxy shutting down".to_string()),
+                };
+                let parts = match upgraded {
+                    Ok(u) => u.downcast::<TokioIo<ClientStream>>().map_err(|_| {
+                        "upgraded client connection has an unexpected type".to_string()
+                    }),
+                    Err(e) => Err(e),
+                };
+                let parts = match parts {
+                    Ok(p) => p,
+                    Err(reason) => {
+                        // The backend already has an open WebSocket: tell it, best effort.
+                        let close = encode_close(
+                            CLOSE_GOING_AWAY,
+                            "client gone",
+                            Some(tunnel::mask_key(guard.stats.id)),
+                        );
+                        let _ = stream.try_write(&close);
+                        guard.finish(TunnelEnd {
+                            closed_by: Side::Client,
+                            close_code: None,
+                            close_frame_from: None,
+                            reason: format!("tunnel not started: {reason}"),
+                        });
                         return;
                     }
                 };
-                let Ok(parts) = upgraded.downcast::<TokioIo<ClientStream>>() else {
-                    tracing::error!("upgraded client connection has an unexpected type");
-                    return;
-                };
-                let guard = shared.registry.open(new_conn, &shared.drain);
                 let outcome = tunnel::run(
                     parts.io.into_inner(),
                     parts.read_buf,

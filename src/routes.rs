@@ -189,6 +189,10 @@ pub enum PathError {
     /// A `..` that climbs above the root.
     #[error("path climbs above the root")]
     AboveRoot,
+    /// A dot-segment with `;` parameters (`..;`): Tomcat-style servers read
+    /// it as `..`, so it would escape the route it matched here.
+    #[error("dot-segment with parameters in path")]
+    DotSegmentParams,
 }
 
 /// Normalises a request path per RFC 3986: percent-encoded unreserved
@@ -255,6 +259,11 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
     // A trailing "." or ".." leaves a trailing slash, as the RFC's algorithm does.
     let mut trailing_slash = false;
     for (i, seg) in segments.iter().enumerate() {
+        if let Some((name, _)) = seg.split_once(';') {
+            if name == "." || name == ".." {
+                return Err(PathError::DotSegmentParams);
+            }
+        }
         match *seg {
             "." => trailing_slash = i == last,
             ".." => {
@@ -302,6 +311,7 @@ mod tests {
             ("/a%20b", "/a%20b"),
             ("/a%c3%a9", "/a%C3%A9"),
             ("/..a/b..", "/..a/b.."),
+            ("/a;v=1/b", "/a;v=1/b"),
             ("/é", "/é"),
         ] {
             assert_eq!(normalize_path(input).as_deref(), Ok(want), "{input}");
@@ -318,6 +328,9 @@ mod tests {
             ("/..", PathError::AboveRoot),
             ("/a/../../b", PathError::AboveRoot),
             ("/%2e%2e/etc", PathError::AboveRoot),
+            ("/public/..;/private", PathError::DotSegmentParams),
+            ("/public/%2e%2e;x=1/private", PathError::DotSegmentParams),
+            ("/a/.;/b", PathError::DotSegmentParams),
             ("/a%zz", PathError::BadEncoding),
             ("/a%2", PathError::BadEncoding),
             ("/a\\b", PathError::ForbiddenChar),

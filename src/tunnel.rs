@@ -628,7 +628,7 @@ fn step<R: Splice, W: Splice>(
 /// A masking key for Close frames wsgate sends to a backend. RFC 6455
 /// wants it unpredictable; std's randomly seeded hasher gives that without
 /// another dependency.
-fn mask_key(id: u64) -> [u8; 4] {
+pub fn mask_key(id: u64) -> [u8; 4] {
     use std::hash::BuildHasher;
     let bits = std::collections::hash_map::RandomState::new().hash_one(id);
     let b = bits.to_le_bytes();

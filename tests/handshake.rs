@@ -159,6 +159,22 @@ async fn malformed_handshakes_get_400_and_reach_no_backend() {
                 ])
             ),
         ),
+        (
+            "Connection naming Host",
+            handshake_request("/ws", "a")
+                .replace("Connection: Upgrade", "Connection: Upgrade, Host"),
+        ),
+        (
+            "Connection naming the key",
+            handshake_request("/ws", "a").replace(
+                "Connection: Upgrade",
+                "Connection: Upgrade, Sec-WebSocket-Key",
+            ),
+        ),
+        (
+            "dot-segment with parameters",
+            handshake_request("/public/..;/private", "a"),
+        ),
         ("encoded slash", handshake_request("/a%2fb", "a")),
         ("encoded backslash", handshake_request("/a%5Cb", "a")),
         ("encoded NUL", handshake_request("/a%00", "a")),

@@ -452,3 +452,39 @@ async fn a_close_half_way_through_when_the_drain_starts_is_not_followed_by_anoth
     );
     gw.wait_idle().await;
 }
+
+#[tokio::test]
+async fn connections_still_in_their_handshake_do_not_hold_up_a_drain() {
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_cert(dir.path(), "a", &["a.example.test"]);
+    // An hour: only the drain, not the deadline, can end these connections in time.
+    let toml = format!(
+        "[timeouts]\nclient_handshake = \"1h\"\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"a.pem\", key = \"a.key\" }}\n[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = [\"{backend}\"]\n"
+    );
+    let gw = TestGateway::start_in(dir, &toml).await;
+    let mut silent_tls = TcpStream::connect(gw.addr("tls")).await.expect("connect");
+    let mut idle = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let mut partial = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    partial
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .expect("write");
+    // A keep-alive connection that was served once.
+    let mut served = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut served, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(status, 501);
+    gw.gateway.drain();
+    let tasks = gw.gateway.shared().tasks.clone();
+    tasks.close();
+    within("every task to end after the drain", tasks.wait()).await;
+    for s in [&mut silent_tls, &mut idle, &mut partial, &mut served] {
+        wait_closed(s).await;
+    }
+}
