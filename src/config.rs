@@ -56,6 +56,16 @@ struct RawConfig {
     routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    access: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -68,6 +78,8 @@ struct RawRuntime {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     bind: Spanned<String>,
+    token_file: Option<Spanned<String>>,
+    metrics_public: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -121,6 +133,8 @@ struct RawRoute {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     servers: Spanned<Vec<Spanned<String>>>,
+    drain_timeout: Option<Spanned<String>>,
+    drain_spread: Option<Spanned<String>>,
 }
 
 // === typed, validated configuration ===
@@ -132,8 +146,12 @@ pub struct Config {
     pub source: PathBuf,
     /// Process-level settings read before the runtime starts.
     pub runtime: RuntimeConfig,
-    /// The admin listener; accepted now, served by a later release.
+    /// The admin listener, if any.
     pub admin: Option<AdminConfig>,
+    /// Logging settings.
+    pub log: LogConfig,
+    /// Short hash of the file's text: tells operators which config runs.
+    pub version: String,
     /// Every named timeout, with defaults filled in.
     pub timeouts: Timeouts,
     /// Every named size limit, with defaults filled in.
@@ -158,6 +176,45 @@ pub struct RuntimeConfig {
 pub struct AdminConfig {
     /// Address of the admin listener.
     pub bind: SocketAddr,
+    /// Bearer token required for everything but the probes; read from
+    /// `token_file` at load time. Never logged nor shown by `/api/config`.
+    pub token: Option<String>,
+    /// The token file's path, for `/api/config` (the path, never the content).
+    pub token_file: Option<PathBuf>,
+    /// Whether `/metrics` is served without the token.
+    pub metrics_public: bool,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default)]
+pub struct LogConfig {
+    /// Filter directive such as `info` or `wsgate=debug`; `RUST_LOG` wins when set.
+    pub level: Option<String>,
+    /// Line format; the `--log-format` flag wins when given.
+    pub format: Option<LogFormat>,
+    /// Where access lines go.
+    pub access: AccessLog,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Destination of the access log (`wsgate::access` lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    /// With the other logs, on stdout.
+    #[default]
+    Stdout,
+    /// Not written (records still feed metrics and the admin API).
+    Off,
+    /// Appended to this file.
+    File(PathBuf),
 }
 
 /// `[timeouts]`: every deadline the proxy enforces.
@@ -253,6 +310,16 @@ pub enum HostPattern {
     Wildcard(String),
 }
 
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Any => f.write_str("*"),
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
 /// One `[[routes]]` entry.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -269,7 +336,14 @@ pub struct RouteConfig {
 pub struct UpstreamConfig {
     /// Non-empty and without duplicates.
     pub servers: Vec<SocketAddr>,
+    /// How long a draining server's tunnels may go on before wsgate closes them.
+    pub drain_timeout: Duration,
+    /// Window over which those closes are spread, so clients do not all reconnect at once.
+    pub drain_spread: Duration,
 }
+
+/// Default for `upstreams.NAME.drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 // === errors ===
 
@@ -476,9 +550,38 @@ impl<'a> Validator<'a> {
                 }),
         };
         let admin = raw.admin.and_then(|a| {
+            let token_file = a.token_file.as_ref().map(|f| self.base.join(f.get_ref()));
+            let token = match (&a.token_file, &token_file) {
+                (Some(at), Some(path)) => match std::fs::read_to_string(path) {
+                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                    Ok(_) => {
+                        self.problem(
+                            at,
+                            "admin.token_file",
+                            format!("{} is empty", path.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.problem(
+                            at,
+                            "admin.token_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                },
+                _ => None,
+            };
             self.socket_addr(&a.bind, "admin.bind")
-                .map(|bind| AdminConfig { bind })
+                .map(|bind| AdminConfig {
+                    bind,
+                    token,
+                    token_file,
+                    metrics_public: a.metrics_public.unwrap_or(false),
+                })
         });
+        let log = self.log(raw.log);
         let t = raw.timeouts;
         let d = Timeouts::default();
         let timeouts = Timeouts {
@@ -535,7 +638,26 @@ impl<'a> Validator<'a> {
                     }
                 }
             }
-            upstreams.insert(name, UpstreamConfig { servers });
+            let up = up.into_inner();
+            let drain_timeout = self.duration(
+                up.drain_timeout,
+                &format!("{key}.drain_timeout"),
+                DEFAULT_DRAIN_TIMEOUT,
+            );
+            // Default: a tenth of the drain timeout, as operators expect a short tail.
+            let drain_spread = self.duration(
+                up.drain_spread,
+                &format!("{key}.drain_spread"),
+                drain_timeout / 10,
+            );
+            upstreams.insert(
+                name,
+                UpstreamConfig {
+                    servers,
+                    drain_timeout,
+                    drain_spread,
+                },
+            );
         }
 
         let mut listeners: Vec<ListenerConfig> = Vec::new();
@@ -615,11 +737,61 @@ impl<'a> Validator<'a> {
             source: self.path.to_path_buf(),
             runtime,
             admin,
+            log,
+            version: version_of(self.text),
             timeouts,
             limits,
             listeners,
             routes,
             upstreams,
+        }
+    }
+
+    fn log(&mut self, raw: RawLog) -> LogConfig {
+        let format = raw.format.and_then(|f| match f.get_ref().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            other => {
+                self.problem(
+                    &f,
+                    "log.format",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                );
+                None
+            }
+        });
+        let level = raw.level.and_then(|l| {
+            match tracing_subscriber::EnvFilter::builder().parse(l.get_ref()) {
+                Ok(_) => Some(l.get_ref().clone()),
+                Err(e) => {
+                    self.problem(
+                        &l,
+                        "log.level",
+                        format!(
+                            "{:?} is not a log filter such as \"info\" or \"wsgate=debug\": {e}",
+                            l.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let access = match raw.access {
+            None => AccessLog::Stdout,
+            Some(a) => match a.get_ref().as_str() {
+                "stdout" => AccessLog::Stdout,
+                "off" => AccessLog::Off,
+                "" => {
+                    self.problem(&a, "log.access", "give \"stdout\", \"off\" or a file path");
+                    AccessLog::Stdout
+                }
+                path => AccessLog::File(self.base.join(path)),
+            },
+        };
+        LogConfig {
+            level,
+            format,
+            access,
         }
     }
 
@@ -803,6 +975,13 @@ impl<'a> Validator<'a> {
             }
         }
     }
+}
+
+/// The first 12 hex digits of the SHA-1 of the config text.
+fn version_of(text: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 /// 1-based line and column (in characters) of a byte offset.

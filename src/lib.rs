@@ -20,12 +20,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod frames;
 pub mod handshake;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod stats;
@@ -53,6 +56,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Every task wsgate starts, so shutdown can wait for all of them.
     pub tasks: TaskTracker,
+    /// Prometheus metrics.
+    pub metrics: Arc<metrics::Metrics>,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
     pub drain: CancellationToken,
     /// Cancelled to stop now; cancelling it also drains.
@@ -74,6 +79,10 @@ pub enum StartError {
 pub struct Gateway {
     shared: Arc<Shared>,
     addrs: Vec<(String, SocketAddr)>,
+    /// The admin listener outlives the data path during a drain (probes
+    /// answer 503), so it has its own tasks and stop signal.
+    admin_tasks: TaskTracker,
+    admin_stop: CancellationToken,
 }
 
 impl Gateway {
@@ -92,9 +101,15 @@ impl Gateway {
                 return Err(StartError::UnknownListener(l.name.clone()));
             }
         }
+        let registry = Arc::new(Registry::default());
+        let metrics = Arc::new(metrics::Metrics::new(
+            registry.clone(),
+            &snapshot.config.version,
+        ));
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            registry: Arc::new(Registry::default()),
+            registry,
+            metrics,
             tasks: TaskTracker::new(),
             drain: shutdown.child_token(),
             shutdown,
@@ -107,7 +122,25 @@ impl Gateway {
             }
             shared.tasks.spawn(listener::accept_loop(l, shared.clone()));
         }
-        Ok(Self { shared, addrs })
+        Ok(Self {
+            admin_stop: shared.shutdown.child_token(),
+            shared,
+            addrs,
+            admin_tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Serves the admin API on an already-bound listener.
+    pub fn serve_admin(&self, listener: tokio::net::TcpListener) {
+        if let Ok(a) = listener.local_addr() {
+            tracing::info!(addr = %a, "admin listening");
+        }
+        self.admin_tasks.spawn(admin::serve(
+            listener,
+            self.shared.clone(),
+            self.admin_tasks.clone(),
+            self.admin_stop.clone(),
+        ));
     }
 
     /// The address a listener is bound to.
@@ -145,5 +178,8 @@ impl Gateway {
         self.shared.drain.cancelled().await;
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        self.admin_stop.cancel();
+        self.admin_tasks.close();
+        self.admin_tasks.wait().await;
     }
 }

@@ -15,9 +15,9 @@ use wsgate::{demo, listener, Gateway};
 #[derive(Parser)]
 #[command(version, about, propagate_version = true)]
 struct Cli {
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log line format [default: `[log] format` of the config, else text].
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,7 +62,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let flag = cli.log_format;
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(_) => {
@@ -74,22 +74,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            report(load(&config).and_then(|c| runtime(&c)?.block_on(run(c))))
-        }
+        Command::Run { config } => report(load(&config).and_then(|c| {
+            init_logging(flag, &c.log)?;
+            runtime(&c)?.block_on(run(c))
+        })),
         Command::Demo { config } => report(
             demo::ensure_certificates(&config)
                 .map_err(anyhow::Error::from)
                 .and_then(|cas| {
                     let c = load(&config)?;
+                    init_logging(flag, &c.log)?;
                     runtime(&c)?.block_on(run_demo(c, cas))
                 }),
         ),
         Command::Client { url, ca } => report(
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")
+            init_logging(flag, &config::LogConfig::default())
+                .and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("starting the runtime")
+                })
                 .and_then(|rt| Ok(rt.block_on(demo::client(&url, ca.as_deref()))?)),
         ),
     }
@@ -109,16 +114,63 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(config::load(path)?)
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+/// Logs go to stdout; access lines (`wsgate::access`) go with them, nowhere,
+/// or to their own file, per `[log] access`. `RUST_LOG` beats `[log] level`;
+/// the `--log-format` flag beats `[log] format`.
+fn init_logging(flag: Option<LogFormat>, log: &config::LogConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+    let json = match (flag, log.format) {
+        (Some(f), _) => matches!(f, LogFormat::Json),
+        (None, Some(f)) => f == config::LogFormat::Json,
+        (None, None) => false,
+    };
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| log.level.clone())
+        .unwrap_or_else(|| "info".to_string());
+    let mut main_filter = EnvFilter::try_new(&level).context("log level")?;
+    if log.access != config::AccessLog::Stdout {
+        main_filter =
+            main_filter.add_directive("wsgate::access=off".parse().context("log filter")?);
     }
+    fn layer<W>(json: bool, writer: W) -> Boxed
+    where
+        W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+        if json {
+            fmt.json().flatten_event(true).boxed()
+        } else {
+            fmt.boxed()
+        }
+    }
+    let mut layers: Vec<Boxed> = vec![layer(json, std::io::stdout)
+        .with_filter(main_filter)
+        .boxed()];
+    if let config::AccessLog::File(path) = &log.access {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening access log {}", path.display()))?;
+        let only_access = tracing_subscriber::filter::Targets::new()
+            .with_target("wsgate::access", tracing::Level::INFO);
+        layers.push(
+            layer(json, std::sync::Mutex::new(file))
+                .with_filter(only_access)
+                .boxed(),
+        );
+    }
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .context("logging")?;
+    Ok(())
 }
 
 fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -169,7 +221,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let bound = listener::bind_all(&config).await?;
     let close = config.timeouts.close;
+    let admin = match &config.admin {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a.bind)
+                .await
+                .with_context(|| format!("admin: cannot bind {}", a.bind))?,
+        ),
+        None => None,
+    };
     let gateway = Gateway::start(config, bound, shutdown.clone())?;
+    if let Some(l) = admin {
+        gateway.serve_admin(l);
+    }
     // The signal watcher is not the gateway's task: the gateway must be able
     // to finish draining without waiting for the watcher's fallback timer.
     let tasks = TaskTracker::new();

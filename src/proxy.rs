@@ -106,6 +106,9 @@ pub async fn handle(
         Err(refusal) => (refuse(&refusal), None),
     };
     let status = response.status();
+    ctx.shared
+        .metrics
+        .handshake(&ctx.listener.name, status.as_u16(), started.elapsed());
     if status != StatusCode::SWITCHING_PROTOCOLS {
         tracing::info!(
             target: "wsgate::access",
@@ -221,6 +224,7 @@ async fn forward(
                 let _active = active;
                 // Registered from the 101 on, so every path below ends in one access record.
                 let guard = shared.registry.open(new_conn, &shared.drain);
+                let labels = shared.metrics.tunnel_opened(&guard.stats.info);
                 let upgraded = tokio::select! {
                     u = on_client_upgrade => u.map_err(|e| e.to_string()),
                     _ = shared.shutdown.cancelled() => Err("proxy shutting down".to_string()),
@@ -241,12 +245,13 @@ async fn forward(
                             Some(tunnel::mask_key(guard.stats.id)),
                         );
                         let _ = stream.try_write(&close);
-                        guard.finish(TunnelEnd {
+                        let record = guard.finish(TunnelEnd {
                             closed_by: Side::Client,
                             close_code: None,
                             close_frame_from: None,
                             reason: format!("tunnel not started: {reason}"),
                         });
+                        shared.metrics.tunnel_closed(&labels, &record);
                         return;
                     }
                 };
@@ -263,7 +268,8 @@ async fn forward(
                     &shared.shutdown,
                 )
                 .await;
-                guard.finish(outcome.to_end());
+                let record = guard.finish(outcome.to_end());
+                shared.metrics.tunnel_closed(&labels, &record);
             });
             Ok((switching_protocols(headers), Some(server.addr)))
         }

@@ -7,7 +7,7 @@
 //!
 //! Must not: do I/O or hold mutable state other than the balancer's counters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::balancer::Upstream;
@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// Routes ordered most specific first, so the first match wins.
     routes: Vec<Arc<Route>>,
+    /// Upstream pools by name.
+    upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Per-listener settings by name.
     pub listeners: HashMap<String, Arc<ListenerSettings>>,
     /// Deadlines for new connections.
@@ -69,7 +71,10 @@ impl Snapshot {
         let upstreams: HashMap<&str, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|(name, u)| (name.as_str(), Arc::new(Upstream::new(name, &u.servers))))
+            .map(|(name, u)| {
+                let pool = Upstream::new(name, &u.servers, u.drain_timeout, u.drain_spread);
+                (name.as_str(), Arc::new(pool))
+            })
             .collect();
         let mut routes: Vec<Arc<Route>> = config
             .routes
@@ -77,13 +82,8 @@ impl Snapshot {
             .filter_map(|r| {
                 // Validation guarantees the upstream exists.
                 let upstream = upstreams.get(r.upstream.as_str())?.clone();
-                let host = match &r.host {
-                    HostPattern::Any => "*".to_string(),
-                    HostPattern::Exact(h) => h.clone(),
-                    HostPattern::Wildcard(s) => format!("*{s}"),
-                };
                 Some(Arc::new(Route {
-                    label: format!("{host}{}", r.path_prefix).into(),
+                    label: format!("{}{}", r.host, r.path_prefix).into(),
                     host: r.host.clone(),
                     prefix: r.path_prefix.clone(),
                     upstream,
@@ -103,13 +103,28 @@ impl Snapshot {
         for l in &config.listeners {
             listeners.insert(l.name.clone(), Arc::new(listener_settings(l)?));
         }
+        let upstreams = upstreams
+            .into_iter()
+            .map(|(n, u)| (n.to_string(), u))
+            .collect();
         Ok(Self {
+            upstreams,
             timeouts: config.timeouts,
             limits: config.limits,
             config,
             routes,
             listeners,
         })
+    }
+
+    /// The pool called `name`.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(name)
+    }
+
+    /// Every pool, by name.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams.values()
     }
 
     /// The most specific route for a normalised host (lowercase, no port) and

@@ -230,6 +230,11 @@ impl Registry {
         self.lock().values().cloned().collect()
     }
 
+    /// The live tunnel with this id.
+    pub fn get(&self, id: u64) -> Option<Arc<ConnStats>> {
+        self.lock().get(&id).cloned()
+    }
+
     /// How many tunnels are open.
     pub fn live_count(&self) -> usize {
         self.lock().len()

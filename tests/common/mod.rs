@@ -36,6 +36,8 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
 /// A running wsgate and what it needs to stay alive.
 pub struct TestGateway {
     pub gateway: Gateway,
+    /// The admin listener's address, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub dir: tempfile::TempDir,
 }
@@ -60,10 +62,20 @@ impl TestGateway {
                 socket: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             });
         }
+        let has_admin = config.admin.is_some();
         let shutdown = CancellationToken::new();
         let gateway = Gateway::start(config, bound, shutdown.clone()).expect("start");
+        let admin = if has_admin {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+            let a = l.local_addr().expect("admin addr");
+            gateway.serve_admin(l);
+            Some(a)
+        } else {
+            None
+        };
         Self {
             gateway,
+            admin,
             shutdown,
             dir,
         }

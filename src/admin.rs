@@ -1,0 +1,496 @@
+//! The admin listener: probes, Prometheus metrics, and an API to see and
+//! steer every tunnel, server and upstream.
+//!
+//! Owns: routing admin requests, the bearer-token check (constant time;
+//! `/healthz`, `/readyz` and, if `metrics_public`, `/metrics` are open),
+//! JSON answers and JSON errors. Endpoints:
+//! `GET /healthz`, `GET /readyz`, `GET /metrics`,
+//! `GET /api/connections[?route=&server=&listener=&upstream=&limit=]`,
+//! `GET|DELETE /api/connections/{id}[?code=&reason=]`, `GET /api/upstreams`,
+//! `POST /api/upstreams/{name}/servers/{addr}/drain|enable`,
+//! `POST /api/upstreams/{name}/rebalance?fraction=`, `GET /api/config`,
+//! `POST /reload`.
+//!
+//! Must not: serve traffic, or block the data path: everything here reads
+//! the registry and the snapshot, and acts through `CloseControl` and the
+//! balancer's flags.
+
+// Lookups return the ready error response; admin requests are rare and
+// their responses are built once, so the size of that variant costs nothing.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::balancer::Upstream;
+use crate::drain;
+use crate::frames::close_code_allowed;
+use crate::stats::{CloseOrder, ConnStats, DirectionTotals};
+use crate::Shared;
+
+/// Close code 1008 (Policy Violation): the default when an operator ends a connection.
+pub const CLOSE_POLICY: u16 = 1008;
+
+type AdminResponse = Response<Full<Bytes>>;
+
+/// Serves the admin API on `listener` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Answers one admin request.
+pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminResponse {
+    let path = req.uri().path().to_string();
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let segments: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = req.method().clone();
+
+    let (token, metrics_public) = {
+        let snapshot = shared.snapshot.load();
+        let admin = snapshot.config.admin.as_ref();
+        (
+            admin.and_then(|a| a.token.clone()),
+            admin.is_some_and(|a| a.metrics_public),
+        )
+    };
+    let open = matches!(segs.as_slice(), ["healthz"] | ["readyz"])
+        || (metrics_public && segs == ["metrics"]);
+    if !open && !authorized(&req, token.as_deref()) {
+        let mut res = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return res;
+    }
+
+    match (&method, segs.as_slice()) {
+        (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, ["readyz"]) => {
+            if shared.drain.is_cancelled() {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "draining"}),
+                )
+            } else {
+                json_response(StatusCode::OK, &json!({"status": "ready"}))
+            }
+        }
+        (&Method::GET, ["metrics"]) => match shared.metrics.encode() {
+            Ok(text) => {
+                let mut res = Response::new(Full::new(Bytes::from(text)));
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                res
+            }
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics could not be encoded",
+            ),
+        },
+        (&Method::GET, ["api", "connections"]) => list_connections(shared, &query),
+        (&Method::GET, ["api", "connections", id]) => match find(shared, id) {
+            Ok(c) => json_response(StatusCode::OK, &view(&c)),
+            Err(e) => e,
+        },
+        (&Method::DELETE, ["api", "connections", id]) => close_connection(shared, id, &query),
+        (&Method::GET, ["api", "upstreams"]) => list_upstreams(shared),
+        (
+            &Method::POST,
+            ["api", "upstreams", name, "servers", addr, action @ ("drain" | "enable")],
+        ) => server_action(shared, name, addr, action),
+        (&Method::POST, ["api", "upstreams", name, "rebalance"]) => rebalance(shared, name, &query),
+        (&Method::GET, ["api", "config"]) => config_view(shared),
+        (&Method::POST, ["reload"]) => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "live reload is not available in this release; restart to apply a new config",
+        ),
+        (_, ["healthz" | "readyz" | "metrics" | "reload"])
+        | (_, ["api", "connections" | "upstreams" | "config", ..]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
+    }
+}
+
+/// Compares hashes of the presented and expected tokens in constant time,
+/// so neither content nor length leaks through timing.
+fn authorized<B>(req: &Request<B>, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let a = Sha1::digest(presented.trim().as_bytes());
+    let b = Sha1::digest(token.as_bytes());
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> AdminResponse {
+    let text = serde_json::to_vec_pretty(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut res = Response::new(Full::new(Bytes::from(text)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn error(status: StatusCode, message: &str) -> AdminResponse {
+    json_response(status, &json!({ "error": message }))
+}
+
+/// One tunnel as the API shows it.
+#[derive(Serialize)]
+struct ConnView {
+    id: u64,
+    client: SocketAddr,
+    listener: String,
+    route: String,
+    upstream: String,
+    server: SocketAddr,
+    path: String,
+    started: String,
+    age_ms: u64,
+    idle_ms: u64,
+    to_backend: DirectionTotals,
+    to_client: DirectionTotals,
+}
+
+fn view(c: &ConnStats) -> ConnView {
+    ConnView {
+        id: c.id,
+        client: c.info.client,
+        listener: c.info.listener.to_string(),
+        route: c.info.route.to_string(),
+        upstream: c.info.upstream.to_string(),
+        server: c.info.backend,
+        path: c.info.path.clone(),
+        started: humantime::format_rfc3339_millis(c.started_at).to_string(),
+        age_ms: u64::try_from(c.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        idle_ms: u64::try_from(c.idle_for().as_millis()).unwrap_or(u64::MAX),
+        to_backend: c.to_backend.totals(),
+        to_client: c.to_client.totals(),
+    }
+}
+
+fn list_connections(shared: &Shared, q: &HashMap<String, String>) -> AdminResponse {
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => usize::MAX,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "limit must be a whole number"),
+    };
+    let server = match q.get("server").map(|s| s.parse::<SocketAddr>()) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "server must be an address such as 127.0.0.1:9001",
+            )
+        }
+    };
+    let matches = |c: &ConnStats| {
+        q.get("route").is_none_or(|r| *c.info.route == **r)
+            && q.get("listener").is_none_or(|l| *c.info.listener == **l)
+            && q.get("upstream").is_none_or(|u| *c.info.upstream == **u)
+            && server.is_none_or(|s| c.info.backend == s)
+    };
+    let views: Vec<ConnView> = shared
+        .registry
+        .live()
+        .iter()
+        .filter(|c| matches(c))
+        .take(limit)
+        .map(|c| view(c))
+        .collect();
+    json_response(StatusCode::OK, &views)
+}
+
+fn find(shared: &Shared, id: &str) -> Result<Arc<ConnStats>, AdminResponse> {
+    let id: u64 = id.parse().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "connection id must be a whole number",
+        )
+    })?;
+    shared
+        .registry
+        .get(id)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("no live connection {id}")))
+}
+
+fn close_connection(shared: &Shared, id: &str, q: &HashMap<String, String>) -> AdminResponse {
+    let code =
+        match q.get("code").map(|c| c.parse::<u16>()) {
+            None => CLOSE_POLICY,
+            Some(Ok(c)) if close_code_allowed(c) => c,
+            _ => return error(
+                StatusCode::BAD_REQUEST,
+                "code must be a close code legal on the wire: 1000-1003, 1007-1014 or 3000-4999",
+            ),
+        };
+    let reason = q
+        .get("reason")
+        .cloned()
+        .unwrap_or_else(|| "closed by operator".to_string());
+    // A Close frame's payload is at most 125 bytes, two of them the code.
+    if reason.len() > 123 {
+        return error(StatusCode::BAD_REQUEST, "reason must be at most 123 bytes");
+    }
+    let conn = match find(shared, id) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    if !conn.close.request(CloseOrder {
+        code,
+        reason: reason.clone(),
+    }) {
+        return error(StatusCode::CONFLICT, "the connection is already closing");
+    }
+    json_response(
+        StatusCode::ACCEPTED,
+        &json!({"id": conn.id, "code": code, "reason": reason, "status": "closing"}),
+    )
+}
+
+fn upstream(shared: &Shared, name: &str) -> Result<Arc<Upstream>, AdminResponse> {
+    shared
+        .snapshot
+        .load()
+        .upstream(name)
+        .cloned()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("no upstream {name}")))
+}
+
+fn list_upstreams(shared: &Shared) -> AdminResponse {
+    let snapshot = shared.snapshot.load();
+    let ups: Vec<Value> = snapshot
+        .upstreams()
+        .map(|u| {
+            let servers: Vec<Value> = u
+                .servers
+                .iter()
+                .map(|s| {
+                    json!({
+                        "addr": s.addr,
+                        "active": s.active(),
+                        "weight": 1,
+                        "state": if s.is_enabled() { "enabled" } else { "draining" },
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*u.name,
+                "drain_timeout_ms": u.drain_timeout.as_millis() as u64,
+                "drain_spread_ms": u.drain_spread.as_millis() as u64,
+                "servers": servers,
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &ups)
+}
+
+fn server_action(shared: &Arc<Shared>, name: &str, addr: &str, action: &str) -> AdminResponse {
+    let up = match upstream(shared, name) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "server must be an address such as 127.0.0.1:9001",
+        );
+    };
+    let Some(server) = up.server(addr).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("upstream {name} has no server {addr}"),
+        );
+    };
+    if action == "enable" {
+        server.enable();
+        tracing::info!(upstream = name, server = %addr, "server enabled by operator");
+        return json_response(
+            StatusCode::OK,
+            &json!({"upstream": name, "server": addr, "state": "enabled"}),
+        );
+    }
+    let stop = server.disable();
+    tracing::info!(upstream = name, server = %addr, "server draining by operator");
+    shared.tasks.spawn(drain::drain_server(
+        shared.clone(),
+        up.clone(),
+        server,
+        stop,
+    ));
+    json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "upstream": name,
+            "server": addr,
+            "state": "draining",
+            "drain_timeout_ms": up.drain_timeout.as_millis() as u64,
+            "drain_spread_ms": up.drain_spread.as_millis() as u64,
+        }),
+    )
+}
+
+fn rebalance(shared: &Arc<Shared>, name: &str, q: &HashMap<String, String>) -> AdminResponse {
+    let up = match upstream(shared, name) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    let fraction = match q.get("fraction").map(|f| f.parse::<f64>()) {
+        None => 0.1,
+        Some(Ok(f)) if f > 0.0 && f <= 1.0 => f,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "fraction must be a number in (0, 1]",
+            )
+        }
+    };
+    let victims = drain::rebalance_victims(shared, &up, fraction);
+    let mut per_server: HashMap<String, usize> = HashMap::new();
+    for v in &victims {
+        *per_server.entry(v.info.backend.to_string()).or_default() += 1;
+    }
+    let order = CloseOrder {
+        code: drain::CLOSE_SERVICE_RESTART,
+        reason: "rebalancing".to_string(),
+    };
+    let window = up.drain_spread;
+    let closing = victims.len();
+    let shared_arc = shared.clone();
+    shared.tasks.spawn(async move {
+        let stop = CancellationToken::new();
+        drain::spread_close(&victims, window, &order, &stop, &shared_arc.drain).await;
+    });
+    json_response(
+        StatusCode::ACCEPTED,
+        &json!({"upstream": name, "closing": closing, "per_server": per_server, "window_ms": window.as_millis() as u64, "code": drain::CLOSE_SERVICE_RESTART}),
+    )
+}
+
+fn config_view(shared: &Shared) -> AdminResponse {
+    let snapshot = shared.snapshot.load();
+    let c = &snapshot.config;
+    let listeners: Vec<Value> = c
+        .listeners
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name,
+                "bind": l.bind,
+                // Certificate paths are shown; key paths are redacted.
+                "tls": l.tls.as_ref().map(|t| t.certificates.iter().map(|k| json!({"cert": k.cert_path, "key": "<redacted>"})).collect::<Vec<_>>()),
+            })
+        })
+        .collect();
+    let routes: Vec<Value> = c
+        .routes
+        .iter()
+        .map(|r| json!({"host": r.host.to_string(), "path_prefix": r.path_prefix, "upstream": r.upstream}))
+        .collect();
+    let upstreams: HashMap<&String, Value> = c
+        .upstreams
+        .iter()
+        .map(|(n, u)| {
+            (
+                n,
+                json!({"servers": u.servers, "drain_timeout_ms": u.drain_timeout.as_millis() as u64, "drain_spread_ms": u.drain_spread.as_millis() as u64}),
+            )
+        })
+        .collect();
+    let t = &c.timeouts;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "version": c.version,
+            "source": c.source,
+            "admin": c.admin.as_ref().map(|a| json!({"bind": a.bind, "token_file": a.token_file.as_ref().map(|_| "<redacted>"), "metrics_public": a.metrics_public})),
+            "timeouts": {
+                "client_handshake_ms": t.client_handshake.as_millis() as u64,
+                "connect_ms": t.connect.as_millis() as u64,
+                "upstream_handshake_ms": t.upstream_handshake.as_millis() as u64,
+                "half_close_ms": t.half_close.as_millis() as u64,
+                "close_ms": t.close.as_millis() as u64,
+            },
+            "limits": {"max_request_headers": c.limits.max_request_headers},
+            "listeners": listeners,
+            "routes": routes,
+            "upstreams": upstreams,
+        }),
+    )
+}
