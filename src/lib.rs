@@ -106,6 +106,9 @@ impl Gateway {
             registry.clone(),
             &snapshot.config.version,
         ));
+        for l in &snapshot.config.listeners {
+            metrics.prepare_listener(&l.name);
+        }
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
