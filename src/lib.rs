@@ -25,6 +25,7 @@ pub mod balancer;
 pub mod config;
 pub mod demo;
 pub mod drain;
+pub mod errorlog;
 pub mod frames;
 pub mod handshake;
 pub mod listener;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Prometheus metrics.
     pub metrics: Arc<metrics::Metrics>,
+    /// Folds repeated backend errors into counted log lines.
+    pub errors: errorlog::Throttle,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
     pub drain: CancellationToken,
     /// Cancelled to stop now; cancelling it also drains.
@@ -113,6 +116,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
+            errors: errorlog::Throttle::default(),
             tasks: TaskTracker::new(),
             drain: shutdown.child_token(),
             shutdown,

@@ -103,7 +103,15 @@ pub async fn handle(
         .map_or_else(|| req.uri().to_string(), |p| p.to_string());
     let (response, backend) = match forward(&mut req, &ctx).await {
         Ok(r) => r,
-        Err(refusal) => (refuse(&refusal), None),
+        Err(refusal) => {
+            if let Refusal::Backend(e) = &refusal {
+                // One line per kind of backend failure per window, with a count.
+                if let Some(held) = ctx.shared.errors.check(&e.throttle_key(), Instant::now()) {
+                    tracing::warn!(error = %e, repeated_since_last = held, "backend failure");
+                }
+            }
+            (refuse(&refusal), None)
+        }
     };
     let status = response.status();
     ctx.shared

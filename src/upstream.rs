@@ -92,6 +92,29 @@ impl UpstreamError {
         }
     }
 
+    /// The backend involved and a short fixed name for the failure, for
+    /// folding repeated errors in the log.
+    pub fn throttle_key(&self) -> String {
+        let (addr, kind) = match self {
+            UpstreamError::Connect { addr, source } => {
+                (Some(addr), format!("connect:{:?}", source.kind()))
+            }
+            UpstreamError::ConnectTimeout { addr, .. } => {
+                (Some(addr), "connect-timeout".to_string())
+            }
+            UpstreamError::Http { addr, .. } => (Some(addr), "http".to_string()),
+            UpstreamError::HandshakeTimeout { addr, .. } => {
+                (Some(addr), "handshake-timeout".to_string())
+            }
+            UpstreamError::BadAnswer { addr, .. } => (Some(addr), "bad-101".to_string()),
+            UpstreamError::NoServers => (None, "no-servers".to_string()),
+        };
+        match addr {
+            Some(a) => format!("{a} {kind}"),
+            None => kind,
+        }
+    }
+
     fn is_connect_failure(&self) -> bool {
         matches!(
             self,

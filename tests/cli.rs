@@ -610,3 +610,94 @@ async fn sigterm_closes_live_tunnels_with_1001_then_exits_0() {
     assert_eq!(closed["closed_by"], "proxy", "{closed}");
     assert_eq!(closed["close_code"].as_i64(), Some(1001), "{closed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_goes_to_its_own_file_and_repeated_backend_errors_are_folded() {
+    let backend = echo_backend().await;
+    let dead = dead_addr().await;
+    let port = free_port().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = dir.path().join("access.log");
+    let config = format!(
+        "[log]\nformat = \"json\"\naccess = \"access.log\"\n\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:{port}\"\n\n[[routes]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\n[[routes]]\nupstream = \"echo\"\n\n[upstreams.dead]\nservers = [\"{dead}\"]\n\n[upstreams.echo]\nservers = [\"{backend}\"]\n"
+    );
+    let path = write(dir.path(), "log.toml", &config);
+    // No --log-format flag: the JSON format comes from [log].
+    let mut wsgate = Running::spawn(&["run", "--config", &path]);
+    let listening = wsgate.json_event("listening").await;
+    let addr: std::net::SocketAddr = listening["addr"]
+        .as_str()
+        .expect("addr")
+        .parse()
+        .expect("addr");
+    for _ in 0..5 {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let (status, _, _) =
+            raw_exchange(&mut tcp, handshake_request("/dead", "a").as_bytes()).await;
+        assert_eq!(status, 502);
+    }
+    let mut ws = ws_connect(addr, "/live").await;
+    ws.send(Message::text("x")).await.expect("send");
+    within("an echo", ws.next())
+        .await
+        .expect("message")
+        .expect("ok");
+    ws.close(None).await.expect("close");
+    within("the closing handshake", async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    drop(ws);
+    // Six access lines (five refusals, one tunnel) land in the file, as JSON.
+    let lines = within("six access lines in the file", async {
+        loop {
+            let text = std::fs::read_to_string(&access).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if lines.len() >= 6 {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        lines.iter().filter(|l| l["status"] == 502).count(),
+        5,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["message"] == "websocket closed")
+            .count(),
+        1,
+        "{lines:?}"
+    );
+    let status = wsgate.terminate().await;
+    assert!(status.success(), "{status}");
+    wsgate.drain().await;
+    // Stdout has the rest of the log, no access line, and one folded backend warning.
+    let stdout: Vec<Value> = wsgate
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        stdout.iter().all(|l| l["target"] != "wsgate::access"),
+        "{:?}",
+        wsgate.seen
+    );
+    let failures: Vec<&Value> = stdout
+        .iter()
+        .filter(|l| l["message"] == "backend failure")
+        .collect();
+    assert_eq!(failures.len(), 1, "{:?}", wsgate.seen);
+    assert_eq!(failures[0]["repeated_since_last"], 0);
+    assert!(failures[0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains(&dead.to_string()));
+}
