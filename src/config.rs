@@ -1149,4 +1149,37 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         assert_eq!(line_column("ab\ncé=x", 6), (2, 3));
         assert_eq!(line_column("", 0), (1, 1));
     }
+
+    #[test]
+    fn admin_log_and_drain_keys_are_typed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), "  s3cret\n").expect("token");
+        let text = "[admin]\nbind = \"127.0.0.1:9090\"\ntoken_file = \"token\"\nmetrics_public = true\n[log]\nlevel = \"wsgate=debug\"\nformat = \"json\"\naccess = \"logs/access.log\"\n[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\ndrain_timeout = \"20s\"\n";
+        let c = parse(text, &dir.path().join("c.toml")).expect("valid");
+        let admin = c.admin.expect("admin");
+        assert_eq!(admin.token.as_deref(), Some("s3cret"));
+        assert!(admin.metrics_public);
+        assert_eq!(c.log.format, Some(LogFormat::Json));
+        assert_eq!(c.log.level.as_deref(), Some("wsgate=debug"));
+        assert_eq!(
+            c.log.access,
+            AccessLog::File(dir.path().join("logs/access.log"))
+        );
+        assert_eq!(c.upstreams["u"].drain_timeout, Duration::from_secs(20));
+        assert_eq!(
+            c.upstreams["u"].drain_spread,
+            Duration::from_secs(2),
+            "a tenth of drain_timeout"
+        );
+        assert_eq!(c.version.len(), 12);
+
+        let bad = text
+            .replace("\"json\"", "\"xml\"")
+            .replace("token_file = \"token\"", "token_file = \"missing\"");
+        let keys: Vec<String> = match parse(&bad, &dir.path().join("c.toml")) {
+            Err(e) => e.problems().iter().map(|p| p.key.clone()).collect(),
+            Ok(_) => Vec::new(),
+        };
+        assert_eq!(keys, ["admin.token_file", "log.format"]);
+    }
 }

@@ -221,14 +221,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let bound = listener::bind_all(&config).await?;
     let close = config.timeouts.close;
-    let admin = match &config.admin {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a.bind)
-                .await
-                .with_context(|| format!("admin: cannot bind {}", a.bind))?,
-        ),
-        None => None,
-    };
+    let admin = bind_admin(&config).await?;
     let gateway = Gateway::start(config, bound, shutdown.clone())?;
     if let Some(l) = admin {
         gateway.serve_admin(l);
@@ -242,6 +235,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+async fn bind_admin(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match &config.admin {
+        Some(a) => Ok(Some(
+            tokio::net::TcpListener::bind(a.bind)
+                .await
+                .with_context(|| format!("admin: cannot bind {}", a.bind))?,
+        )),
+        None => Ok(None),
+    }
 }
 
 async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
@@ -262,7 +266,16 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
     let listeners = config.listeners.clone();
     let close = config.timeouts.close;
     let bound = listener::bind_all(&config).await?;
+    let admin = bind_admin(&config).await?;
     let gateway = Gateway::start(config, bound, shutdown.clone())?;
+    if let Some(l) = admin {
+        if let Ok(a) = l.local_addr() {
+            println!(
+                "demo: admin API at http://{a}/api/connections, metrics at http://{a}/metrics"
+            );
+        }
+        gateway.serve_admin(l);
+    }
     on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
     println!(
         "demo: echo backends on {}",
