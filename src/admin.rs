@@ -345,7 +345,7 @@ fn list_upstreams(shared: &Shared) -> AdminResponse {
                     json!({
                         "addr": s.addr,
                         "active": s.active(),
-                        "weight": 1,
+                        "weight": s.weight,
                         "state": if s.is_enabled() { "enabled" } else { "draining" },
                     })
                 })
@@ -469,7 +469,7 @@ fn config_view(shared: &Shared) -> AdminResponse {
         .map(|(n, u)| {
             (
                 n,
-                json!({"servers": u.servers, "drain_timeout_ms": u.drain_timeout.as_millis() as u64, "drain_spread_ms": u.drain_spread.as_millis() as u64}),
+                json!({"servers": u.servers.iter().map(|s| json!({"addr": s.addr, "weight": s.weight})).collect::<Vec<_>>(), "balance": format!("{:?}", u.balance), "retries": u.retries, "drain_timeout_ms": u.drain_timeout.as_millis() as u64, "drain_spread_ms": u.drain_spread.as_millis() as u64}),
             )
         })
         .collect();

@@ -1,25 +1,108 @@
 //! Upstream pools: the servers' runtime state and the choice of server.
 //!
-//! Owns: per-server live counters (active tunnels) and the selection
-//! algorithm. Selection yields an ordered list of candidates; the caller
-//! tries them in order up to an explicit bound, so retry policy stays
-//! visible in `upstream.rs`.
+//! Owns: per-server live state (active tunnels, weight, enabled) and the
+//! balancing algorithms as one enum. Selection yields an ordered list of
+//! candidates, usable servers only (enabled), at most `retries + 1` long;
+//! the caller tries them in order, so retry policy stays visible in
+//! `upstream.rs`. Weights are honoured by every algorithm.
 //!
 //! Must not: do I/O, or hold anything per connection besides counters.
 
-use std::net::SocketAddr;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+/// How an upstream picks a server (`balance =`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Balance {
+    /// Fewest active tunnels per unit of weight: right for long-lived connections.
+    LeastConn,
+    /// Smooth weighted round-robin (as nginx does it).
+    RoundRobin,
+    /// Power of two random choices over active tunnels.
+    RandomTwo,
+    /// Consistent hashing with bounded loads: one key reaches one server from
+    /// every wsgate sharing the config, and no server takes more than
+    /// `load_factor` times its fair share.
+    Hash {
+        /// What identifies a client.
+        key: HashKey,
+        /// At least 1.0; 1.25 by default.
+        load_factor: f64,
+    },
+}
+
+/// What a `hash` upstream hashes (`hash_key =`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `header:NAME`, a request header (lowercase name).
+    Header(http::HeaderName),
+    /// `cookie:NAME`, a cookie.
+    Cookie(String),
+    /// `query:NAME`, a query parameter.
+    Query(String),
+    /// `ip`, the client address.
+    Ip,
+}
+
+impl HashKey {
+    /// The key of a request, hashed; `None` when the request lacks it (the
+    /// upstream then balances by least connections).
+    pub fn of(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        client: IpAddr,
+    ) -> Option<u64> {
+        match self {
+            HashKey::Header(name) => headers.get(name).map(|v| stable_hash(v.as_bytes())),
+            HashKey::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| stable_hash(v.as_bytes())),
+            HashKey::Query(name) => query.and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| stable_hash(v.as_bytes()))
+            }),
+            HashKey::Ip => Some(stable_hash(client.to_string().as_bytes())),
+        }
+    }
+}
+
+/// FNV-1a with a splitmix64 finish: the same on every machine and release,
+/// which a shared ring needs (std's hashers promise neither).
+pub fn stable_hash(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Points per unit of weight on the hash ring: enough for an even spread.
+const RING_POINTS: u32 = 160;
+
 /// One backend server and its live state.
 #[derive(Debug)]
 pub struct Server {
     /// Where to connect.
     pub addr: SocketAddr,
-    /// Tunnels currently open to this server; the input of least-connections balancing.
+    /// Relative share of connections, at least 1.
+    pub weight: u32,
+    /// Tunnels currently open to this server.
     active: AtomicU64,
     /// Whether new connections may go here (an operator's drain clears it).
     enabled: AtomicBool,
@@ -28,6 +111,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server with no tunnels, enabled.
+    pub fn new(addr: SocketAddr, weight: u32) -> Self {
+        Self {
+            addr,
+            weight: weight.max(1),
+            active: AtomicU64::new(0),
+            enabled: AtomicBool::new(true),
+            drain: Mutex::new(None),
+        }
+    }
+
     /// Tunnels currently open to this server.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
@@ -75,6 +169,19 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Settings of a pool besides its servers.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// The algorithm.
+    pub balance: Balance,
+    /// Further servers tried when a connect fails.
+    pub retries: usize,
+    /// How long a draining server's tunnels may go on.
+    pub drain_timeout: Duration,
+    /// Window over which a drain's closes are spread.
+    pub drain_spread: Duration,
+}
+
 /// A named pool of servers.
 #[derive(Debug)]
 pub struct Upstream {
@@ -82,38 +189,47 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// Non-empty (validated), in config order.
     pub servers: Vec<Arc<Server>>,
-    /// Round-robin cursor.
-    next: AtomicUsize,
+    /// The algorithm.
+    pub balance: Balance,
+    /// Further servers tried when a connect fails.
+    pub retries: usize,
     /// How long a draining server's tunnels may go on.
     pub drain_timeout: Duration,
     /// Window over which a drain's closes are spread.
     pub drain_spread: Duration,
+    /// Rotates ties in least-connections, and seeds random choices.
+    next: AtomicUsize,
+    /// Smooth weighted round-robin's current weights, one per server.
+    rr: Mutex<Vec<i64>>,
+    /// Hash ring: (point, server index), sorted; empty unless `Hash`.
+    ring: Vec<(u64, usize)>,
+    random: RandomState,
 }
 
 impl Upstream {
-    /// A pool over `addrs`, which config validation guarantees non-empty.
-    pub fn new(
-        name: &str,
-        addrs: &[SocketAddr],
-        drain_timeout: Duration,
-        drain_spread: Duration,
-    ) -> Self {
+    /// A pool over `servers`, which config validation guarantees non-empty.
+    pub fn new(name: &str, servers: Vec<Arc<Server>>, settings: PoolSettings) -> Self {
+        let mut ring = Vec::new();
+        if matches!(settings.balance, Balance::Hash { .. }) {
+            for (i, s) in servers.iter().enumerate() {
+                for p in 0..RING_POINTS * s.weight {
+                    // By address, so every instance with the config builds the same ring.
+                    ring.push((stable_hash(format!("{}#{p}", s.addr).as_bytes()), i));
+                }
+            }
+            ring.sort_unstable();
+        }
         Self {
             name: name.into(),
-            servers: addrs
-                .iter()
-                .map(|&addr| {
-                    Arc::new(Server {
-                        addr,
-                        active: AtomicU64::new(0),
-                        enabled: AtomicBool::new(true),
-                        drain: Mutex::new(None),
-                    })
-                })
-                .collect(),
+            rr: Mutex::new(vec![0; servers.len()]),
+            servers,
+            balance: settings.balance,
+            retries: settings.retries,
+            drain_timeout: settings.drain_timeout,
+            drain_spread: settings.drain_spread,
             next: AtomicUsize::new(0),
-            drain_timeout,
-            drain_spread,
+            ring,
+            random: RandomState::new(),
         }
     }
 
@@ -122,21 +238,143 @@ impl Upstream {
         self.servers.iter().find(|s| s.addr == addr)
     }
 
-    /// Usable servers in the order to try them, at most `limit`: round-robin,
-    /// so each call starts one further along and the following ones are the
-    /// fallbacks. Disabled (draining) servers are never offered.
-    pub fn candidates(&self, limit: usize) -> Vec<Arc<Server>> {
-        let n = self.servers.len();
-        if n == 0 {
+    /// Usable servers in the order to try them, at most `retries + 1`.
+    /// `key` is the request's hash key for `Hash` (without one, least
+    /// connections decides).
+    pub fn candidates(&self, key: Option<u64>) -> Vec<Arc<Server>> {
+        let usable: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.servers[i].is_enabled())
+            .collect();
+        if usable.is_empty() {
             return Vec::new();
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|i| &self.servers[(start + i) % n])
-            .filter(|s| s.is_enabled())
-            .take(limit)
-            .cloned()
+        let order = match (&self.balance, key) {
+            (Balance::LeastConn, _) | (Balance::Hash { .. }, None) => self.least_conn(&usable),
+            (Balance::RoundRobin, _) => self.with_first(self.round_robin(&usable), &usable),
+            (Balance::RandomTwo, _) => self.with_first(self.random_two(&usable), &usable),
+            (Balance::Hash { load_factor, .. }, Some(k)) => {
+                self.ring_walk(k, *load_factor, &usable)
+            }
+        };
+        order
+            .into_iter()
+            .take(self.retries + 1)
+            .map(|i| self.servers[i].clone())
             .collect()
+    }
+
+    /// `first`, then the others as least-connections orders them.
+    fn with_first(&self, first: usize, usable: &[usize]) -> Vec<usize> {
+        let mut order = vec![first];
+        order.extend(self.least_conn(usable).into_iter().filter(|&i| i != first));
+        order
+    }
+
+    /// Usable servers by active tunnels per unit of weight; ties rotate so
+    /// equal servers share new connections.
+    fn least_conn(&self, usable: &[usize]) -> Vec<usize> {
+        let n = self.servers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut order = usable.to_vec();
+        order.sort_by(|&a, &b| {
+            let (sa, sb) = (&self.servers[a], &self.servers[b]);
+            // active_a / weight_a against active_b / weight_b, exactly.
+            let la = u128::from(sa.active()) * u128::from(sb.weight);
+            let lb = u128::from(sb.active()) * u128::from(sa.weight);
+            la.cmp(&lb)
+                .then(((a + n - start) % n).cmp(&((b + n - start) % n)))
+        });
+        order
+    }
+
+    /// Smooth weighted round-robin: each pick adds every usable server's
+    /// weight to its current value and takes the largest, minus the total.
+    fn round_robin(&self, usable: &[usize]) -> usize {
+        let mut current = self.rr.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0i64;
+        let mut best = usable[0];
+        for &i in usable {
+            let w = i64::from(self.servers[i].weight);
+            current[i] += w;
+            total += w;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        best
+    }
+
+    /// Two servers drawn at random in proportion to weight; the less loaded wins.
+    fn random_two(&self, usable: &[usize]) -> usize {
+        if usable.len() == 1 {
+            return usable[0];
+        }
+        let total: u64 = usable
+            .iter()
+            .map(|&i| u64::from(self.servers[i].weight))
+            .sum();
+        let draw = |salt: usize| {
+            let seed = self.next.fetch_add(1, Ordering::Relaxed) ^ salt;
+            let mut r = self.random.hash_one(seed) % total;
+            for &i in usable {
+                let w = u64::from(self.servers[i].weight);
+                if r < w {
+                    return i;
+                }
+                r -= w;
+            }
+            usable[usable.len() - 1]
+        };
+        let a = draw(0);
+        let mut b = draw(1);
+        for salt in 2..8 {
+            if b != a {
+                break;
+            }
+            b = draw(salt);
+        }
+        let (sa, sb) = (&self.servers[a], &self.servers[b]);
+        if u128::from(sb.active()) * u128::from(sa.weight)
+            < u128::from(sa.active()) * u128::from(sb.weight)
+        {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// Walks the ring clockwise from `key`: servers under their bound first,
+    /// in ring order, then the rest. The bound is
+    /// `ceil(load_factor × (total active + 1) × weight / total weight)`.
+    fn ring_walk(&self, key: u64, load_factor: f64, usable: &[usize]) -> Vec<usize> {
+        let total_active: u64 = usable.iter().map(|&i| self.servers[i].active()).sum();
+        let total_weight: u64 = usable
+            .iter()
+            .map(|&i| u64::from(self.servers[i].weight))
+            .sum();
+        let bound = |i: usize| {
+            let share =
+                (total_active + 1) as f64 * f64::from(self.servers[i].weight) / total_weight as f64;
+            (load_factor * share).ceil() as u64
+        };
+        let start = self.ring.partition_point(|&(p, _)| p < key);
+        let mut seen = vec![false; self.servers.len()];
+        let (mut under, mut over) = (Vec::new(), Vec::new());
+        for k in 0..self.ring.len() {
+            let i = self.ring[(start + k) % self.ring.len()].1;
+            if seen[i] || !self.servers[i].is_enabled() {
+                continue;
+            }
+            seen[i] = true;
+            if self.servers[i].active() < bound(i) {
+                under.push(i);
+            } else {
+                over.push(i);
+            }
+        }
+        under.extend(over);
+        under
     }
 }
 
@@ -144,55 +382,165 @@ impl Upstream {
 mod tests {
     use super::*;
 
-    fn pool(n: u16) -> Upstream {
-        let addrs: Vec<SocketAddr> = (1..=n)
-            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+    fn pool_w(weights: &[u32], balance: Balance) -> Upstream {
+        let servers = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                Arc::new(Server::new(
+                    SocketAddr::from(([127, 0, 0, 1], i as u16 + 1)),
+                    w,
+                ))
+            })
             .collect();
-        Upstream::new("u", &addrs, Duration::from_secs(1), Duration::from_secs(1))
+        Upstream::new(
+            "u",
+            servers,
+            PoolSettings {
+                balance,
+                retries: 1,
+                drain_timeout: Duration::from_secs(1),
+                drain_spread: Duration::from_secs(1),
+            },
+        )
+    }
+
+    fn port(s: &Arc<Server>) -> u16 {
+        s.addr.port()
     }
 
     #[test]
-    fn round_robin_rotates_and_offers_a_fallback() {
-        let u = pool(3);
-        let ports: Vec<Vec<u16>> = (0..4)
-            .map(|_| u.candidates(2).iter().map(|s| s.addr.port()).collect())
+    fn least_conn_prefers_the_least_loaded_per_weight_and_rotates_ties() {
+        let u = pool_w(&[1, 1, 2], Balance::LeastConn);
+        let mut guards = Vec::new();
+        let mut counts = [0u32; 3];
+        for _ in 0..40 {
+            let c = u.candidates(None);
+            assert_eq!(c.len(), 2, "the pick and one fallback");
+            counts[usize::from(port(&c[0])) - 1] += 1;
+            guards.push(c[0].track());
+        }
+        // Weight 2 takes twice the tunnels of weight 1.
+        assert_eq!(counts, [10, 10, 20]);
+        // Closing tunnels on one server sends the next ones there.
+        guards.retain(|g| g.0.addr.port() != 1);
+        for _ in 0..10 {
+            let c = u.candidates(None);
+            assert_eq!(port(&c[0]), 1);
+            guards.push(c[0].track());
+        }
+    }
+
+    #[test]
+    fn smooth_round_robin_follows_weights() {
+        let u = pool_w(&[5, 1, 1], Balance::RoundRobin);
+        let picks: Vec<u16> = (0..7).map(|_| port(&u.candidates(None)[0])).collect();
+        // nginx's documented sequence for weights 5, 1, 1.
+        assert_eq!(picks, [1, 1, 2, 1, 3, 1, 1]);
+    }
+
+    #[test]
+    fn random_two_keeps_loads_close() {
+        let u = pool_w(&[1, 1, 1, 1], Balance::RandomTwo);
+        let mut guards = Vec::new();
+        for _ in 0..400 {
+            guards.push(u.candidates(None)[0].track());
+        }
+        let loads: Vec<u64> = u.servers.iter().map(|s| s.active()).collect();
+        let (min, max) = (
+            loads.iter().min().copied().unwrap_or(0),
+            loads.iter().max().copied().unwrap_or(0),
+        );
+        // Two choices keep the gap tiny where one random choice would drift far apart.
+        assert!(max - min <= 10, "{loads:?}");
+    }
+
+    #[test]
+    fn hash_is_stable_and_moves_only_the_keys_that_must_move() {
+        let hash = Balance::Hash {
+            key: HashKey::Ip,
+            load_factor: 1.25,
+        };
+        let four = pool_w(&[1, 1, 1, 1], hash.clone());
+        let five = pool_w(&[1, 1, 1, 1, 1], hash);
+        let keys: Vec<u64> = (0..2000u32)
+            .map(|k| stable_hash(&k.to_le_bytes()))
             .collect();
-        assert_eq!(ports, [vec![1, 2], vec![2, 3], vec![3, 1], vec![1, 2]]);
-        assert_eq!(pool(1).candidates(2).len(), 1);
+        let first = |u: &Upstream, k: u64| port(&u.candidates(Some(k))[0]);
+        let mut moved = 0;
+        for &k in &keys {
+            let (a, b) = (first(&four, k), first(&five, k));
+            assert_eq!(a, first(&four, k), "same key, same server");
+            if a != b {
+                moved += 1;
+                assert_eq!(b, 5, "a moved key may only move to the new server");
+            }
+        }
+        // About a fifth of the keys belong to the fifth server.
+        assert!((250..=550).contains(&moved), "{moved} of 2000 moved");
+    }
+
+    #[test]
+    fn hash_respects_the_load_bound() {
+        let u = pool_w(
+            &[1, 1, 1, 1],
+            Balance::Hash {
+                key: HashKey::Ip,
+                load_factor: 1.25,
+            },
+        );
+        let hot = stable_hash(b"one very popular key");
+        let mut guards = Vec::new();
+        for m in 0..200u64 {
+            let c = u.candidates(Some(hot));
+            guards.push(c[0].track());
+            let bound = (1.25 * (m + 1) as f64 / 4.0).ceil() as u64;
+            for s in &u.servers {
+                assert!(
+                    s.active() <= bound.max(1),
+                    "server over its bound after {m}"
+                );
+            }
+        }
     }
 
     #[test]
     fn disabled_servers_are_skipped_until_enabled() {
-        let u = pool(3);
+        let u = pool_w(&[1, 1, 1], Balance::LeastConn);
         let drain = u.servers[1].disable();
         for _ in 0..6 {
-            let ports: Vec<u16> = u.candidates(3).iter().map(|s| s.addr.port()).collect();
+            let ports: Vec<u16> = u.candidates(None).iter().map(port).collect();
             assert!(!ports.contains(&2), "{ports:?}");
-            assert_eq!(ports.len(), 2);
         }
         u.servers[0].disable();
         u.servers[2].disable();
-        assert!(u.candidates(2).is_empty());
+        assert!(u.candidates(None).is_empty());
         u.servers[1].enable();
         assert!(drain.is_cancelled(), "enabling stops the drain in progress");
-        assert_eq!(
-            u.candidates(2)
-                .iter()
-                .map(|s| s.addr.port())
-                .collect::<Vec<_>>(),
-            [2]
-        );
+        assert_eq!(u.candidates(None).iter().map(port).collect::<Vec<_>>(), [2]);
     }
 
     #[test]
-    fn active_guard_counts_and_releases() {
-        let u = pool(1);
-        let s = &u.servers[0];
-        let a = s.track();
-        let b = s.track();
-        assert_eq!(s.active(), 2);
-        drop(a);
-        drop(b);
-        assert_eq!(s.active(), 0);
+    fn hash_keys_come_from_the_request() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", http::HeaderValue::from_static("alice"));
+        h.insert(
+            "cookie",
+            http::HeaderValue::from_static("a=1; sid=xyz; b=2"),
+        );
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let header = HashKey::Header(http::HeaderName::from_static("x-user"));
+        assert_eq!(header.of(&h, None, ip), Some(stable_hash(b"alice")));
+        assert_eq!(
+            HashKey::Cookie("sid".into()).of(&h, None, ip),
+            Some(stable_hash(b"xyz"))
+        );
+        assert_eq!(
+            HashKey::Query("room".into()).of(&h, Some("a=1&room=42"), ip),
+            Some(stable_hash(b"42"))
+        );
+        assert_eq!(HashKey::Query("room".into()).of(&h, None, ip), None);
+        assert_eq!(HashKey::Ip.of(&h, None, ip), Some(stable_hash(b"10.0.0.1")));
+        assert_eq!(HashKey::Cookie("none".into()).of(&h, None, ip), None);
     }
 }

@@ -22,6 +22,8 @@ use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::balancer::{Balance, HashKey};
+
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
 pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
 /// Default for `timeouts.connect`: TCP connect to a backend.
@@ -132,9 +134,28 @@ struct RawRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
-    servers: Spanned<Vec<Spanned<String>>>,
+    servers: Spanned<Vec<Spanned<RawServer>>>,
+    balance: Option<Spanned<String>>,
+    hash_key: Option<Spanned<String>>,
+    hash_load_factor: Option<Spanned<f64>>,
+    retries: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
     drain_spread: Option<Spanned<String>>,
+}
+
+/// `"10.0.0.1:9001"` or `{ addr = "10.0.0.1:9001", weight = 3 }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawServer {
+    Addr(String),
+    Table(RawServerTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTable {
+    addr: String,
+    weight: Option<i64>,
 }
 
 // === typed, validated configuration ===
@@ -334,13 +355,31 @@ pub struct RouteConfig {
 /// One `[upstreams.NAME]` table.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// Non-empty and without duplicates.
-    pub servers: Vec<SocketAddr>,
+    /// Non-empty and without duplicate addresses.
+    pub servers: Vec<ServerConfig>,
+    /// The balancing algorithm.
+    pub balance: Balance,
+    /// Further servers tried when a connect fails or times out.
+    pub retries: usize,
     /// How long a draining server's tunnels may go on before wsgate closes them.
     pub drain_timeout: Duration,
     /// Window over which those closes are spread, so clients do not all reconnect at once.
     pub drain_spread: Duration,
 }
+
+/// One server of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Relative share of connections, 1-1000.
+    pub weight: u32,
+}
+
+/// Default for `upstreams.NAME.hash_load_factor`.
+pub const DEFAULT_HASH_LOAD_FACTOR: f64 = 1.25;
+/// Default for `upstreams.NAME.retries`.
+pub const DEFAULT_RETRIES: usize = 1;
 
 /// Default for `upstreams.NAME.drain_timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -630,15 +669,54 @@ impl<'a> Validator<'a> {
             }
             for (i, s) in up.get_ref().servers.get_ref().iter().enumerate() {
                 let skey = format!("{key}.servers[{i}]");
-                if let Some(addr) = self.socket_addr(s, &skey) {
-                    if servers.contains(&addr) {
-                        self.problem(s, skey, format!("{addr} is listed twice"));
-                    } else {
-                        servers.push(addr);
+                let (addr, weight) = match s.get_ref() {
+                    RawServer::Addr(a) => (a.clone(), None),
+                    RawServer::Table(t) => (t.addr.clone(), t.weight),
+                };
+                let weight = match weight.map(u32::try_from) {
+                    None => 1,
+                    Some(Ok(w)) if (1..=1000).contains(&w) => w,
+                    Some(_) => {
+                        self.problem(
+                            s,
+                            format!("{skey}.weight"),
+                            "must be a whole number from 1 to 1000",
+                        );
+                        1
                     }
+                };
+                let Ok(addr) = addr.parse::<SocketAddr>() else {
+                    self.problem(
+                        s,
+                        skey,
+                        format!(
+                            "{addr:?} is not an IP address with a port, such as \"127.0.0.1:9001\""
+                        ),
+                    );
+                    continue;
+                };
+                if servers.iter().any(|c: &ServerConfig| c.addr == addr) {
+                    self.problem(s, skey, format!("{addr} is listed twice"));
+                } else {
+                    servers.push(ServerConfig { addr, weight });
                 }
             }
             let up = up.into_inner();
+            let balance = self.balance(&up, &key);
+            let retries = match up.retries.as_ref().map(|r| usize::try_from(*r.get_ref())) {
+                None => DEFAULT_RETRIES,
+                Some(Ok(n)) if n <= 10 => n,
+                Some(_) => {
+                    if let Some(r) = &up.retries {
+                        self.problem(
+                            r,
+                            format!("{key}.retries"),
+                            "must be a whole number from 0 to 10",
+                        );
+                    }
+                    DEFAULT_RETRIES
+                }
+            };
             let drain_timeout = self.duration(
                 up.drain_timeout,
                 &format!("{key}.drain_timeout"),
@@ -654,6 +732,8 @@ impl<'a> Validator<'a> {
                 name,
                 UpstreamConfig {
                     servers,
+                    balance,
+                    retries,
                     drain_timeout,
                     drain_spread,
                 },
@@ -745,6 +825,100 @@ impl<'a> Validator<'a> {
             routes,
             upstreams,
         }
+    }
+
+    fn balance(&mut self, up: &RawUpstream, key: &str) -> Balance {
+        let name = up
+            .balance
+            .as_ref()
+            .map_or("least_conn", |b| b.get_ref().as_str());
+        let balance = match name {
+            "least_conn" => Balance::LeastConn,
+            "round_robin" => Balance::RoundRobin,
+            "random_two" => Balance::RandomTwo,
+            "hash" => {
+                let hash_key = match &up.hash_key {
+                    None => {
+                        if let Some(b) = &up.balance {
+                            self.problem(
+                                b,
+                                format!("{key}.hash_key"),
+                                "balance = \"hash\" needs hash_key",
+                            );
+                        }
+                        HashKey::Ip
+                    }
+                    Some(k) => self
+                        .hash_key(k, &format!("{key}.hash_key"))
+                        .unwrap_or(HashKey::Ip),
+                };
+                let load_factor = match &up.hash_load_factor {
+                    None => DEFAULT_HASH_LOAD_FACTOR,
+                    Some(f) if (1.0..=100.0).contains(f.get_ref()) => *f.get_ref(),
+                    Some(f) => {
+                        self.problem(
+                            f,
+                            format!("{key}.hash_load_factor"),
+                            "must be a number from 1.0 to 100",
+                        );
+                        DEFAULT_HASH_LOAD_FACTOR
+                    }
+                };
+                Balance::Hash {
+                    key: hash_key,
+                    load_factor,
+                }
+            }
+            other => {
+                if let Some(b) = &up.balance {
+                    self.problem(
+                        b,
+                        format!("{key}.balance"),
+                        format!("{other:?} is not least_conn, round_robin, random_two or hash"),
+                    );
+                }
+                Balance::LeastConn
+            }
+        };
+        if !matches!(balance, Balance::Hash { .. }) {
+            for (k, span) in [
+                ("hash_key", up.hash_key.as_ref().map(Spanned::span)),
+                (
+                    "hash_load_factor",
+                    up.hash_load_factor.as_ref().map(Spanned::span),
+                ),
+            ] {
+                if let Some(span) = span {
+                    self.problem_at(
+                        span,
+                        format!("{key}.{k}"),
+                        "only meaningful with balance = \"hash\"",
+                    );
+                }
+            }
+        }
+        balance
+    }
+
+    fn hash_key(&mut self, k: &Spanned<String>, key: &str) -> Option<HashKey> {
+        let v = k.get_ref();
+        let parsed = match v.split_once(':') {
+            _ if v == "ip" => Some(HashKey::Ip),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(HashKey::Header),
+            Some(("cookie", name)) if !name.is_empty() => Some(HashKey::Cookie(name.to_string())),
+            Some(("query", name)) if !name.is_empty() => Some(HashKey::Query(name.to_string())),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.problem(
+                k,
+                key,
+                format!("{v:?} is not \"header:NAME\", \"cookie:NAME\", \"query:NAME\" or \"ip\""),
+            );
+        }
+        parsed
     }
 
     fn log(&mut self, raw: RawLog) -> LogConfig {
@@ -1043,6 +1217,8 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         assert_eq!(c.routes[1].host, HostPattern::Any);
         assert_eq!(c.routes[1].path_prefix, "/");
         assert_eq!(c.upstreams["chat"].servers.len(), 2);
+        assert_eq!(c.upstreams["chat"].balance, Balance::LeastConn);
+        assert_eq!(c.upstreams["chat"].retries, DEFAULT_RETRIES);
     }
 
     #[test]
@@ -1181,5 +1357,44 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             Ok(_) => Vec::new(),
         };
         assert_eq!(keys, ["admin.token_file", "log.format"]);
+    }
+
+    #[test]
+    fn balance_keys_are_typed_and_checked() {
+        let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\n";
+        let c = parse(
+            &format!("{base}servers = [\"127.0.0.1:2\", {{ addr = \"127.0.0.1:3\", weight = 3 }}]\nbalance = \"hash\"\nhash_key = \"header:X-User\"\nhash_load_factor = 1.5\nretries = 2\n"),
+            Path::new("c.toml"),
+        )
+        .expect("valid");
+        let u = &c.upstreams["u"];
+        assert_eq!(
+            u.servers[1],
+            ServerConfig {
+                addr: "127.0.0.1:3".parse().unwrap(),
+                weight: 3
+            }
+        );
+        assert_eq!(u.retries, 2);
+        assert_eq!(
+            u.balance,
+            Balance::Hash {
+                key: HashKey::Header(http::HeaderName::from_static("x-user")),
+                load_factor: 1.5
+            }
+        );
+        for (body, key) in [
+            ("servers=[\"127.0.0.1:2\"]\nbalance=\"fastest\"", "upstreams.u.balance"),
+            ("servers=[\"127.0.0.1:2\"]\nbalance=\"hash\"", "upstreams.u.hash_key"),
+            ("servers=[\"127.0.0.1:2\"]\nbalance=\"hash\"\nhash_key=\"body:x\"", "upstreams.u.hash_key"),
+            ("servers=[\"127.0.0.1:2\"]\nbalance=\"hash\"\nhash_key=\"ip\"\nhash_load_factor=0.5", "upstreams.u.hash_load_factor"),
+            ("servers=[\"127.0.0.1:2\"]\nhash_key=\"ip\"", "upstreams.u.hash_key"),
+            ("servers=[{ addr = \"127.0.0.1:2\", weight = 0 }]", "upstreams.u.servers[0].weight"),
+            ("servers=[\"127.0.0.1:2\"]\nretries=11", "upstreams.u.retries"),
+            ("servers=[\"nowhere\"]", "upstreams.u.servers[0]"),
+        ] {
+            let p = problems(&format!("{base}{body}\n"));
+            assert_eq!(p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(), [key], "{body}");
+        }
     }
 }

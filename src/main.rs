@@ -254,7 +254,7 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
     let servers: Vec<_> = config
         .upstreams
         .values()
-        .flat_map(|u| u.servers.iter().copied())
+        .flat_map(|u| u.servers.iter().map(|s| s.addr))
         .collect();
     demo::start_echo_backends(&servers, &tasks, &shutdown).await?;
     for ca in &cas {

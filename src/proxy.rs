@@ -23,6 +23,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::balancer::Balance;
 use crate::frames::encode_close;
 use crate::handshake::{self, HandshakeError, RequestKind};
 use crate::routes::{self, ListenerSettings};
@@ -164,7 +165,11 @@ async fn forward(
         let route = snapshot.route(&host, &path).cloned();
         (route.ok_or(HandshakeError::NoRoute)?, snapshot.timeouts)
     };
-    let candidates = route.upstream.candidates(upstream::CONNECT_ATTEMPTS);
+    let hash = match &route.upstream.balance {
+        Balance::Hash { key, .. } => key.of(req.headers(), req.uri().query(), ctx.peer.ip()),
+        _ => None,
+    };
+    let candidates = route.upstream.candidates(hash);
 
     let mut target = path.clone();
     if let Some(q) = req.uri().query() {

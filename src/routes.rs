@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::balancer::Upstream;
+use crate::balancer::{PoolSettings, Server, Upstream};
 use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts};
 use crate::tls::TlsSettings;
 
@@ -72,7 +72,18 @@ impl Snapshot {
             .upstreams
             .iter()
             .map(|(name, u)| {
-                let pool = Upstream::new(name, &u.servers, u.drain_timeout, u.drain_spread);
+                let servers = u
+                    .servers
+                    .iter()
+                    .map(|s| Arc::new(Server::new(s.addr, s.weight)))
+                    .collect();
+                let settings = PoolSettings {
+                    balance: u.balance.clone(),
+                    retries: u.retries,
+                    drain_timeout: u.drain_timeout,
+                    drain_spread: u.drain_spread,
+                };
+                let pool = Upstream::new(name, servers, settings);
                 (name.as_str(), Arc::new(pool))
             })
             .collect();

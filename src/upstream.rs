@@ -26,9 +26,6 @@ use tokio_util::task::TaskTracker;
 use crate::balancer::Server;
 use crate::handshake::{check_backend_101, BackendAnswerError};
 
-/// How many servers one handshake may try: the first, and one more if the connect fails.
-pub const CONNECT_ATTEMPTS: usize = 2;
-
 /// Why no usable answer came from the upstream. Every variant is the backend's side.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -177,7 +174,8 @@ pub struct Handshake<'a> {
 /// The last [`UpstreamError`] met.
 pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answer, UpstreamError> {
     let mut last = UpstreamError::NoServers;
-    for server in candidates.iter().take(CONNECT_ATTEMPTS) {
+    // The balancer bounds the list at retries + 1.
+    for server in candidates {
         let stream = match connect(server.addr, hs.deadlines.connect).await {
             Ok(s) => s,
             Err(e) => {
