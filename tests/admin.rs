@@ -420,7 +420,7 @@ async fn metrics_public_opens_only_metrics() {
     let addr = gw.admin.expect("admin");
     let r = request(addr, "GET", "/metrics", None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.contains("wsgate_tunnels"), "{}", r.body);
+    assert!(r.body.contains("wsgate_handshakes_total{"), "{}", r.body);
     for path in ["/api/connections", "/api/upstreams", "/api/config"] {
         let r = request(addr, "GET", path, None).await;
         r.assert_error(401, path);
@@ -1180,9 +1180,10 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
         got.push(which);
         on_b.push((client, server));
     }
-    got.sort_unstable();
-    assert_eq!(got, [0, 1], "after enable, round robin uses A again");
-    admin.wait_active("u", a.addr, 1).await;
+    // Round robin sends one of the two to A, least connections both.
+    let to_a = got.iter().filter(|&&w| w == 0).count() as u64;
+    assert!(to_a >= 1, "A took no new tunnel after enable: {got:?}");
+    admin.wait_active("u", a.addr, to_a).await;
 
     // Errors.
     admin
@@ -1452,7 +1453,14 @@ async fn config_view_redacts_the_token_and_key_paths() {
     assert_eq!(routes[0]["upstream"], "u");
 
     let u = &v["upstreams"]["u"];
-    assert_eq!(u["servers"], serde_json::json!([echo.to_string()]));
+    // A server is shown as its address, or as a table with its address.
+    let servers: Vec<&str> = u["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| s.as_str().or(s["addr"].as_str()).expect("an address"))
+        .collect();
+    assert_eq!(servers, [echo.to_string()], "{u}");
     assert_eq!(u["drain_timeout_ms"], 30_000);
     assert_eq!(u["drain_spread_ms"], 3_000);
 

@@ -76,7 +76,7 @@ async fn backends(n: usize) -> (Vec<WsBackend>, String) {
 async fn least_conn_evens_out_active_tunnels() {
     let (mut bs, servers) = backends(3).await;
     let gw = TestGateway::start(&config(&servers, "")).await;
-    let mut per = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut per = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..9 {
         let (i, ws) = open(&gw, &mut bs, None).await;
         per[i].push(ws);
