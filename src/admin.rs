@@ -167,10 +167,16 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminRespon
         ) => server_action(shared, name, addr, action),
         (&Method::POST, ["api", "upstreams", name, "rebalance"]) => rebalance(shared, name, &query),
         (&Method::GET, ["api", "config"]) => config_view(shared),
-        (&Method::POST, ["reload"]) => error(
-            StatusCode::NOT_IMPLEMENTED,
-            "live reload is not available in this release; restart to apply a new config",
-        ),
+        (&Method::POST, ["reload"]) => match crate::reload::reload(shared).await {
+            Ok(report) => json_response(StatusCode::OK, &report),
+            Err(e) => {
+                let problems: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+                json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({"error": "config rejected; the running config stays", "problems": problems}),
+                )
+            }
+        },
         (_, ["healthz" | "readyz" | "metrics" | "reload"])
         | (_, ["api", "connections" | "upstreams" | "config", ..]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -345,7 +351,7 @@ fn list_upstreams(shared: &Shared) -> AdminResponse {
                     json!({
                         "addr": s.addr,
                         "active": s.active(),
-                        "weight": s.weight,
+                        "weight": s.weight(),
                         "state": if s.is_enabled() { "enabled" } else { "draining" },
                     })
                 })

@@ -11,7 +11,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,8 +100,8 @@ const RING_POINTS: u32 = 160;
 pub struct Server {
     /// Where to connect.
     pub addr: SocketAddr,
-    /// Relative share of connections, at least 1.
-    pub weight: u32,
+    /// Relative share of connections, at least 1; a reload may change it in place.
+    weight: AtomicU32,
     /// Tunnels currently open to this server.
     active: AtomicU64,
     /// Whether new connections may go here (an operator's drain clears it).
@@ -115,11 +115,21 @@ impl Server {
     pub fn new(addr: SocketAddr, weight: u32) -> Self {
         Self {
             addr,
-            weight: weight.max(1),
+            weight: AtomicU32::new(weight.max(1)),
             active: AtomicU64::new(0),
             enabled: AtomicBool::new(true),
             drain: Mutex::new(None),
         }
+    }
+
+    /// Relative share of connections.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Changes the weight in place, so a reload keeps the server's live state.
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
     }
 
     /// Tunnels currently open to this server.
@@ -212,7 +222,7 @@ impl Upstream {
         let mut ring = Vec::new();
         if matches!(settings.balance, Balance::Hash { .. }) {
             for (i, s) in servers.iter().enumerate() {
-                for p in 0..RING_POINTS * s.weight {
+                for p in 0..RING_POINTS * s.weight() {
                     // By address, so every instance with the config builds the same ring.
                     ring.push((stable_hash(format!("{}#{p}", s.addr).as_bytes()), i));
                 }
@@ -279,8 +289,8 @@ impl Upstream {
         order.sort_by(|&a, &b| {
             let (sa, sb) = (&self.servers[a], &self.servers[b]);
             // active_a / weight_a against active_b / weight_b, exactly.
-            let la = u128::from(sa.active()) * u128::from(sb.weight);
-            let lb = u128::from(sb.active()) * u128::from(sa.weight);
+            let la = u128::from(sa.active()) * u128::from(sb.weight());
+            let lb = u128::from(sb.active()) * u128::from(sa.weight());
             la.cmp(&lb)
                 .then(((a + n - start) % n).cmp(&((b + n - start) % n)))
         });
@@ -294,7 +304,7 @@ impl Upstream {
         let mut total = 0i64;
         let mut best = usable[0];
         for &i in usable {
-            let w = i64::from(self.servers[i].weight);
+            let w = i64::from(self.servers[i].weight());
             current[i] += w;
             total += w;
             if current[i] > current[best] {
@@ -312,13 +322,13 @@ impl Upstream {
         }
         let total: u64 = usable
             .iter()
-            .map(|&i| u64::from(self.servers[i].weight))
+            .map(|&i| u64::from(self.servers[i].weight()))
             .sum();
         let draw = |salt: usize| {
             let seed = self.next.fetch_add(1, Ordering::Relaxed) ^ salt;
             let mut r = self.random.hash_one(seed) % total;
             for &i in usable {
-                let w = u64::from(self.servers[i].weight);
+                let w = u64::from(self.servers[i].weight());
                 if r < w {
                     return i;
                 }
@@ -335,8 +345,8 @@ impl Upstream {
             b = draw(salt);
         }
         let (sa, sb) = (&self.servers[a], &self.servers[b]);
-        if u128::from(sb.active()) * u128::from(sa.weight)
-            < u128::from(sa.active()) * u128::from(sb.weight)
+        if u128::from(sb.active()) * u128::from(sa.weight())
+            < u128::from(sa.active()) * u128::from(sb.weight())
         {
             b
         } else {
@@ -351,11 +361,11 @@ impl Upstream {
         let total_active: u64 = usable.iter().map(|&i| self.servers[i].active()).sum();
         let total_weight: u64 = usable
             .iter()
-            .map(|&i| u64::from(self.servers[i].weight))
+            .map(|&i| u64::from(self.servers[i].weight()))
             .sum();
         let bound = |i: usize| {
-            let share =
-                (total_active + 1) as f64 * f64::from(self.servers[i].weight) / total_weight as f64;
+            let share = (total_active + 1) as f64 * f64::from(self.servers[i].weight())
+                / total_weight as f64;
             (load_factor * share).ceil() as u64
         };
         let start = self.ring.partition_point(|&(p, _)| p < key);

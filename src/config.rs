@@ -74,6 +74,7 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawRuntime {
     workers: Option<Spanned<i64>>,
+    watch_config: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +191,8 @@ pub struct Config {
 pub struct RuntimeConfig {
     /// Tokio worker threads; `None` means one per CPU.
     pub workers: Option<usize>,
+    /// Reload when the config file changes.
+    pub watch_config: bool,
 }
 
 /// `[admin]`.
@@ -587,6 +590,7 @@ impl<'a> Validator<'a> {
                         None
                     }
                 }),
+            watch_config: raw.runtime.watch_config.unwrap_or(false),
         };
         let admin = raw.admin.and_then(|a| {
             let token_file = a.token_file.as_ref().map(|f| self.base.join(f.get_ref()));

@@ -29,7 +29,9 @@ pub fn tunnels_of(shared: &Shared, upstream: &Upstream, server: &Server) -> Vec<
         .registry
         .live()
         .into_iter()
-        .filter(|c| *c.info.upstream == *upstream.name && c.info.backend == server.addr)
+        .filter(|c| {
+            *c.info.upstream == *upstream.name && std::ptr::eq(Arc::as_ptr(&c.info.server), server)
+        })
         .collect()
 }
 

@@ -31,6 +31,7 @@ pub mod handshake;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod stats;
 pub mod tls;
@@ -61,10 +62,24 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// Folds repeated backend errors into counted log lines.
     pub errors: errorlog::Throttle,
+    /// Accepting listeners by name; a reload adds and removes entries.
+    listeners: std::sync::Mutex<std::collections::HashMap<String, reload::RunningListener>>,
+    /// One reload at a time.
+    pub reload_lock: tokio::sync::Mutex<()>,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
     pub drain: CancellationToken,
     /// Cancelled to stop now; cancelling it also drains.
     pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The running listeners.
+    pub fn listeners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, reload::RunningListener>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Why wsgate could not start.
@@ -81,7 +96,6 @@ pub enum StartError {
 /// A running wsgate.
 pub struct Gateway {
     shared: Arc<Shared>,
-    addrs: Vec<(String, SocketAddr)>,
     /// The admin listener outlives the data path during a drain (probes
     /// answer 503), so it has its own tasks and stop signal.
     admin_tasks: TaskTracker,
@@ -98,7 +112,7 @@ impl Gateway {
         listeners: Vec<BoundListener>,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
-        let snapshot = Snapshot::compile(Arc::new(config))?;
+        let snapshot = Snapshot::compile(Arc::new(config), None)?;
         for l in &listeners {
             if !snapshot.listeners.contains_key(&l.name) {
                 return Err(StartError::UnknownListener(l.name.clone()));
@@ -117,22 +131,39 @@ impl Gateway {
             registry,
             metrics,
             errors: errorlog::Throttle::default(),
+            listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
             drain: shutdown.child_token(),
             shutdown,
         });
-        let mut addrs = Vec::new();
+        let binds: std::collections::HashMap<String, SocketAddr> = shared
+            .snapshot
+            .load()
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.bind))
+            .collect();
         for l in listeners {
-            if let Ok(a) = l.socket.local_addr() {
-                tracing::info!(listener = %l.name, addr = %a, "listening");
-                addrs.push((l.name.clone(), a));
-            }
-            shared.tasks.spawn(listener::accept_loop(l, shared.clone()));
+            let bind = binds
+                .get(&l.name)
+                .copied()
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            reload::start_listener(&shared, l, bind);
+        }
+        let (watch, source) = {
+            let s = shared.snapshot.load();
+            (s.config.runtime.watch_config, s.config.source.clone())
+        };
+        if watch {
+            shared
+                .tasks
+                .spawn(reload::watch(shared.clone(), source, shared.drain.clone()));
         }
         Ok(Self {
             admin_stop: shared.shutdown.child_token(),
             shared,
-            addrs,
             admin_tasks: TaskTracker::new(),
         })
     }
@@ -150,12 +181,17 @@ impl Gateway {
         ));
     }
 
-    /// The address a listener is bound to.
+    /// The address a running listener is bound to.
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.addrs
-            .iter()
-            .find(|(n, _)| n == listener)
-            .map(|(_, a)| *a)
+        self.shared.listeners().get(listener).map(|l| l.local)
+    }
+
+    /// Reloads the config file (see [`reload::reload`]).
+    ///
+    /// # Errors
+    /// [`reload::ReloadError`] when the new config is rejected; the old one keeps serving.
+    pub async fn reload(&self) -> Result<reload::ReloadReport, reload::ReloadError> {
+        reload::reload(&self.shared).await
     }
 
     /// Live tunnels and finished-tunnel feed.

@@ -67,10 +67,15 @@ pub async fn bind_all(config: &Config) -> Result<Vec<BoundListener>, BindError> 
 }
 
 /// Accepts connections until shutdown.
-pub async fn accept_loop(listener: BoundListener, shared: Arc<Shared>) {
+pub async fn accept_loop(
+    listener: BoundListener,
+    shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
-            _ = shared.drain.cancelled() => return,
+            // A reload removing this listener, or a drain.
+            _ = stop.cancelled() => return,
             r = listener.socket.accept() => r,
         };
         match accepted {

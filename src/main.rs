@@ -230,11 +230,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // to finish draining without waiting for the watcher's fallback timer.
     let tasks = TaskTracker::new();
     on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
+    on_hangup(gateway.shared().clone(), &tasks);
     gateway.wait().await;
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// Reloads the config on every SIGHUP until the gateway drains.
+fn on_hangup(shared: std::sync::Arc<wsgate::Shared>, tasks: &TaskTracker) {
+    tasks.spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGHUP");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shared.drain.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading the config");
+            // The outcome is logged and counted by reload itself.
+            let _ = wsgate::reload::reload(&shared).await;
+        }
+    });
 }
 
 async fn bind_admin(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {

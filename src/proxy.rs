@@ -231,6 +231,7 @@ async fn forward(
                 route: route.label.clone(),
                 upstream: route.upstream.name.clone(),
                 backend: server.addr,
+                server: server.clone(),
                 path: target,
             };
             ctx.shared.tasks.spawn(async move {

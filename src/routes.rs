@@ -63,19 +63,28 @@ pub enum CompileError {
 }
 
 impl Snapshot {
-    /// Compiles a validated config into a routing table.
+    /// Compiles a validated config into a routing table. Servers that were
+    /// in `previous` (same upstream, same address) are carried over with
+    /// their live state: active tunnels, enabled flag, drain in progress.
     ///
     /// # Errors
     /// [`CompileError::Tls`] if rustls refuses a listener's certificates.
-    pub fn compile(config: Arc<Config>) -> Result<Self, CompileError> {
+    pub fn compile(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Self, CompileError> {
         let upstreams: HashMap<&str, Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|(name, u)| {
+                let old = previous.and_then(|p| p.upstream(name));
                 let servers = u
                     .servers
                     .iter()
-                    .map(|s| Arc::new(Server::new(s.addr, s.weight)))
+                    .map(|s| match old.and_then(|o| o.server(s.addr)) {
+                        Some(kept) => {
+                            kept.set_weight(s.weight);
+                            kept.clone()
+                        }
+                        None => Arc::new(Server::new(s.addr, s.weight)),
+                    })
                     .collect();
                 let settings = PoolSettings {
                     balance: u.balance.clone(),
@@ -126,6 +135,24 @@ impl Snapshot {
             routes,
             listeners,
         })
+    }
+
+    /// Servers of `self` that `next` no longer has (by identity), with the
+    /// upstream they were in: what a reload must drain.
+    pub fn removed_servers(&self, next: &Snapshot) -> Vec<(Arc<Upstream>, Arc<Server>)> {
+        let kept: Vec<*const Server> = next
+            .upstreams()
+            .flat_map(|u| u.servers.iter().map(Arc::as_ptr))
+            .collect();
+        self.upstreams()
+            .flat_map(|u| u.servers.iter().map(move |s| (u.clone(), s.clone())))
+            .filter(|(_, s)| !kept.contains(&Arc::as_ptr(s)))
+            .collect()
+    }
+
+    /// Labels of every route.
+    pub fn route_labels(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|r| &*r.label)
     }
 
     /// The pool called `name`.
@@ -423,7 +450,7 @@ servers = ["127.0.0.1:5"]
 servers = ["127.0.0.1:6"]
 "#;
         let config = crate::config::parse(text, Path::new("t.toml")).expect("valid");
-        let snap = Snapshot::compile(Arc::new(config)).expect("compiles");
+        let snap = Snapshot::compile(Arc::new(config), None).expect("compiles");
         let pick = |h: &str, p: &str| snap.route(h, p).map(|r| r.upstream.name.to_string());
         assert_eq!(
             pick("chat.example.com", "/ws/admin/x").as_deref(),

@@ -198,6 +198,9 @@ pub struct ConnInfo {
     pub upstream: Arc<str>,
     /// Backend address.
     pub backend: SocketAddr,
+    /// The server object itself: drains match tunnels by identity, so a
+    /// server removed and added again is not confused with its old self.
+    pub server: Arc<crate::balancer::Server>,
     /// Forwarded path.
     pub path: String,
 }

@@ -342,6 +342,10 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
             route: "r".into(),
             upstream: "u".into(),
             backend: backend.local_addr().expect("addr"),
+            server: std::sync::Arc::new(wsgate::balancer::Server::new(
+                backend.local_addr().expect("addr"),
+                1,
+            )),
             path: "/".into(),
         },
         &drain,

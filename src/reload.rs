@@ -1,0 +1,276 @@
+//! Live reconfiguration: re-read the config, check it in full, and switch
+//! to it in one pointer swap, without touching an established connection.
+//!
+//! Owns: the reload procedure (all or nothing), listeners started and
+//! stopped by a reload, draining of servers a reload removed, the
+//! config-file watcher, and the report of what changed.
+//!
+//! Order of a reload, so that a failure leaves everything as it was:
+//! parse and validate (any problem: reject), compile the snapshot (carrying
+//! over live servers), bind every new listener (any failure: reject, and the
+//! ones already bound are dropped), then swap the snapshot, stop removed
+//! listeners, start new ones, and drain removed servers. Established
+//! tunnels own their streams and the `Arc`s they use: none of this reaches them.
+//!
+//! Must not: re-bind a listener whose name and address are unchanged.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigError};
+use crate::listener::{BindError, BoundListener};
+use crate::routes::{CompileError, Snapshot};
+use crate::{drain, listener, Shared};
+
+/// A listener that is accepting, as the reload logic needs to know it.
+#[derive(Debug)]
+pub struct RunningListener {
+    /// The address its config asked for (port 0 stays 0 here).
+    pub bind: SocketAddr,
+    /// The address it actually has.
+    pub local: SocketAddr,
+    /// Stops its accept loop; its connections go on.
+    pub stop: CancellationToken,
+}
+
+/// Why a reload was rejected. The old config keeps serving in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file could not be read or has problems.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Its TLS material could not be used.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// A new listener could not bind.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadReport {
+    /// The new config's version.
+    pub version: String,
+    /// Route labels added.
+    pub routes_added: Vec<String>,
+    /// Route labels removed.
+    pub routes_removed: Vec<String>,
+    /// Listener names started.
+    pub listeners_added: Vec<String>,
+    /// Listener names stopped (their connections go on).
+    pub listeners_removed: Vec<String>,
+    /// `upstream/addr` of servers added.
+    pub servers_added: Vec<String>,
+    /// `upstream/addr` of servers removed (now draining).
+    pub servers_removed: Vec<String>,
+}
+
+/// Reloads the config file the running config came from. Reloads are
+/// serialised; the result is logged and counted either way.
+///
+/// # Errors
+/// [`ReloadError`] when the new config is rejected.
+pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
+    let _one_at_a_time = shared.reload_lock.lock().await;
+    let path = shared.snapshot.load().config.source.clone();
+    let result = apply(shared, &path).await;
+    match &result {
+        Ok(r) => {
+            shared.metrics.reload(true, &r.version);
+            tracing::info!(
+                version = %r.version,
+                routes_added = ?r.routes_added,
+                routes_removed = ?r.routes_removed,
+                listeners_added = ?r.listeners_added,
+                listeners_removed = ?r.listeners_removed,
+                servers_added = ?r.servers_added,
+                servers_removed = ?r.servers_removed,
+                "config reloaded"
+            );
+        }
+        Err(e) => {
+            shared.metrics.reload(false, "");
+            for line in e.to_string().lines() {
+                tracing::error!(problem = %line, "config reload rejected; the running config stays");
+            }
+        }
+    }
+    result
+}
+
+async fn apply(shared: &Arc<Shared>, path: &Path) -> Result<ReloadReport, ReloadError> {
+    let config = config::load(path)?;
+    let old = shared.snapshot.load_full();
+    let new = Snapshot::compile(Arc::new(config), Some(&old))?;
+
+    // Which listeners change: by name, and a new address counts as remove + add.
+    let running: HashMap<String, SocketAddr> = shared
+        .listeners()
+        .iter()
+        .map(|(n, l)| (n.clone(), l.bind))
+        .collect();
+    let wanted: HashMap<&str, SocketAddr> = new
+        .config
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.bind))
+        .collect();
+    let to_add: Vec<_> = new
+        .config
+        .listeners
+        .iter()
+        .filter(|l| running.get(&l.name) != Some(&l.bind))
+        .collect();
+    let to_remove: Vec<String> = running
+        .iter()
+        .filter(|(n, bind)| wanted.get(n.as_str()) != Some(*bind))
+        .map(|(n, _)| n.clone())
+        .collect();
+    // Bind everything new before changing anything: all or nothing.
+    let mut bound = Vec::new();
+    for l in &to_add {
+        let socket = TcpListener::bind(l.bind)
+            .await
+            .map_err(|source| BindError {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
+        bound.push((
+            BoundListener {
+                name: l.name.clone(),
+                socket,
+            },
+            l.bind,
+        ));
+    }
+
+    let mut report = diff(&old, &new);
+    let removed_servers = old.removed_servers(&new);
+    shared.snapshot.store(Arc::new(new));
+
+    for name in &to_remove {
+        if let Some(l) = shared.listeners().remove(name) {
+            l.stop.cancel();
+            report.listeners_removed.push(name.clone());
+        }
+    }
+    for (l, bind) in bound {
+        report.listeners_added.push(l.name.clone());
+        shared.metrics.prepare_listener(&l.name);
+        start_listener(shared, l, bind);
+    }
+    for (up, server) in removed_servers {
+        let stop = server.disable();
+        shared
+            .tasks
+            .spawn(drain::drain_server(shared.clone(), up, server, stop));
+    }
+    Ok(report)
+}
+
+/// Starts accepting on `l` and registers it under its name.
+pub fn start_listener(shared: &Arc<Shared>, l: BoundListener, bind: SocketAddr) {
+    let Ok(local) = l.socket.local_addr() else {
+        tracing::error!(listener = %l.name, "bound listener has no address");
+        return;
+    };
+    tracing::info!(listener = %l.name, addr = %local, "listening");
+    let stop = shared.drain.child_token();
+    shared.listeners().insert(
+        l.name.clone(),
+        RunningListener {
+            bind,
+            local,
+            stop: stop.clone(),
+        },
+    );
+    shared
+        .tasks
+        .spawn(listener::accept_loop(l, shared.clone(), stop));
+}
+
+fn diff(old: &Snapshot, new: &Snapshot) -> ReloadReport {
+    let routes =
+        |s: &Snapshot| -> BTreeSet<String> { s.route_labels().map(str::to_string).collect() };
+    let servers = |s: &Snapshot| -> BTreeSet<String> {
+        s.upstreams()
+            .flat_map(|u| {
+                u.servers
+                    .iter()
+                    .map(move |v| format!("{}/{}", u.name, v.addr))
+            })
+            .collect()
+    };
+    let (ro, rn, so, sn) = (routes(old), routes(new), servers(old), servers(new));
+    ReloadReport {
+        version: new.config.version.clone(),
+        routes_added: rn.difference(&ro).cloned().collect(),
+        routes_removed: ro.difference(&rn).cloned().collect(),
+        servers_added: sn.difference(&so).cloned().collect(),
+        servers_removed: so.difference(&sn).cloned().collect(),
+        ..ReloadReport::default()
+    }
+}
+
+/// How long the file must be quiet before a change triggers a reload:
+/// editors write in several steps.
+pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Reloads whenever the config file changes, until `stop`. Watches the
+/// file's folder, since editors and deploy tools replace files by renaming.
+pub async fn watch(shared: Arc<Shared>, path: PathBuf, stop: CancellationToken) {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = match notify::recommended_watcher(
+        move |event: notify::Result<notify::Event>| {
+            if let Ok(e) = event {
+                if e.paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                {
+                    let _ = tx.send(());
+                }
+            }
+        },
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+            return;
+        }
+    };
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Err(e) = watcher.watch(folder, notify::RecursiveMode::NonRecursive) {
+        tracing::error!(error = %e, folder = %folder.display(), "cannot watch the config folder");
+        return;
+    }
+    tracing::info!(file = %path.display(), "watching the config file");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = rx.recv() => if got.is_none() { return },
+        }
+        // Wait until the writes stop.
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_DEBOUNCE) => break,
+                got = rx.recv() => if got.is_none() { return },
+            }
+        }
+        let _ = reload(&shared).await;
+    }
+}

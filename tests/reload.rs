@@ -1,0 +1,417 @@
+//! Live reload: new connections see the new config at once, established
+//! ones never notice, a bad config or an unbindable listener changes
+//! nothing, removed servers drain with spread Close 1001, certificates
+//! rotate, and the file watcher triggers reloads.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::reload::ReloadError;
+
+fn write_config(gw: &TestGateway, text: &str) {
+    std::fs::write(gw.dir.path().join("wsgate.toml"), text).expect("write config");
+}
+
+fn base(listeners: &str, routes: &str, upstreams: &str) -> String {
+    format!("[timeouts]\nconnect = \"2s\"\n{listeners}\n{routes}\n{upstreams}\n")
+}
+
+const PUBLIC: &str = "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n";
+
+async fn echo_once(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) {
+    ws.send(Message::text(text)).await.expect("send");
+    match within("an echo", ws.next()).await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), text),
+        other => panic!("expected the echo of {text}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_bad_config_is_rejected_and_the_old_one_keeps_serving() {
+    let echo = echo_backend().await;
+    let good = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"u\"",
+        &format!("[upstreams.u]\nservers = [\"{echo}\"]"),
+    );
+    let gw = TestGateway::start(&good).await;
+    let mut ws = ws_connect(gw.addr("public"), "/ws").await;
+    write_config(&gw, &format!("{good}\n[timeouts]\nconnect = \"soon\"\n"));
+    match gw.gateway.reload().await {
+        Err(ReloadError::Config(e)) => assert!(!e.problems().is_empty(), "{e}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    echo_once(&mut ws, "still here").await;
+    let mut fresh = ws_connect(gw.addr("public"), "/ws").await;
+    echo_once(&mut fresh, "new connections too").await;
+    let metrics = gw.gateway.shared().metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains("wsgate_reloads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn new_routes_apply_at_once_and_established_tunnels_keep_theirs() {
+    let old = echo_backend().await;
+    let mut new = WsBackend::start().await;
+    let first = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"old\"",
+        &format!("[upstreams.old]\nservers = [\"{old}\"]"),
+    );
+    let gw = TestGateway::start(&first).await;
+    let mut established = ws_connect(gw.addr("public"), "/chat").await;
+    let second = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"old\"\n[[routes]]\npath_prefix = \"/chat\"\nupstream = \"new\"",
+        &format!(
+            "[upstreams.old]\nservers = [\"{old}\"]\n[upstreams.new]\nservers = [\"{}\"]",
+            new.addr
+        ),
+    );
+    write_config(&gw, &second);
+    let report = gw.gateway.reload().await.expect("reload");
+    assert_eq!(report.routes_added, ["*/chat"]);
+    assert_eq!(report.servers_added, [format!("new/{}", new.addr)]);
+    // A new connection to /chat goes to the new upstream...
+    let _fresh = ws_connect(gw.addr("public"), "/chat").await;
+    let accepted = new.next().await;
+    assert_eq!(accepted.path, "/chat");
+    // ...while the established one still talks to the old backend.
+    echo_once(&mut established, "old route").await;
+}
+
+#[tokio::test]
+async fn an_unbindable_listener_rejects_the_whole_reload() {
+    let a = echo_backend().await;
+    let mut b = WsBackend::start().await;
+    let first = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"a\"",
+        &format!(
+            "[upstreams.a]\nservers = [\"{a}\"]\n[upstreams.b]\nservers = [\"{}\"]",
+            b.addr
+        ),
+    );
+    let gw = TestGateway::start(&first).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr");
+    let second = base(
+        &format!("{PUBLIC}[[listeners]]\nname = \"extra\"\nbind = \"{busy}\"\n"),
+        "[[routes]]\nupstream = \"b\"",
+        &format!(
+            "[upstreams.a]\nservers = [\"{a}\"]\n[upstreams.b]\nservers = [\"{}\"]",
+            b.addr
+        ),
+    );
+    write_config(&gw, &second);
+    match gw.gateway.reload().await {
+        Err(ReloadError::Bind(e)) => assert_eq!(e.addr, busy),
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+    // The route change did not happen either.
+    let mut ws = ws_connect(gw.addr("public"), "/ws").await;
+    echo_once(&mut ws, "routed to a").await;
+    assert!(
+        b.accepted.try_recv().is_err(),
+        "the rejected config's route was used"
+    );
+    assert!(gw.gateway.local_addr("extra").is_none());
+}
+
+#[tokio::test]
+async fn listeners_are_added_and_removed_without_touching_established_tunnels() {
+    let echo = echo_backend().await;
+    let up = format!("[upstreams.u]\nservers = [\"{echo}\"]");
+    let gw = TestGateway::start(&base(PUBLIC, "[[routes]]\nupstream = \"u\"", &up)).await;
+    let public = gw.addr("public");
+    let mut established = ws_connect(public, "/ws").await;
+    let second = "[[listeners]]\nname = \"second\"\nbind = \"127.0.0.1:0\"\n";
+    write_config(
+        &gw,
+        &base(
+            &format!("{PUBLIC}{second}"),
+            "[[routes]]\nupstream = \"u\"",
+            &up,
+        ),
+    );
+    let report = gw.gateway.reload().await.expect("reload adds");
+    assert_eq!(report.listeners_added, ["second"]);
+    assert_eq!(
+        gw.addr("public"),
+        public,
+        "an unchanged listener is not re-bound"
+    );
+    let mut via_second = ws_connect(gw.addr("second"), "/ws").await;
+    echo_once(&mut via_second, "second").await;
+
+    write_config(&gw, &base(second, "[[routes]]\nupstream = \"u\"", &up));
+    let report = gw.gateway.reload().await.expect("reload removes");
+    assert_eq!(report.listeners_removed, ["public"]);
+    within("the removed listener to stop accepting", async {
+        while TcpStream::connect(public).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    echo_once(&mut established, "still open through the removed listener").await;
+}
+
+#[tokio::test]
+async fn a_removed_server_is_drained_with_spread_1001_and_others_are_untouched() {
+    let mut a = WsBackend::start().await;
+    let mut b = WsBackend::start().await;
+    let up = |servers: String| {
+        format!("[upstreams.u]\nservers = {servers}\ndrain_timeout = \"100ms\"\ndrain_spread = \"800ms\"")
+    };
+    let gw = TestGateway::start(&base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"u\"",
+        &up(server_list(&[a.addr, b.addr])),
+    ))
+    .await;
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for _ in 0..4 {
+        let client = ws_connect(gw.addr("public"), "/ws").await;
+        let server = tokio::select! {
+            s = a.next() => { on_a.push(client); s }
+            s = b.next() => { on_b.push(client); s }
+        };
+        tokio::spawn(async move {
+            let mut ws = server.ws;
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_text() && ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    assert_eq!(
+        (on_a.len(), on_b.len()),
+        (2, 2),
+        "least_conn spreads 4 tunnels 2/2"
+    );
+    write_config(
+        &gw,
+        &base(
+            PUBLIC,
+            "[[routes]]\nupstream = \"u\"",
+            &up(server_list(&[a.addr])),
+        ),
+    );
+    let report = gw.gateway.reload().await.expect("reload");
+    assert_eq!(report.servers_removed, [format!("u/{}", b.addr)]);
+    // New connections go to A only; B's clients get Close 1001, spread out.
+    let mut times = Vec::new();
+    for mut ws in on_b {
+        match within("Close 1001 from the drain", ws.next()).await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
+            other => panic!("expected Close 1001, got {other:?}"),
+        }
+        times.push(Instant::now());
+        while let Some(Ok(_)) = within("close", ws.next()).await {}
+    }
+    let spread = times.iter().max().copied().unwrap_or_else(Instant::now)
+        - times.iter().min().copied().unwrap_or_else(Instant::now);
+    assert!(
+        spread >= Duration::from_millis(100),
+        "closes came in one instant: {spread:?}"
+    );
+    for ws in &mut on_a {
+        echo_once(ws, "A is untouched").await;
+    }
+    let kept = gw
+        .gateway
+        .shared()
+        .snapshot
+        .load()
+        .upstream("u")
+        .and_then(|u| u.server(a.addr).cloned())
+        .expect("A");
+    assert_eq!(kept.active(), 2, "A's live count survived the reload");
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_to_the_next_tls_connection() {
+    let echo = echo_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, _, ca1) = make_cert(dir.path(), "server", &["localhost"]);
+    let toml = format!(
+        "[[listeners]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"server.pem\", key = \"server.key\" }}\n[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = [\"{echo}\"]\n"
+    );
+    let gw = TestGateway::start_in(dir, &toml).await;
+    let addr = gw.addr("tls");
+    let first = served_cert(addr, &ca1).await;
+    // Rotate: a new CA and certificate in the same files.
+    let (_, _, ca2) = make_cert(gw.dir.path(), "server", &["localhost"]);
+    gw.gateway.reload().await.expect("reload");
+    let second = served_cert(addr, &ca2).await;
+    assert_ne!(first, second, "the rotated certificate must be served");
+    assert_eq!(gw.addr("tls"), addr, "rotation does not re-bind");
+}
+
+/// The leaf certificate the listener serves, trusting only `ca`.
+async fn served_cert(addr: SocketAddr, ca: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("cert")).expect("add");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = within(
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake with the expected CA");
+    tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec()
+}
+
+#[tokio::test]
+async fn a_file_change_triggers_a_reload_when_watching() {
+    let echo = echo_backend().await;
+    let mut other = WsBackend::start().await;
+    let ups = format!(
+        "[upstreams.u]\nservers = [\"{echo}\"]\n[upstreams.o]\nservers = [\"{}\"]",
+        other.addr
+    );
+    let first = format!(
+        "[runtime]\nwatch_config = true\n{}",
+        base(PUBLIC, "[[routes]]\nupstream = \"u\"", &ups)
+    );
+    let gw = TestGateway::start(&first).await;
+    let second = format!(
+        "[runtime]\nwatch_config = true\n{}",
+        base(
+            PUBLIC,
+            "[[routes]]\nupstream = \"u\"\n[[routes]]\npath_prefix = \"/other\"\nupstream = \"o\"",
+            &ups
+        )
+    );
+    // The watcher may not be armed the instant start returns: keep rewriting until it reacts.
+    within("the watcher to reload", async {
+        loop {
+            write_config(&gw, &second);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            if gw
+                .gateway
+                .shared()
+                .snapshot
+                .load()
+                .route_labels()
+                .any(|l| l == "*/other")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    let _ws = ws_connect(gw.addr("public"), "/other").await;
+    assert_eq!(other.next().await.path, "/other");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_tunnels_survive_twenty_reloads_without_losing_a_message() {
+    let echo = echo_backend().await;
+    let spare = echo_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_cert(dir.path(), "server", &["localhost"]);
+    let config = |i: usize| {
+        // Each version changes routes, listeners, certificates and servers.
+        let extra_listener = if i % 2 == 1 {
+            "[[listeners]]\nname = \"extra\"\nbind = \"127.0.0.1:0\"\n"
+        } else {
+            ""
+        };
+        let extra_route = if i % 3 == 1 {
+            format!("[[routes]]\npath_prefix = \"/v{i}\"\nupstream = \"u\"\n")
+        } else {
+            String::new()
+        };
+        let servers = if i % 2 == 1 {
+            server_list(&[echo, spare])
+        } else {
+            server_list(&[echo])
+        };
+        format!(
+            "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"server.pem\", key = \"server.key\" }}\n{extra_listener}[[routes]]\nupstream = \"u\"\n{extra_route}[upstreams.u]\nservers = {servers}\ndrain_timeout = \"1h\"\n"
+        )
+    };
+    let gw = TestGateway::start_in(dir, &config(0)).await;
+    let addr = gw.addr("public");
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        clients.push(ws_connect(addr, "/ws").await);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let exchanged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for (c, mut ws) in clients.into_iter().enumerate() {
+        let stop = stop.clone();
+        let exchanged = exchanged.clone();
+        workers.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            // Bounded: stops when the reloads are done, or after 100000 messages.
+            while !stop.is_cancelled() && seq < 100_000 {
+                let text = format!("{c}:{seq}");
+                ws.send(Message::text(text.clone())).await.expect("send");
+                match tokio::time::timeout(WAIT, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        assert_eq!(t.as_str(), text, "lost, reordered or corrupted");
+                        exchanged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    other => panic!("client {c} at {seq}: {other:?}"),
+                }
+                seq += 1;
+            }
+            ws.close(None).await.expect("close");
+            seq
+        }));
+    }
+    for i in 1..=20 {
+        // Traffic flows between every two reloads, not just around them.
+        let before = exchanged.load(std::sync::atomic::Ordering::Relaxed);
+        within("messages to flow between reloads", async {
+            while exchanged.load(std::sync::atomic::Ordering::Relaxed) < before + 200 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        // Spare is never the server of these tunnels: removing it drains nothing of theirs.
+        if i % 5 == 0 {
+            make_cert(gw.dir.path(), "server", &["localhost"]);
+        }
+        write_config(&gw, &config(i));
+        gw.gateway
+            .reload()
+            .await
+            .unwrap_or_else(|e| panic!("reload {i}: {e}"));
+    }
+    stop.cancel();
+    let mut total = 0;
+    for w in workers {
+        let sent = within("a worker to finish", w).await.expect("worker");
+        assert!(sent > 0, "every tunnel kept exchanging messages");
+        total += sent;
+    }
+    assert!(total >= 200, "{total}");
+    gw.wait_idle().await;
+}
