@@ -248,6 +248,9 @@ impl Metrics {
                 })
                 .inc();
         }
+        // Move the tunnel from the live set to the closed sums in one step,
+        // under the closed-sums lock that a scrape also holds while it reads
+        // both: a counter never counts a tunnel twice nor loses it.
         let mut closed = self
             .traffic
             .closed
@@ -256,6 +259,7 @@ impl Metrics {
         let t = closed.entry(labels.clone()).or_default();
         t.0.add(&record.to_backend);
         t.1.add(&record.to_client);
+        self.traffic.live.remove(record.id);
     }
 
     /// A reload was tried.
@@ -320,12 +324,12 @@ impl prometheus_client::collector::Collector for TrafficCollector {
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        let mut all: HashMap<TunnelLabels, (Sums, Sums)> = self
-            .closed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for conn in self.live.live() {
+        // Lock order: closed sums, then the live registry, as in tunnel_closed.
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.live.live();
+        let mut all: HashMap<TunnelLabels, (Sums, Sums)> = closed.clone();
+        drop(closed);
+        for conn in live {
             let t = all.entry(TunnelLabels::of(&conn.info)).or_default();
             t.0.add(&conn.to_backend.totals());
             t.1.add(&conn.to_client.totals());

@@ -233,6 +233,11 @@ impl Registry {
         self.lock().values().cloned().collect()
     }
 
+    /// Takes a tunnel out of the live set (its guard's drop is then a no-op).
+    pub fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
     /// The live tunnel with this id.
     pub fn get(&self, id: u64) -> Option<Arc<ConnStats>> {
         self.lock().get(&id).cloned()
