@@ -142,6 +142,7 @@ struct RawUpstream {
     retries: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
     drain_spread: Option<Spanned<String>>,
+    resolve_interval: Option<Spanned<String>>,
 }
 
 /// `"10.0.0.1:9001"` or `{ addr = "10.0.0.1:9001", weight = 3 }`.
@@ -358,8 +359,12 @@ pub struct RouteConfig {
 /// One `[upstreams.NAME]` table.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// Non-empty and without duplicate addresses.
+    /// Non-empty and without duplicate addresses; host names already resolved.
     pub servers: Vec<ServerConfig>,
+    /// Servers given by name, resolved again every `resolve_interval`.
+    pub names: Vec<NamedServer>,
+    /// How often names are resolved again.
+    pub resolve_interval: Duration,
     /// The balancing algorithm.
     pub balance: Balance,
     /// Further servers tried when a connect fails or times out.
@@ -370,6 +375,47 @@ pub struct UpstreamConfig {
     pub drain_spread: Duration,
 }
 
+/// A server given by host name, kept so it can be resolved again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedServer {
+    /// The DNS name.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Weight of every address it resolves to.
+    pub weight: u32,
+}
+
+/// Default for `upstreams.NAME.resolve_interval`.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Resolves a host name with the system resolver (blocking).
+///
+/// # Errors
+/// The resolver's error.
+pub fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+/// `host:port` with a plausible DNS name (letters, digits, `-`, `.`, `_`).
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ok.then(|| (host.to_ascii_lowercase(), port))
+}
+
 /// One server of an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -377,6 +423,8 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// Relative share of connections, 1-1000.
     pub weight: u32,
+    /// Resolved from a host name (and so replaced when it resolves differently).
+    pub named: bool,
 }
 
 /// Default for `upstreams.NAME.hash_load_factor`.
@@ -663,6 +711,7 @@ impl<'a> Validator<'a> {
         let mut upstreams = BTreeMap::new();
         for (name, up) in raw.upstreams {
             let key = format!("upstreams.{name}");
+            let mut names: Vec<NamedServer> = Vec::new();
             let mut servers = Vec::new();
             if up.get_ref().servers.get_ref().is_empty() {
                 self.problem(
@@ -689,24 +738,60 @@ impl<'a> Validator<'a> {
                         1
                     }
                 };
-                let Ok(addr) = addr.parse::<SocketAddr>() else {
-                    self.problem(
-                        s,
-                        skey,
-                        format!(
-                            "{addr:?} is not an IP address with a port, such as \"127.0.0.1:9001\""
-                        ),
-                    );
-                    continue;
+                let addrs = match addr.parse::<SocketAddr>() {
+                    Ok(a) => vec![a],
+                    Err(_) => match split_host_port(&addr) {
+                        None => {
+                            self.problem(s, skey, format!("{addr:?} is not IP:port nor host:port, such as \"127.0.0.1:9001\" or \"chat-1.internal:9001\""));
+                            continue;
+                        }
+                        Some((host, port)) => {
+                            names.push(NamedServer {
+                                host: host.clone(),
+                                port,
+                                weight,
+                            });
+                            match resolve(&host, port) {
+                                Ok(a) if !a.is_empty() => a,
+                                Ok(_) => {
+                                    self.problem(s, skey, format!("{host} resolves to no address"));
+                                    continue;
+                                }
+                                Err(e) => {
+                                    self.problem(s, skey, format!("cannot resolve {host}: {e}"));
+                                    continue;
+                                }
+                            }
+                        }
+                    },
                 };
-                if servers.iter().any(|c: &ServerConfig| c.addr == addr) {
-                    self.problem(s, skey, format!("{addr} is listed twice"));
-                } else {
-                    servers.push(ServerConfig { addr, weight });
+                for addr in addrs {
+                    if servers.iter().any(|c: &ServerConfig| c.addr == addr) {
+                        // A name may resolve to an address listed too: once is enough.
+                        if matches!(s.get_ref(), RawServer::Addr(a) if a.parse::<SocketAddr>().is_ok())
+                        {
+                            self.problem(s, skey.clone(), format!("{addr} is listed twice"));
+                        }
+                        continue;
+                    }
+                    let literal = match s.get_ref() {
+                        RawServer::Addr(a) => a.parse::<SocketAddr>().is_ok(),
+                        RawServer::Table(t) => t.addr.parse::<SocketAddr>().is_ok(),
+                    };
+                    servers.push(ServerConfig {
+                        addr,
+                        weight,
+                        named: !literal,
+                    });
                 }
             }
             let up = up.into_inner();
             let balance = self.balance(&up, &key);
+            let resolve_interval = self.duration(
+                up.resolve_interval.clone(),
+                &format!("{key}.resolve_interval"),
+                DEFAULT_RESOLVE_INTERVAL,
+            );
             let retries = match up.retries.as_ref().map(|r| usize::try_from(*r.get_ref())) {
                 None => DEFAULT_RETRIES,
                 Some(Ok(n)) if n <= 10 => n,
@@ -736,6 +821,8 @@ impl<'a> Validator<'a> {
                 name,
                 UpstreamConfig {
                     servers,
+                    names,
+                    resolve_interval,
                     balance,
                     retries,
                     drain_timeout,
@@ -1376,7 +1463,8 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             u.servers[1],
             ServerConfig {
                 addr: "127.0.0.1:3".parse().unwrap(),
-                weight: 3
+                weight: 3,
+                named: false,
             }
         );
         assert_eq!(u.retries, 2);
@@ -1400,5 +1488,39 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             let p = problems(&format!("{base}{body}\n"));
             assert_eq!(p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(), [key], "{body}");
         }
+    }
+
+    #[test]
+    fn servers_may_be_host_names() {
+        assert_eq!(
+            split_host_port("Chat-1.internal:9001"),
+            Some(("chat-1.internal".to_string(), 9001))
+        );
+        assert_eq!(split_host_port("chat..internal:9001"), None);
+        assert_eq!(split_host_port("chat:0"), None);
+        assert_eq!(split_host_port("bad host:80"), None);
+        let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\n";
+        let c = parse(&format!("{base}servers = [\"localhost:9001\", \"127.0.0.1:9002\"]\nresolve_interval = \"5s\"\n"), Path::new("c.toml")).expect("valid");
+        let u = &c.upstreams["u"];
+        assert_eq!(
+            u.names,
+            [NamedServer {
+                host: "localhost".into(),
+                port: 9001,
+                weight: 1
+            }]
+        );
+        assert!(
+            u.servers.iter().any(|s| s.named && s.addr.port() == 9001),
+            "{:?}",
+            u.servers
+        );
+        assert!(u.servers.iter().any(|s| !s.named && s.addr.port() == 9002));
+        assert_eq!(u.resolve_interval, Duration::from_secs(5));
+        let p = problems(&format!("{base}servers = [\"bad host:80\"]\n"));
+        assert_eq!(
+            p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["upstreams.u.servers[0]"]
+        );
     }
 }

@@ -66,6 +66,8 @@ pub struct Shared {
     listeners: std::sync::Mutex<std::collections::HashMap<String, reload::RunningListener>>,
     /// One reload at a time.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// How host-named servers are resolved again.
+    resolver: std::sync::Mutex<reload::Resolver>,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
     pub drain: CancellationToken,
     /// Cancelled to stop now; cancelling it also drains.
@@ -73,6 +75,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The resolver for host-named servers.
+    pub fn resolver(&self) -> reload::Resolver {
+        *self.resolver.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the resolver (tests do, to change what a name resolves to).
+    pub fn set_resolver(&self, r: reload::Resolver) {
+        *self.resolver.lock().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
     /// The running listeners.
     pub fn listeners(
         &self,
@@ -133,6 +145,7 @@ impl Gateway {
             errors: errorlog::Throttle::default(),
             listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
+            resolver: std::sync::Mutex::new(config::resolve),
             tasks: TaskTracker::new(),
             drain: shutdown.child_token(),
             shutdown,
@@ -156,6 +169,9 @@ impl Gateway {
             let s = shared.snapshot.load();
             (s.config.runtime.watch_config, s.config.source.clone())
         };
+        shared
+            .tasks
+            .spawn(reload::resolve_loop(shared.clone(), shared.drain.clone()));
         if watch {
             shared
                 .tasks

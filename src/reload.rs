@@ -52,6 +52,9 @@ pub enum ReloadError {
     /// A new listener could not bind.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The loading task failed.
+    #[error("reload task failed: {0}")]
+    Internal(String),
 }
 
 /// What a reload changed.
@@ -107,7 +110,21 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
 }
 
 async fn apply(shared: &Arc<Shared>, path: &Path) -> Result<ReloadReport, ReloadError> {
-    let config = config::load(path)?;
+    // Loading reads files and may resolve host names: blocking work.
+    let path = path.to_path_buf();
+    let config = match tokio::task::spawn_blocking(move || config::load(&path)).await {
+        Ok(r) => r?,
+        Err(e) => return Err(ReloadError::Internal(e.to_string())),
+    };
+    apply_config(shared, config).await
+}
+
+/// Switches to `config`: compile, bind new listeners, swap, stop removed
+/// listeners, drain removed servers. Callers hold `reload_lock`.
+async fn apply_config(
+    shared: &Arc<Shared>,
+    config: config::Config,
+) -> Result<ReloadReport, ReloadError> {
     let old = shared.snapshot.load_full();
     let new = Snapshot::compile(Arc::new(config), Some(&old))?;
 
@@ -218,6 +235,93 @@ fn diff(old: &Snapshot, new: &Snapshot) -> ReloadReport {
         servers_added: sn.difference(&so).cloned().collect(),
         servers_removed: so.difference(&sn).cloned().collect(),
         ..ReloadReport::default()
+    }
+}
+
+/// Resolves a host name to addresses; the system resolver unless a test swaps it.
+pub type Resolver = fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
+
+/// Resolves every host-named server again and, where an upstream's
+/// addresses changed, switches to them as a reload would: servers that
+/// stay keep their tunnels and state, vanished ones drain. A failed lookup
+/// keeps that upstream as it is. Returns what changed, if anything.
+pub async fn re_resolve(shared: &Arc<Shared>) -> Option<ReloadReport> {
+    let _one_at_a_time = shared.reload_lock.lock().await;
+    let current = shared.snapshot.load_full();
+    let mut config = (*current.config).clone();
+    let resolver = shared.resolver();
+    let mut changed = false;
+    for (name, up) in config.upstreams.iter_mut() {
+        if up.names.is_empty() {
+            continue;
+        }
+        let mut fresh: Vec<config::ServerConfig> =
+            up.servers.iter().filter(|s| !s.named).cloned().collect();
+        let mut failed = false;
+        for n in &up.names {
+            let (host, port) = (n.host.clone(), n.port);
+            match tokio::task::spawn_blocking(move || resolver(&host, port)).await {
+                Ok(Ok(addrs)) if !addrs.is_empty() => {
+                    for addr in addrs {
+                        if !fresh.iter().any(|s| s.addr == addr) {
+                            fresh.push(config::ServerConfig {
+                                addr,
+                                weight: n.weight,
+                                named: true,
+                            });
+                        }
+                    }
+                }
+                other => {
+                    tracing::warn!(upstream = %name, host = %n.host, result = ?other.map(|r| r.map(|a| a.len())), "re-resolving failed; keeping the last addresses");
+                    failed = true;
+                }
+            }
+        }
+        let key = |v: &[config::ServerConfig]| {
+            let mut a: Vec<SocketAddr> = v.iter().map(|s| s.addr).collect();
+            a.sort();
+            a
+        };
+        if !failed && key(&fresh) != key(&up.servers) {
+            up.servers = fresh;
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    match apply_config(shared, config).await {
+        Ok(report) => {
+            tracing::info!(servers_added = ?report.servers_added, servers_removed = ?report.servers_removed, "host names resolve differently: servers updated");
+            Some(report)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "applying re-resolved servers failed");
+            None
+        }
+    }
+}
+
+/// Re-resolves host names on the shortest `resolve_interval` of the
+/// upstreams that have any, until `stop`.
+pub async fn resolve_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let interval = shared
+            .snapshot
+            .load()
+            .config
+            .upstreams
+            .values()
+            .filter(|u| !u.names.is_empty())
+            .map(|u| u.resolve_interval)
+            .min()
+            .unwrap_or(config::DEFAULT_RESOLVE_INTERVAL);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        re_resolve(&shared).await;
     }
 }
 

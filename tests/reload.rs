@@ -415,3 +415,77 @@ async fn two_hundred_tunnels_survive_twenty_reloads_without_losing_a_message() {
     assert!(total >= 200, "{total}");
     gw.wait_idle().await;
 }
+
+#[tokio::test]
+async fn host_names_are_resolved_at_load() {
+    let echo = echo_backend().await;
+    let toml = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"u\"",
+        &format!("[upstreams.u]\nservers = [\"localhost:{}\"]", echo.port()),
+    );
+    let gw = TestGateway::start(&toml).await;
+    let servers: Vec<SocketAddr> = gw
+        .gateway
+        .shared()
+        .snapshot
+        .load()
+        .upstream("u")
+        .expect("u")
+        .servers
+        .iter()
+        .map(|s| s.addr)
+        .collect();
+    assert!(servers.contains(&echo), "localhost resolved to {servers:?}");
+    // Whatever else localhost resolves to (::1), the retry reaches the backend.
+    for i in 0..3 {
+        let mut ws = ws_connect(gw.addr("public"), "/ws").await;
+        echo_once(&mut ws, &format!("by name {i}")).await;
+    }
+}
+
+/// The port the substitute resolver answers with.
+static RESOLVED_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+fn substitute_resolver(_host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(vec![SocketAddr::from((
+        [127, 0, 0, 1],
+        RESOLVED_PORT.load(std::sync::atomic::Ordering::SeqCst),
+    ))])
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_differently_moves_new_connections_and_drains_the_old_address() {
+    let old = echo_backend().await;
+    let mut new = WsBackend::start().await;
+    let toml = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"u\"",
+        &format!("[upstreams.u]\nservers = [\"localhost:{}\"]\ndrain_timeout = \"100ms\"\ndrain_spread = \"100ms\"\nresolve_interval = \"1h\"", old.port()),
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut established = ws_connect(gw.addr("public"), "/ws").await;
+    echo_once(&mut established, "before").await;
+    // The name now points at the new backend.
+    RESOLVED_PORT.store(new.addr.port(), std::sync::atomic::Ordering::SeqCst);
+    gw.gateway.shared().set_resolver(substitute_resolver);
+    let report = wsgate::reload::re_resolve(gw.gateway.shared())
+        .await
+        .expect("a change");
+    assert_eq!(report.servers_added, [format!("u/{}", new.addr)]);
+    assert!(
+        report.servers_removed.contains(&format!("u/{old}")),
+        "{report:?}"
+    );
+    // Unchanged answers change nothing.
+    assert!(wsgate::reload::re_resolve(gw.gateway.shared())
+        .await
+        .is_none());
+    let _fresh = ws_connect(gw.addr("public"), "/ws").await;
+    assert_eq!(new.next().await.path, "/ws");
+    // The old address's tunnel drains with 1001.
+    match within("the drain's Close", established.next()).await {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+}
