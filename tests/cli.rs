@@ -701,3 +701,66 @@ async fn access_log_goes_to_its_own_file_and_repeated_backend_errors_are_folded(
         .unwrap_or("")
         .contains(&dead.to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
+    let backend = echo_backend().await;
+    let port = free_port().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = format!(
+        "[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:{port}\"\n\n[[routes]]\npath_prefix = \"/a\"\nupstream = \"echo\"\n\n[upstreams.echo]\nservers = [\"{backend}\"]\n"
+    );
+    let path = write(dir.path(), "hup.toml", &first);
+    let mut wsgate = Running::spawn(&["run", "--config", &path, "--log-format", "json"]);
+    let listening = wsgate.json_event("listening").await;
+    let addr: std::net::SocketAddr = listening["addr"]
+        .as_str()
+        .expect("addr")
+        .parse()
+        .expect("addr");
+    let mut established = ws_connect(addr, "/a").await;
+    let hup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    // A bad config is refused, with its line, and the old one keeps serving.
+    write(
+        dir.path(),
+        "hup.toml",
+        &format!("{first}\n[timeouts]\nconnect = \"soon\"\n"),
+    );
+    hup(wsgate.child.id());
+    let refused = wsgate
+        .json_event("config reload rejected; the running config stays")
+        .await;
+    assert!(
+        refused["problem"].as_str().unwrap_or("").contains(":12:"),
+        "{refused}"
+    );
+    // A good one adds a route.
+    write(
+        dir.path(),
+        "hup.toml",
+        &first.replace("path_prefix = \"/a\"", "path_prefix = \"/b\""),
+    );
+    hup(wsgate.child.id());
+    let reloaded = wsgate.json_event("config reloaded").await;
+    assert!(
+        reloaded["routes_added"]
+            .as_str()
+            .unwrap_or("")
+            .contains("*/b"),
+        "{reloaded}"
+    );
+    let mut fresh = ws_connect(addr, "/b").await;
+    for ws in [&mut established, &mut fresh] {
+        ws.send(Message::text("after")).await.expect("send");
+        assert_eq!(
+            within("echo", ws.next()).await.expect("msg").expect("ok"),
+            Message::text("after")
+        );
+    }
+}
