@@ -737,7 +737,10 @@ async fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
         .json_event("config reload rejected; the running config stays")
         .await;
     assert!(
-        refused["problem"].as_str().unwrap_or("").contains(":12:"),
+        refused["problem"]
+            .as_str()
+            .unwrap_or("")
+            .contains(":13:11: timeouts.connect"),
         "{refused}"
     );
     // A good one adds a route.
