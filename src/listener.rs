@@ -51,19 +51,27 @@ pub struct BindError {
 pub async fn bind_all(config: &Config) -> Result<Vec<BoundListener>, BindError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
-        let socket = TcpListener::bind(l.bind)
-            .await
-            .map_err(|source| BindError {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-        bound.push(BoundListener {
-            name: l.name.clone(),
-            socket,
-        });
+        bound.push(bind_one(l).await?);
     }
     Ok(bound)
+}
+
+/// Binds one listener.
+///
+/// # Errors
+/// A [`BindError`] naming listener, address and reason.
+pub async fn bind_one(l: &crate::config::ListenerConfig) -> Result<BoundListener, BindError> {
+    let socket = TcpListener::bind(l.bind)
+        .await
+        .map_err(|source| BindError {
+            name: l.name.clone(),
+            addr: l.bind,
+            source,
+        })?;
+    Ok(BoundListener {
+        name: l.name.clone(),
+        socket,
+    })
 }
 
 /// Accepts connections until shutdown.

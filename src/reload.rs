@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigError};
@@ -154,20 +153,7 @@ async fn apply_config(
     // Bind everything new before changing anything: all or nothing.
     let mut bound = Vec::new();
     for l in &to_add {
-        let socket = TcpListener::bind(l.bind)
-            .await
-            .map_err(|source| BindError {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-        bound.push((
-            BoundListener {
-                name: l.name.clone(),
-                socket,
-            },
-            l.bind,
-        ));
+        bound.push((listener::bind_one(l).await?, l.bind));
     }
 
     let mut report = diff(&old, &new);

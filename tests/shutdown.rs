@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate::stats::Side;
@@ -72,32 +72,6 @@ async fn drain_closes_every_tunnel_with_1001_on_both_sides() {
     }
 }
 
-/// A raw backend answering one handshake; hands over the socket.
-async fn raw_backend() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<TcpStream>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(byte[0]);
-            }
-            let Some(answer) = good_101(&String::from_utf8_lossy(&head)) else {
-                continue;
-            };
-            if tcp.write_all(&answer).await.is_ok() {
-                let _ = tx.send(tcp).await;
-            }
-        }
-    });
-    (addr, rx)
-}
-
 /// Reads one whole frame: (first byte, payload unmasked).
 async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     within("a frame", async {
@@ -133,7 +107,7 @@ async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
 
 #[tokio::test]
 async fn the_close_waits_for_the_frame_boundary_in_both_directions() {
-    let (addr, mut accepted) = raw_backend().await;
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
     let gw = TestGateway::start(&simple_config(&[addr])).await;
     let mut rx = gw.access_log();
     let mut client = TcpStream::connect(gw.addr("public"))
@@ -234,7 +208,7 @@ async fn the_close_waits_for_the_frame_boundary_in_both_directions() {
 
 #[tokio::test]
 async fn a_peer_that_never_answers_the_close_is_cut() {
-    let (addr, mut accepted) = raw_backend().await;
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
     let toml = simple_config(&[addr]).replace("[timeouts]\n", "[timeouts]\nclose = \"300ms\"\n");
     let gw = TestGateway::start(&toml).await;
     let mut rx = gw.access_log();
@@ -264,7 +238,7 @@ async fn a_peer_that_never_answers_the_close_is_cut() {
 
 #[tokio::test]
 async fn a_side_that_already_sent_its_close_gets_no_second_one() {
-    let (addr, mut accepted) = raw_backend().await;
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
     let gw = TestGateway::start(&simple_config(&[addr])).await;
     let mut rx = gw.access_log();
     let mut client = TcpStream::connect(gw.addr("public"))
@@ -414,7 +388,7 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
 
 #[tokio::test]
 async fn a_close_half_way_through_when_the_drain_starts_is_not_followed_by_another() {
-    let (addr, mut accepted) = raw_backend().await;
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
     let gw = TestGateway::start(&simple_config(&[addr])).await;
     let mut client = TcpStream::connect(gw.addr("public"))
         .await

@@ -300,6 +300,44 @@ pub async fn dead_addr() -> SocketAddr {
     a
 }
 
+/// A raw backend that answers the handshake, optionally sending `first` in
+/// the same write as its 101, then hands the socket to the test.
+pub async fn raw_ws_backend(
+    first: &'static [u8],
+) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let Some(mut answer) = good_101(&String::from_utf8_lossy(&head)) else {
+                continue;
+            };
+            answer.extend_from_slice(first);
+            if tcp.write_all(&answer).await.is_ok() {
+                let _ = tx.send(tcp).await;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A raw client handshake; returns the stream after the 101 head.
+pub async fn raw_client(addr: std::net::SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let (status, _, _) = raw_exchange(&mut tcp, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 101);
+    tcp
+}
+
 // === clients ===
 
 /// A well-formed handshake request head for `path` on `host`.
