@@ -109,14 +109,12 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminRespon
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method().clone();
 
-    let (token, metrics_public) = {
-        let snapshot = shared.snapshot.load();
-        let admin = snapshot.config.admin.as_ref();
-        (
-            admin.and_then(|a| a.token.clone()),
-            admin.is_some_and(|a| a.metrics_public),
-        )
-    };
+    // Fixed at start: a reload can never open the admin API (see reload.rs).
+    let admin = shared.admin.as_ref();
+    let (token, metrics_public) = (
+        admin.and_then(|a| a.token.clone()),
+        admin.is_some_and(|a| a.metrics_public),
+    );
     let open = matches!(segs.as_slice(), ["healthz"] | ["readyz"])
         || (metrics_public && segs == ["metrics"]);
     if !open && !authorized(&req, token.as_deref()) {
@@ -164,11 +162,19 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminRespon
         (
             &Method::POST,
             ["api", "upstreams", name, "servers", addr, action @ ("drain" | "enable")],
-        ) => server_action(shared, name, addr, action),
+        ) => {
+            // Serialised with reloads: an enable must not race a reload removing the server.
+            let _no_reload = shared.reload_lock.lock().await;
+            server_action(shared, name, addr, action)
+        }
         (&Method::POST, ["api", "upstreams", name, "rebalance"]) => rebalance(shared, name, &query),
         (&Method::GET, ["api", "config"]) => config_view(shared),
         (&Method::POST, ["reload"]) => match crate::reload::reload(shared).await {
             Ok(report) => json_response(StatusCode::OK, &report),
+            Err(crate::reload::ReloadError::Draining) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "wsgate is draining; reloads are refused",
+            ),
             Err(e) => {
                 let problems: Vec<String> = e.to_string().lines().map(str::to_string).collect();
                 json_response(
@@ -392,14 +398,15 @@ fn server_action(shared: &Arc<Shared>, name: &str, addr: &str, action: &str) -> 
             &json!({"upstream": name, "server": addr, "state": "enabled"}),
         );
     }
-    let stop = server.disable();
-    tracing::info!(upstream = name, server = %addr, "server draining by operator");
-    shared.tasks.spawn(drain::drain_server(
-        shared.clone(),
-        up.clone(),
-        server,
-        stop,
-    ));
+    if let Some(stop) = server.disable() {
+        tracing::info!(upstream = name, server = %addr, "server draining by operator");
+        shared.tasks.spawn(drain::drain_server(
+            shared.clone(),
+            up.clone(),
+            server,
+            stop,
+        ));
+    }
     json_response(
         StatusCode::ACCEPTED,
         &json!({

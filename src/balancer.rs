@@ -94,6 +94,9 @@ pub fn stable_hash(data: &[u8]) -> u64 {
 
 /// Points per unit of weight on the hash ring: enough for an even spread.
 const RING_POINTS: u32 = 160;
+/// Bound on the ring's length, so high weights cannot make it costly to
+/// build (at each reload) or to walk (at each handshake).
+const MAX_RING_POINTS: u32 = 40_000;
 
 /// One backend server and its live state.
 #[derive(Debug)]
@@ -143,15 +146,17 @@ impl Server {
     }
 
     /// Stops new connections; returns a token that cancels when the server
-    /// is enabled again, for the task closing its tunnels.
-    pub fn disable(&self) -> CancellationToken {
-        self.enabled.store(false, Ordering::Relaxed);
-        let token = CancellationToken::new();
+    /// is enabled again, for the task closing its tunnels. `None` when a
+    /// drain is already running: it goes on as it was, its clock untouched.
+    pub fn disable(&self) -> Option<CancellationToken> {
         let mut drain = self.drain.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = drain.replace(token.clone()) {
-            old.cancel();
+        self.enabled.store(false, Ordering::Relaxed);
+        if drain.as_ref().is_some_and(|t| !t.is_cancelled()) {
+            return None;
         }
-        token
+        let token = CancellationToken::new();
+        *drain = Some(token.clone());
+        Some(token)
     }
 
     /// Takes new connections again and stops a drain in progress.
@@ -218,11 +223,27 @@ pub struct Upstream {
 
 impl Upstream {
     /// A pool over `servers`, which config validation guarantees non-empty.
-    pub fn new(name: &str, servers: Vec<Arc<Server>>, settings: PoolSettings) -> Self {
+    /// `weights` are the configured weights, one per server: the ring is
+    /// built from them, not from servers' live weights, which a reload only
+    /// updates once the new snapshot is live.
+    pub fn new(
+        name: &str,
+        servers: Vec<Arc<Server>>,
+        weights: &[u32],
+        settings: PoolSettings,
+    ) -> Self {
+        debug_assert_eq!(servers.len(), weights.len());
         let mut ring = Vec::new();
         if matches!(settings.balance, Balance::Hash { .. }) {
+            let total: u64 = weights.iter().map(|&w| u64::from(w.max(1))).sum();
+            // Keep the ring at most MAX_RING_POINTS long whatever the weights:
+            // points are proportional to weight, at least one per server.
+            let per_weight =
+                (MAX_RING_POINTS as f64 / total.max(1) as f64).min(f64::from(RING_POINTS));
             for (i, s) in servers.iter().enumerate() {
-                for p in 0..RING_POINTS * s.weight() {
+                let w = weights.get(i).copied().unwrap_or(1).max(1);
+                let points = ((f64::from(w) * per_weight).round() as u32).max(1);
+                for p in 0..points {
                     // By address, so every instance with the config builds the same ring.
                     ring.push((stable_hash(format!("{}#{p}", s.addr).as_bytes()), i));
                 }
@@ -371,12 +392,18 @@ impl Upstream {
         let start = self.ring.partition_point(|&(p, _)| p < key);
         let mut seen = vec![false; self.servers.len()];
         let (mut under, mut over) = (Vec::new(), Vec::new());
+        let mut left = usable.len();
         for k in 0..self.ring.len() {
+            // Every usable server placed: the rest of the ring adds nothing.
+            if left == 0 {
+                break;
+            }
             let i = self.ring[(start + k) % self.ring.len()].1;
             if seen[i] || !self.servers[i].is_enabled() {
                 continue;
             }
             seen[i] = true;
+            left -= 1;
             if self.servers[i].active() < bound(i) {
                 under.push(i);
             } else {
@@ -403,9 +430,11 @@ mod tests {
                 ))
             })
             .collect();
+        let weights = weights.to_vec();
         Upstream::new(
             "u",
             servers,
+            &weights,
             PoolSettings {
                 balance,
                 retries: 1,
@@ -517,7 +546,11 @@ mod tests {
     #[test]
     fn disabled_servers_are_skipped_until_enabled() {
         let u = pool_w(&[1, 1, 1], Balance::LeastConn);
-        let drain = u.servers[1].disable();
+        let drain = u.servers[1].disable().expect("a new drain");
+        assert!(
+            u.servers[1].disable().is_none(),
+            "a second drain keeps the first"
+        );
         for _ in 0..6 {
             let ports: Vec<u16> = u.candidates(None).iter().map(port).collect();
             assert!(!ports.contains(&2), "{ports:?}");
@@ -552,5 +585,33 @@ mod tests {
         assert_eq!(HashKey::Query("room".into()).of(&h, None, ip), None);
         assert_eq!(HashKey::Ip.of(&h, None, ip), Some(stable_hash(b"10.0.0.1")));
         assert_eq!(HashKey::Cookie("none".into()).of(&h, None, ip), None);
+    }
+
+    #[test]
+    fn heavy_weights_keep_the_ring_bounded() {
+        let u = pool_w(
+            &[1000; 10],
+            Balance::Hash {
+                key: HashKey::Ip,
+                load_factor: 1.25,
+            },
+        );
+        assert!(
+            u.ring.len() <= MAX_RING_POINTS as usize + 10,
+            "{}",
+            u.ring.len()
+        );
+        assert_eq!(u.candidates(Some(42)).len(), 2);
+        // Proportions survive the cap.
+        let v = pool_w(
+            &[1000, 1],
+            Balance::Hash {
+                key: HashKey::Ip,
+                load_factor: 1.25,
+            },
+        );
+        let heavy = v.ring.iter().filter(|(_, i)| *i == 0).count();
+        let light = v.ring.iter().filter(|(_, i)| *i == 1).count();
+        assert!(heavy >= 900 * light, "{heavy} vs {light}");
     }
 }

@@ -197,7 +197,7 @@ pub struct RuntimeConfig {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// Address of the admin listener.
     pub bind: SocketAddr,

@@ -49,13 +49,32 @@ pub async fn drain_server(
         _ = stop.cancelled() => return,
         _ = shared.drain.cancelled() => return,
     }
-    let conns = tunnels_of(&shared, &upstream, &server);
-    tracing::info!(upstream = %upstream.name, server = %server.addr, tunnels = conns.len(), "drain timeout passed: closing the server's tunnels");
     let order = CloseOrder {
         code: CLOSE_GOING_AWAY,
         reason: "server draining".to_string(),
     };
-    spread_close(&conns, upstream.drain_spread, &order, &stop, &shared.drain).await;
+    // Until the server holds nothing: a handshake in flight when the drain
+    // began may open a tunnel after the first listing.
+    loop {
+        let conns: Vec<Arc<ConnStats>> = tunnels_of(&shared, &upstream, &server)
+            .into_iter()
+            .filter(|c| !c.close.token().is_cancelled())
+            .collect();
+        if conns.is_empty() {
+            // Closing tunnels and handshakes in flight still count as active.
+            if server.active() == 0 {
+                return;
+            }
+        } else {
+            tracing::info!(upstream = %upstream.name, server = %server.addr, tunnels = conns.len(), "closing a draining server's tunnels");
+            spread_close(&conns, upstream.drain_spread, &order, &stop, &shared.drain).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = stop.cancelled() => return,
+            _ = shared.drain.cancelled() => return,
+        }
+    }
 }
 
 /// Which tunnels a rebalance closes: for each server above the mean, the
@@ -66,13 +85,16 @@ pub fn rebalance_victims(
     fraction: f64,
 ) -> Vec<Arc<ConnStats>> {
     debug_assert!(fraction > 0.0 && fraction <= 1.0);
+    // Over enabled servers only: a draining server is emptied anyway, and
+    // counting it would make balanced servers look loaded.
     let per_server: Vec<Vec<Arc<ConnStats>>> = upstream
         .servers
         .iter()
+        .filter(|s| s.is_enabled())
         .map(|s| tunnels_of(shared, upstream, s))
         .collect();
     let total: usize = per_server.iter().map(Vec::len).sum();
-    let n = upstream.servers.len().max(1);
+    let n = per_server.len().max(1);
     let mean = (total as f64 / n as f64).ceil() as usize;
     let mut victims: Vec<Arc<ConnStats>> = per_server
         .into_iter()

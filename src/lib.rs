@@ -66,6 +66,9 @@ pub struct Shared {
     listeners: std::sync::Mutex<std::collections::HashMap<String, reload::RunningListener>>,
     /// One reload at a time.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// The admin settings wsgate started with. The admin listener is not
+    /// re-bound by a reload, so its token must not change under it either.
+    pub admin: Option<config::AdminConfig>,
     /// How host-named servers are resolved again.
     resolver: std::sync::Mutex<reload::Resolver>,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
@@ -124,6 +127,7 @@ impl Gateway {
         listeners: Vec<BoundListener>,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
+        let admin = config.admin.clone();
         let snapshot = Snapshot::compile(Arc::new(config), None)?;
         for l in &listeners {
             if !snapshot.listeners.contains_key(&l.name) {
@@ -145,6 +149,7 @@ impl Gateway {
             errors: errorlog::Throttle::default(),
             listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
+            admin,
             resolver: std::sync::Mutex::new(config::resolve),
             tasks: TaskTracker::new(),
             drain: shutdown.child_token(),

@@ -213,7 +213,7 @@ impl Metrics {
         self.handshakes
             .get_or_create(&HandshakeLabels {
                 listener: listener.to_string(),
-                outcome: status.to_string(),
+                outcome: outcome_label(status),
             })
             .inc();
         self.handshake_seconds
@@ -283,6 +283,21 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// Statuses wsgate itself answers, plus the common ones a backend may
+/// relay, keep their own series; any other becomes its class (`2xx`...), so
+/// a backend cannot create hundreds of series.
+fn outcome_label(status: u16) -> String {
+    const KNOWN: [u16; 20] = [
+        101, 200, 204, 301, 302, 304, 400, 401, 403, 404, 405, 408, 421, 426, 429, 431, 500, 502,
+        503, 504,
+    ];
+    if KNOWN.contains(&status) {
+        status.to_string()
+    } else {
+        format!("{}xx", status / 100)
     }
 }
 
@@ -455,6 +470,14 @@ impl prometheus_client::collector::Collector for ProcessCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusual_statuses_are_bucketed() {
+        assert_eq!(outcome_label(101), "101");
+        assert_eq!(outcome_label(418), "4xx");
+        assert_eq!(outcome_label(299), "2xx");
+        assert_eq!(outcome_label(504), "504");
+    }
 
     #[test]
     fn close_codes_are_bucketed() {

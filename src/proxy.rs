@@ -218,12 +218,13 @@ async fn forward(
         }
         Answer::Upgraded {
             server,
+            active,
             stream,
             leftover,
             headers,
         } => {
             let on_client_upgrade = hyper::upgrade::on(&mut *req);
-            let active = server.track();
+
             let shared = ctx.shared.clone();
             let new_conn = ConnInfo {
                 client: ctx.peer,

@@ -51,6 +51,15 @@ pub enum ReloadError {
     /// A new listener could not bind.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// `[admin]` differs from the running one: the admin listener and its
+    /// token are fixed at start, so this needs a restart.
+    #[error(
+        "[admin] cannot change in a reload (restart to change the admin listener or its token)"
+    )]
+    AdminChanged,
+    /// wsgate is draining: nothing new may start.
+    #[error("wsgate is draining; reloads are refused")]
+    Draining,
     /// The loading task failed.
     #[error("reload task failed: {0}")]
     Internal(String),
@@ -124,6 +133,12 @@ async fn apply_config(
     shared: &Arc<Shared>,
     config: config::Config,
 ) -> Result<ReloadReport, ReloadError> {
+    if shared.drain.is_cancelled() {
+        return Err(ReloadError::Draining);
+    }
+    if config.admin != shared.admin {
+        return Err(ReloadError::AdminChanged);
+    }
     let old = shared.snapshot.load_full();
     let new = Snapshot::compile(Arc::new(config), Some(&old))?;
 
@@ -158,7 +173,9 @@ async fn apply_config(
 
     let mut report = diff(&old, &new);
     let removed_servers = old.removed_servers(&new);
-    shared.snapshot.store(Arc::new(new));
+    let new = Arc::new(new);
+    shared.snapshot.store(new.clone());
+    new.apply_weights();
 
     for name in &to_remove {
         if let Some(l) = shared.listeners().remove(name) {
@@ -172,10 +189,12 @@ async fn apply_config(
         start_listener(shared, l, bind);
     }
     for (up, server) in removed_servers {
-        let stop = server.disable();
-        shared
-            .tasks
-            .spawn(drain::drain_server(shared.clone(), up, server, stop));
+        // An operator's drain already running goes on as it was.
+        if let Some(stop) = server.disable() {
+            shared
+                .tasks
+                .spawn(drain::drain_server(shared.clone(), up, server, stop));
+        }
     }
     Ok(report)
 }

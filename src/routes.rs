@@ -22,6 +22,9 @@ pub struct Snapshot {
     routes: Vec<Arc<Route>>,
     /// Upstream pools by name.
     upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Weights of carried-over servers, applied only once this snapshot is
+    /// live: compiling must change nothing, since a reload may still fail.
+    pending_weights: Vec<(Arc<Server>, u32)>,
     /// Per-listener settings by name.
     pub listeners: HashMap<String, Arc<ListenerSettings>>,
     /// Deadlines for new connections.
@@ -70,17 +73,19 @@ impl Snapshot {
     /// # Errors
     /// [`CompileError::Tls`] if rustls refuses a listener's certificates.
     pub fn compile(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Self, CompileError> {
+        let mut pending_weights = Vec::new();
         let upstreams: HashMap<&str, Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|(name, u)| {
                 let old = previous.and_then(|p| p.upstream(name));
+                let pending = &mut pending_weights;
                 let servers = u
                     .servers
                     .iter()
                     .map(|s| match old.and_then(|o| o.server(s.addr)) {
                         Some(kept) => {
-                            kept.set_weight(s.weight);
+                            pending.push((kept.clone(), s.weight));
                             kept.clone()
                         }
                         None => Arc::new(Server::new(s.addr, s.weight)),
@@ -92,7 +97,8 @@ impl Snapshot {
                     drain_timeout: u.drain_timeout,
                     drain_spread: u.drain_spread,
                 };
-                let pool = Upstream::new(name, servers, settings);
+                let weights: Vec<u32> = u.servers.iter().map(|s| s.weight).collect();
+                let pool = Upstream::new(name, servers, &weights, settings);
                 (name.as_str(), Arc::new(pool))
             })
             .collect();
@@ -129,12 +135,20 @@ impl Snapshot {
             .collect();
         Ok(Self {
             upstreams,
+            pending_weights,
             timeouts: config.timeouts,
             limits: config.limits,
             config,
             routes,
             listeners,
         })
+    }
+
+    /// Applies the weights of carried-over servers; call once this snapshot is live.
+    pub fn apply_weights(&self) {
+        for (server, weight) in &self.pending_weights {
+            server.set_weight(*weight);
+        }
     }
 
     /// Servers of `self` that `next` no longer has (by identity), with the

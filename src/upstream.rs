@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balancer::Server;
+use crate::balancer::{ActiveGuard, Server};
 use crate::handshake::{check_backend_101, BackendAnswerError};
 
 /// Why no usable answer came from the upstream. Every variant is the backend's side.
@@ -124,8 +124,10 @@ impl UpstreamError {
 pub enum Answer {
     /// A verified 101: the raw socket, bytes the backend sent after its 101, and its headers.
     Upgraded {
-        /// The server that answered (its active count is the caller's to take).
+        /// The server that answered.
         server: Arc<Server>,
+        /// Its count of this connection, to hold for the tunnel's life.
+        active: ActiveGuard,
         /// The backend socket, recovered from hyper.
         stream: TcpStream,
         /// Bytes read past the 101, to be delivered to the client first.
@@ -176,6 +178,9 @@ pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answ
     let mut last = UpstreamError::NoServers;
     // The balancer bounds the list at retries + 1.
     for server in candidates {
+        // Counted from the pick, not from the 101: concurrent handshakes
+        // must see each other's load, or a burst lands on one server.
+        let active = server.track();
         let stream = match connect(server.addr, hs.deadlines.connect).await {
             Ok(s) => s,
             Err(e) => {
@@ -184,7 +189,7 @@ pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answ
                 continue;
             }
         };
-        return exchange(server, stream, hs).await;
+        return exchange(server, stream, hs, active).await;
     }
     debug_assert!(last.is_connect_failure() || matches!(last, UpstreamError::NoServers));
     Err(last)
@@ -206,6 +211,7 @@ async fn exchange(
     server: &Arc<Server>,
     stream: TcpStream,
     hs: &Handshake<'_>,
+    active: ActiveGuard,
 ) -> Result<Answer, UpstreamError> {
     let deadlines = hs.deadlines;
     let addr = server.addr;
@@ -256,6 +262,7 @@ async fn exchange(
             })?;
     Ok(Answer::Upgraded {
         server: server.clone(),
+        active,
         stream: parts.io.into_inner(),
         leftover: parts.read_buf,
         headers,

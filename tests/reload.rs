@@ -489,3 +489,70 @@ async fn a_name_that_resolves_differently_moves_new_connections_and_drains_the_o
         other => panic!("expected Close 1001, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_reload_cannot_open_the_admin_api() {
+    let echo = echo_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), "s3cret").expect("token");
+    let body = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"u\"",
+        &format!("[upstreams.u]\nservers = [\"{echo}\"]"),
+    );
+    let gw = TestGateway::start_in(
+        dir,
+        &format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"token\"\n{body}"),
+    )
+    .await;
+    for changed in [body.clone(), format!("[admin]\nbind = \"127.0.0.1:0\"\n{body}"), format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"token\"\nmetrics_public = true\n{body}")] {
+        write_config(&gw, &changed);
+        match gw.gateway.reload().await {
+            Err(ReloadError::AdminChanged) => {}
+            other => panic!("expected the admin change to be refused, got {other:?}"),
+        }
+    }
+    let mut tcp = TcpStream::connect(gw.admin.expect("admin"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(
+        &mut tcp,
+        b"GET /api/config HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 401, "the token still applies");
+}
+
+#[tokio::test]
+async fn a_rejected_reload_changes_no_weight() {
+    let echo = echo_backend().await;
+    let up = |w: u32| format!("[upstreams.u]\nservers = [{{ addr = \"{echo}\", weight = {w} }}]");
+    let gw = TestGateway::start(&base(PUBLIC, "[[routes]]\nupstream = \"u\"", &up(1))).await;
+    let weight = || {
+        gw.gateway
+            .shared()
+            .snapshot
+            .load()
+            .upstream("u")
+            .and_then(|u| u.server(echo).map(|s| s.weight()))
+            .expect("server")
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr");
+    write_config(
+        &gw,
+        &base(
+            &format!("{PUBLIC}[[listeners]]\nname = \"x\"\nbind = \"{busy}\"\n"),
+            "[[routes]]\nupstream = \"u\"",
+            &up(7),
+        ),
+    );
+    assert!(matches!(
+        gw.gateway.reload().await,
+        Err(ReloadError::Bind(_))
+    ));
+    assert_eq!(weight(), 1, "a rejected reload must change nothing");
+    write_config(&gw, &base(PUBLIC, "[[routes]]\nupstream = \"u\"", &up(7)));
+    gw.gateway.reload().await.expect("reload");
+    assert_eq!(weight(), 7);
+}
