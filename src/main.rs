@@ -218,6 +218,8 @@ fn on_signals(
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("watching SIGHUP")?;
     let shutdown = CancellationToken::new();
     let bound = listener::bind_all(&config).await?;
     let close = config.timeouts.close;
@@ -230,7 +232,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // to finish draining without waiting for the watcher's fallback timer.
     let tasks = TaskTracker::new();
     on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
-    on_hangup(gateway.shared().clone(), &tasks);
+    on_hangup(gateway.shared().clone(), hup, &tasks);
     gateway.wait().await;
     shutdown.cancel();
     tasks.close();
@@ -238,16 +240,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reloads the config on every SIGHUP until the gateway drains.
-fn on_hangup(shared: std::sync::Arc<wsgate::Shared>, tasks: &TaskTracker) {
+/// Reloads the config on every SIGHUP until the gateway drains. The
+/// signal stream is created by the caller before anything is bound, since
+/// SIGHUP's default action would kill the process.
+fn on_hangup(
+    shared: std::sync::Arc<wsgate::Shared>,
+    mut hup: tokio::signal::unix::Signal,
+    tasks: &TaskTracker,
+) {
     tasks.spawn(async move {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch SIGHUP");
-                return;
-            }
-        };
         loop {
             tokio::select! {
                 _ = shared.drain.cancelled() => return,

@@ -251,23 +251,56 @@ pub type Resolver = fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
 /// stay keep their tunnels and state, vanished ones drain. A failed lookup
 /// keeps that upstream as it is. Returns what changed, if anything.
 pub async fn re_resolve(shared: &Arc<Shared>) -> Option<ReloadReport> {
+    // Look every name up first, without the reload lock: slow DNS must not
+    // hold up SIGHUP or POST /reload, and a drain interrupts it.
+    let mut wanted: Vec<(String, u16)> = shared
+        .snapshot
+        .load()
+        .config
+        .upstreams
+        .values()
+        .flat_map(|u| u.names.iter().map(|n| (n.host.clone(), n.port)))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return None;
+    }
+    let resolver = shared.resolver();
+    let mut answers: HashMap<(String, u16), Vec<SocketAddr>> = HashMap::new();
+    for (host, port) in wanted {
+        let (h, p) = (host.clone(), port);
+        let lookup = tokio::task::spawn_blocking(move || resolver(&h, p));
+        let result = tokio::select! {
+            r = lookup => r,
+            _ = shared.drain.cancelled() => return None,
+        };
+        match result {
+            Ok(Ok(addrs)) if !addrs.is_empty() => {
+                answers.insert((host, port), addrs);
+            }
+            other => {
+                tracing::warn!(host = %host, result = ?other.map(|r| r.map(|a| a.len())), "re-resolving failed; keeping the last addresses");
+            }
+        }
+    }
+
     let _one_at_a_time = shared.reload_lock.lock().await;
     let current = shared.snapshot.load_full();
     let mut config = (*current.config).clone();
-    let resolver = shared.resolver();
     let mut changed = false;
-    for (name, up) in config.upstreams.iter_mut() {
+    for up in config.upstreams.values_mut() {
         if up.names.is_empty() {
             continue;
         }
         let mut fresh: Vec<config::ServerConfig> =
             up.servers.iter().filter(|s| !s.named).cloned().collect();
+        // A name without an answer keeps the whole upstream as it is.
         let mut failed = false;
         for n in &up.names {
-            let (host, port) = (n.host.clone(), n.port);
-            match tokio::task::spawn_blocking(move || resolver(&host, port)).await {
-                Ok(Ok(addrs)) if !addrs.is_empty() => {
-                    for addr in addrs {
+            match answers.get(&(n.host.clone(), n.port)) {
+                Some(addrs) => {
+                    for &addr in addrs {
                         if !fresh.iter().any(|s| s.addr == addr) {
                             fresh.push(config::ServerConfig {
                                 addr,
@@ -277,10 +310,7 @@ pub async fn re_resolve(shared: &Arc<Shared>) -> Option<ReloadReport> {
                         }
                     }
                 }
-                other => {
-                    tracing::warn!(upstream = %name, host = %n.host, result = ?other.map(|r| r.map(|a| a.len())), "re-resolving failed; keeping the last addresses");
-                    failed = true;
-                }
+                None => failed = true,
             }
         }
         let key = |v: &[config::ServerConfig]| {
