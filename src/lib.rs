@@ -69,6 +69,9 @@ pub struct Shared {
     /// The admin settings wsgate started with. The admin listener is not
     /// re-bound by a reload, so its token must not change under it either.
     pub admin: Option<config::AdminConfig>,
+    /// Servers removed by a reload whose drain is still running, by upstream
+    /// name: a reload adding one back takes it over, tunnels and all.
+    draining: std::sync::Mutex<Vec<(Arc<str>, Arc<balancer::Server>)>>,
     /// How host-named servers are resolved again.
     resolver: std::sync::Mutex<reload::Resolver>,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
@@ -86,6 +89,13 @@ impl Shared {
     /// Replaces the resolver (tests do, to change what a name resolves to).
     pub fn set_resolver(&self, r: reload::Resolver) {
         *self.resolver.lock().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
+    /// Servers a reload removed that are still draining.
+    pub fn draining_list(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, Arc<balancer::Server>)>> {
+        self.draining.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The running listeners.
@@ -128,7 +138,7 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
         let admin = config.admin.clone();
-        let snapshot = Snapshot::compile(Arc::new(config), None)?;
+        let snapshot = Snapshot::compile(Arc::new(config), None, &[])?;
         for l in &listeners {
             if !snapshot.listeners.contains_key(&l.name) {
                 return Err(StartError::UnknownListener(l.name.clone()));
@@ -150,6 +160,7 @@ impl Gateway {
             listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             admin,
+            draining: std::sync::Mutex::new(Vec::new()),
             resolver: std::sync::Mutex::new(config::resolve),
             tasks: TaskTracker::new(),
             drain: shutdown.child_token(),

@@ -140,7 +140,8 @@ async fn apply_config(
         return Err(ReloadError::AdminChanged);
     }
     let old = shared.snapshot.load_full();
-    let new = Snapshot::compile(Arc::new(config), Some(&old))?;
+    let draining = shared.draining_list().clone();
+    let new = Snapshot::compile(Arc::new(config), Some(&old), &draining)?;
 
     // Which listeners change: by name, and a new address counts as remove + add.
     let running: HashMap<String, SocketAddr> = shared
@@ -188,13 +189,29 @@ async fn apply_config(
         shared.metrics.prepare_listener(&l.name);
         start_listener(shared, l, bind);
     }
+    // Servers added back while their drain still ran: they serve again.
+    shared.draining_list().retain(|(_, d)| {
+        let back = new
+            .upstreams()
+            .any(|u| u.servers.iter().any(|s| Arc::ptr_eq(s, d)));
+        if back {
+            d.enable();
+        }
+        !back
+    });
     for (up, server) in removed_servers {
         // An operator's drain already running goes on as it was.
-        if let Some(stop) = server.disable() {
-            shared
-                .tasks
-                .spawn(drain::drain_server(shared.clone(), up, server, stop));
-        }
+        let Some(stop) = server.disable() else {
+            continue;
+        };
+        shared
+            .draining_list()
+            .push((up.name.clone(), server.clone()));
+        let s = shared.clone();
+        shared.tasks.spawn(async move {
+            drain::drain_server(s.clone(), up, server.clone(), stop).await;
+            s.draining_list().retain(|(_, d)| !Arc::ptr_eq(d, &server));
+        });
     }
     Ok(report)
 }

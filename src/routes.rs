@@ -72,7 +72,14 @@ impl Snapshot {
     ///
     /// # Errors
     /// [`CompileError::Tls`] if rustls refuses a listener's certificates.
-    pub fn compile(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Self, CompileError> {
+    ///
+    /// `draining` lists servers a reload removed that are still draining, by
+    /// upstream name: one added back is carried over too, tunnels and all.
+    pub fn compile(
+        config: Arc<Config>,
+        previous: Option<&Snapshot>,
+        draining: &[(Arc<str>, Arc<Server>)],
+    ) -> Result<Self, CompileError> {
         let mut pending_weights = Vec::new();
         let upstreams: HashMap<&str, Arc<Upstream>> = config
             .upstreams
@@ -83,7 +90,16 @@ impl Snapshot {
                 let servers = u
                     .servers
                     .iter()
-                    .map(|s| match old.and_then(|o| o.server(s.addr)) {
+                    .map(|s| {
+                        let back = || {
+                            draining
+                                .iter()
+                                .find(|(u, d)| **u == **name && d.addr == s.addr)
+                                .map(|(_, d)| d)
+                        };
+                        (s, old.and_then(|o| o.server(s.addr)).or_else(back))
+                    })
+                    .map(|(s, kept)| match kept {
                         Some(kept) => {
                             pending.push((kept.clone(), s.weight));
                             kept.clone()
@@ -464,7 +480,7 @@ servers = ["127.0.0.1:5"]
 servers = ["127.0.0.1:6"]
 "#;
         let config = crate::config::parse(text, Path::new("t.toml")).expect("valid");
-        let snap = Snapshot::compile(Arc::new(config), None).expect("compiles");
+        let snap = Snapshot::compile(Arc::new(config), None, &[]).expect("compiles");
         let pick = |h: &str, p: &str| snap.route(h, p).map(|r| r.upstream.name.to_string());
         assert_eq!(
             pick("chat.example.com", "/ws/admin/x").as_deref(),

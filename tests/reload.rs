@@ -556,3 +556,60 @@ async fn a_rejected_reload_changes_no_weight() {
     gw.gateway.reload().await.expect("reload");
     assert_eq!(weight(), 7);
 }
+
+#[tokio::test]
+async fn a_server_added_back_while_draining_keeps_its_tunnels() {
+    let a = echo_backend().await;
+    let b = echo_backend().await;
+    let up = |servers: String| {
+        format!("[upstreams.u]\nservers = {servers}\ndrain_timeout = \"300ms\"\ndrain_spread = \"100ms\"")
+    };
+    let gw = TestGateway::start(&base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"u\"",
+        &up(server_list(&[b])),
+    ))
+    .await;
+    let mut on_b = ws_connect(gw.addr("public"), "/ws").await;
+    echo_once(&mut on_b, "on b").await;
+    // Remove B: its drain starts...
+    write_config(
+        &gw,
+        &base(
+            PUBLIC,
+            "[[routes]]\nupstream = \"u\"",
+            &up(server_list(&[a])),
+        ),
+    );
+    gw.gateway.reload().await.expect("remove b");
+    // ...and B comes back before the drain timeout passes.
+    write_config(
+        &gw,
+        &base(
+            PUBLIC,
+            "[[routes]]\nupstream = \"u\"",
+            &up(server_list(&[a, b])),
+        ),
+    );
+    gw.gateway.reload().await.expect("add b back");
+    let server = gw
+        .gateway
+        .shared()
+        .snapshot
+        .load()
+        .upstream("u")
+        .and_then(|u| u.server(b).cloned())
+        .expect("b");
+    assert_eq!(
+        server.active(),
+        1,
+        "B's tunnel is counted on the server added back"
+    );
+    assert!(server.is_enabled());
+    // Well past the drain timeout, the tunnel was never closed.
+    match tokio::time::timeout(Duration::from_millis(800), on_b.next()).await {
+        Err(_) => {}
+        Ok(got) => panic!("the re-added server's tunnel got {got:?}"),
+    }
+    echo_once(&mut on_b, "still on b").await;
+}
