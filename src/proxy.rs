@@ -26,8 +26,9 @@ use hyper_util::rt::TokioIo;
 use crate::balancer::Balance;
 use crate::frames::encode_close;
 use crate::handshake::{self, HandshakeError, RequestKind};
+use crate::metrics::TunnelLabels;
 use crate::routes::{self, ListenerSettings};
-use crate::stats::{ConnInfo, Side, TunnelEnd, CLOSE_GOING_AWAY};
+use crate::stats::{ConnInfo, RegistryGuard, Side, TunnelEnd, CLOSE_GOING_AWAY};
 use crate::tls::ClientStream;
 use crate::upstream::{self, Answer, Deadlines, UpstreamError};
 use crate::{tunnel, Shared};
@@ -237,9 +238,16 @@ async fn forward(
             };
             ctx.shared.tasks.spawn(async move {
                 let _active = active;
-                // Registered from the 101 on, so every path below ends in one access record.
+                // Registered from the 101 on; the record and metrics are written
+                // when `ending` drops, on every path, a panic included.
                 let guard = shared.registry.open(new_conn, &shared.drain);
                 let labels = shared.metrics.tunnel_opened(&guard.stats.info);
+                let mut ending = Ending {
+                    shared: shared.clone(),
+                    guard,
+                    labels,
+                    end: None,
+                };
                 let upgraded = tokio::select! {
                     u = on_client_upgrade => u.map_err(|e| e.to_string()),
                     _ = shared.shutdown.cancelled() => Err("proxy shutting down".to_string()),
@@ -257,16 +265,15 @@ async fn forward(
                         let close = encode_close(
                             CLOSE_GOING_AWAY,
                             "client gone",
-                            Some(tunnel::mask_key(guard.stats.id)),
+                            Some(tunnel::mask_key(ending.guard.stats.id)),
                         );
                         let _ = stream.try_write(&close);
-                        let record = guard.finish(TunnelEnd {
+                        ending.end = Some(TunnelEnd {
                             closed_by: Side::Client,
                             close_code: None,
                             close_frame_from: None,
                             reason: format!("tunnel not started: {reason}"),
                         });
-                        shared.metrics.tunnel_closed(&labels, &record);
                         return;
                     }
                 };
@@ -275,7 +282,7 @@ async fn forward(
                     parts.read_buf,
                     stream,
                     leftover,
-                    &guard.stats,
+                    &ending.guard.stats,
                     tunnel::TunnelTimeouts {
                         half_close: timeouts.half_close,
                         close: timeouts.close,
@@ -283,11 +290,33 @@ async fn forward(
                     &shared.shutdown,
                 )
                 .await;
-                let record = guard.finish(outcome.to_end());
-                shared.metrics.tunnel_closed(&labels, &record);
+                ending.end = Some(outcome.to_end());
             });
             Ok((switching_protocols(headers), Some(server.addr)))
         }
+    }
+}
+
+/// Writes a tunnel's access record and closes its metrics when dropped,
+/// whatever ended the task: normally `end` is set, and if it is not (a
+/// panic, or the task dropped at exit) the record says so.
+struct Ending {
+    shared: Arc<Shared>,
+    guard: RegistryGuard,
+    labels: TunnelLabels,
+    end: Option<TunnelEnd>,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let end = self.end.take().unwrap_or_else(|| TunnelEnd {
+            closed_by: Side::Proxy,
+            close_code: None,
+            close_frame_from: None,
+            reason: "tunnel task ended abnormally".to_string(),
+        });
+        let record = self.guard.finish(end);
+        self.shared.metrics.tunnel_closed(&self.labels, &record);
     }
 }
 
