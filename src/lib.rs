@@ -37,6 +37,7 @@ pub mod stats;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,903 @@
+//! Validation: the raw TOML shape (`deny_unknown_fields`, spans kept) and
+//! its checking into a typed [`Config`]. Every mistake becomes a
+//! [`Problem`] with line, column and key, and all are collected before
+//! failing, so `wsgate check` shows an operator the whole list at once.
+//!
+//! Must not: be used outside `config::parse`; the rest of wsgate reads
+//! typed values only.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::*;
+
+// === raw shape, exactly as written in TOML ===
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    runtime: RawRuntime,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    listeners: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    access: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    workers: Option<Spanned<i64>>,
+    watch_config: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Spanned<String>,
+    token_file: Option<Spanned<String>>,
+    metrics_public: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    client_handshake: Option<Spanned<String>>,
+    connect: Option<Spanned<String>>,
+    upstream_handshake: Option<Spanned<String>>,
+    half_close: Option<Spanned<String>>,
+    close: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_request_headers: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    bind: Spanned<String>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    certificates: Option<Vec<Spanned<RawCertPair>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertPair {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    host: Option<Spanned<String>>,
+    path_prefix: Option<Spanned<String>>,
+    upstream: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    servers: Spanned<Vec<Spanned<RawServer>>>,
+    balance: Option<Spanned<String>>,
+    hash_key: Option<Spanned<String>>,
+    hash_load_factor: Option<Spanned<f64>>,
+    retries: Option<Spanned<i64>>,
+    drain_timeout: Option<Spanned<String>>,
+    drain_spread: Option<Spanned<String>>,
+    resolve_interval: Option<Spanned<String>>,
+}
+
+/// `"10.0.0.1:9001"` or `{ addr = "10.0.0.1:9001", weight = 3 }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawServer {
+    Addr(String),
+    Table(RawServerTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTable {
+    addr: String,
+    weight: Option<i64>,
+}
+
+/// Parses and validates config text; see [`crate::config::parse`].
+pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let key = key_at(text, span.start);
+            let message = e.message().trim().replace('\n', " ");
+            let mut v = Validator::new(text, path);
+            v.problem_at(span, key, message);
+            return Err(v.into_error());
+        }
+    };
+    let mut v = Validator::new(text, path);
+    let config = v.validate(raw);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(v.into_error())
+    }
+}
+
+/// Best-effort dotted key for a parse error: the table header above the
+/// position and the key on its line, since toml's errors carry only a span.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[line_start..];
+    let line = line.split('\n').next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let headers: Vec<&str> = before[..line_start]
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('['))
+        .collect();
+    let table = headers.last().map(|&h| {
+        let name = h.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        if h.starts_with("[[") {
+            // An array of tables: name the entry as validation errors do, `listeners[1]`.
+            let index = headers.iter().filter(|&&o| o == h).count() - 1;
+            format!("{name}[{index}]")
+        } else {
+            name
+        }
+    });
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (Some(t), None) => t,
+        (None, Some(k)) => k,
+        (None, None) => "(document)".to_string(),
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Validator<'a> {
+    fn new(text: &'a str, path: &'a Path) -> Self {
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self {
+            text,
+            path,
+            base,
+            problems: Vec::new(),
+        }
+    }
+
+    fn into_error(mut self) -> ConfigError {
+        self.problems.sort_by_key(|p| (p.line, p.column));
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            problems: self.problems,
+        }
+    }
+
+    fn problem_at(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let (line, column) = line_column(self.text, span.start);
+        self.problems.push(Problem {
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn problem<T>(&mut self, at: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
+        self.problem_at(at.span(), key, message);
+    }
+
+    fn validate(&mut self, raw: RawConfig) -> Config {
+        let runtime = RuntimeConfig {
+            workers: raw
+                .runtime
+                .workers
+                .and_then(|w| match usize::try_from(*w.get_ref()) {
+                    Ok(n) if (1..=1024).contains(&n) => Some(n),
+                    _ => {
+                        self.problem(
+                            &w,
+                            "runtime.workers",
+                            "must be a whole number from 1 to 1024",
+                        );
+                        None
+                    }
+                }),
+            watch_config: raw.runtime.watch_config.unwrap_or(false),
+        };
+        let admin = raw.admin.and_then(|a| {
+            let token_file = a.token_file.as_ref().map(|f| self.base.join(f.get_ref()));
+            let token = match (&a.token_file, &token_file) {
+                (Some(at), Some(path)) => match std::fs::read_to_string(path) {
+                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                    Ok(_) => {
+                        self.problem(
+                            at,
+                            "admin.token_file",
+                            format!("{} is empty", path.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.problem(
+                            at,
+                            "admin.token_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                },
+                _ => None,
+            };
+            self.socket_addr(&a.bind, "admin.bind")
+                .map(|bind| AdminConfig {
+                    bind,
+                    token,
+                    token_file,
+                    metrics_public: a.metrics_public.unwrap_or(false),
+                })
+        });
+        let log = self.log(raw.log);
+        let t = raw.timeouts;
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            client_handshake: self.duration(
+                t.client_handshake,
+                "timeouts.client_handshake",
+                d.client_handshake,
+            ),
+            connect: self.duration(t.connect, "timeouts.connect", d.connect),
+            upstream_handshake: self.duration(
+                t.upstream_handshake,
+                "timeouts.upstream_handshake",
+                d.upstream_handshake,
+            ),
+            half_close: self.duration(t.half_close, "timeouts.half_close", d.half_close),
+            close: self.duration(t.close, "timeouts.close", d.close),
+        };
+        let limits = Limits {
+            max_request_headers: match raw.limits.max_request_headers {
+                None => DEFAULT_MAX_REQUEST_HEADERS,
+                Some(v) => match usize::try_from(*v.get_ref()) {
+                    // hyper needs room for at least its own minimum read buffer.
+                    Ok(n) if (8192..=1024 * 1024).contains(&n) => n,
+                    _ => {
+                        self.problem(
+                            &v,
+                            "limits.max_request_headers",
+                            "must be a number of bytes from 8192 to 1048576",
+                        );
+                        DEFAULT_MAX_REQUEST_HEADERS
+                    }
+                },
+            },
+        };
+
+        let mut upstreams = BTreeMap::new();
+        for (name, up) in raw.upstreams {
+            let key = format!("upstreams.{name}");
+            let mut names: Vec<NamedServer> = Vec::new();
+            let mut servers = Vec::new();
+            if up.get_ref().servers.get_ref().is_empty() {
+                self.problem(
+                    &up.get_ref().servers,
+                    format!("{key}.servers"),
+                    "must name at least one server",
+                );
+            }
+            for (i, s) in up.get_ref().servers.get_ref().iter().enumerate() {
+                let skey = format!("{key}.servers[{i}]");
+                let (addr, weight) = match s.get_ref() {
+                    RawServer::Addr(a) => (a.clone(), None),
+                    RawServer::Table(t) => (t.addr.clone(), t.weight),
+                };
+                let weight = match weight.map(u32::try_from) {
+                    None => 1,
+                    Some(Ok(w)) if (1..=1000).contains(&w) => w,
+                    Some(_) => {
+                        self.problem(
+                            s,
+                            format!("{skey}.weight"),
+                            "must be a whole number from 1 to 1000",
+                        );
+                        1
+                    }
+                };
+                let addrs = match addr.parse::<SocketAddr>() {
+                    Ok(a) => vec![a],
+                    Err(_) => match split_host_port(&addr) {
+                        None => {
+                            self.problem(s, skey, format!("{addr:?} is not IP:port nor host:port, such as \"127.0.0.1:9001\" or \"chat-1.internal:9001\""));
+                            continue;
+                        }
+                        Some((host, port)) => {
+                            names.push(NamedServer {
+                                host: host.clone(),
+                                port,
+                                weight,
+                            });
+                            match resolve(&host, port) {
+                                Ok(a) if !a.is_empty() => a,
+                                Ok(_) => {
+                                    self.problem(s, skey, format!("{host} resolves to no address"));
+                                    continue;
+                                }
+                                Err(e) => {
+                                    self.problem(s, skey, format!("cannot resolve {host}: {e}"));
+                                    continue;
+                                }
+                            }
+                        }
+                    },
+                };
+                for addr in addrs {
+                    if servers.iter().any(|c: &ServerConfig| c.addr == addr) {
+                        // A name may resolve to an address listed too: once is enough.
+                        if matches!(s.get_ref(), RawServer::Addr(a) if a.parse::<SocketAddr>().is_ok())
+                        {
+                            self.problem(s, skey.clone(), format!("{addr} is listed twice"));
+                        }
+                        continue;
+                    }
+                    let literal = match s.get_ref() {
+                        RawServer::Addr(a) => a.parse::<SocketAddr>().is_ok(),
+                        RawServer::Table(t) => t.addr.parse::<SocketAddr>().is_ok(),
+                    };
+                    servers.push(ServerConfig {
+                        addr,
+                        weight,
+                        named: !literal,
+                    });
+                }
+            }
+            let up = up.into_inner();
+            let balance = self.balance(&up, &key);
+            let resolve_interval = self.duration(
+                up.resolve_interval.clone(),
+                &format!("{key}.resolve_interval"),
+                DEFAULT_RESOLVE_INTERVAL,
+            );
+            let retries = match up.retries.as_ref().map(|r| usize::try_from(*r.get_ref())) {
+                None => DEFAULT_RETRIES,
+                Some(Ok(n)) if n <= 10 => n,
+                Some(_) => {
+                    if let Some(r) = &up.retries {
+                        self.problem(
+                            r,
+                            format!("{key}.retries"),
+                            "must be a whole number from 0 to 10",
+                        );
+                    }
+                    DEFAULT_RETRIES
+                }
+            };
+            let drain_timeout = self.duration(
+                up.drain_timeout,
+                &format!("{key}.drain_timeout"),
+                DEFAULT_DRAIN_TIMEOUT,
+            );
+            // Default: a tenth of the drain timeout, as operators expect a short tail.
+            let drain_spread = self.duration(
+                up.drain_spread,
+                &format!("{key}.drain_spread"),
+                drain_timeout / 10,
+            );
+            upstreams.insert(
+                name,
+                UpstreamConfig {
+                    servers,
+                    names,
+                    resolve_interval,
+                    balance,
+                    retries,
+                    drain_timeout,
+                    drain_spread,
+                },
+            );
+        }
+
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        if raw.listeners.is_empty() {
+            self.problem_at(0..0, "listeners", "at least one [[listeners]] is required");
+        }
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        for (i, l) in raw.listeners.into_iter().enumerate() {
+            let key = format!("listeners[{i}]");
+            let l = l.into_inner();
+            let name = l.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                self.problem(&l.name, format!("{key}.name"), "must not be empty");
+            } else if !names.insert(name.clone()) {
+                self.problem(
+                    &l.name,
+                    format!("{key}.name"),
+                    format!("listener name {name:?} is used twice"),
+                );
+            }
+            let bind = self.socket_addr(&l.bind, &format!("{key}.bind"));
+            if let Some(b) = bind {
+                // Port 0 binds anywhere, so two of them never collide.
+                if b.port() != 0 && !binds.insert(b) {
+                    self.problem(
+                        &l.bind,
+                        format!("{key}.bind"),
+                        format!("{b} is bound by another listener"),
+                    );
+                }
+            }
+            let tls = l.tls.and_then(|t| self.tls(t, &format!("{key}.tls")));
+            if let Some(bind) = bind {
+                listeners.push(ListenerConfig { name, bind, tls });
+            }
+        }
+
+        let mut routes = Vec::new();
+        if raw.routes.is_empty() {
+            self.problem_at(0..0, "routes", "at least one [[routes]] is required");
+        }
+        let mut seen_routes = HashSet::new();
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let span = r.span();
+            let r = r.into_inner();
+            let host = match &r.host {
+                None => Some(HostPattern::Any),
+                Some(h) => self.host_pattern(h, &format!("{key}.host")),
+            };
+            let prefix = match &r.path_prefix {
+                None => Some("/".to_string()),
+                Some(p) => self.path_prefix(p, &format!("{key}.path_prefix")),
+            };
+            let upstream = r.upstream.get_ref().clone();
+            if !upstreams.contains_key(&upstream) {
+                self.problem(
+                    &r.upstream,
+                    format!("{key}.upstream"),
+                    format!("no [upstreams.{upstream}] is defined"),
+                );
+            }
+            if let (Some(host), Some(path_prefix)) = (host, prefix) {
+                if !seen_routes.insert((host.clone(), path_prefix.clone())) {
+                    self.problem_at(span, key, "another route has the same host and path_prefix");
+                }
+                routes.push(RouteConfig {
+                    host,
+                    path_prefix,
+                    upstream,
+                });
+            }
+        }
+
+        Config {
+            source: self.path.to_path_buf(),
+            runtime,
+            admin,
+            log,
+            version: version_of(self.text),
+            timeouts,
+            limits,
+            listeners,
+            routes,
+            upstreams,
+        }
+    }
+
+    fn balance(&mut self, up: &RawUpstream, key: &str) -> Balance {
+        let name = up
+            .balance
+            .as_ref()
+            .map_or("least_conn", |b| b.get_ref().as_str());
+        let balance = match name {
+            "least_conn" => Balance::LeastConn,
+            "round_robin" => Balance::RoundRobin,
+            "random_two" => Balance::RandomTwo,
+            "hash" => {
+                let hash_key = match &up.hash_key {
+                    None => {
+                        if let Some(b) = &up.balance {
+                            self.problem(
+                                b,
+                                format!("{key}.hash_key"),
+                                "balance = \"hash\" needs hash_key",
+                            );
+                        }
+                        HashKey::Ip
+                    }
+                    Some(k) => self
+                        .hash_key(k, &format!("{key}.hash_key"))
+                        .unwrap_or(HashKey::Ip),
+                };
+                let load_factor = match &up.hash_load_factor {
+                    None => DEFAULT_HASH_LOAD_FACTOR,
+                    Some(f) if (1.0..=100.0).contains(f.get_ref()) => *f.get_ref(),
+                    Some(f) => {
+                        self.problem(
+                            f,
+                            format!("{key}.hash_load_factor"),
+                            "must be a number from 1.0 to 100",
+                        );
+                        DEFAULT_HASH_LOAD_FACTOR
+                    }
+                };
+                Balance::Hash {
+                    key: hash_key,
+                    load_factor,
+                }
+            }
+            other => {
+                if let Some(b) = &up.balance {
+                    self.problem(
+                        b,
+                        format!("{key}.balance"),
+                        format!("{other:?} is not least_conn, round_robin, random_two or hash"),
+                    );
+                }
+                Balance::LeastConn
+            }
+        };
+        if !matches!(balance, Balance::Hash { .. }) {
+            for (k, span) in [
+                ("hash_key", up.hash_key.as_ref().map(Spanned::span)),
+                (
+                    "hash_load_factor",
+                    up.hash_load_factor.as_ref().map(Spanned::span),
+                ),
+            ] {
+                if let Some(span) = span {
+                    self.problem_at(
+                        span,
+                        format!("{key}.{k}"),
+                        "only meaningful with balance = \"hash\"",
+                    );
+                }
+            }
+        }
+        balance
+    }
+
+    fn hash_key(&mut self, k: &Spanned<String>, key: &str) -> Option<HashKey> {
+        let v = k.get_ref();
+        let parsed = match v.split_once(':') {
+            _ if v == "ip" => Some(HashKey::Ip),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(HashKey::Header),
+            Some(("cookie", name)) if !name.is_empty() => Some(HashKey::Cookie(name.to_string())),
+            Some(("query", name)) if !name.is_empty() => Some(HashKey::Query(name.to_string())),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.problem(
+                k,
+                key,
+                format!("{v:?} is not \"header:NAME\", \"cookie:NAME\", \"query:NAME\" or \"ip\""),
+            );
+        }
+        parsed
+    }
+
+    fn log(&mut self, raw: RawLog) -> LogConfig {
+        let format = raw.format.and_then(|f| match f.get_ref().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            other => {
+                self.problem(
+                    &f,
+                    "log.format",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                );
+                None
+            }
+        });
+        let level = raw.level.and_then(|l| {
+            match tracing_subscriber::EnvFilter::builder().parse(l.get_ref()) {
+                Ok(_) => Some(l.get_ref().clone()),
+                Err(e) => {
+                    self.problem(
+                        &l,
+                        "log.level",
+                        format!(
+                            "{:?} is not a log filter such as \"info\" or \"wsgate=debug\": {e}",
+                            l.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let access = match raw.access {
+            None => AccessLog::Stdout,
+            Some(a) => match a.get_ref().as_str() {
+                "stdout" => AccessLog::Stdout,
+                "off" => AccessLog::Off,
+                "" => {
+                    self.problem(&a, "log.access", "give \"stdout\", \"off\" or a file path");
+                    AccessLog::Stdout
+                }
+                path => AccessLog::File(self.base.join(path)),
+            },
+        };
+        LogConfig {
+            level,
+            format,
+            access,
+        }
+    }
+
+    fn socket_addr(&mut self, s: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(s, key, format!("{:?} is not an IP address with a port, such as \"127.0.0.1:8080\" or \"[::1]:8080\"", s.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
+            Ok(d) if d.is_zero() => {
+                self.problem(&s, key, "must be longer than zero");
+                default
+            }
+            Ok(_) => {
+                self.problem(&s, key, "must be at most 7 days");
+                default
+            }
+            Err(e) => {
+                self.problem(
+                    &s,
+                    key,
+                    format!(
+                        "{:?} is not a duration such as \"5s\" or \"250ms\": {e}",
+                        s.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn host_pattern(&mut self, h: &Spanned<String>, key: &str) -> Option<HostPattern> {
+        let raw = h.get_ref().trim().to_ascii_lowercase();
+        let raw = raw.strip_suffix('.').unwrap_or(&raw).to_string();
+        let (wild, name) = match raw.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, raw.clone()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            self.problem(
+                h,
+                key,
+                format!(
+                    "{:?} is not a host name, nor \"*.\" followed by one (no port, no scheme)",
+                    h.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(if wild {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name)
+        })
+    }
+
+    fn path_prefix(&mut self, p: &Spanned<String>, key: &str) -> Option<String> {
+        let s = p.get_ref();
+        let bad = !s.starts_with('/')
+            || s.contains(['?', '#', '%', '\\'])
+            || s.chars().any(|c| c.is_whitespace() || c.is_control())
+            || s.split('/').any(|seg| seg == "." || seg == "..");
+        if bad {
+            self.problem(p, key, format!("{s:?} must start with '/' and hold no '?', '#', '%', '\\', spaces or dot-segments"));
+            return None;
+        }
+        let trimmed = s.trim_end_matches('/');
+        Some(if trimmed.is_empty() {
+            "/".to_string()
+        } else {
+            trimmed.to_string()
+        })
+    }
+
+    fn tls(&mut self, t: Spanned<RawTls>, key: &str) -> Option<TlsConfig> {
+        let span = t.span();
+        let t = t.into_inner();
+        let pairs: Vec<(Spanned<String>, Spanned<String>, String)> =
+            match (t.cert, t.key, t.certificates) {
+                (Some(c), Some(k), None) => vec![(c, k, key.to_string())],
+                (None, None, Some(list)) if !list.is_empty() => list
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let p = p.into_inner();
+                        (p.cert, p.key, format!("{key}.certificates[{i}]"))
+                    })
+                    .collect(),
+                _ => {
+                    self.problem_at(
+                        span,
+                        key,
+                        "give either `cert` and `key`, or a non-empty `certificates` list",
+                    );
+                    return None;
+                }
+            };
+        let mut certificates = Vec::new();
+        for (cert, k, pkey) in pairs {
+            if let Some(c) = self.certificate(&cert, &k, &pkey) {
+                certificates.push(c);
+            }
+        }
+        (!certificates.is_empty()).then_some(TlsConfig { certificates })
+    }
+
+    fn certificate(
+        &mut self,
+        cert: &Spanned<String>,
+        key: &Spanned<String>,
+        pkey: &str,
+    ) -> Option<LoadedCertificate> {
+        let cert_path = self.base.join(cert.get_ref());
+        let key_path = self.base.join(key.get_ref());
+        let chain: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&cert_path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => {
+                self.problem(
+                    cert,
+                    format!("{pkey}.cert"),
+                    format!("{} holds no PEM certificate", cert_path.display()),
+                );
+                return None;
+            }
+            Err(e) => {
+                self.problem(
+                    cert,
+                    format!("{pkey}.cert"),
+                    format!("cannot read certificates from {}: {e}", cert_path.display()),
+                );
+                return None;
+            }
+        };
+        let der = match PrivateKeyDer::from_pem_file(&key_path) {
+            Ok(k) => k,
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{pkey}.key"),
+                    format!("cannot read a private key from {}: {e}", key_path.display()),
+                );
+                return None;
+            }
+        };
+        let provider = rustls::crypto::ring::default_provider();
+        match CertifiedKey::from_der(chain, der, &provider) {
+            Ok(k) => Some(LoadedCertificate {
+                cert_path,
+                key_path,
+                key: Arc::new(k),
+            }),
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{pkey}.key"),
+                    format!(
+                        "key {} does not fit certificate {}: {e}",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// `host:port` with a plausible DNS name (letters, digits, `-`, `.`, `_`).
+pub(crate) fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ok.then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// The first 12 hex digits of the SHA-1 of the config text.
+fn version_of(text: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let mut end = offset;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
