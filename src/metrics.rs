@@ -223,12 +223,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// A tunnel opened; returns its labels for [`Metrics::tunnel_closed`].
-    pub fn tunnel_opened(&self, info: &ConnInfo) -> TunnelLabels {
+    /// A tunnel opened.
+    pub fn tunnel_opened(&self, info: &ConnInfo) {
         let labels = TunnelLabels::of(info);
         self.tunnels_active.get_or_create(&labels).inc();
         self.tunnels_total.get_or_create(&labels).inc();
-        labels
     }
 
     /// A tunnel closed with this record.

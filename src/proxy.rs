@@ -241,11 +241,10 @@ async fn forward(
                 // Registered from the 101 on; the record and metrics are written
                 // when `ending` drops, on every path, a panic included.
                 let guard = shared.registry.open(new_conn, &shared.drain);
-                let labels = shared.metrics.tunnel_opened(&guard.stats.info);
+                shared.metrics.tunnel_opened(&guard.stats.info);
                 let mut ending = Ending {
                     shared: shared.clone(),
                     guard,
-                    labels,
                     end: None,
                 };
                 let upgraded = tokio::select! {
@@ -303,7 +302,6 @@ async fn forward(
 struct Ending {
     shared: Arc<Shared>,
     guard: RegistryGuard,
-    labels: TunnelLabels,
     end: Option<TunnelEnd>,
 }
 
@@ -316,7 +314,10 @@ impl Drop for Ending {
             reason: "tunnel task ended abnormally".to_string(),
         });
         let record = self.guard.finish(end);
-        self.shared.metrics.tunnel_closed(&self.labels, &record);
+        // Labels are rebuilt here rather than held for the tunnel's life:
+        // an idle tunnel should carry as little as possible.
+        let labels = TunnelLabels::of(&self.guard.stats.info);
+        self.shared.metrics.tunnel_closed(&labels, &record);
     }
 }
 
