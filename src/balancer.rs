@@ -103,6 +103,8 @@ const MAX_RING_POINTS: u32 = 40_000;
 pub struct Server {
     /// Where to connect.
     pub addr: SocketAddr,
+    /// The host name it was resolved from: the default TLS name.
+    pub host: Option<Arc<str>>,
     /// Relative share of connections, at least 1; a reload may change it in place.
     weight: AtomicU32,
     /// Tunnels currently open to this server.
@@ -116,8 +118,14 @@ pub struct Server {
 impl Server {
     /// A server with no tunnels, enabled.
     pub fn new(addr: SocketAddr, weight: u32) -> Self {
+        Self::named(addr, weight, None)
+    }
+
+    /// A server resolved from `host`.
+    pub fn named(addr: SocketAddr, weight: u32, host: Option<Arc<str>>) -> Self {
         Self {
             addr,
+            host,
             weight: AtomicU32::new(weight.max(1)),
             active: AtomicU64::new(0),
             enabled: AtomicBool::new(true),
@@ -195,6 +203,8 @@ pub struct PoolSettings {
     pub drain_timeout: Duration,
     /// Window over which a drain's closes are spread.
     pub drain_spread: Duration,
+    /// TLS to the servers, if the upstream asks for it.
+    pub tls: Option<Arc<crate::tls::BackendTls>>,
 }
 
 /// A named pool of servers.
@@ -212,6 +222,8 @@ pub struct Upstream {
     pub drain_timeout: Duration,
     /// Window over which a drain's closes are spread.
     pub drain_spread: Duration,
+    /// TLS to the servers, if the upstream asks for it.
+    pub tls: Option<Arc<crate::tls::BackendTls>>,
     /// Rotates ties in least-connections, and seeds random choices.
     next: AtomicUsize,
     /// Smooth weighted round-robin's current weights, one per server.
@@ -258,6 +270,7 @@ impl Upstream {
             retries: settings.retries,
             drain_timeout: settings.drain_timeout,
             drain_spread: settings.drain_spread,
+            tls: settings.tls,
             next: AtomicUsize::new(0),
             ring,
             random: RandomState::new(),
@@ -440,6 +453,7 @@ mod tests {
                 retries: 1,
                 drain_timeout: Duration::from_secs(1),
                 drain_spread: Duration::from_secs(1),
+                tls: None,
             },
         )
     }

@@ -241,6 +241,8 @@ pub struct UpstreamConfig {
     pub names: Vec<NamedServer>,
     /// How often names are resolved again.
     pub resolve_interval: Duration,
+    /// TLS to the servers; `None` for plain TCP.
+    pub tls: Option<UpstreamTls>,
     /// The balancing algorithm.
     pub balance: Balance,
     /// Further servers tried when a connect fails or times out.
@@ -277,6 +279,17 @@ pub fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
+/// TLS to an upstream's servers, ready to use.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Trust roots, client certificate, protocol versions.
+    pub client: Arc<rustls::ClientConfig>,
+    /// Name sent and verified instead of each server's own.
+    pub sni: Option<rustls::pki_types::ServerName<'static>>,
+    /// No certificate verification (warned about loudly at start and reload).
+    pub insecure_skip_verify: bool,
+}
+
 /// One server of an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -284,8 +297,9 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// Relative share of connections, 1-1000.
     pub weight: u32,
-    /// Resolved from a host name (and so replaced when it resolves differently).
-    pub named: bool,
+    /// The host name it was resolved from, if any: replaced when the name
+    /// resolves differently, and the default TLS name for the server.
+    pub host: Option<String>,
 }
 
 /// Default for `upstreams.NAME.hash_load_factor`.
@@ -585,7 +599,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             ServerConfig {
                 addr: "127.0.0.1:3".parse().unwrap(),
                 weight: 3,
-                named: false,
+                host: None,
             }
         );
         assert_eq!(u.retries, 2);
@@ -632,16 +646,56 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             }]
         );
         assert!(
-            u.servers.iter().any(|s| s.named && s.addr.port() == 9001),
+            u.servers
+                .iter()
+                .any(|s| s.host.as_deref() == Some("localhost") && s.addr.port() == 9001),
             "{:?}",
             u.servers
         );
-        assert!(u.servers.iter().any(|s| !s.named && s.addr.port() == 9002));
+        assert!(u
+            .servers
+            .iter()
+            .any(|s| s.host.is_none() && s.addr.port() == 9002));
         assert_eq!(u.resolve_interval, Duration::from_secs(5));
         let p = problems(&format!("{base}servers = [\"bad host:80\"]\n"));
         assert_eq!(
             p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
             ["upstreams.u.servers[0]"]
         );
+    }
+
+    #[test]
+    fn upstream_tls_keys_are_checked() {
+        let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n";
+        let c = parse(
+            &format!("{base}tls = true\nsni = \"backend.internal\"\n"),
+            Path::new("c.toml"),
+        )
+        .expect("valid");
+        let tls = c.upstreams["u"].tls.as_ref().expect("tls");
+        assert_eq!(
+            tls.sni.as_ref().map(|n| n.to_str().into_owned()).as_deref(),
+            Some("backend.internal")
+        );
+        assert!(!tls.insecure_skip_verify);
+        for (body, key) in [
+            ("sni = \"x\"", "upstreams.u.sni"),
+            (
+                "tls = true\nclient_cert = \"c.pem\"",
+                "upstreams.u.client_key",
+            ),
+            (
+                "tls = true\nca_file = \"missing.pem\"",
+                "upstreams.u.ca_file",
+            ),
+            ("tls = true\nsni = \"not a name!\"", "upstreams.u.sni"),
+        ] {
+            let p = problems(&format!("{base}{body}\n"));
+            assert_eq!(
+                p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+                [key],
+                "{body}"
+            );
+        }
     }
 }

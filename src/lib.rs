@@ -139,6 +139,7 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
         let admin = config.admin.clone();
+        reload::warn_insecure(&config);
         let snapshot = Snapshot::compile(Arc::new(config), None, &[])?;
         for l in &listeners {
             if !snapshot.listeners.contains_key(&l.name) {

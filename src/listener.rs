@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
 use crate::proxy::{self, ConnContext};
-use crate::tls::ClientStream;
+use crate::tls::MaybeTls;
 use crate::Shared;
 
 /// A listening socket and the name of its `[[listeners]]` entry.
@@ -113,13 +113,13 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
     };
     let _ = tcp.set_nodelay(true);
     let stream = match &settings.tls {
-        None => ClientStream::Plain(tcp),
+        None => MaybeTls::Plain(tcp),
         Some(tls) => match tokio::select! {
             r = tokio::time::timeout(timeouts.client_handshake, tls.accept(tcp)) => r,
             // A handshake in progress must not hold up a drain.
             _ = shared.drain.cancelled() => return,
         } {
-            Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
+            Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 tracing::debug!(client = %peer, listener = name, error = %e, "TLS handshake failed");
                 return;

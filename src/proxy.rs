@@ -29,7 +29,7 @@ use crate::handshake::{self, HandshakeError, RequestKind};
 use crate::metrics::TunnelLabels;
 use crate::routes::{self, ListenerSettings};
 use crate::stats::{ConnInfo, RegistryGuard, Side, TunnelEnd, CLOSE_GOING_AWAY};
-use crate::tls::ClientStream;
+use crate::tls::{ClientStream, MaybeTls};
 use crate::upstream::{self, Answer, Deadlines, UpstreamError};
 use crate::{tunnel, Shared};
 
@@ -206,6 +206,7 @@ async fn forward(
         deadlines,
         tasks: &ctx.shared.tasks,
         shutdown: &ctx.shared.shutdown,
+        tls: route.upstream.tls.as_deref(),
     };
     let answer = upstream::open(&candidates, &hs).await?;
 
@@ -266,7 +267,11 @@ async fn forward(
                             "client gone",
                             Some(tunnel::mask_key(ending.guard.stats.id)),
                         );
-                        let _ = stream.try_write(&close);
+                        // Raw bytes would corrupt a TLS stream: there, the close of the
+                        // connection has to do.
+                        if let MaybeTls::Plain(tcp) = &stream {
+                            let _ = tcp.try_write(&close);
+                        }
                         ending.end = Some(TunnelEnd {
                             closed_by: Side::Client,
                             close_code: None,

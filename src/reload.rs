@@ -177,6 +177,7 @@ async fn apply_config(
     let new = Arc::new(new);
     shared.snapshot.store(new.clone());
     new.apply_weights();
+    warn_insecure(&new.config);
 
     for name in &to_remove {
         if let Some(l) = shared.listeners().remove(name) {
@@ -214,6 +215,19 @@ async fn apply_config(
         });
     }
     Ok(report)
+}
+
+/// Warns, at start and on every reload, about upstreams whose backend
+/// certificates are not verified: such a setting must not go unnoticed.
+pub fn warn_insecure(config: &config::Config) {
+    for (name, u) in &config.upstreams {
+        if u.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+            tracing::warn!(
+                upstream = %name,
+                "insecure_skip_verify = true: backend certificates are NOT verified; anyone on the path can impersonate these servers"
+            );
+        }
+    }
 }
 
 /// Starts accepting on `l` and registers it under its name.
@@ -310,8 +324,12 @@ pub async fn re_resolve(shared: &Arc<Shared>) -> Option<ReloadReport> {
         if up.names.is_empty() {
             continue;
         }
-        let mut fresh: Vec<config::ServerConfig> =
-            up.servers.iter().filter(|s| !s.named).cloned().collect();
+        let mut fresh: Vec<config::ServerConfig> = up
+            .servers
+            .iter()
+            .filter(|s| s.host.is_none())
+            .cloned()
+            .collect();
         // A name without an answer keeps the whole upstream as it is.
         let mut failed = false;
         for n in &up.names {
@@ -322,7 +340,7 @@ pub async fn re_resolve(shared: &Arc<Shared>) -> Option<ReloadReport> {
                             fresh.push(config::ServerConfig {
                                 addr,
                                 weight: n.weight,
-                                named: true,
+                                host: Some(n.host.clone()),
                             });
                         }
                     }

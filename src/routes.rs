@@ -104,7 +104,11 @@ impl Snapshot {
                             pending.push((kept.clone(), s.weight));
                             kept.clone()
                         }
-                        None => Arc::new(Server::new(s.addr, s.weight)),
+                        None => Arc::new(Server::named(
+                            s.addr,
+                            s.weight,
+                            s.host.as_deref().map(Arc::from),
+                        )),
                     })
                     .collect();
                 let settings = PoolSettings {
@@ -112,6 +116,9 @@ impl Snapshot {
                     retries: u.retries,
                     drain_timeout: u.drain_timeout,
                     drain_spread: u.drain_spread,
+                    tls: u.tls.as_ref().map(|t| {
+                        Arc::new(crate::tls::BackendTls::new(t.client.clone(), t.sni.clone()))
+                    }),
                 };
                 let weights: Vec<u32> = u.servers.iter().map(|s| s.weight).collect();
                 let pool = Upstream::new(name, servers, &weights, settings);

@@ -102,68 +102,231 @@ impl TlsSettings {
     }
 }
 
-/// A client connection after TLS termination, plain or encrypted.
-pub enum ClientStream {
-    /// A plain TCP listener.
-    Plain(TcpStream),
-    /// A TLS listener; boxed so the plain case stays small.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+// === TLS to backends ===
+
+/// How wsgate speaks TLS to an upstream's servers.
+pub struct BackendTls {
+    connector: tokio_rustls::TlsConnector,
+    /// `sni =`: the name to send and verify, instead of each server's own.
+    sni: Option<ServerName<'static>>,
 }
 
-impl ClientStream {
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("sni", &self.sni)
+            .finish()
+    }
+}
+
+impl BackendTls {
+    /// From a client config built by [`client_config`].
+    pub fn new(config: Arc<rustls::ClientConfig>, sni: Option<ServerName<'static>>) -> Self {
+        Self {
+            connector: tokio_rustls::TlsConnector::from(config),
+            sni,
+        }
+    }
+
+    /// The name a server is verified against: `sni` if set, else the host
+    /// name it was resolved from, else its IP address (no SNI is sent then).
+    pub fn name_for(&self, host: Option<&str>, addr: std::net::SocketAddr) -> ServerName<'static> {
+        if let Some(n) = &self.sni {
+            return n.clone();
+        }
+        host.and_then(|h| ServerName::try_from(h.to_string()).ok())
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+    }
+
+    /// The TLS handshake with a backend.
+    ///
+    /// # Errors
+    /// Any I/O or TLS error, certificate verification included.
+    pub async fn connect(
+        &self,
+        name: ServerName<'static>,
+        tcp: TcpStream,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.connector.connect(name, tcp).await
+    }
+}
+
+/// A client config for backends: TLS 1.2 and 1.3, ALPN `http/1.1`, trusting
+/// `roots` (the bundled Mozilla roots when `None`), presenting `client_auth`
+/// for mutual TLS, or, with `insecure`, verifying no certificate at all.
+///
+/// # Errors
+/// A rustls error for an unusable client certificate or key.
+pub fn client_config(
+    roots: Option<rustls::RootCertStore>,
+    client_auth: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+    insecure: bool,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    } else {
+        let roots = roots.unwrap_or_else(|| rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match client_auth {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `insecure_skip_verify`: accepts any certificate, still checking that the
+/// handshake is signed by it (so the stream is at least encrypted to
+/// whoever holds that key).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TCP connection, plain or under TLS: the client side (`ClientStream`,
+/// wsgate terminates TLS) and the backend side (`BackendStream`, wsgate
+/// originates it) share this shape.
+pub enum MaybeTls<T> {
+    /// No TLS.
+    Plain(TcpStream),
+    /// TLS; boxed so the plain case stays small.
+    Tls(Box<T>),
+}
+
+/// A client connection after TLS termination.
+pub type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A backend connection, with TLS when the upstream asks for it.
+pub type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// A TLS stream over TCP, whichever side started it.
+pub trait OverTcp {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl OverTcp for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl<T: OverTcp> MaybeTls<T> {
     /// The TCP socket underneath, for readiness and addresses.
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            ClientStream::Plain(s) => s,
-            ClientStream::Tls(s) => s.get_ref().0,
-        }
-    }
-
-    /// The SNI name the client sent, if any.
-    pub fn sni(&self) -> Option<&str> {
-        match self {
-            ClientStream::Plain(_) => None,
-            ClientStream::Tls(s) => s.get_ref().1.server_name(),
+            MaybeTls::Plain(s) => s,
+            MaybeTls::Tls(s) => s.tcp(),
         }
     }
 }
 
-impl AsyncRead for ClientStream {
+impl ClientStream {
+    /// The SNI name the client sent, if any.
+    pub fn sni(&self) -> Option<&str> {
+        match self {
+            MaybeTls::Plain(_) => None,
+            MaybeTls::Tls(s) => s.get_ref().1.server_name(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frames::{encode_close, FrameError, FrameTracker, Sender};
 use crate::stats::{now_ms, CloseOrder, ConnStats, DirectionCounters, Side, TunnelEnd};
-use crate::tls::ClientStream;
+use crate::tls::{BackendStream, ClientStream, MaybeTls, OverTcp};
 
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
@@ -60,7 +60,7 @@ impl Splice for TcpStream {
     }
 }
 
-impl Splice for ClientStream {
+impl<T: OverTcp + AsyncRead + AsyncWrite + Unpin> Splice for MaybeTls<T> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // For TLS, a direction only goes idle after a read returned Pending,
         // which tokio-rustls does only once its plaintext buffer is empty and
@@ -439,7 +439,7 @@ pub struct TunnelTimeouts {
 pub async fn run(
     mut client: ClientStream,
     client_leftover: Bytes,
-    mut backend: TcpStream,
+    mut backend: BackendStream,
     backend_leftover: Bytes,
     stats: &ConnStats,
     timeouts: TunnelTimeouts,

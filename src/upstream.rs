@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::balancer::{ActiveGuard, Server};
 use crate::handshake::{check_backend_101, BackendAnswerError};
+use crate::tls::{BackendStream, BackendTls, MaybeTls};
 
 /// Why no usable answer came from the upstream. Every variant is the backend's side.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,15 @@ pub enum UpstreamError {
         addr: SocketAddr,
         /// The configured deadline.
         after: Duration,
+    },
+    /// The TLS handshake with the backend failed (certificate, name, protocol).
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        /// Backend address.
+        addr: SocketAddr,
+        /// What rustls said.
+        #[source]
+        source: std::io::Error,
     },
     /// HTTP-level failure talking to the backend (reset, malformed answer).
     #[error("HTTP exchange with {addr} failed: {source}")]
@@ -100,6 +110,7 @@ impl UpstreamError {
                 (Some(addr), "connect-timeout".to_string())
             }
             UpstreamError::Http { addr, .. } => (Some(addr), "http".to_string()),
+            UpstreamError::Tls { addr, .. } => (Some(addr), "tls".to_string()),
             UpstreamError::HandshakeTimeout { addr, .. } => {
                 (Some(addr), "handshake-timeout".to_string())
             }
@@ -115,7 +126,9 @@ impl UpstreamError {
     fn is_connect_failure(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
+            UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Tls { .. }
         )
     }
 }
@@ -128,8 +141,8 @@ pub enum Answer {
         server: Arc<Server>,
         /// Its count of this connection, to hold for the tunnel's life.
         active: ActiveGuard,
-        /// The backend socket, recovered from hyper.
-        stream: TcpStream,
+        /// The backend stream, recovered from hyper.
+        stream: BackendStream,
         /// Bytes read past the 101, to be delivered to the client first.
         leftover: Bytes,
         /// The 101's headers, for the answer to the client.
@@ -167,6 +180,8 @@ pub struct Handshake<'a> {
     pub tasks: &'a TaskTracker,
     /// Ends the connection task at shutdown.
     pub shutdown: &'a CancellationToken,
+    /// TLS to the backend, if the upstream asks for it.
+    pub tls: Option<&'a BackendTls>,
 }
 
 /// Sends the upgrade request to the first candidate that accepts a
@@ -181,7 +196,7 @@ pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answ
         // Counted from the pick, not from the 101: concurrent handshakes
         // must see each other's load, or a burst lands on one server.
         let active = server.track();
-        let stream = match connect(server.addr, hs.deadlines.connect).await {
+        let stream = match connect(server, hs.deadlines.connect, hs.tls).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(backend = %server.addr, error = %e, "backend connect failed");
@@ -195,21 +210,34 @@ pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answ
     Err(last)
 }
 
-async fn connect(addr: SocketAddr, after: Duration) -> Result<TcpStream, UpstreamError> {
-    match tokio::time::timeout(after, TcpStream::connect(addr)).await {
+/// TCP connect, then TLS if asked, both within `after`.
+async fn connect(
+    server: &Server,
+    after: Duration,
+    tls: Option<&BackendTls>,
+) -> Result<BackendStream, UpstreamError> {
+    let addr = server.addr;
+    let tcp = match tokio::time::timeout(after, TcpStream::connect(addr)).await {
+        Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
+        Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+        Ok(Ok(s)) => s,
+    };
+    // Frames are small and latency-sensitive; Nagle would hold them back.
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(MaybeTls::Plain(tcp));
+    };
+    let name = tls.name_for(server.host.as_deref(), addr);
+    match tokio::time::timeout(after, tls.connect(name, tcp)).await {
         Err(_) => Err(UpstreamError::ConnectTimeout { addr, after }),
-        Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
-        Ok(Ok(s)) => {
-            // Frames are small and latency-sensitive; Nagle would hold them back.
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+        Ok(Err(source)) => Err(UpstreamError::Tls { addr, source }),
+        Ok(Ok(s)) => Ok(MaybeTls::Tls(Box::new(s))),
     }
 }
 
 async fn exchange(
     server: &Arc<Server>,
-    stream: TcpStream,
+    stream: BackendStream,
     hs: &Handshake<'_>,
     active: ActiveGuard,
 ) -> Result<Answer, UpstreamError> {
@@ -255,7 +283,7 @@ async fn exchange(
     let upgraded = hyper::upgrade::on(response).await.map_err(http)?;
     let parts =
         upgraded
-            .downcast::<TokioIo<TcpStream>>()
+            .downcast::<TokioIo<BackendStream>>()
             .map_err(|_| UpstreamError::BadAnswer {
                 addr,
                 source: BackendAnswerError::Upgrade,

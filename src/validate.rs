@@ -124,6 +124,12 @@ struct RawUpstream {
     drain_timeout: Option<Spanned<String>>,
     drain_spread: Option<Spanned<String>>,
     resolve_interval: Option<Spanned<String>>,
+    tls: Option<Spanned<bool>>,
+    sni: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
+    insecure_skip_verify: Option<bool>,
 }
 
 /// `"10.0.0.1:9001"` or `{ addr = "10.0.0.1:9001", weight = 3 }`.
@@ -139,6 +145,13 @@ enum RawServer {
 struct RawServerTable {
     addr: String,
     weight: Option<i64>,
+}
+
+fn addr_is_literal(s: &RawServer) -> bool {
+    match s {
+        RawServer::Addr(a) => a.parse::<SocketAddr>().is_ok(),
+        RawServer::Table(t) => t.addr.parse::<SocketAddr>().is_ok(),
+    }
 }
 
 /// Parses and validates config text; see [`crate::config::parse`].
@@ -362,6 +375,7 @@ impl<'a> Validator<'a> {
                         1
                     }
                 };
+                let host_name = split_host_port(&addr).map(|(h, _)| h);
                 let addrs = match addr.parse::<SocketAddr>() {
                     Ok(a) => vec![a],
                     Err(_) => match split_host_port(&addr) {
@@ -398,19 +412,18 @@ impl<'a> Validator<'a> {
                         }
                         continue;
                     }
-                    let literal = match s.get_ref() {
-                        RawServer::Addr(a) => a.parse::<SocketAddr>().is_ok(),
-                        RawServer::Table(t) => t.addr.parse::<SocketAddr>().is_ok(),
+                    // An IP literal never parses as host:port with a DNS name.
+                    let host = if addr_is_literal(s.get_ref()) {
+                        None
+                    } else {
+                        host_name.clone()
                     };
-                    servers.push(ServerConfig {
-                        addr,
-                        weight,
-                        named: !literal,
-                    });
+                    servers.push(ServerConfig { addr, weight, host });
                 }
             }
             let up = up.into_inner();
             let balance = self.balance(&up, &key);
+            let tls = self.upstream_tls(&up, &key);
             let resolve_interval = self.duration(
                 up.resolve_interval.clone(),
                 &format!("{key}.resolve_interval"),
@@ -447,6 +460,7 @@ impl<'a> Validator<'a> {
                     servers,
                     names,
                     resolve_interval,
+                    tls,
                     balance,
                     retries,
                     drain_timeout,
@@ -613,6 +627,144 @@ impl<'a> Validator<'a> {
             }
         }
         balance
+    }
+
+    fn upstream_tls(&mut self, up: &RawUpstream, key: &str) -> Option<UpstreamTls> {
+        let on = up.tls.as_ref().is_some_and(|t| *t.get_ref());
+        if !on {
+            for (k, span) in [
+                ("sni", up.sni.as_ref().map(Spanned::span)),
+                ("ca_file", up.ca_file.as_ref().map(Spanned::span)),
+                ("client_cert", up.client_cert.as_ref().map(Spanned::span)),
+                ("client_key", up.client_key.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    self.problem_at(
+                        span,
+                        format!("{key}.{k}"),
+                        "only meaningful with tls = true",
+                    );
+                }
+            }
+            return None;
+        }
+        let sni = up.sni.as_ref().and_then(|n| {
+            match rustls::pki_types::ServerName::try_from(n.get_ref().clone()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    self.problem(
+                        n,
+                        format!("{key}.sni"),
+                        format!("{:?} is not a valid TLS server name", n.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
+        let roots = up.ca_file.as_ref().and_then(|f| {
+            let path = self.base.join(f.get_ref());
+            let certs = CertificateDer::pem_file_iter(&path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>());
+            let mut store = rustls::RootCertStore::empty();
+            match certs {
+                Ok(c) if !c.is_empty() => {
+                    let (added, _) = store.add_parsable_certificates(c);
+                    if added == 0 {
+                        self.problem(
+                            f,
+                            format!("{key}.ca_file"),
+                            format!("{} holds no usable CA certificate", path.display()),
+                        );
+                        return None;
+                    }
+                    Some(store)
+                }
+                Ok(_) => {
+                    self.problem(
+                        f,
+                        format!("{key}.ca_file"),
+                        format!("{} holds no PEM certificate", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        f,
+                        format!("{key}.ca_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        let client_auth = match (&up.client_cert, &up.client_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let (cp, kp) = (self.base.join(c.get_ref()), self.base.join(k.get_ref()));
+                let chain = CertificateDer::pem_file_iter(&cp)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>());
+                match (chain, PrivateKeyDer::from_pem_file(&kp)) {
+                    (Ok(chain), Ok(key_der)) if !chain.is_empty() => Some((chain, key_der)),
+                    (Ok(_), Ok(_)) => {
+                        self.problem(
+                            c,
+                            format!("{key}.client_cert"),
+                            format!("{} holds no PEM certificate", cp.display()),
+                        );
+                        return None;
+                    }
+                    (Err(e), _) => {
+                        self.problem(
+                            c,
+                            format!("{key}.client_cert"),
+                            format!("cannot read {}: {e}", cp.display()),
+                        );
+                        return None;
+                    }
+                    (_, Err(e)) => {
+                        self.problem(
+                            k,
+                            format!("{key}.client_key"),
+                            format!("cannot read {}: {e}", kp.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (Some(c), None) => {
+                self.problem(
+                    c,
+                    format!("{key}.client_key"),
+                    "client_cert needs client_key",
+                );
+                return None;
+            }
+            (None, Some(k)) => {
+                self.problem(
+                    k,
+                    format!("{key}.client_cert"),
+                    "client_key needs client_cert",
+                );
+                return None;
+            }
+        };
+        let insecure = up.insecure_skip_verify.unwrap_or(false);
+        match crate::tls::client_config(roots, client_auth, insecure) {
+            Ok(client) => Some(UpstreamTls {
+                client: Arc::new(client),
+                sni,
+                insecure_skip_verify: insecure,
+            }),
+            Err(e) => {
+                let at = up.client_cert.as_ref().map_or(0..0, Spanned::span);
+                self.problem_at(
+                    at,
+                    format!("{key}.client_key"),
+                    format!("client certificate and key do not fit: {e}"),
+                );
+                None
+            }
+        }
     }
 
     fn hash_key(&mut self, k: &Spanned<String>, key: &str) -> Option<HashKey> {

@@ -335,7 +335,7 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
         tunnel::run(
             client,
             bytes::Bytes::new(),
-            proxy_backend,
+            wsgate::tls::MaybeTls::Plain(proxy_backend),
             bytes::Bytes::new(),
             &stats,
             timeouts,
