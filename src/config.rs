@@ -169,6 +169,8 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// TLS termination; `None` for plain TCP.
     pub tls: Option<TlsConfig>,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` are believed and extended.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// TLS settings of a listener: loaded certificates, the first being the default.

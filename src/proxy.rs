@@ -103,7 +103,9 @@ pub async fn handle(
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().to_string(), |p| p.to_string());
-    let (response, backend) = match forward(&mut req, &ctx).await {
+    // Behind a trusted proxy, the address its headers name; else the peer.
+    let client = upstream::real_client(req.headers(), ctx.peer, |ip| ctx.listener.trusts(ip));
+    let (response, backend) = match forward(&mut req, &ctx, client).await {
         Ok(r) => r,
         Err(refusal) => {
             if let Refusal::Backend(e) = &refusal {
@@ -122,7 +124,7 @@ pub async fn handle(
     if status != StatusCode::SWITCHING_PROTOCOLS {
         tracing::info!(
             target: "wsgate::access",
-            client = %ctx.peer,
+            client = %client,
             listener = %ctx.listener.name,
             method = %method,
             target = ?target,
@@ -143,6 +145,7 @@ struct Reason(String);
 async fn forward(
     req: &mut Request<Incoming>,
     ctx: &ConnContext,
+    client: SocketAddr,
 ) -> Result<(Response<ProxyBody>, Option<SocketAddr>), Refusal> {
     if handshake::classify(req) == RequestKind::Plain {
         return Err(HandshakeError::PlainHttp.into());
@@ -167,7 +170,7 @@ async fn forward(
         (route.ok_or(HandshakeError::NoRoute)?, snapshot.timeouts)
     };
     let hash = match &route.upstream.balance {
-        Balance::Hash { key, .. } => key.of(req.headers(), req.uri().query(), ctx.peer.ip()),
+        Balance::Hash { key, .. } => key.of(req.headers(), req.uri().query(), client.ip()),
         _ => None,
     };
     let candidates = route.upstream.candidates(hash);
@@ -182,6 +185,7 @@ async fn forward(
     upstream::set_forwarding_headers(
         &mut headers,
         ctx.peer.ip(),
+        ctx.listener.trusts(ctx.peer.ip()),
         ctx.listener.tls.is_some(),
         req.headers().get(header::HOST),
     );
@@ -229,7 +233,7 @@ async fn forward(
 
             let shared = ctx.shared.clone();
             let new_conn = ConnInfo {
-                client: ctx.peer,
+                client,
                 listener: ctx.listener.name.clone(),
                 route: route.label.clone(),
                 upstream: route.upstream.name.clone(),

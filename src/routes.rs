@@ -39,6 +39,15 @@ pub struct ListenerSettings {
     pub name: Arc<str>,
     /// Certificates for TLS termination; `None` on a plain listener.
     pub tls: Option<Arc<TlsSettings>>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ListenerSettings {
+    /// Whether `ip` is a trusted proxy on this listener.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// One compiled route.
@@ -231,6 +240,7 @@ fn listener_settings(l: &ListenerConfig) -> Result<ListenerSettings, CompileErro
     Ok(ListenerSettings {
         name: l.name.as_str().into(),
         tls,
+        trusted_proxies: l.trusted_proxies.clone(),
     })
 }
 

@@ -88,6 +88,7 @@ struct RawListener {
     name: Spanned<String>,
     bind: Spanned<String>,
     tls: Option<Spanned<RawTls>>,
+    trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -500,8 +501,29 @@ impl<'a> Validator<'a> {
                 }
             }
             let tls = l.tls.and_then(|t| self.tls(t, &format!("{key}.tls")));
+            let mut trusted_proxies = Vec::new();
+            for (j, p) in l.trusted_proxies.iter().flatten().enumerate() {
+                // A bare address is a range of one.
+                let text = p.get_ref().trim();
+                let parsed = text
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                match parsed {
+                    Ok(net) => trusted_proxies.push(net.trunc()),
+                    Err(_) => self.problem(
+                        p,
+                        format!("{key}.trusted_proxies[{j}]"),
+                        format!("{text:?} is not an address or CIDR range such as \"10.0.0.0/8\""),
+                    ),
+                }
+            }
             if let Some(bind) = bind {
-                listeners.push(ListenerConfig { name, bind, tls });
+                listeners.push(ListenerConfig {
+                    name,
+                    bind,
+                    tls,
+                    trusted_proxies,
+                });
             }
         }
 

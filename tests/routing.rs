@@ -409,3 +409,54 @@ async fn backend_sees_forwarding_headers_and_no_hop_by_hop_headers() {
     backends.assert_none_pending();
     gw.wait_idle().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_real_client_address_is_used_and_the_chain_extended() {
+    let mut backend = WsBackend::start().await;
+    let toml = format!(
+        "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = [\"{}\"]\n",
+        backend.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut rx = gw.access_log();
+    let mut req = format!("ws://{}/ws", gw.addr("public"))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "x-forwarded-for",
+        http::HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.0.0.5"),
+    );
+    req.headers_mut().insert(
+        "forwarded",
+        http::HeaderValue::from_static("for=203.0.113.7"),
+    );
+    let tcp = tokio::net::TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (mut ws, _) = within("handshake", tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("handshake");
+    let accepted = backend.next().await;
+    assert_eq!(
+        accepted.headers["x-forwarded-for"],
+        "6.6.6.6, 203.0.113.7, 10.0.0.5, 127.0.0.1"
+    );
+    let forwarded = accepted.headers["forwarded"].to_str().expect("ascii");
+    assert!(
+        forwarded.starts_with("for=203.0.113.7, for=127.0.0.1;proto=http"),
+        "{forwarded}"
+    );
+    let live = gw.gateway.registry().live();
+    assert_eq!(
+        live[0].info.client,
+        "203.0.113.7:0".parse().unwrap(),
+        "6.6.6.6 was written by someone untrusted"
+    );
+    ws.close(None).await.expect("close");
+    drop(accepted);
+    use futures_util::StreamExt;
+    while let Some(Ok(_)) = within("close", ws.next()).await {}
+    drop(ws);
+    let record = next_record(&mut rx).await;
+    assert_eq!(record.client, "203.0.113.7:0".parse().unwrap());
+}
