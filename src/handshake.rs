@@ -69,6 +69,10 @@ pub enum HandshakeError {
     /// The path is ambiguous or climbs above the root.
     #[error("{0}")]
     Path(#[from] crate::routes::PathError),
+    /// On a TLS listener, a Host the certificate chosen by the client's SNI
+    /// does not cover.
+    #[error("host {0:?} is not served by the certificate this connection's SNI chose")]
+    Misdirected(String),
     /// No route for this host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -83,6 +87,7 @@ impl HandshakeError {
         match self {
             HandshakeError::UnsupportedVersion(_) => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::NoRoute => StatusCode::NOT_FOUND,
+            HandshakeError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             HandshakeError::PlainHttp => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::BAD_REQUEST,
         }

@@ -130,7 +130,9 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
             }
         },
     };
+    let sni_cert = settings.tls.as_ref().and_then(|t| t.matching(stream.sni()));
     let ctx = Arc::new(ConnContext {
+        sni_cert,
         shared: shared.clone(),
         listener: settings,
         peer,

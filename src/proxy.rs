@@ -44,6 +44,9 @@ pub struct ConnContext {
     pub listener: Arc<ListenerSettings>,
     /// The peer's socket address.
     pub peer: SocketAddr,
+    /// The certificate the client's SNI named, if it named one: a request
+    /// for a host that certificate does not cover is misdirected (421).
+    pub sni_cert: Option<usize>,
     /// Requests being served on this connection right now (0 or 1 with
     /// HTTP/1.1): a drain closes a connection at once when it is 0.
     pub in_flight: AtomicUsize,
@@ -147,6 +150,19 @@ async fn forward(
     ctx: &ConnContext,
     client: SocketAddr,
 ) -> Result<(Response<ProxyBody>, Option<SocketAddr>), Refusal> {
+    // A connection opened for one certificate's host, reused for another
+    // (HTTP connection coalescing): the client must open one with the right SNI.
+    if let (Some(cert), Some(tls)) = (ctx.sni_cert, &ctx.listener.tls) {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let host = routes::normalize_host(host);
+        if !tls.covers(cert, &host) {
+            return Err(HandshakeError::Misdirected(host).into());
+        }
+    }
     if handshake::classify(req) == RequestKind::Plain {
         return Err(HandshakeError::PlainHttp.into());
     }

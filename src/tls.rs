@@ -68,18 +68,27 @@ impl TlsSettings {
     /// Index of the certificate valid for `sni`, or 0 (the default) when SNI
     /// is absent or no certificate covers it.
     pub fn choose(&self, sni: Option<&str>) -> usize {
-        let Some(name) = sni.and_then(|s| ServerName::try_from(s.to_string()).ok()) else {
-            return 0;
+        self.matching(sni).unwrap_or(0)
+    }
+
+    /// Index of the certificate valid for `sni`; `None` when SNI is absent
+    /// or no certificate covers it (the default is then served).
+    pub fn matching(&self, sni: Option<&str>) -> Option<usize> {
+        let name = sni?;
+        (0..self.certs.len()).find(|&i| self.covers(i, name))
+    }
+
+    /// Whether certificate `index` is valid for host `name`.
+    pub fn covers(&self, index: usize, name: &str) -> bool {
+        let Ok(name) = ServerName::try_from(name.trim_matches(['[', ']']).to_string()) else {
+            return false;
         };
-        self.certs
-            .iter()
-            .position(|c| {
-                c.key.end_entity_cert().ok().is_some_and(|der| {
-                    webpki::EndEntityCert::try_from(der)
-                        .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
-                })
+        self.certs.get(index).is_some_and(|c| {
+            c.key.end_entity_cert().ok().is_some_and(|der| {
+                webpki::EndEntityCert::try_from(der)
+                    .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
             })
-            .unwrap_or(0)
+        })
     }
 
     /// Reads the ClientHello, picks the certificate by SNI and completes the handshake.

@@ -426,3 +426,53 @@ async fn silent_client_is_disconnected_after_client_handshake() {
         "unexpected bytes before the close: {text:?}"
     );
 }
+
+/// Sends a handshake for `host` on an open TLS stream; returns the status.
+async fn status_for_host(tls: &mut TlsStream<TcpStream>, host: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(handshake_request("/ws", host).as_bytes())
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    within("a response head", async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tls.read(&mut byte).await.expect("read");
+            assert!(n > 0, "closed before a response");
+            head.push(byte[0]);
+        }
+    })
+    .await;
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    if let Some(len) = header_value(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+        let mut body = vec![0u8; len];
+        within("the body", tls.read_exact(&mut body))
+            .await
+            .expect("body");
+    }
+    status
+}
+
+#[tokio::test]
+async fn a_host_the_sni_certificate_does_not_cover_is_misdirected() {
+    let backend = echo_backend().await;
+    let (gw, certs) = start_tls_gateway(backend, "10s").await;
+    let addr = gw.addr("secure");
+    // SNI chose certificate A; Host asks for B's host: 421, and the same
+    // connection may still ask for a host A covers.
+    let mut tls = tls_connect(addr, dns("a.example.test"), trusting(&certs)).await;
+    assert_eq!(status_for_host(&mut tls, "b.example.test").await, 421);
+    assert_eq!(status_for_host(&mut tls, "a.example.test:443").await, 101);
+    // A wildcard host under B's certificate, with B's SNI: served.
+    let mut tls = tls_connect(addr, dns("b.example.test"), trusting(&certs)).await;
+    assert_eq!(status_for_host(&mut tls, "x.wild.example.test").await, 101);
+    // No SNI (an IP address): nothing was chosen by name, nothing is misdirected.
+    let ip = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let mut tls = tls_connect(addr, ip, accept_any()).await;
+    assert_eq!(status_for_host(&mut tls, "b.example.test").await, 101);
+}
