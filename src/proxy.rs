@@ -150,15 +150,15 @@ async fn forward(
     ctx: &ConnContext,
     client: SocketAddr,
 ) -> Result<(Response<ProxyBody>, Option<SocketAddr>), Refusal> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let host = routes::normalize_host(host);
     // A connection opened for one certificate's host, reused for another
     // (HTTP connection coalescing): the client must open one with the right SNI.
     if let (Some(cert), Some(tls)) = (ctx.sni_cert, &ctx.listener.tls) {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        let host = routes::normalize_host(host);
         if !tls.covers(cert, &host) {
             return Err(HandshakeError::Misdirected(host).into());
         }
@@ -172,12 +172,6 @@ async fn forward(
         return Err(HandshakeError::Path(routes::PathError::NotOriginForm).into());
     }
     let path = routes::normalize_path(req.uri().path()).map_err(HandshakeError::Path)?;
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let host = routes::normalize_host(host);
 
     // Take what this request needs from the snapshot and let go of the rest.
     let (route, timeouts) = {
