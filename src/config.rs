@@ -691,6 +691,10 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
                 "upstreams.u.ca_file",
             ),
             ("tls = true\nsni = \"not a name!\"", "upstreams.u.sni"),
+            (
+                "insecure_skip_verify = true",
+                "upstreams.u.insecure_skip_verify",
+            ),
         ] {
             let p = problems(&format!("{base}{body}\n"));
             assert_eq!(

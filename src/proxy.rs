@@ -156,6 +156,10 @@ async fn forward(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let host = routes::normalize_host(host);
+    if handshake::classify(req) == RequestKind::Plain {
+        return Err(HandshakeError::PlainHttp.into());
+    }
+    let key = handshake::check_client_request(req)?;
     // A connection opened for one certificate's host, reused for another
     // (HTTP connection coalescing): the client must open one with the right SNI.
     if let (Some(cert), Some(tls)) = (ctx.sni_cert, &ctx.listener.tls) {
@@ -163,10 +167,6 @@ async fn forward(
             return Err(HandshakeError::Misdirected(host).into());
         }
     }
-    if handshake::classify(req) == RequestKind::Plain {
-        return Err(HandshakeError::PlainHttp.into());
-    }
-    let key = handshake::check_client_request(req)?;
     // Absolute-form targets carry their own authority, which could disagree with Host.
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         return Err(HandshakeError::Path(routes::PathError::NotOriginForm).into());

@@ -106,7 +106,11 @@ impl Snapshot {
                                 .find(|(u, d)| **u == **name && d.addr == s.addr)
                                 .map(|(_, d)| d)
                         };
-                        (s, old.and_then(|o| o.server(s.addr)).or_else(back))
+                        let kept = old.and_then(|o| o.server(s.addr)).or_else(back);
+                        // Same address under another name is another server to
+                        // TLS: carrying it over would keep verifying the old name.
+                        let same_name = |k: &&Arc<Server>| k.host.as_deref() == s.host.as_deref();
+                        (s, kept.filter(same_name))
                     })
                     .map(|(s, kept)| match kept {
                         Some(kept) => {
@@ -516,5 +520,45 @@ servers = ["127.0.0.1:6"]
                 .map(|r| &*r.label),
             Some("chat.example.com/ws/admin")
         );
+    }
+
+    #[test]
+    fn servers_are_carried_over_only_under_the_same_name() {
+        let cfg = |servers: &str| {
+            let text = format!("[[listeners]]\nname=\"l\"\nbind=\"127.0.0.1:0\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers={servers}\n");
+            Arc::new(crate::config::parse(&text, Path::new("t.toml")).expect("valid"))
+        };
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let first = Snapshot::compile(cfg("[\"127.0.0.1:9\"]"), None, &[]).expect("compiles");
+        let same = Snapshot::compile(
+            cfg("[{ addr = \"127.0.0.1:9\", weight = 2 }]"),
+            Some(&first),
+            &[],
+        )
+        .expect("compiles");
+        let old = first
+            .upstream("u")
+            .and_then(|u| u.server(addr))
+            .expect("server");
+        let kept = same
+            .upstream("u")
+            .and_then(|u| u.server(addr))
+            .expect("server");
+        assert!(
+            Arc::ptr_eq(old, kept),
+            "same address, same name: the same server"
+        );
+        // localhost resolves to 127.0.0.1 (among others): same address, now by name.
+        let named =
+            Snapshot::compile(cfg("[\"localhost:9\"]"), Some(&first), &[]).expect("compiles");
+        let renamed = named
+            .upstream("u")
+            .and_then(|u| u.server(addr))
+            .expect("server");
+        assert!(
+            !Arc::ptr_eq(old, renamed),
+            "a new name is a new server to TLS"
+        );
+        assert_eq!(renamed.host.as_deref(), Some("localhost"));
     }
 }

@@ -217,7 +217,9 @@ async fn connect(
     tls: Option<&BackendTls>,
 ) -> Result<BackendStream, UpstreamError> {
     let addr = server.addr;
-    let tcp = match tokio::time::timeout(after, TcpStream::connect(addr)).await {
+    // One deadline for TCP and TLS together.
+    let deadline = tokio::time::Instant::now() + after;
+    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
         Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
         Ok(Ok(s)) => s,
@@ -228,7 +230,7 @@ async fn connect(
         return Ok(MaybeTls::Plain(tcp));
     };
     let name = tls.name_for(server.host.as_deref(), addr);
-    match tokio::time::timeout(after, tls.connect(name, tcp)).await {
+    match tokio::time::timeout_at(deadline, tls.connect(name, tcp)).await {
         Err(_) => Err(UpstreamError::ConnectTimeout { addr, after }),
         Ok(Err(source)) => Err(UpstreamError::Tls { addr, source }),
         Ok(Ok(s)) => Ok(MaybeTls::Tls(Box::new(s))),
@@ -315,6 +317,8 @@ pub fn real_client(
     peer: SocketAddr,
     trusts: impl Fn(IpAddr) -> bool,
 ) -> SocketAddr {
+    // On a [::] listener IPv4 peers arrive as ::ffff:a.b.c.d; ranges are written as IPv4.
+    let trusts = |ip: IpAddr| trusts(ip.to_canonical());
     if !trusts(peer.ip()) {
         return peer;
     }
@@ -325,20 +329,41 @@ pub fn real_client(
         .flat_map(|v| v.split(','))
         .map(|e| e.trim().to_string())
         .collect();
-    let mut client = peer.ip();
+    let mut client = peer.ip().to_canonical();
     for entry in entries.iter().rev() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if trusts(ip) => client = ip,
-            Ok(ip) => {
+        match parse_forwarded_ip(entry) {
+            Some(ip) if trusts(ip) => client = ip,
+            Some(ip) => {
                 client = ip;
                 break;
             }
             // A malformed entry ends what can be believed.
-            Err(_) => break,
+            None => break,
         }
     }
-    let port = if client == peer.ip() { peer.port() } else { 0 };
+    let port = if client == peer.ip().to_canonical() {
+        peer.port()
+    } else {
+        0
+    };
     SocketAddr::new(client, port)
+}
+
+/// An `X-Forwarded-For` entry as proxies write it: `ip`, `ip:port`,
+/// `[v6]`, `[v6]:port`, possibly quoted. `None` for `unknown` and
+/// obfuscated identifiers.
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let e = entry.trim().trim_matches('"');
+    e.parse::<IpAddr>()
+        .ok()
+        .or_else(|| e.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            e.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<IpAddr>()
+                .ok()
+        })
+        .map(|ip| ip.to_canonical())
 }
 
 /// Sets the forwarding headers for this hop. From a trusted proxy
@@ -533,5 +558,31 @@ mod tests {
             "the first proxy saw the real scheme"
         );
         assert!(h.get("x-real-ip").is_none());
+    }
+
+    #[test]
+    fn forwarded_entries_in_every_common_form_are_understood() {
+        for (e, want) in [
+            ("203.0.113.7", "203.0.113.7"),
+            ("203.0.113.7:1234", "203.0.113.7"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("\"[2001:db8::1]\"", "2001:db8::1"),
+            ("::ffff:10.0.0.5", "10.0.0.5"),
+        ] {
+            assert_eq!(parse_forwarded_ip(e), Some(want.parse().unwrap()), "{e}");
+        }
+        assert_eq!(parse_forwarded_ip("unknown"), None);
+        // A [::] listener sees IPv4 peers as mapped addresses: still trusted.
+        let trusted = |ip: IpAddr| matches!(ip, IpAddr::V4(v) if v.octets()[0] == 10);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7:999"),
+        );
+        let mapped: SocketAddr = "[::ffff:10.0.0.5]:4000".parse().unwrap();
+        assert_eq!(
+            real_client(&h, mapped, trusted),
+            "203.0.113.7:0".parse().unwrap()
+        );
     }
 }

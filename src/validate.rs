@@ -130,7 +130,7 @@ struct RawUpstream {
     ca_file: Option<Spanned<String>>,
     client_cert: Option<Spanned<String>>,
     client_key: Option<Spanned<String>>,
-    insecure_skip_verify: Option<bool>,
+    insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 /// `"10.0.0.1:9001"` or `{ addr = "10.0.0.1:9001", weight = 3 }`.
@@ -659,6 +659,10 @@ impl<'a> Validator<'a> {
                 ("ca_file", up.ca_file.as_ref().map(Spanned::span)),
                 ("client_cert", up.client_cert.as_ref().map(Spanned::span)),
                 ("client_key", up.client_key.as_ref().map(Spanned::span)),
+                (
+                    "insecure_skip_verify",
+                    up.insecure_skip_verify.as_ref().map(Spanned::span),
+                ),
             ] {
                 if let Some(span) = span {
                     self.problem_at(
@@ -770,7 +774,10 @@ impl<'a> Validator<'a> {
                 return None;
             }
         };
-        let insecure = up.insecure_skip_verify.unwrap_or(false);
+        let insecure = up
+            .insecure_skip_verify
+            .as_ref()
+            .is_some_and(|v| *v.get_ref());
         match crate::tls::client_config(roots, client_auth, insecure) {
             Ok(client) => Some(UpstreamTls {
                 client: Arc::new(client),
