@@ -113,14 +113,9 @@ pub fn check_client_request<B>(req: &Request<B>) -> Result<HeaderValue, Handshak
     if !header_has_token(h, &header::CONNECTION, "upgrade") {
         return Err(HandshakeError::Connection);
     }
-    let named = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .map(str::trim)
-        .find(|t| {
-            t.eq_ignore_ascii_case("host") || t.to_ascii_lowercase().starts_with("sec-websocket-")
-        });
+    let named = tokens(h, &header::CONNECTION).find(|t| {
+        t.eq_ignore_ascii_case("host") || t.to_ascii_lowercase().starts_with("sec-websocket-")
+    });
     if let Some(t) = named {
         return Err(HandshakeError::ConnectionNamesEndToEnd(t.to_string()));
     }
@@ -203,26 +198,12 @@ pub fn check_backend_101<B>(
             return Err(BackendAnswerError::Protocol(p.to_string()));
         }
     }
-    for ext in h.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
-        for item in ext.to_str().unwrap_or("").split(',') {
-            let name = item.split(';').next().unwrap_or("").trim();
-            if name.is_empty() {
-                continue;
-            }
-            let offered_it = offered
-                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-                .iter()
-                .flat_map(|v| v.to_str().unwrap_or("").split(','))
-                .any(|o| {
-                    o.split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .eq_ignore_ascii_case(name)
-                });
-            if !offered_it {
-                return Err(BackendAnswerError::Extension(name.to_string()));
-            }
+    for name in extension_names(h) {
+        if name.is_empty() {
+            continue;
+        }
+        if !extension_names(offered).any(|o| o.eq_ignore_ascii_case(name)) {
+            return Err(BackendAnswerError::Extension(name.to_string()));
         }
     }
     Ok(())
@@ -243,11 +224,8 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -259,12 +237,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Whether any value of `name` holds `token` in its comma-separated list, case-insensitively.
 pub fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    })
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Every item of every value of a comma-separated header, trimmed (empty
+/// items included). A value that is not visible ASCII counts as empty.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+}
+
+/// Extension names of `Sec-WebSocket-Extensions`, without their parameters.
+fn extension_names(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    tokens(headers, &header::SEC_WEBSOCKET_EXTENSIONS)
+        .map(|item| item.split(';').next().unwrap_or("").trim())
 }
 
 /// The value of a header that must appear exactly once.
