@@ -12,7 +12,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -205,6 +205,10 @@ pub struct PoolSettings {
     pub drain_spread: Duration,
     /// TLS to the servers, if the upstream asks for it.
     pub tls: Option<Arc<crate::tls::BackendTls>>,
+    /// Idle keep-alive connections kept per server for plain HTTP.
+    pub pool_max_idle: usize,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
 }
 
 /// A named pool of servers.
@@ -224,6 +228,13 @@ pub struct Upstream {
     pub drain_spread: Duration,
     /// TLS to the servers, if the upstream asks for it.
     pub tls: Option<Arc<crate::tls::BackendTls>>,
+    /// Idle keep-alive connections kept per server for plain HTTP.
+    pub pool_max_idle: usize,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Keep-alive connections for plain HTTP, made on the first plain
+    /// request: an upstream that only serves WebSockets never has one.
+    http: OnceLock<crate::pool::HttpPool>,
     /// Rotates ties in least-connections, and seeds random choices.
     next: AtomicUsize,
     /// Smooth weighted round-robin's current weights, one per server.
@@ -271,10 +282,21 @@ impl Upstream {
             drain_timeout: settings.drain_timeout,
             drain_spread: settings.drain_spread,
             tls: settings.tls,
+            pool_max_idle: settings.pool_max_idle,
+            pool_idle_timeout: settings.pool_idle_timeout,
+            http: OnceLock::new(),
             next: AtomicUsize::new(0),
             ring,
             random: RandomState::new(),
         }
+    }
+
+    /// The plain HTTP pool, made by `make` on first use.
+    pub fn http_pool(
+        &self,
+        make: impl FnOnce() -> crate::pool::HttpPool,
+    ) -> &crate::pool::HttpPool {
+        self.http.get_or_init(make)
     }
 
     /// The server at `addr`, if it is in this pool.
@@ -454,6 +476,8 @@ mod tests {
                 drain_timeout: Duration::from_secs(1),
                 drain_spread: Duration::from_secs(1),
                 tls: None,
+                pool_max_idle: 1,
+                pool_idle_timeout: Duration::from_secs(1),
             },
         )
     }

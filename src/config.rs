@@ -26,6 +26,8 @@ pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
 /// Default for `timeouts.upstream_handshake`: the backend must answer the upgrade within this.
 pub const DEFAULT_UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(10);
+/// Default for `timeouts.upstream_response`: a plain HTTP backend must send its response headers within this (long polls included).
+pub const DEFAULT_UPSTREAM_RESPONSE: Duration = Duration::from_secs(60);
 /// Default for `timeouts.half_close`: once one side of a tunnel has closed, how long the other may keep it open.
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
 /// Default for `timeouts.close`: how long a closing handshake started by wsgate may take before the connection is cut.
@@ -127,6 +129,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From sending the upgrade request to the backend's response headers.
     pub upstream_handshake: Duration,
+    /// From sending a plain HTTP request to the backend's response headers.
+    pub upstream_response: Duration,
     /// How long a tunnel stays up after one side has finished sending.
     pub half_close: Duration,
     /// How long a closing handshake started by wsgate (shutdown, drain) may take.
@@ -139,6 +143,7 @@ impl Default for Timeouts {
             client_handshake: DEFAULT_CLIENT_HANDSHAKE,
             connect: DEFAULT_CONNECT,
             upstream_handshake: DEFAULT_UPSTREAM_HANDSHAKE,
+            upstream_response: DEFAULT_UPSTREAM_RESPONSE,
             half_close: DEFAULT_HALF_CLOSE,
             close: DEFAULT_CLOSE,
         }
@@ -253,6 +258,10 @@ pub struct UpstreamConfig {
     pub drain_timeout: Duration,
     /// Window over which those closes are spread, so clients do not all reconnect at once.
     pub drain_spread: Duration,
+    /// Idle keep-alive connections kept per server for plain HTTP.
+    pub pool_max_idle: usize,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
 }
 
 /// A server given by host name, kept so it can be resolved again.
@@ -308,6 +317,13 @@ pub struct ServerConfig {
 pub const DEFAULT_HASH_LOAD_FACTOR: f64 = 1.25;
 /// Default for `upstreams.NAME.retries`.
 pub const DEFAULT_RETRIES: usize = 1;
+
+/// Default for `upstreams.NAME.pool_max_idle`: idle keep-alive connections kept per server.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 32;
+/// Default for `upstreams.NAME.pool_idle_timeout`: below the 5 s keep-alive
+/// of Node.js and Apache, so wsgate does not reuse a connection the backend
+/// is about to close.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Default for `upstreams.NAME.drain_timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);

@@ -76,9 +76,12 @@ pub enum HandshakeError {
     /// No route for this host and path.
     #[error("no route for this host and path")]
     NoRoute,
-    /// Plain HTTP is not proxied in this release.
-    #[error("plain HTTP requests are not proxied; use a WebSocket upgrade")]
-    PlainHttp,
+    /// The first bytes of a request body did not come within `timeouts.client_handshake`.
+    #[error("request body did not start in time")]
+    BodyTimeout,
+    /// The client's body could not be read (bad chunked framing, reset).
+    #[error("request body unreadable: {0}")]
+    BadBody(String),
 }
 
 impl HandshakeError {
@@ -88,9 +91,23 @@ impl HandshakeError {
             HandshakeError::UnsupportedVersion(_) => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::NoRoute => StatusCode::NOT_FOUND,
             HandshakeError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
-            HandshakeError::PlainHttp => StatusCode::NOT_IMPLEMENTED,
+            HandshakeError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         }
+    }
+}
+
+/// Checks what a plain request needs beyond what hyper and the framing
+/// guard check: one Host on HTTP/1.1 (RFC 9112 section 3.2), at most one
+/// on HTTP/1.0.
+///
+/// # Errors
+/// [`HandshakeError::Host`].
+pub fn check_plain_request<B>(req: &Request<B>) -> Result<(), HandshakeError> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    match (req.version(), hosts) {
+        (_, 2..) | (Version::HTTP_11, 0) => Err(HandshakeError::Host),
+        _ => Ok(()),
     }
 }
 

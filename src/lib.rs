@@ -1,13 +1,16 @@
 //! wsgate: a reverse proxy and load balancer built for WebSocket traffic.
 //!
 //! Data path, per connection:
-//! `listener` accepts and terminates TLS (`tls`), hyper parses the request,
-//! `proxy` runs the lifecycle: `handshake` checks it against RFC 6455,
-//! `routes` normalises the path and matches host and path in the snapshot
-//! loaded once, `balancer` orders the servers, `upstream` connects and
-//! verifies the backend's 101, `tunnel` splices the two streams while
+//! `listener` accepts and terminates TLS (`tls`), `framing` checks the raw
+//! request bytes for anything that could desync a backend, hyper parses the
+//! request, `proxy` runs the lifecycle: `handshake` checks it against RFC
+//! 6455, `routes` normalises the path and matches host and path in the
+//! snapshot loaded once, `balancer` orders the servers, `upstream` connects
+//! and verifies the backend's 101, `tunnel` splices the two streams while
 //! `frames` follows frame headers, and `stats` writes one access-log line at
-//! the end.
+//! the end. A request without an upgrade goes from `proxy` to `plain`,
+//! which sends it over the upstream's keep-alive `pool` and streams the
+//! answer back, with one access-log line per request.
 //!
 //! Control path: `config` loads and validates, `routes` compiles an
 //! immutable [`routes::Snapshot`] held behind one `ArcSwap` in [`Shared`].
@@ -27,9 +30,12 @@ pub mod demo;
 pub mod drain;
 pub mod errorlog;
 pub mod frames;
+pub mod framing;
 pub mod handshake;
 pub mod listener;
 pub mod metrics;
+pub mod plain;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod routes;
@@ -59,6 +65,12 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Every task wsgate starts, so shutdown can wait for all of them.
     pub tasks: TaskTracker,
+    /// Connection tasks of the plain HTTP pools. Kept apart from `tasks`:
+    /// an idle pooled connection must not hold up a drain, so these are
+    /// stopped once every client connection has ended.
+    pub pool_tasks: TaskTracker,
+    /// Ends the pools' connection tasks (after a drain, or at shutdown).
+    pub pool_stop: CancellationToken,
     /// Prometheus metrics.
     pub metrics: Arc<metrics::Metrics>,
     /// Folds repeated backend errors into counted log lines.
@@ -165,6 +177,8 @@ impl Gateway {
             draining: std::sync::Mutex::new(Vec::new()),
             resolver: std::sync::Mutex::new(config::resolve),
             tasks: TaskTracker::new(),
+            pool_tasks: TaskTracker::new(),
+            pool_stop: shutdown.child_token(),
             drain: shutdown.child_token(),
             shutdown,
         });
@@ -255,6 +269,11 @@ impl Gateway {
         self.shared.drain.cancelled().await;
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        // No client connection is left, so no request is in flight: what
+        // remains in the pools is idle.
+        self.shared.pool_stop.cancel();
+        self.shared.pool_tasks.close();
+        self.shared.pool_tasks.wait().await;
         self.admin_stop.cancel();
         self.admin_tasks.close();
         self.admin_tasks.wait().await;

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
+use crate::framing::{Guarded, Scanner};
 use crate::proxy::{self, ConnContext};
 use crate::tls::MaybeTls;
 use crate::Shared;
@@ -131,12 +132,15 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         },
     };
     let sni_cert = settings.tls.as_ref().and_then(|t| t.matching(stream.sni()));
+    let scanner = Arc::new(Mutex::new(Scanner::new(limits.max_request_headers)));
+    let stream = Guarded::new(stream, scanner.clone());
     let ctx = Arc::new(ConnContext {
         sni_cert,
         shared: shared.clone(),
         listener: settings,
         peer,
         in_flight: std::sync::atomic::AtomicUsize::new(0),
+        scanner,
     });
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| proxy::handle(req, service_ctx.clone()));
@@ -165,7 +169,31 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
             _ = shared.shutdown.cancelled() => return,
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(client = %peer, listener = name, error = %e, "client connection ended with an error");
+    let verdict = ctx.scanner().verdict();
+    if let Some(m) = verdict {
+        shared.metrics.malformed(name, m.label());
+    }
+    match result {
+        // hyper has answered 400 (431 when too large) and closed: the
+        // request never reached the handler, so its line is written here.
+        Err(e) if e.is_parse() || e.is_parse_too_large() => {
+            let status = if e.is_parse_too_large() { 431 } else { 400 };
+            if verdict.is_none() {
+                shared.metrics.malformed(name, "parse");
+            }
+            let reason = verdict.map_or_else(|| e.to_string(), |m| m.to_string());
+            tracing::info!(
+                target: "wsgate::access",
+                client = %peer,
+                listener = name,
+                status,
+                reason = %format!("client: {reason}"),
+                "request refused before parsing"
+            );
+        }
+        Err(e) => {
+            tracing::debug!(client = %peer, listener = name, error = %e, "client connection ended with an error");
+        }
+        Ok(()) => {}
     }
 }

@@ -88,6 +88,18 @@ struct TrafficLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpBytesLabels {
+    listener: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MalformedLabels {
+    listener: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -113,6 +125,10 @@ pub struct Metrics {
     tunnel_seconds: Family<DurationLabels, Histogram>,
     close_codes: Family<CloseLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    http_requests: Family<HandshakeLabels, Counter>,
+    http_seconds: Family<ListenerLabels, Histogram>,
+    http_bytes: Family<HttpBytesLabels, Counter>,
+    malformed: Family<MalformedLabels, Counter>,
     traffic: Arc<TrafficCollector>,
     info: Arc<InfoCollector>,
 }
@@ -132,6 +148,32 @@ impl Metrics {
         );
         let close_codes = Family::<CloseLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
+        let http_requests = Family::<HandshakeLabels, Counter>::default();
+        let http_seconds = Family::<ListenerLabels, Histogram>::new_with_constructor(
+            handshake_histogram as fn() -> Histogram,
+        );
+        let http_bytes = Family::<HttpBytesLabels, Counter>::default();
+        let malformed = Family::<MalformedLabels, Counter>::default();
+        registry.register(
+            "wsgate_http_requests",
+            "Plain HTTP requests (no upgrade) answered, by HTTP status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "wsgate_http_request_duration_seconds",
+            "Time from a plain request's head to the end of its response",
+            http_seconds.clone(),
+        );
+        registry.register(
+            "wsgate_http_body_bytes",
+            "Body bytes of plain HTTP requests and responses",
+            http_bytes.clone(),
+        );
+        registry.register(
+            "wsgate_requests_malformed",
+            "Requests refused with 400 before parsing, by reason (request smuggling defence)",
+            malformed.clone(),
+        );
         registry.register(
             "wsgate_tunnels_active",
             "Open WebSocket tunnels",
@@ -192,6 +234,10 @@ impl Metrics {
             tunnel_seconds,
             close_codes,
             reloads,
+            http_requests,
+            http_seconds,
+            http_bytes,
+            malformed,
             traffic,
             info,
         }
@@ -221,6 +267,47 @@ impl Metrics {
                 listener: listener.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A plain request ended: answered with `status`, its response body
+    /// done (or abandoned) after `elapsed`.
+    pub fn http_request(
+        &self,
+        listener: &str,
+        status: u16,
+        elapsed: Duration,
+        to_backend: u64,
+        to_client: u64,
+    ) {
+        self.http_requests
+            .get_or_create(&HandshakeLabels {
+                listener: listener.to_string(),
+                outcome: outcome_label(status),
+            })
+            .inc();
+        self.http_seconds
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+        for (direction, n) in [("to_backend", to_backend), ("to_client", to_client)] {
+            self.http_bytes
+                .get_or_create(&HttpBytesLabels {
+                    listener: listener.to_string(),
+                    direction,
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// A request was refused before parsing; `reason` is a fixed label.
+    pub fn malformed(&self, listener: &str, reason: &'static str) {
+        self.malformed
+            .get_or_create(&MalformedLabels {
+                listener: listener.to_string(),
+                reason,
+            })
+            .inc();
     }
 
     /// A tunnel opened.

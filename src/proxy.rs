@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -25,13 +26,14 @@ use hyper_util::rt::TokioIo;
 
 use crate::balancer::Balance;
 use crate::frames::encode_close;
+use crate::framing::{Guarded, Scanner};
 use crate::handshake::{self, HandshakeError, RequestKind};
 use crate::metrics::TunnelLabels;
 use crate::routes::{self, ListenerSettings};
-use crate::stats::{ConnInfo, RegistryGuard, Side, TunnelEnd, CLOSE_GOING_AWAY};
+use crate::stats::{ConnInfo, RegistryGuard, RequestRecord, Side, TunnelEnd, CLOSE_GOING_AWAY};
 use crate::tls::{ClientStream, MaybeTls};
 use crate::upstream::{self, Answer, Deadlines, UpstreamError};
-use crate::{tunnel, Shared};
+use crate::{plain, tunnel, Shared};
 
 /// Body of every response wsgate sends to a client.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -50,6 +52,16 @@ pub struct ConnContext {
     /// Requests being served on this connection right now (0 or 1 with
     /// HTTP/1.1): a drain closes a connection at once when it is 0.
     pub in_flight: AtomicUsize,
+    /// The framing guard over this connection's bytes (see framing.rs).
+    pub scanner: Arc<Mutex<Scanner>>,
+}
+
+impl ConnContext {
+    /// The connection's framing guard.
+    pub fn scanner(&self) -> std::sync::MutexGuard<'_, Scanner> {
+        // Plain state with no invariant a panic could break.
+        self.scanner.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Counts one request in flight until dropped, on every path.
@@ -70,7 +82,7 @@ impl Drop for InFlight<'_> {
 
 /// Why a request was answered without a tunnel.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub(crate) enum Refusal {
     #[error(transparent)]
     Client(#[from] HandshakeError),
     #[error(transparent)]
@@ -96,20 +108,43 @@ impl Refusal {
 
 /// Serves one request on a client connection. Never fails: every error becomes a response.
 pub async fn handle(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     ctx: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let _in_flight = InFlight::new(&ctx.in_flight);
     let started = Instant::now();
-    let method = req.method().clone();
-    let target = req
+    let kind = handshake::classify(&req);
+    let path = req
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().to_string(), |p| p.to_string());
-    // Behind a trusted proxy, the address its headers name; else the peer.
-    let client = upstream::real_client(req.headers(), ctx.peer, |ip| ctx.listener.trusts(ip));
-    let (response, backend) = match forward(&mut req, &ctx, client).await {
-        Ok(r) => r,
+    let mut record = RequestRecord {
+        // Behind a trusted proxy, the address its headers name; else the peer.
+        client: upstream::real_client(req.headers(), ctx.peer, |ip| ctx.listener.trusts(ip)),
+        listener: ctx.listener.name.clone(),
+        method: req.method().clone(),
+        path,
+        route: None,
+        upstream: None,
+        backend: None,
+        started,
+    };
+    let listener = &ctx.listener.name;
+    let metrics = &ctx.shared.metrics;
+    let mut response = match forward(req, &ctx, kind, &mut record).await {
+        // The tunnel writes its own record when it ends.
+        Ok(Forwarded::Tunnel(r)) => r,
+        // The response body writes the record when it ends.
+        Ok(Forwarded::Streaming(r)) => r,
+        Ok(Forwarded::Answered(r)) => {
+            record.emit(
+                r.status().as_u16(),
+                0,
+                0,
+                "backend: answered without upgrade",
+            );
+            r
+        }
         Err(refusal) => {
             if let Refusal::Backend(e) = &refusal {
                 // One line per kind of backend failure per window, with a count.
@@ -117,49 +152,59 @@ pub async fn handle(
                     tracing::warn!(error = %e, repeated_since_last = held, "backend failure");
                 }
             }
-            (refuse(&refusal), None)
+            let r = refuse(&refusal);
+            let reason = format!("{}: {refusal}", refusal.side());
+            record.emit(r.status().as_u16(), 0, 0, &reason);
+            if kind == RequestKind::Plain {
+                metrics.http_request(listener, r.status().as_u16(), started.elapsed(), 0, 0);
+            }
+            r
         }
     };
     let status = response.status();
-    ctx.shared
-        .metrics
-        .handshake(&ctx.listener.name, status.as_u16(), started.elapsed());
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        tracing::info!(
-            target: "wsgate::access",
-            client = %client,
-            listener = %ctx.listener.name,
-            method = %method,
-            target = ?target,
-            status = status.as_u16(),
-            backend = backend.map_or_else(|| "-".to_string(), |b: SocketAddr| b.to_string()),
-            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            reason = response.extensions().get::<Reason>().map_or("", |r| r.0.as_str()),
-            "request answered without tunnel"
-        );
+    if kind == RequestKind::WebSocket {
+        metrics.handshake(listener, status.as_u16(), started.elapsed());
+        // No tunnel: the connection goes on as HTTP, and its next bytes must
+        // be checked again. A client that sent more before this answer
+        // (which RFC 6455 forbids) loses the connection instead.
+        if status != StatusCode::SWITCHING_PROTOCOLS && !ctx.scanner().resume() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     Ok(response)
 }
 
-/// Reason text carried to the log line alongside a refusal.
-#[derive(Clone)]
-struct Reason(String);
+/// How a request was served.
+enum Forwarded {
+    /// A verified 101: the tunnel task is running.
+    Tunnel(Response<ProxyBody>),
+    /// A plain request's response, whose body logs the request when it ends.
+    Streaming(Response<ProxyBody>),
+    /// A handshake the backend answered with something other than 101.
+    Answered(Response<ProxyBody>),
+}
 
 async fn forward(
-    req: &mut Request<Incoming>,
-    ctx: &ConnContext,
-    client: SocketAddr,
-) -> Result<(Response<ProxyBody>, Option<SocketAddr>), Refusal> {
+    mut req: Request<Incoming>,
+    ctx: &Arc<ConnContext>,
+    kind: RequestKind,
+    record: &mut RequestRecord,
+) -> Result<Forwarded, Refusal> {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let host = routes::normalize_host(host);
-    if handshake::classify(req) == RequestKind::Plain {
-        return Err(HandshakeError::PlainHttp.into());
-    }
-    let key = handshake::check_client_request(req)?;
+    let key = match kind {
+        RequestKind::WebSocket => Some(handshake::check_client_request(&req)?),
+        RequestKind::Plain => {
+            handshake::check_plain_request(&req)?;
+            None
+        }
+    };
     // A connection opened for one certificate's host, reused for another
     // (HTTP connection coalescing): the client must open one with the right SNI.
     if let (Some(cert), Some(tls)) = (ctx.sni_cert, &ctx.listener.tls) {
@@ -179,8 +224,12 @@ async fn forward(
         let route = snapshot.route(&host, &path).cloned();
         (route.ok_or(HandshakeError::NoRoute)?, snapshot.timeouts)
     };
+    record.route = Some(route.label.clone());
+    record.upstream = Some(route.upstream.name.clone());
+    // Plain requests use the same key as upgrades, so a long-polling
+    // client reaches the server its WebSocket will.
     let hash = match &route.upstream.balance {
-        Balance::Hash { key, .. } => key.of(req.headers(), req.uri().query(), client.ip()),
+        Balance::Hash { key, .. } => key.of(req.headers(), req.uri().query(), record.client.ip()),
         _ => None,
     };
     let candidates = route.upstream.candidates(hash);
@@ -190,6 +239,12 @@ async fn forward(
         target.push('?');
         target.push_str(q);
     }
+    let Some(key) = key else {
+        let response =
+            plain::forward(req, ctx, &route, &candidates, &target, timeouts, record).await?;
+        return Ok(Forwarded::Streaming(response));
+    };
+    let client = record.client;
     let mut headers = req.headers().clone();
     handshake::strip_hop_by_hop(&mut headers);
     upstream::set_forwarding_headers(
@@ -228,9 +283,13 @@ async fn forward(
         Answer::Http { server, response } => {
             // Not a 101: an ordinary response, and the client connection stays
             // HTTP, so whatever the client sends next is parsed as a request.
+            record.backend = Some(server.addr);
             let (mut parts, body) = response.into_parts();
             handshake::strip_hop_by_hop(&mut parts.headers);
-            Ok((Response::from_parts(parts, body.boxed()), Some(server.addr)))
+            Ok(Forwarded::Answered(Response::from_parts(
+                parts,
+                body.boxed(),
+            )))
         }
         Answer::Upgraded {
             server,
@@ -239,7 +298,7 @@ async fn forward(
             leftover,
             headers,
         } => {
-            let on_client_upgrade = hyper::upgrade::on(&mut *req);
+            let on_client_upgrade = hyper::upgrade::on(&mut req);
 
             let shared = ctx.shared.clone();
             let new_conn = ConnInfo {
@@ -267,7 +326,7 @@ async fn forward(
                     _ = shared.shutdown.cancelled() => Err("proxy shutting down".to_string()),
                 };
                 let parts = match upgraded {
-                    Ok(u) => u.downcast::<TokioIo<ClientStream>>().map_err(|_| {
+                    Ok(u) => u.downcast::<TokioIo<Guarded<ClientStream>>>().map_err(|_| {
                         "upgraded client connection has an unexpected type".to_string()
                     }),
                     Err(e) => Err(e),
@@ -296,7 +355,7 @@ async fn forward(
                     }
                 };
                 let outcome = tunnel::run(
-                    parts.io.into_inner(),
+                    parts.io.into_inner().into_inner(),
                     parts.read_buf,
                     stream,
                     leftover,
@@ -310,7 +369,7 @@ async fn forward(
                 .await;
                 ending.end = Some(outcome.to_end());
             });
-            Ok((switching_protocols(headers), Some(server.addr)))
+            Ok(Forwarded::Tunnel(switching_protocols(headers)))
         }
     }
 }
@@ -372,8 +431,6 @@ fn refuse(refusal: &Refusal) -> Response<ProxyBody> {
         // A client that sends malformed handshakes gets no second chance on this connection.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    res.extensions_mut()
-        .insert(Reason(format!("{}: {reason}", refusal.side())));
     res
 }
 

@@ -129,6 +129,8 @@ impl Snapshot {
                     retries: u.retries,
                     drain_timeout: u.drain_timeout,
                     drain_spread: u.drain_spread,
+                    pool_max_idle: u.pool_max_idle,
+                    pool_idle_timeout: u.pool_idle_timeout,
                     tls: u.tls.as_ref().map(|t| {
                         Arc::new(crate::tls::BackendTls::new(t.client.clone(), t.sni.clone()))
                     }),

@@ -375,3 +375,47 @@ impl AccessRecord {
         );
     }
 }
+
+/// One plain HTTP request, or any request answered without a tunnel: what
+/// its access line says.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    /// The real client (see `upstream::real_client`).
+    pub client: SocketAddr,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Request method.
+    pub method: http::Method,
+    /// Request target as received.
+    pub path: String,
+    /// Route label, once routed.
+    pub route: Option<Arc<str>>,
+    /// Upstream name, once routed.
+    pub upstream: Option<Arc<str>>,
+    /// The server that answered, or the last one tried.
+    pub backend: Option<SocketAddr>,
+    /// When the request's head was read.
+    pub started: std::time::Instant,
+}
+
+impl RequestRecord {
+    /// The request's one log line, on target `wsgate::access`.
+    pub fn emit(&self, status: u16, bytes_to_backend: u64, bytes_to_client: u64, reason: &str) {
+        tracing::info!(
+            target: "wsgate::access",
+            client = %self.client,
+            listener = %self.listener,
+            route = self.route.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            backend = self.backend.map_or_else(|| "-".to_string(), |b| b.to_string()),
+            method = %self.method,
+            path = %self.path,
+            status,
+            duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            bytes_to_backend,
+            bytes_to_client,
+            reason,
+            "http request"
+        );
+    }
+}

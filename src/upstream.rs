@@ -82,9 +82,46 @@ pub enum UpstreamError {
         #[source]
         source: BackendAnswerError,
     },
+    /// A plain request failed: connect, TLS, or the exchange itself.
+    #[error("request to {addr} failed: {}", chain(source))]
+    Request {
+        /// Backend address.
+        addr: SocketAddr,
+        /// What hyper-util's client said; a connect failure carries the
+        /// [`UpstreamError`] that caused it.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No response headers to a plain request within `timeouts.upstream_response`.
+    #[error("{addr} did not answer within {after:?}")]
+    ResponseTimeout {
+        /// Backend address.
+        addr: SocketAddr,
+        /// The configured deadline.
+        after: Duration,
+    },
+    /// A 101 to a request that asked for no upgrade (wsgate strips `Upgrade`
+    /// from plain requests): a broken or hostile backend.
+    #[error("{addr} switched protocols on a plain request")]
+    UnexpectedUpgrade {
+        /// Backend address.
+        addr: SocketAddr,
+    },
     /// The upstream has no servers.
     #[error("upstream has no servers")]
     NoServers,
+}
+
+/// An error and its causes, joined: hyper-util's own message is generic.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl UpstreamError {
@@ -94,7 +131,10 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } | UpstreamError::HandshakeTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            UpstreamError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::NoServers => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::Request { source, .. } => crate::pool::connect_error(source)
+                .map_or(StatusCode::BAD_GATEWAY, UpstreamError::status),
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -115,6 +155,14 @@ impl UpstreamError {
                 (Some(addr), "handshake-timeout".to_string())
             }
             UpstreamError::BadAnswer { addr, .. } => (Some(addr), "bad-101".to_string()),
+            UpstreamError::Request { addr, source } => match crate::pool::connect_error(source) {
+                Some(inner) => return inner.throttle_key(),
+                None => (Some(addr), "http".to_string()),
+            },
+            UpstreamError::ResponseTimeout { addr, .. } => {
+                (Some(addr), "response-timeout".to_string())
+            }
+            UpstreamError::UnexpectedUpgrade { addr } => (Some(addr), "unexpected-101".to_string()),
             UpstreamError::NoServers => (None, "no-servers".to_string()),
         };
         match addr {
@@ -211,7 +259,7 @@ pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answ
 }
 
 /// TCP connect, then TLS if asked, both within `after`.
-async fn connect(
+pub(crate) async fn connect(
     server: &Server,
     after: Duration,
     tls: Option<&BackendTls>,

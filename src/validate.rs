@@ -72,6 +72,7 @@ struct RawTimeouts {
     client_handshake: Option<Spanned<String>>,
     connect: Option<Spanned<String>>,
     upstream_handshake: Option<Spanned<String>>,
+    upstream_response: Option<Spanned<String>>,
     half_close: Option<Spanned<String>>,
     close: Option<Spanned<String>>,
 }
@@ -124,6 +125,8 @@ struct RawUpstream {
     retries: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
     drain_spread: Option<Spanned<String>>,
+    pool_max_idle: Option<Spanned<i64>>,
+    pool_idle_timeout: Option<Spanned<String>>,
     resolve_interval: Option<Spanned<String>>,
     tls: Option<Spanned<bool>>,
     sni: Option<Spanned<String>>,
@@ -325,6 +328,11 @@ impl<'a> Validator<'a> {
                 "timeouts.upstream_handshake",
                 d.upstream_handshake,
             ),
+            upstream_response: self.duration(
+                t.upstream_response,
+                "timeouts.upstream_response",
+                d.upstream_response,
+            ),
             half_close: self.duration(t.half_close, "timeouts.half_close", d.half_close),
             close: self.duration(t.close, "timeouts.close", d.close),
         };
@@ -455,6 +463,29 @@ impl<'a> Validator<'a> {
                 &format!("{key}.drain_spread"),
                 drain_timeout / 10,
             );
+            let pool_max_idle = match up
+                .pool_max_idle
+                .as_ref()
+                .map(|r| usize::try_from(*r.get_ref()))
+            {
+                None => DEFAULT_POOL_MAX_IDLE,
+                Some(Ok(n)) if n <= 10_000 => n,
+                Some(_) => {
+                    if let Some(r) = &up.pool_max_idle {
+                        self.problem(
+                            r,
+                            format!("{key}.pool_max_idle"),
+                            "must be a whole number from 0 to 10000",
+                        );
+                    }
+                    DEFAULT_POOL_MAX_IDLE
+                }
+            };
+            let pool_idle_timeout = self.duration(
+                up.pool_idle_timeout,
+                &format!("{key}.pool_idle_timeout"),
+                DEFAULT_POOL_IDLE_TIMEOUT,
+            );
             upstreams.insert(
                 name,
                 UpstreamConfig {
@@ -466,6 +497,8 @@ impl<'a> Validator<'a> {
                     retries,
                     drain_timeout,
                     drain_spread,
+                    pool_max_idle,
+                    pool_idle_timeout,
                 },
             );
         }

@@ -228,9 +228,14 @@ async fn wrong_version_gets_426_with_the_supported_version() {
     );
 }
 
+/// A raw backend answers one request per connection, so it says so.
+fn ok(_: &str) -> Option<Vec<u8>> {
+    Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec())
+}
+
 #[tokio::test]
-async fn h2c_and_plain_requests_are_never_forwarded() {
-    let backend = RawBackend::start(good_101).await;
+async fn h2c_is_stripped_and_proxied_as_http_1_1() {
+    let backend = RawBackend::start(ok).await;
     let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
     let mut tcp = TcpStream::connect(gw.addr("public"))
         .await
@@ -242,21 +247,21 @@ async fn h2c_and_plain_requests_are_never_forwarded() {
         "Connection: Upgrade, HTTP2-Settings",
         "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
     ]);
-    let (status, _, _) = raw_exchange(&mut tcp, h2c.as_bytes()).await;
-    assert_eq!(status, 501);
-    // The connection stays usable HTTP: a plain request on it gets its own answer.
-    let (status, _, _) = raw_exchange(
+    let (status, head, body) = raw_exchange(&mut tcp, h2c.as_bytes()).await;
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "{head}");
+    assert!(header_value(&head, "upgrade").is_none(), "{head}");
+    let seen = backend.all_received().to_ascii_lowercase();
+    assert!(seen.starts_with("get / http/1.1\r\n"), "{seen}");
+    for gone in ["upgrade", "http2-settings", "connection: upgrade"] {
+        assert!(!seen.contains(gone), "{gone} forwarded: {seen}");
+    }
+    // The connection stays HTTP/1.1: the next request on it gets its own answer.
+    let (status, _, body) = raw_exchange(
         &mut tcp,
         request(&["GET /page HTTP/1.1", "Host: a"]).as_bytes(),
     )
     .await;
-    assert_eq!(status, 501);
-    assert_eq!(
-        backend
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
 }
 
 #[tokio::test]
@@ -370,15 +375,32 @@ async fn a_200_with_upgrade_is_plain_http_and_later_bytes_are_parsed_as_requests
         header_value(&head, "upgrade").is_none(),
         "Upgrade is hop-by-hop: {head}"
     );
+    // The second request is parsed by wsgate and proxied as a request of its
+    // own, on another backend connection: never raw bytes after the handshake.
     let (status, _, _) = read_response(&mut tcp).await;
-    assert_eq!(
-        status, 501,
-        "the second request must be answered by wsgate as HTTP"
-    );
-    let seen = backend.all_received();
+    assert_eq!(status, 200);
+    let per_conn: Vec<String> = backend
+        .received
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    let handshake_conn = per_conn
+        .iter()
+        .find(|r| r.starts_with("GET /ws "))
+        .expect("the handshake reached the backend");
     assert!(
-        !seen.contains("/internal"),
-        "smuggled request reached the backend: {seen}"
+        !handshake_conn.contains("/internal"),
+        "smuggled request went down the handshake's connection: {handshake_conn}"
+    );
+    let internal = per_conn
+        .iter()
+        .find(|r| r.starts_with("GET /internal "))
+        .expect("the second request was proxied");
+    assert!(
+        !internal.to_ascii_lowercase().contains("upgrade"),
+        "{internal}"
     );
     assert_eq!(gw.gateway.registry().live_count(), 0);
 }
@@ -411,10 +433,14 @@ async fn after_a_refusal_pipelined_frame_bytes_are_parsed_as_http() {
     bytes.extend_from_slice(&frame);
     bytes.extend_from_slice(b"\r\n\r\n");
     tcp.write_all(&bytes).await.expect("write");
-    let (status, _, _) = read_response(&mut tcp).await;
+    let (status, head, _) = read_response(&mut tcp).await;
     assert_eq!(status, 403);
-    let (status, _, _) = read_response(&mut tcp).await;
-    assert_eq!(status, 400, "frame bytes must be parsed as a (bad) request");
+    // Frame bytes sent before the answer are not HTTP: the connection ends.
+    assert_eq!(
+        header_value(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
     wait_closed(&mut tcp).await;
     let received = backend.received.lock().expect("lock").concat();
     assert!(

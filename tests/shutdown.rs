@@ -456,8 +456,10 @@ async fn connections_still_in_their_handshake_do_not_hold_up_a_drain() {
     let mut served = TcpStream::connect(gw.addr("public"))
         .await
         .expect("connect");
-    let (status, _, _) = raw_exchange(&mut served, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
-    assert_eq!(status, 501);
+    // A refused handshake (426) keeps the connection open for the next request.
+    let old_version = handshake_request("/ws", "a").replace("Version: 13", "Version: 8");
+    let (status, _, _) = raw_exchange(&mut served, old_version.as_bytes()).await;
+    assert_eq!(status, 426);
     gw.gateway.drain();
     let tasks = gw.gateway.shared().tasks.clone();
     tasks.close();

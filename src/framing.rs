@@ -1,0 +1,646 @@
+//! The request-framing guard: a check of the client's raw bytes before
+//! hyper parses them, so wsgate and its backends can never disagree on where
+//! one request ends and the next begins (request smuggling).
+//!
+//! Owns: [`Scanner`], a byte-by-byte state machine over the request stream
+//! (head, `Content-Length` body, chunked body, trailers) that refuses what
+//! hyper would accept or silently repair: a bare LF or CR, obs-fold, control
+//! bytes, `Content-Length` together with `Transfer-Encoding`, a repeated or
+//! non-numeric `Content-Length`, a `Transfer-Encoding` other than one
+//! `chunked`, an overflowing chunk size; and [`Guarded`], the I/O wrapper
+//! that runs it on every read of a client connection.
+//!
+//! How a refusal reaches the client: the scanner overwrites the offending
+//! byte with one hyper's parser rejects at that position (NUL, or LF inside
+//! a chunk extension). hyper then answers 400 and closes the connection
+//! through its own error path, before any service code runs, so nothing of
+//! that request can reach a backend. The reason is kept for the log line.
+//!
+//! Legal transitions: `Head` → (`Length` | `Chunk` → `Trailer`) → `Head`;
+//! any state → `Stopped` at a refusal. After a WebSocket upgrade request the
+//! scanner is *paused* until the answer is known: what follows a 101 is
+//! frames, which must pass untouched, and what follows a refusal is the next
+//! request. So while paused the bytes are still scanned as HTTP, but a
+//! refusal only marks the connection: [`Scanner::resume`] (the answer was
+//! not a 101) then says it must close. A 101 hands the inner stream to the
+//! tunnel and drops the guard.
+//!
+//! Must not: change a byte of a well-formed request, or buffer anything but
+//! the current header line.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Why a client's raw request bytes were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// A line ended by LF alone: some servers split lines there, some do not.
+    #[error("bare LF in the request head")]
+    BareLf,
+    /// A CR not followed by LF.
+    #[error("bare CR in the request head")]
+    BareCr,
+    /// A header line continued on the next line (RFC 9112 section 5.2).
+    #[error("obsolete line folding in a header")]
+    ObsFold,
+    /// NUL or another control byte in the request head.
+    #[error("control byte in the request head")]
+    Control,
+    /// Both framings at once: the classic desync.
+    #[error("both Content-Length and Transfer-Encoding")]
+    LengthAndChunked,
+    /// More than one `Content-Length`, even with equal values.
+    #[error("repeated Content-Length")]
+    RepeatedLength,
+    /// A `Content-Length` that is not one decimal number.
+    #[error("Content-Length is not a number")]
+    BadLength,
+    /// `Transfer-Encoding` other than exactly one `chunked`, or on HTTP/1.0.
+    #[error("Transfer-Encoding other than a single chunked")]
+    TransferEncoding,
+    /// A chunk size larger than 64 bits.
+    #[error("chunk size too large")]
+    ChunkSize,
+    /// A chunk size line or chunk end that is not well formed.
+    #[error("malformed chunked body")]
+    Chunked,
+}
+
+impl Malformed {
+    /// A short fixed name, for metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Malformed::BareLf => "bare_lf",
+            Malformed::BareCr => "bare_cr",
+            Malformed::ObsFold => "obs_fold",
+            Malformed::Control => "control_byte",
+            Malformed::LengthAndChunked => "length_and_chunked",
+            Malformed::RepeatedLength => "repeated_length",
+            Malformed::BadLength => "bad_length",
+            Malformed::TransferEncoding => "transfer_encoding",
+            Malformed::ChunkSize => "chunk_size",
+            Malformed::Chunked => "chunked",
+        }
+    }
+}
+
+/// Where in the request stream the scanner is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Request line and header fields.
+    Head,
+    /// A `Content-Length` body: bytes left.
+    Length(u64),
+    /// A chunked body.
+    Chunk(Chunk),
+    /// Trailer fields after the last chunk.
+    Trailer,
+    /// After a refusal: hyper closes the connection.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Hex digits of the size so far, and whether there was one.
+    Size(u64, bool),
+    /// Whitespace after the size.
+    Space(u64),
+    /// A chunk extension, ignored up to its CR.
+    Extension(u64),
+    /// The LF ending the size line.
+    SizeLf(u64),
+    /// Data bytes left.
+    Data(u64),
+    DataCr,
+    DataLf,
+}
+
+/// Facts gathered from one request head.
+#[derive(Debug, Default)]
+struct Head {
+    /// The request line has been read.
+    started: bool,
+    /// The request line ends in `HTTP/1.0`.
+    http10: bool,
+    content_length: Option<u64>,
+    chunked: bool,
+    /// `Upgrade` names `websocket`.
+    websocket: bool,
+}
+
+/// The framing state machine over one client connection's bytes.
+#[derive(Debug)]
+pub struct Scanner {
+    state: State,
+    head: Head,
+    /// The current head or trailer line, without its CRLF.
+    line: Vec<u8>,
+    /// The previous byte was a CR.
+    cr: bool,
+    /// Longest line kept: longer heads are refused by hyper (431) anyway.
+    max_line: usize,
+    verdict: Option<Malformed>,
+    /// After a WebSocket upgrade request, until its answer is known.
+    paused: bool,
+    /// A refusal met while paused: it counts only if the upgrade is refused.
+    deferred: Option<Malformed>,
+}
+
+impl Scanner {
+    /// A scanner at the start of a connection. `max_line` bounds the one
+    /// buffer it keeps (the current line).
+    pub fn new(max_line: usize) -> Self {
+        Self {
+            state: State::Head,
+            head: Head::default(),
+            line: Vec::new(),
+            cr: false,
+            max_line,
+            verdict: None,
+            paused: false,
+            deferred: None,
+        }
+    }
+
+    /// Why the stream was refused, once it was.
+    pub fn verdict(&self) -> Option<Malformed> {
+        self.verdict
+    }
+
+    /// Checks bytes just read, in place. At a refusal, one byte is
+    /// overwritten so that hyper's parser fails at that point.
+    pub fn scan(&mut self, buf: &mut [u8]) {
+        let mut i = 0;
+        while i < buf.len() {
+            match self.state {
+                State::Stopped => return,
+                State::Length(left) | State::Chunk(Chunk::Data(left)) => {
+                    let take = left.min((buf.len() - i) as u64);
+                    i += take as usize;
+                    let left = left - take;
+                    self.state = match (self.state, left) {
+                        (State::Length(_), 0) => self.end_of_message(),
+                        (State::Length(_), _) => State::Length(left),
+                        (_, 0) => State::Chunk(Chunk::DataCr),
+                        _ => State::Chunk(Chunk::Data(left)),
+                    };
+                    continue;
+                }
+                _ => {}
+            }
+            let before = self.state;
+            if let Err(m) = self.byte(buf[i]) {
+                self.state = State::Stopped;
+                self.line = Vec::new();
+                if self.paused {
+                    // Perhaps WebSocket frames after a 101: leave them be.
+                    self.deferred = Some(m);
+                    return;
+                }
+                // A LF is what hyper refuses inside a chunk extension; NUL
+                // everywhere else.
+                buf[i] = if matches!(before, State::Chunk(Chunk::Extension(_))) {
+                    b'\n'
+                } else {
+                    0
+                };
+                self.verdict = Some(m);
+                return;
+            }
+            i += 1;
+        }
+    }
+
+    /// Called when the answer to a WebSocket upgrade request was not a 101:
+    /// the connection goes on as HTTP. Returns false when what the client
+    /// sent meanwhile (not waiting for the answer, as RFC 6455 requires) was
+    /// refused: hyper has those bytes already, unaltered, so the connection
+    /// must close after this response.
+    pub fn resume(&mut self) -> bool {
+        self.paused = false;
+        match self.deferred.take() {
+            Some(m) => {
+                self.verdict = Some(m);
+                false
+            }
+            None => true,
+        }
+    }
+
+    fn byte(&mut self, b: u8) -> Result<(), Malformed> {
+        match self.state {
+            State::Head | State::Trailer => {
+                if self.line_byte(b)? {
+                    self.end_of_line()?;
+                }
+                Ok(())
+            }
+            State::Chunk(c) => {
+                self.state = State::Chunk(chunk_byte(c, b)?);
+                if self.state == State::Chunk(Chunk::Data(0)) {
+                    // The last chunk: trailers (or the empty line) follow.
+                    self.state = State::Trailer;
+                    self.cr = false;
+                }
+                Ok(())
+            }
+            State::Length(_) | State::Stopped => Ok(()),
+        }
+    }
+
+    /// One byte of a head or trailer line; true at the line's end.
+    fn line_byte(&mut self, b: u8) -> Result<bool, Malformed> {
+        if self.cr {
+            self.cr = false;
+            return if b == b'\n' {
+                Ok(true)
+            } else {
+                Err(Malformed::BareCr)
+            };
+        }
+        match b {
+            b'\r' => self.cr = true,
+            b'\n' => return Err(Malformed::BareLf),
+            b' ' | b'\t' if self.line.is_empty() && self.folds() => return Err(Malformed::ObsFold),
+            b'\t' => self.push(b),
+            0..=0x1f | 0x7f => return Err(Malformed::Control),
+            _ => self.push(b),
+        }
+        Ok(false)
+    }
+
+    /// Whether a line starting with whitespace would continue the previous
+    /// field: anywhere after the request line.
+    fn folds(&self) -> bool {
+        self.state == State::Trailer || self.head.started
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.line.len() < self.max_line {
+            self.line.push(b);
+        }
+    }
+
+    fn end_of_line(&mut self) -> Result<(), Malformed> {
+        let line = std::mem::take(&mut self.line);
+        let result = if self.state == State::Trailer {
+            if line.is_empty() {
+                self.state = self.end_of_message();
+            }
+            Ok(())
+        } else if !self.head.started {
+            // Empty lines before the request line are allowed (RFC 9112 2.2).
+            if !line.is_empty() {
+                self.head.started = true;
+                self.head.http10 = line.ends_with(b"HTTP/1.0");
+            }
+            Ok(())
+        } else if line.is_empty() {
+            self.state = self.end_of_head();
+            Ok(())
+        } else {
+            self.field(&line)
+        };
+        // Keep the allocation for the next line of this head only.
+        if matches!(self.state, State::Head | State::Trailer) && self.head.started {
+            self.line = line;
+            self.line.clear();
+        }
+        result
+    }
+
+    fn field(&mut self, line: &[u8]) -> Result<(), Malformed> {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            // hyper refuses a field without a colon itself.
+            return Ok(());
+        };
+        let name = &line[..colon];
+        let value = trim(&line[colon + 1..]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if self.head.content_length.is_some() {
+                return Err(Malformed::RepeatedLength);
+            }
+            if self.head.chunked {
+                return Err(Malformed::LengthAndChunked);
+            }
+            self.head.content_length = Some(parse_length(value)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if self.head.content_length.is_some() {
+                return Err(Malformed::LengthAndChunked);
+            }
+            if self.head.chunked || self.head.http10 || !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(Malformed::TransferEncoding);
+            }
+            self.head.chunked = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.head.websocket |= value
+                .split(|&b| b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(b"websocket"));
+        }
+        Ok(())
+    }
+
+    fn end_of_head(&mut self) -> State {
+        let head = std::mem::take(&mut self.head);
+        if head.chunked {
+            State::Chunk(Chunk::Size(0, false))
+        } else if let Some(n @ 1..) = head.content_length {
+            State::Length(n)
+        } else {
+            self.paused |= head.websocket;
+            State::Head
+        }
+    }
+
+    fn end_of_message(&mut self) -> State {
+        self.head = Head::default();
+        self.line = Vec::new();
+        self.cr = false;
+        State::Head
+    }
+}
+
+fn chunk_byte(state: Chunk, b: u8) -> Result<Chunk, Malformed> {
+    let next = match (state, b) {
+        (Chunk::Size(n, _), b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+            let digit = u64::from(match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => b - b'A' + 10,
+            });
+            let n = n
+                .checked_mul(16)
+                .and_then(|n| n.checked_add(digit))
+                .ok_or(Malformed::ChunkSize)?;
+            Chunk::Size(n, true)
+        }
+        (Chunk::Size(n, true) | Chunk::Space(n), b' ' | b'\t') => Chunk::Space(n),
+        (Chunk::Size(n, true) | Chunk::Space(n), b';') => Chunk::Extension(n),
+        (Chunk::Size(n, true) | Chunk::Space(n) | Chunk::Extension(n), b'\r') => Chunk::SizeLf(n),
+        (Chunk::Extension(_), b'\n' | 0..=0x08 | 0x0a..=0x1f | 0x7f) => {
+            return Err(Malformed::Chunked)
+        }
+        (Chunk::Extension(n), _) => Chunk::Extension(n),
+        (Chunk::SizeLf(n), b'\n') => Chunk::Data(n),
+        (Chunk::DataCr, b'\r') => Chunk::DataLf,
+        (Chunk::DataLf, b'\n') => Chunk::Size(0, false),
+        _ => return Err(Malformed::Chunked),
+    };
+    Ok(next)
+}
+
+fn trim(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+fn parse_length(v: &[u8]) -> Result<u64, Malformed> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return Err(Malformed::BadLength);
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(Malformed::BadLength)
+    })
+}
+
+// === impl Guarded ===
+
+/// A client stream whose reads pass through a [`Scanner`] shared with the
+/// connection's request handler (which resumes it after a refused upgrade
+/// and reads its verdict).
+pub struct Guarded<S> {
+    inner: S,
+    scanner: Arc<Mutex<Scanner>>,
+}
+
+impl<S> Guarded<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, scanner: Arc<Mutex<Scanner>>) -> Self {
+        Self { inner, scanner }
+    }
+
+    /// The stream underneath: after a 101, the tunnel reads it unchecked.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        // A panic elsewhere cannot leave the scanner half-updated.
+        let mut scanner = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
+        scanner.scan(&mut buf.filled_mut()[before..]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scans `input` in pieces of `step` bytes; returns the verdict, the
+    /// bytes as hyper would see them, and the final state.
+    fn run(input: &[u8], step: usize) -> (Option<Malformed>, Vec<u8>, State) {
+        let mut s = Scanner::new(16384);
+        let mut out = input.to_vec();
+        for piece in out.chunks_mut(step) {
+            s.scan(piece);
+        }
+        (s.verdict(), out, s.state)
+    }
+
+    fn every_split(input: &[u8]) -> Option<Malformed> {
+        let (first, ..) = run(input, input.len());
+        for step in 1..input.len().min(40) {
+            assert_eq!(run(input, step).0, first, "split every {step} bytes");
+        }
+        first
+    }
+
+    const GOOD: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n\n\r\0\x01xGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\n\n\r\0\x01x\r\nA;x=y\r\n0123456789\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding:  chunked \r\n\r\n3 \r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xc3\xa9\t1\r\nContent-Length: 0\r\n\r\n",
+    ];
+
+    #[test]
+    fn well_formed_streams_pass_unchanged() {
+        for input in GOOD {
+            for step in 1..input.len() {
+                let (verdict, out, state) = run(input, step);
+                assert_eq!(
+                    verdict,
+                    None,
+                    "{:?} split {step}",
+                    String::from_utf8_lossy(input)
+                );
+                assert_eq!(&out, input, "bytes changed");
+                assert_eq!(state, State::Head, "ends at a request boundary");
+            }
+        }
+    }
+
+    #[test]
+    fn each_smuggling_pattern_is_refused_at_every_split() {
+        let cases: &[(&[u8], Malformed)] = &[
+            (b"GET / HTTP/1.1\nHost: a\r\n\r\n", Malformed::BareLf),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", Malformed::BareLf),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\n", Malformed::BareLf),
+            (b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", Malformed::BareCr),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n c\r\n\r\n", Malformed::ObsFold),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n\tc\r\n\r\n", Malformed::ObsFold),
+            (b"GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n", Malformed::Control),
+            (b"GET / HTTP/1.1\r\nHost: a\x01\r\n\r\n", Malformed::Control),
+            (b"GET / HTTP/1.1\r\nHost: a\x7f\r\n\r\n", Malformed::Control),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", Malformed::LengthAndChunked),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Malformed::LengthAndChunked),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", Malformed::RepeatedLength),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n", Malformed::BadLength),
+            (b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n", Malformed::BadLength),
+            (b"POST / HTTP/1.1\r\nContent-Length: 0x3\r\n\r\n", Malformed::BadLength),
+            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", Malformed::BadLength),
+            (b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n", Malformed::BadLength),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Malformed::TransferEncoding),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n", Malformed::TransferEncoding),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Malformed::TransferEncoding),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n", Malformed::TransferEncoding),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Malformed::TransferEncoding),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1FFFFFFFFFFFFFFFF\r\n", Malformed::ChunkSize),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", Malformed::Chunked),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n", Malformed::Chunked),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;a\nb\r\nabc\r\n", Malformed::Chunked),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n", Malformed::Chunked),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n", Malformed::BareLf),
+            // The second request of a keep-alive connection is checked too.
+            (b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n\r\nGET / HTTP/1.1\nHost: a\r\n\r\n", Malformed::BareLf),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                every_split(input),
+                Some(*expected),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn the_refused_byte_is_one_hyper_rejects() {
+        let (_, out, _) = run(b"GET / HTTP/1.1\nHost: a\r\n\r\n", 100);
+        assert_eq!(&out[..15], b"GET / HTTP/1.1\0");
+        let (_, out, _) = run(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;a\x01\r\n",
+            100,
+        );
+        assert!(out.ends_with(b"3;a\n\r\n"), "{out:?}");
+        // Nothing after a refusal is touched.
+        let (_, out, state) = run(
+            b"GET / HTTP/1.1\r\nX: \x01\r\n\r\nGET / HTTP/1.1\nX: y\r\n\r\n",
+            100,
+        );
+        assert_eq!(state, State::Stopped);
+        assert_eq!(out.iter().filter(|&&b| b == 0).count(), 1);
+        assert!(out.ends_with(b"GET / HTTP/1.1\nX: y\r\n\r\n"));
+    }
+
+    #[test]
+    fn an_upgrade_request_pauses_until_resumed() {
+        let frames = b"\x81\x85\x01\x02\x03\x04\n\x00\r\x01\x02";
+        let mut input =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec();
+        let head_len = input.len();
+        input.extend_from_slice(frames);
+        let mut s = Scanner::new(1024);
+        let mut out = input.clone();
+        s.scan(&mut out);
+        assert_eq!(s.verdict(), None);
+        assert_eq!(
+            out, input,
+            "frames after an upgrade request are not touched"
+        );
+        assert!(!s.resume(), "refused, these bytes end the connection");
+        assert!(s.verdict().is_some());
+
+        // A well-formed request pipelined after the upgrade request goes on.
+        let mut input = input[..head_len].to_vec();
+        input.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut s = Scanner::new(1024);
+        let mut out = input.clone();
+        s.scan(&mut out);
+        assert!(s.resume());
+        assert_eq!((s.verdict(), s.state), (None, State::Head));
+
+        let mut s = Scanner::new(1024);
+        let mut out = input[..head_len].to_vec();
+        s.scan(&mut out);
+        assert!(s.resume());
+        let mut next = b"GET / HTTP/1.1\nHost: a\r\n\r\n".to_vec();
+        s.scan(&mut next);
+        assert_eq!(
+            s.verdict(),
+            Some(Malformed::BareLf),
+            "checked again once resumed"
+        );
+    }
+
+    #[test]
+    fn a_long_line_keeps_at_most_max_line_bytes() {
+        let mut s = Scanner::new(8);
+        let mut input = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        input.extend(std::iter::repeat_n(b'a', 1000));
+        s.scan(&mut input);
+        assert!(s.line.len() <= 8);
+        assert_eq!(s.verdict(), None);
+    }
+}

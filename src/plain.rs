@@ -1,0 +1,396 @@
+//! The life of one plain HTTP request (no WebSocket upgrade), after
+//! proxy.rs has checked and routed it: wait for the start of its body,
+//! send it over the upstream's pool (trying the next server only when a
+//! connect fails and no byte of the body has left), and stream the answer
+//! back, logging one access line when the response body ends.
+//!
+//! Owns: the forwarded head (hop-by-hop headers, `Expect` and the client's
+//! framing removed, forwarding headers set), the request body as the pool
+//! sends it ([`RequestBody`], which can be handed to a second server while
+//! untouched), and the response body that counts bytes and writes the
+//! request's record ([`Logged`]).
+//!
+//! Decided: a body is peeked before any backend is contacted, so a body
+//! whose framing breaks at its first chunk is refused with 400 and reaches
+//! no one. That is also when hyper answers `Expect: 100-continue`: wsgate
+//! honours the expectation on its own hop, and the backend gets the body
+//! without waiting.
+//!
+//! Must not: buffer a body beyond the one frame peeked, or answer a plain
+//! request with a 101.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::header;
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::balancer::Server;
+use crate::config::Timeouts;
+use crate::handshake::{self, HandshakeError};
+use crate::pool::{HttpPool, PoolParts};
+use crate::proxy::{ConnContext, ProxyBody, Refusal};
+use crate::routes::Route;
+use crate::stats::RequestRecord;
+use crate::upstream::{self, UpstreamError};
+
+/// Proxies one plain request to the first of `candidates` that accepts a
+/// connection. `record` gains the backend as it is tried.
+///
+/// # Errors
+/// A [`Refusal`]: the client's body (400, 408) or the backend (502, 504).
+pub(crate) async fn forward(
+    req: Request<Incoming>,
+    ctx: &Arc<ConnContext>,
+    route: &Route,
+    candidates: &[Arc<Server>],
+    target: &str,
+    timeouts: Timeouts,
+    record: &mut RequestRecord,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let (parts, body) = req.into_parts();
+    let host = parts.headers.get(header::HOST).cloned();
+    let mut headers = parts.headers;
+    // Also drops an `Upgrade: h2c` and its HTTP2-Settings (named in
+    // Connection): the request goes on as HTTP/1.1.
+    handshake::strip_hop_by_hop(&mut headers);
+    headers.remove("http2-settings");
+    // hyper frames the body from its size: a length when known, else chunked.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
+    upstream::set_forwarding_headers(
+        &mut headers,
+        ctx.peer.ip(),
+        ctx.listener.trusts(ctx.peer.ip()),
+        ctx.listener.tls.is_some(),
+        host.as_ref(),
+    );
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|_| HandshakeError::Path(crate::routes::PathError::BadEncoding))?;
+
+    let upload = Upload::start(body, timeouts).await?;
+    let upstream = &route.upstream;
+    let pool = upstream.http_pool(|| {
+        HttpPool::new(PoolParts {
+            servers: &upstream.servers,
+            tls: upstream.tls.clone(),
+            max_idle: upstream.pool_max_idle,
+            idle_timeout: upstream.pool_idle_timeout,
+            connect_timeout: timeouts.connect,
+            tasks: ctx.shared.pool_tasks.clone(),
+            stop: ctx.shared.pool_stop.clone(),
+        })
+    });
+
+    let mut last = UpstreamError::NoServers;
+    for server in candidates {
+        let addr = server.addr;
+        record.backend = Some(addr);
+        let mut req = Request::new(RequestBody::new(upload.clone()));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers.clone();
+        let sent = tokio::time::timeout(timeouts.upstream_response, pool.send(server, req)).await;
+        let response = match sent {
+            Err(_) => {
+                return Err(UpstreamError::ResponseTimeout {
+                    addr,
+                    after: timeouts.upstream_response,
+                }
+                .into())
+            }
+            Ok(Ok(r)) => r,
+            Ok(Err(source)) => {
+                if let Some(e) = upload.failure() {
+                    return Err(HandshakeError::BadBody(e).into());
+                }
+                let retry = source.is_connect() && upload.untouched();
+                let e = UpstreamError::Request { addr, source };
+                if !retry {
+                    return Err(e.into());
+                }
+                tracing::debug!(backend = %addr, error = %e, "backend connect failed");
+                last = e;
+                continue;
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(UpstreamError::UnexpectedUpgrade { addr }.into());
+        }
+        let (mut head, body) = response.into_parts();
+        handshake::strip_hop_by_hop(&mut head.headers);
+        let logged = Logged {
+            inner: body,
+            to_client: 0,
+            end: Some(End {
+                ctx: ctx.clone(),
+                record: record.clone(),
+                status: head.status,
+                upload,
+            }),
+        };
+        ctx.in_flight.fetch_add(1, Ordering::SeqCst);
+        return Ok(Response::from_parts(head, logged.boxed()));
+    }
+    Err(last.into())
+}
+
+// === impl Upload ===
+
+/// A client's request body, shared by the attempts to send it: it stays in
+/// `slot` until a backend connection takes its first frame.
+struct Upload {
+    slot: Mutex<Option<Prefixed>>,
+    hint: SizeHint,
+    bytes: AtomicU64,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+/// The frame peeked before sending, then the rest.
+struct Prefixed {
+    first: Option<Frame<Bytes>>,
+    rest: Option<Incoming>,
+}
+
+impl Upload {
+    /// Waits, within `client_handshake`, for the body's first frame (or its
+    /// end), so a body that is malformed from its start reaches no backend.
+    async fn start(mut body: Incoming, timeouts: Timeouts) -> Result<Arc<Self>, Refusal> {
+        let (first, rest) = if body.is_end_stream() {
+            (None, None)
+        } else {
+            match tokio::time::timeout(timeouts.client_handshake, body.frame()).await {
+                Err(_) => return Err(HandshakeError::BodyTimeout.into()),
+                Ok(Some(Err(e))) => return Err(HandshakeError::BadBody(e.to_string()).into()),
+                Ok(None) => (None, None),
+                Ok(Some(Ok(f))) => (Some(f), (!body.is_end_stream()).then_some(body)),
+            }
+        };
+        let first_len = first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let hint = match &rest {
+            None => SizeHint::with_exact(first_len),
+            Some(r) => {
+                let h = r.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(h.lower() + first_len);
+                if let Some(upper) = h.upper() {
+                    hint.set_upper(upper + first_len);
+                }
+                hint
+            }
+        };
+        Ok(Arc::new(Self {
+            slot: Mutex::new(Some(Prefixed { first, rest })),
+            hint,
+            bytes: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        }))
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Prefixed>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// No backend connection has taken any of the body.
+    fn untouched(&self) -> bool {
+        self.slot().is_some()
+    }
+
+    /// Why reading the client's body failed, if it did.
+    fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+// === impl RequestBody ===
+
+/// The client's body on its way to one backend.
+pub struct RequestBody {
+    upload: Arc<Upload>,
+    /// Taken from the upload's slot at the first poll.
+    body: Option<Prefixed>,
+    /// A frame has been yielded: the body can no longer go elsewhere.
+    started: bool,
+}
+
+impl RequestBody {
+    fn new(upload: Arc<Upload>) -> Self {
+        Self {
+            upload,
+            body: None,
+            started: false,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if this.body.is_none() && !this.started {
+            this.body = this.upload.slot().take();
+        }
+        let Some(body) = &mut this.body else {
+            return Poll::Ready(None);
+        };
+        let frame = match body.first.take() {
+            Some(f) => Some(Ok(f)),
+            None => match &mut body.rest {
+                None => None,
+                Some(rest) => ready!(Pin::new(rest).poll_frame(cx)),
+            },
+        };
+        match &frame {
+            Some(Ok(f)) => {
+                this.started = true;
+                if let Some(d) = f.data_ref() {
+                    this.upload
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Some(Err(e)) => {
+                this.started = true;
+                *this
+                    .upload
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                this.upload.failed.store(true, Ordering::SeqCst);
+            }
+            None => this.started = true,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.upload.hint.exact() == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.upload.hint
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // A connect that failed before the body was sent: the next server gets it.
+        if !self.started {
+            if let Some(body) = self.body.take() {
+                *self.upload.slot() = Some(body);
+            }
+        }
+    }
+}
+
+// === impl Logged ===
+
+/// The backend's response body on its way to the client; writes the
+/// request's access line and metrics when it ends, however it ends.
+struct Logged {
+    inner: Incoming,
+    to_client: u64,
+    end: Option<End>,
+}
+
+struct End {
+    ctx: Arc<ConnContext>,
+    record: RequestRecord,
+    status: StatusCode,
+    upload: Arc<Upload>,
+}
+
+impl End {
+    fn finish(self, to_client: u64, reason: &str) {
+        let to_backend = self.upload.bytes.load(Ordering::Relaxed);
+        let listener = &self.ctx.listener.name;
+        self.record
+            .emit(self.status.as_u16(), to_backend, to_client, reason);
+        self.ctx.shared.metrics.http_request(
+            listener,
+            self.status.as_u16(),
+            self.record.started.elapsed(),
+            to_backend,
+            to_client,
+        );
+        // Counted since the response left the handler: a drain waits for it.
+        self.ctx.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    this.to_client += d.len() as u64;
+                }
+            }
+            Some(Err(e)) => {
+                if let Some(end) = this.end.take() {
+                    end.finish(this.to_client, &format!("backend: {e}"));
+                }
+            }
+            None => {
+                if let Some(end) = this.end.take() {
+                    end.finish(this.to_client, "complete");
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(end) = self.end.take() {
+            // hyper stops polling a body whose announced length is reached.
+            let reason = if self.inner.is_end_stream() {
+                "complete"
+            } else {
+                "client: gone before the response ended"
+            };
+            end.finish(self.to_client, reason);
+        }
+    }
+}
