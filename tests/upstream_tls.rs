@@ -6,12 +6,9 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -19,34 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// with `client_ca`, it requires a client certificate signed by it.
 /// Returns its address and the CA that signed its certificate.
 async fn tls_backend(dir: &Path, client_ca: Option<&Path>) -> (SocketAddr, PathBuf) {
-    let (cert, key, ca) = make_cert(dir, "backend", &["localhost"]);
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .expect("cert")
-        .collect::<Result<_, _>>()
-        .expect("cert");
-    let key = PrivateKeyDer::from_pem_file(&key).expect("key");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).expect("ca") {
-                roots.add(c.expect("ca cert")).expect("add");
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .expect("verifier");
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let config = builder.with_single_cert(chain, key).expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (acceptor, ca) = backend_tls_acceptor(dir, client_ca);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {

@@ -435,3 +435,373 @@ pub fn make_cert(dir: &std::path::Path, stem: &str, names: &[&str]) -> (PathBuf,
     std::fs::write(&paths.2, ca).expect("write ca");
     paths
 }
+
+// === an application backend: pages and WebSockets on one port ===
+
+/// Byte `i` of every test body: position-dependent, so a lost, repeated or
+/// reordered byte is seen.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// `len` bytes of the pattern starting at `offset`.
+pub fn pattern(offset: u64, len: usize) -> bytes::Bytes {
+    (0..len as u64).map(|i| pattern_byte(offset + i)).collect()
+}
+
+/// A body of `len` pattern bytes, sent in 64 KiB frames; with `chunked`,
+/// its length is not announced, so hyper sends it chunked.
+pub struct PatternBody {
+    sent: u64,
+    len: u64,
+    chunked: bool,
+}
+
+impl PatternBody {
+    pub fn new(len: u64, chunked: bool) -> Self {
+        Self {
+            sent: 0,
+            len,
+            chunked,
+        }
+    }
+}
+
+impl http_body::Body for PatternBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let left = self.len - self.sent;
+        if left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = left.min(64 * 1024);
+        let data = pattern(self.sent, n as usize);
+        self.sent += n;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent == self.len
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.chunked {
+            http_body::SizeHint::default()
+        } else {
+            http_body::SizeHint::with_exact(self.len - self.sent)
+        }
+    }
+}
+
+/// Reads a body to its end; returns its length and how many of its bytes
+/// differ from the pattern.
+pub async fn check_pattern<B>(body: B) -> Result<(u64, u64), B::Error>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    check_pattern_from(body, 0).await
+}
+
+/// Like [`check_pattern`] for a body whose first `offset` bytes were read
+/// already; the length returned counts them.
+pub async fn check_pattern_from<B>(mut body: B, offset: u64) -> Result<(u64, u64), B::Error>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    use http_body_util::BodyExt;
+    let (mut len, mut wrong) = (offset, 0u64);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            for &b in data.iter() {
+                wrong += u64::from(b != pattern_byte(len));
+                len += 1;
+            }
+        }
+    }
+    Ok((len, wrong))
+}
+
+/// One request an [`AppBackend`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Index of the backend connection it came on (0, 1, ...).
+    pub conn: usize,
+    pub method: http::Method,
+    pub target: String,
+    pub headers: http::HeaderMap,
+}
+
+type AppBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+
+/// A real HTTP/1.1 application server (hyper), plain or TLS, that serves
+/// pages and WebSockets on the same port, as Socket.IO-style apps do, and
+/// records every request and connection. It answers by path:
+/// - a WebSocket upgrade on any path: 101, then echoes text and binary;
+/// - `/echo`: streams the request body back as it arrives;
+/// - `/count`: reads the body and answers `LEN WRONG` (see [`check_pattern`]);
+/// - `/big/N`: N pattern bytes, with Content-Length (HEAD: headers only);
+/// - `/status/N`: status N, no body;
+/// - `/headers`: the request's headers, one `name: value` a line;
+/// - `/hop`: a body, with hop-by-hop headers a proxy must not pass on;
+/// - `/whoami`: this backend's address;
+/// - `/switch`: a 101 though nothing asked for it;
+/// - `/never`: no answer at all.
+pub struct AppBackend {
+    pub addr: SocketAddr,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    pub requests: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl AppBackend {
+    pub async fn start() -> Self {
+        Self::start_tls(None).await
+    }
+
+    /// With `tls`, every connection is a TLS connection first.
+    pub async fn start_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind app backend");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let conn = conns.fetch_add(1, Ordering::SeqCst);
+                let reqs = reqs.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        reqs.lock().unwrap().push(Seen {
+                            conn,
+                            method: req.method().clone(),
+                            target: req.uri().to_string(),
+                            headers: req.headers().clone(),
+                        });
+                        app_answer(req, addr)
+                    });
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(tcp);
+                            let _ = builder.serve_connection(io, service).with_upgrades().await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = builder.serve_connection(io, service).with_upgrades().await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Backend connections accepted so far.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn app_answer(
+    mut req: hyper::Request<hyper::body::Incoming>,
+    me: SocketAddr,
+) -> Result<hyper::Response<AppBody>, std::convert::Infallible> {
+    use http_body_util::{BodyExt, Empty, Full};
+    let text = |s: String| {
+        Full::new(bytes::Bytes::from(s))
+            .map_err(|n| match n {})
+            .boxed()
+    };
+    let empty = || Empty::new().map_err(|n| match n {}).boxed();
+    let path = req.uri().path().to_string();
+    if let Some(key) = req.headers().get("sec-websocket-key") {
+        let accept = wsgate::handshake::accept_key(key.as_bytes());
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let io = hyper_util::rt::TokioIo::new(upgraded);
+            let mut ws = WebSocketStream::from_raw_socket(
+                io,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            use futures_util::SinkExt;
+            while let Some(Ok(m)) = ws.next().await {
+                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let res = hyper::Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-accept", accept)
+            .body(empty())
+            .expect("101");
+        return Ok(res);
+    }
+    let res = match path.as_str() {
+        "/echo" => hyper::Response::new(req.into_body().boxed()),
+        "/count" => {
+            let (len, wrong) = match check_pattern(req.into_body()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let mut r = hyper::Response::new(text(format!("body error: {e}")));
+                    *r.status_mut() = http::StatusCode::BAD_REQUEST;
+                    return Ok(r);
+                }
+            };
+            hyper::Response::new(text(format!("{len} {wrong}")))
+        }
+        "/headers" => {
+            let lines: String = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            hyper::Response::new(text(lines))
+        }
+        "/hop" => hyper::Response::builder()
+            .header("connection", "x-private")
+            .header("x-private", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-public", "yes")
+            .body(text("hop".to_string()))
+            .expect("response"),
+        "/whoami" => hyper::Response::new(text(me.to_string())),
+        "/switch" => hyper::Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .body(empty())
+            .expect("response"),
+        "/never" => std::future::pending().await,
+        p => {
+            if let Some(n) = p.strip_prefix("/big/").and_then(|n| n.parse::<u64>().ok()) {
+                hyper::Response::new(PatternBody::new(n, false).map_err(|n| match n {}).boxed())
+            } else if let Some(s) = p
+                .strip_prefix("/status/")
+                .and_then(|n| n.parse::<u16>().ok())
+                .and_then(|n| http::StatusCode::from_u16(n).ok())
+            {
+                let mut r = hyper::Response::new(empty());
+                *r.status_mut() = s;
+                r
+            } else {
+                let mut r = hyper::Response::new(text(format!("no page {p}")));
+                *r.status_mut() = http::StatusCode::NOT_FOUND;
+                r
+            }
+        }
+    };
+    Ok(res)
+}
+
+/// An HTTP/1.1 client connection (hyper) to `addr`.
+pub async fn http_client<B>(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("client handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// A request to `path` with `Host: a` and `body`.
+pub fn http_request<B>(method: &str, path: &str, body: B) -> hyper::Request<B> {
+    hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "a")
+        .body(body)
+        .expect("request")
+}
+
+/// Sends one request on a fresh client connection; returns status and body text.
+pub async fn http_text(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let mut client = http_client(addr).await;
+    let res = within(
+        "a response",
+        client.send_request(http_request(
+            method,
+            path,
+            http_body_util::Empty::<bytes::Bytes>::new(),
+        )),
+    )
+    .await
+    .expect("response");
+    let status = res.status().as_u16();
+    let body = within("a response body", res.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A TLS acceptor for a backend with a certificate for `localhost` made in
+/// `dir` (as `backend.pem`, signed by `backend-ca.pem`); with `client_ca`,
+/// it requires a client certificate signed by that CA. Returns the
+/// acceptor and the path of the CA that signed the backend's certificate.
+pub fn backend_tls_acceptor(
+    dir: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> (tokio_rustls::TlsAcceptor, PathBuf) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key, ca) = make_cert(dir, "backend", &["localhost"]);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .expect("cert")
+        .collect::<Result<_, _>>()
+        .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(&key).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+                roots.add(c.expect("ca cert")).expect("add");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).expect("server config");
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca)
+}

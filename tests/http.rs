@@ -1,0 +1,689 @@
+//! Plain HTTP/1.1 beside WebSocket: bodies from empty to 64 MiB streamed both
+//! ways in both framings, keep-alive reuse of backend connections (and no
+//! reuse while a response is unread or unframeable), `Expect:
+//! 100-continue`, bodiless answers, hop-by-hop and forwarding headers,
+//! backends that fail mid-response, retries, timeouts, and the hash key
+//! shared by a page and the WebSocket that follows it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+const MIB: u64 = 1024 * 1024;
+
+/// One plain listener `public`, one route to upstream `u` with `servers`,
+/// and `extra` lines in the upstream's table.
+fn config(servers: &[SocketAddr], extra: &str) -> String {
+    format!(
+        "[timeouts]\nconnect = \"2s\"\nupstream_handshake = \"2s\"\nclient_handshake = \"5s\"\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[routes]]\nupstream = \"u\"\n\n[upstreams.u]\nservers = {}\n{extra}\n",
+        server_list(servers)
+    )
+}
+
+async fn start(backend: &AppBackend) -> TestGateway {
+    TestGateway::start(&config(&[backend.addr], "")).await
+}
+
+/// Sends `body` to `path` on a fresh connection; returns status and body text.
+async fn send<B>(addr: SocketAddr, method: &str, path: &str, body: B) -> (u16, String)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut client = http_client(addr).await;
+    let res = within(
+        "a response",
+        client.send_request(http_request(method, path, body)),
+    )
+    .await
+    .expect("response");
+    let status = res.status().as_u16();
+    let body = within("a response body", res.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A request body fed from a channel, frame by frame, as the test decides.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d))))
+    }
+}
+
+/// Closes a WebSocket and reads until the closing handshake is done.
+async fn close_ws(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>) {
+    ws.close(None).await.expect("close");
+    within("the closing handshake", async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+// === bodies ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_from_empty_to_64_mib_pass_intact_in_both_framings() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    let addr = gw.addr("public");
+    assert_eq!(
+        send(addr, "GET", "/count", Empty::<Bytes>::new()).await,
+        (200, "0 0".to_string())
+    );
+    for method in ["POST", "PUT"] {
+        for len in [0, 1, 100_000, 64 * MIB] {
+            for chunked in [false, true] {
+                let got = send(addr, method, "/count", PatternBody::new(len, chunked)).await;
+                assert_eq!(
+                    got,
+                    (200, format!("{len} 0")),
+                    "{method} of {len} bytes, chunked: {chunked}"
+                );
+            }
+        }
+    }
+    // The framing the backend saw is the one the body needs: a length when
+    // the client gave one, chunked when it did not.
+    let framings: Vec<(Option<String>, Option<String>)> = backend
+        .seen()
+        .iter()
+        .filter(|s| s.method == "PUT")
+        .map(|s| {
+            let h = |n: &str| {
+                s.headers
+                    .get(n)
+                    .map(|v| v.to_str().expect("ascii").to_string())
+            };
+            (h("content-length"), h("transfer-encoding"))
+        })
+        .collect();
+    assert!(
+        framings.contains(&(Some("67108864".into()), None)),
+        "{framings:?}"
+    );
+    assert!(
+        framings.contains(&(None, Some("chunked".into()))),
+        "{framings:?}"
+    );
+    for len in [0, 1, 64 * MIB] {
+        let mut client = http_client::<Empty<Bytes>>(addr).await;
+        let res = within(
+            "a response",
+            client.send_request(http_request("GET", &format!("/big/{len}"), Empty::new())),
+        )
+        .await
+        .expect("response");
+        assert_eq!(res.status(), 200);
+        let got = within("the download", check_pattern(res.into_body()))
+            .await
+            .expect("body");
+        assert_eq!(got, (len, 0), "download of {len} bytes");
+    }
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_as_they_arrive() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    let mut client = http_client::<ChannelBody>(gw.addr("public")).await;
+    let (tx, rx) = mpsc::channel(1);
+    let piece = 64 * 1024;
+    tx.send(pattern(0, piece)).await.expect("first piece");
+    let res = within(
+        "the response head, before the request body ends",
+        client.send_request(http_request("POST", "/echo", ChannelBody(rx))),
+    )
+    .await
+    .expect("response");
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    // Each piece comes back before the next is sent: nothing waits for the
+    // whole body on either leg.
+    let mut received = 0u64;
+    for n in 1..=8u64 {
+        while received < n * piece as u64 {
+            let frame = within("an echoed piece", body.frame())
+                .await
+                .expect("body open")
+                .expect("frame");
+            if let Ok(d) = frame.into_data() {
+                assert_eq!(d, pattern(received, d.len()), "at byte {received}");
+                received += d.len() as u64;
+            }
+        }
+        if n < 8 {
+            tx.send(pattern(received, piece)).await.expect("next piece");
+        }
+    }
+    drop(tx);
+    assert!(within("the end of the echo", body.frame()).await.is_none());
+}
+
+// === connections to backends ===
+
+#[tokio::test]
+async fn keep_alive_backend_connections_serve_several_requests() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    // Separate client connections, one after another: pooling is per
+    // upstream server, not per client.
+    for i in 0..10 {
+        let (status, body) = http_text(gw.addr("public"), "GET", &format!("/big/{i}")).await;
+        assert_eq!((status, body.len()), (200, i));
+    }
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 10);
+    let mut per_conn = std::collections::HashMap::<usize, usize>::new();
+    for s in &seen {
+        *per_conn.entry(s.conn).or_default() += 1;
+    }
+    assert!(
+        per_conn.values().any(|&n| n >= 2) && backend.connection_count() < 10,
+        "no backend connection was reused: {per_conn:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_connection_is_not_reused_while_its_response_is_unread() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    let addr = gw.addr("public");
+    let mut slow = http_client::<Empty<Bytes>>(addr).await;
+    let res = within(
+        "a response",
+        slow.send_request(http_request("GET", "/big/33554432", Empty::new())),
+    )
+    .await
+    .expect("response");
+    let mut unread = res.into_body();
+    let first = within("the first frame", unread.frame())
+        .await
+        .expect("body open")
+        .expect("frame")
+        .into_data()
+        .expect("data");
+    assert_eq!(first, pattern(0, first.len()));
+    // Meanwhile another request must get a connection of its own.
+    assert_eq!(http_text(addr, "GET", "/big/3").await.0, 200);
+    assert_eq!(backend.connection_count(), 2);
+    // The first response is still whole.
+    let rest = check_pattern_from(unread, first.len() as u64);
+    let (len, wrong) = within("the rest", rest).await.expect("body");
+    assert_eq!((len, wrong), (32 * MIB, 0));
+}
+
+/// A raw backend: answers the first request head of each connection with
+/// `answer`, then either closes (`close_after`) or waits for wsgate to close.
+/// Reports `Ok(index)` for each accepted connection and `Err(index)` when
+/// that connection reached EOF.
+async fn scripted_backend(
+    answer: &'static [u8],
+    close_after: bool,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Result<usize, usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut index = 0;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let _ = tx.send(Ok(index));
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(answer).await;
+                if !close_after {
+                    while let Ok(n) = tcp.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send(Err(index));
+            });
+            index += 1;
+        }
+    });
+    (addr, rx)
+}
+
+async fn next_event(
+    rx: &mut mpsc::UnboundedReceiver<Result<usize, usize>>,
+) -> Result<usize, usize> {
+    within("a backend connection event", rx.recv())
+        .await
+        .expect("backend alive")
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_mid_response_ends_the_client_connection() {
+    let (addr, mut events) = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+        true,
+    )
+    .await;
+    let gw = TestGateway::start(&config(&[addr], "")).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    // The head and the ten bytes arrive; then the connection ends, so the
+    // client sees a short body and can never take it for a whole one.
+    let mut got = Vec::new();
+    within("the client connection to end", tcp.read_to_end(&mut got))
+        .await
+        .ok();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 100"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n0123456789"), "{text}");
+    assert_eq!(next_event(&mut events).await, Ok(0));
+    // Other clients are served, on a new backend connection.
+    let mut other = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    other
+        .write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(read_head(&mut other)
+        .await
+        .starts_with("HTTP/1.1 200 OK\r\n"));
+    loop {
+        match next_event(&mut events).await {
+            Ok(1) => break,
+            Err(0) => {}
+            other => panic!("unexpected backend event {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unframeable_response_is_502_and_its_connection_is_never_reused() {
+    let cases: [(&str, &'static [u8]); 3] = [
+        (
+            "non-numeric length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+        ),
+        (
+            "two lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        ),
+        ("not HTTP", b"SSH-2.0-OpenSSH_9.6\r\n\r\n"),
+    ];
+    for (what, answer) in cases {
+        let (addr, mut events) = scripted_backend(answer, false).await;
+        let gw = TestGateway::start(&config(&[addr], "")).await;
+        let (status, body) = http_text(gw.addr("public"), "GET", "/").await;
+        assert_eq!(status, 502, "{what}: {body}");
+        assert_eq!(next_event(&mut events).await, Ok(0), "{what}");
+        // wsgate closed that connection rather than pooling it.
+        assert_eq!(next_event(&mut events).await, Err(0), "{what}");
+        let (status, _) = http_text(gw.addr("public"), "GET", "/").await;
+        assert_eq!(status, 502, "{what}");
+        assert_eq!(
+            next_event(&mut events).await,
+            Ok(1),
+            "{what}: a new connection"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_broken_chunked_response_is_cut_and_its_connection_closed() {
+    let (addr, mut events) = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        false,
+    )
+    .await;
+    let gw = TestGateway::start(&config(&[addr], "")).await;
+    let mut client = http_client::<Empty<Bytes>>(gw.addr("public")).await;
+    let res = within(
+        "a response",
+        client.send_request(http_request("GET", "/", Empty::new())),
+    )
+    .await
+    .expect("response head");
+    assert_eq!(res.status(), 200);
+    let body = within("the body to fail", res.into_body().collect()).await;
+    assert!(body.is_err(), "a cut body must not look complete");
+    assert_eq!(next_event(&mut events).await, Ok(0));
+    assert_eq!(next_event(&mut events).await, Err(0));
+}
+
+// === answers ===
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_and_the_body_flows() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(
+        &mut tcp,
+        b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 300\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 100);
+    assert!(backend.seen().is_empty(), "nothing goes on before the body");
+    let (status, _, body) = raw_exchange(&mut tcp, &pattern(0, 300)).await;
+    assert_eq!((status, body.as_slice()), (200, &b"300 0"[..]));
+    let seen = backend.seen();
+    assert!(seen[0].headers.get("expect").is_none(), "{:?}", seen[0]);
+}
+
+/// Reads one response head only (for HEAD, whose Content-Length has no body).
+async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    within("a response head", async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(tcp.read(&mut b).await.expect("read"), 1, "closed");
+            head.push(b[0]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn head_204_and_304_answers_carry_no_body() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    tcp.write_all(b"HEAD /big/1000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        header_value(&head, "content-length").as_deref(),
+        Some("1000")
+    );
+    for code in [204, 304] {
+        tcp.write_all(format!("GET /status/{code} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let head = read_head(&mut tcp).await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {code}")), "{head}");
+        assert!(header_value(&head, "transfer-encoding").is_none(), "{head}");
+    }
+    // Had any body bytes followed, this answer would be misread.
+    let (status, _, body) =
+        raw_exchange(&mut tcp, b"GET /big/10 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!((status, body), (200, pattern(0, 10).to_vec()));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_stay_on_their_hop_and_forwarding_headers_are_set() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    let mut client = http_client::<Empty<Bytes>>(gw.addr("public")).await;
+    let req = hyper::Request::builder()
+        .uri("/headers")
+        .header("host", "app.test")
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "1")
+        .header("keep-alive", "timeout=1")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("x-app", "kept")
+        .body(Empty::new())
+        .expect("request");
+    let res = within("a response", client.send_request(req))
+        .await
+        .expect("response");
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let seen = String::from_utf8_lossy(&body).to_string();
+    let value = |name: &str| {
+        seen.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+    };
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-real-ip",
+    ] {
+        assert_eq!(value(gone), None, "{gone} reached the backend:\n{seen}");
+    }
+    assert_eq!(value("host").as_deref(), Some("app.test"), "{seen}");
+    assert_eq!(value("x-app").as_deref(), Some("kept"), "{seen}");
+    assert_eq!(
+        value("x-forwarded-for").as_deref(),
+        Some("127.0.0.1"),
+        "{seen}"
+    );
+    assert_eq!(
+        value("x-forwarded-proto").as_deref(),
+        Some("http"),
+        "{seen}"
+    );
+    assert_eq!(
+        value("forwarded").as_deref(),
+        Some("for=127.0.0.1;proto=http;host=app.test"),
+        "{seen}"
+    );
+
+    let res = within(
+        "a response",
+        client.send_request(http_request("GET", "/hop", Empty::new())),
+    )
+    .await
+    .expect("response");
+    let h = res.headers();
+    for gone in ["x-private", "keep-alive"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the client: {h:?}");
+    }
+    assert!(
+        h.get_all("connection")
+            .iter()
+            .all(|v| !v.to_str().unwrap_or("").contains("x-private")),
+        "{h:?}"
+    );
+    assert_eq!(h.get("x-public").map(|v| v.as_bytes()), Some(&b"yes"[..]));
+}
+
+#[tokio::test]
+async fn a_101_to_a_plain_request_is_a_502() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    let (status, body) = http_text(gw.addr("public"), "GET", "/switch").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("switched protocols"), "{body}");
+}
+
+#[tokio::test]
+async fn no_answer_within_upstream_response_is_a_504() {
+    let backend = AppBackend::start().await;
+    let toml = config(&[backend.addr], "").replace(
+        "[timeouts]\n",
+        "[timeouts]\nupstream_response = \"300ms\"\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let (status, body) = http_text(gw.addr("public"), "GET", "/never").await;
+    assert_eq!(status, 504, "{body}");
+    // The gateway still serves.
+    assert_eq!(http_text(gw.addr("public"), "GET", "/big/1").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_refused_connect_is_retried_on_another_server() {
+    let backend = AppBackend::start().await;
+    let dead = dead_addr().await;
+    let gw = TestGateway::start(&config(
+        &[dead, backend.addr],
+        "balance = \"round_robin\"\nretries = 1",
+    ))
+    .await;
+    for _ in 0..4 {
+        let (status, body) = send(
+            gw.addr("public"),
+            "POST",
+            "/count",
+            PatternBody::new(5000, false),
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (200, "5000 0"));
+    }
+    let gw = TestGateway::start(&config(&[dead], "")).await;
+    let (status, body) = http_text(gw.addr("public"), "GET", "/").await;
+    assert_eq!(status, 502, "{body}");
+}
+
+#[tokio::test]
+async fn a_host_no_route_serves_is_404() {
+    let backend = AppBackend::start().await;
+    let toml =
+        config(&[backend.addr], "").replace("[[routes]]\n", "[[routes]]\nhost = \"app.test\"\n");
+    let gw = TestGateway::start(&toml).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) =
+        raw_exchange(&mut tcp, b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n").await;
+    assert_eq!(status, 404);
+    let (status, _, _) =
+        raw_exchange(&mut tcp, b"GET /big/2 HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(status, 200);
+    assert_eq!(backend.seen().len(), 1);
+}
+
+// === one application: pages and WebSockets ===
+
+#[tokio::test]
+async fn pages_and_websockets_share_one_listener_route_and_backend() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    let addr = gw.addr("public");
+    // Long polling first, then the upgrade, then more pages while it is open.
+    assert_eq!(
+        http_text(addr, "GET", "/whoami").await,
+        (200, backend.addr.to_string())
+    );
+    let mut ws = ws_connect(addr, "/socket").await;
+    ws.send(Message::text("live")).await.expect("send");
+    assert_eq!(
+        within("an echo", ws.next())
+            .await
+            .expect("msg")
+            .expect("ok"),
+        Message::text("live")
+    );
+    let (status, body) = send(addr, "POST", "/count", PatternBody::new(1000, true)).await;
+    assert_eq!((status, body.as_str()), (200, "1000 0"));
+    assert_eq!(gw.gateway.registry().live_count(), 1);
+    close_ws(ws).await;
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn a_page_and_its_websocket_hash_to_the_same_server() {
+    let backends = [
+        AppBackend::start().await,
+        AppBackend::start().await,
+        AppBackend::start().await,
+    ];
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let gw = TestGateway::start(&config(
+        &addrs,
+        "balance = \"hash\"\nhash_key = \"query:room\"",
+    ))
+    .await;
+    let addr = gw.addr("public");
+    let mut used = std::collections::HashSet::new();
+    for room in 0..12 {
+        let (status, page_server) = http_text(addr, "GET", &format!("/whoami?room=r{room}")).await;
+        assert_eq!(status, 200);
+        used.insert(page_server.clone());
+        let target = format!("/ws?room=r{room}");
+        let ws = ws_connect(addr, &target).await;
+        let ws_server = backends
+            .iter()
+            .find(|b| b.seen().iter().any(|s| s.target == target))
+            .map(|b| b.addr.to_string());
+        assert_eq!(ws_server, Some(page_server), "room r{room}");
+        // Bounded loads count open tunnels: let this one go before the next key.
+        close_ws(ws).await;
+        gw.wait_idle().await;
+    }
+    assert!(
+        used.len() >= 2,
+        "12 keys all hashed to one server: {used:?}"
+    );
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn plain_requests_are_counted_in_metrics() {
+    let backend = AppBackend::start().await;
+    let toml = format!(
+        "{}\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        config(&[backend.addr], "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    for path in ["/big/100", "/status/404", "/switch"] {
+        http_text(gw.addr("public"), "GET", path).await;
+    }
+    let admin = gw.admin.expect("admin listener");
+    let (status, text) = http_text(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = text.lines().collect();
+    let value = |series: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(series))
+            .map(|v| v.trim().to_string())
+    };
+    for (outcome, n) in [("200", "1"), ("404", "1"), ("502", "1")] {
+        let series =
+            format!("wsgate_http_requests_total{{listener=\"public\",outcome=\"{outcome}\"}}");
+        assert_eq!(value(&series).as_deref(), Some(n), "{series} in\n{text}");
+    }
+    let to_client = "wsgate_http_body_bytes_total{listener=\"public\",direction=\"to_client\"}";
+    let bytes: u64 = value(to_client)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{to_client} in\n{text}"));
+    assert!(bytes >= 100, "{text}");
+}
