@@ -767,3 +767,69 @@ async fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_one_access_line_per_plain_request() {
+    let backend = AppBackend::start().await;
+    let port = free_port().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:{port}\"\n\n[[routes]]\nupstream = \"app\"\n\n[upstreams.app]\nservers = [\"{}\"]\n",
+        backend.addr
+    );
+    let path = write(dir.path(), "http.toml", &config);
+    let mut wsgate = Running::spawn(&["run", "--config", &path, "--log-format", "json"]);
+    let listening = wsgate.json_event("listening").await;
+    let addr: std::net::SocketAddr = listening["addr"]
+        .as_str()
+        .expect("addr field")
+        .parse()
+        .expect("addr");
+    let mut client = http_client(addr).await;
+    let res = within(
+        "a response",
+        client.send_request(http_request(
+            "POST",
+            "/count?x=1",
+            PatternBody::new(1234, false),
+        )),
+    )
+    .await
+    .expect("response");
+    assert_eq!(res.status(), 200);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let line = wsgate.json_event("http request").await;
+    let expect_str = [
+        ("target", "wsgate::access"),
+        ("listener", "edge"),
+        ("upstream", "app"),
+        ("method", "POST"),
+        ("path", "/count?x=1"),
+    ];
+    for (key, want) in expect_str {
+        assert_eq!(line[key], want, "{key} in {line}");
+    }
+    assert_eq!(line["backend"], backend.addr.to_string(), "{line}");
+    assert_eq!(line["status"].as_u64(), Some(200), "{line}");
+    assert_eq!(line["bytes_to_backend"].as_u64(), Some(1234), "{line}");
+    assert_eq!(
+        line["bytes_to_client"].as_u64(),
+        Some(body.len() as u64),
+        "{line}"
+    );
+    assert!(line["duration_ms"].is_u64(), "{line}");
+    // A refused request has its line too, with its reason.
+    let (status, _) = http_text(addr, "GET", "/%2f").await;
+    assert_eq!(status, 400);
+    let line = wsgate.json_event("http request").await;
+    assert_eq!(line["status"].as_u64(), Some(400), "{line}");
+    assert!(
+        line["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("client")),
+        "{line}"
+    );
+}

@@ -687,3 +687,37 @@ async fn plain_requests_are_counted_in_metrics() {
         .unwrap_or_else(|| panic!("{to_client} in\n{text}"));
     assert!(bytes >= 100, "{text}");
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_a_page_keeps_and_extends_the_forwarding_chain() {
+    let backend = AppBackend::start().await;
+    let toml = config(&[backend.addr], "").replace(
+        "name = \"public\"\n",
+        "name = \"public\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut client = http_client::<Empty<Bytes>>(gw.addr("public")).await;
+    let req = hyper::Request::builder()
+        .uri("/headers")
+        .header("host", "app.test")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("forwarded", "for=203.0.113.7;proto=https")
+        .body(Empty::new())
+        .expect("request");
+    let res = within("a response", client.send_request(req))
+        .await
+        .expect("response");
+    assert_eq!(res.status(), 200);
+    let seen = &backend.seen()[0].headers;
+    let value = |n: &str| seen.get(n).map(|v| v.to_str().expect("ascii").to_string());
+    assert_eq!(
+        value("x-forwarded-for").as_deref(),
+        Some("203.0.113.7, 127.0.0.1")
+    );
+    assert_eq!(value("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        value("forwarded").as_deref(),
+        Some("for=203.0.113.7;proto=https, for=127.0.0.1;proto=http;host=app.test")
+    );
+}

@@ -6,6 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -164,4 +165,166 @@ async fn a_failed_tls_handshake_is_retried_on_another_server() {
     for _ in 0..4 {
         echoes(&gw).await;
     }
+}
+
+// === plain HTTP to TLS backends ===
+
+/// The application backend (pages and WebSockets) behind TLS.
+async fn app_tls_backend(dir: &Path, client_ca: Option<&Path>) -> AppBackend {
+    let (acceptor, _) = backend_tls_acceptor(dir, client_ca);
+    AppBackend::start_tls(Some(acceptor)).await
+}
+
+#[tokio::test]
+async fn pages_go_to_a_verified_tls_backend_over_reused_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = app_tls_backend(dir.path(), None).await;
+    let toml = config(
+        &format!("[\"{}\"]", backend.addr),
+        "sni = \"localhost\"\nca_file = \"backend-ca.pem\"",
+    );
+    let gw = TestGateway::start_in(dir, &toml).await;
+    let addr = gw.addr("public");
+    for i in 0..6 {
+        let (status, body) = http_text(addr, "GET", &format!("/big/{i}")).await;
+        assert_eq!((status, body.len()), (200, i));
+    }
+    let mut client = http_client(addr).await;
+    let res = within(
+        "a response",
+        client.send_request(http_request(
+            "POST",
+            "/count",
+            PatternBody::new(1 << 20, true),
+        )),
+    )
+    .await
+    .expect("response");
+    let got = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&got[..], b"1048576 0");
+    let seen = backend.seen();
+    assert!(
+        backend.connection_count() < seen.len(),
+        "no TLS connection was reused: {} connections for {} requests",
+        backend.connection_count(),
+        seen.len()
+    );
+    // The same backend's WebSockets, over the same upstream.
+    echoes(&gw).await;
+}
+
+#[tokio::test]
+async fn a_page_to_a_backend_with_a_wrong_name_or_without_a_client_certificate_is_a_502() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, _, client_ca) = make_cert(dir.path(), "client", &["wsgate.client"]);
+    let backend = app_tls_backend(dir.path(), Some(&client_ca)).await;
+    let ca = dir.path().join("backend-ca.pem").display().to_string();
+    let servers = format!("[\"{}\"]", backend.addr);
+    let wrong_name = config(
+        &servers,
+        &format!("sni = \"other.example\"\nca_file = \"{ca}\"\nclient_cert = \"client.pem\"\nclient_key = \"client.key\""),
+    );
+    let no_cert = config(
+        &servers,
+        &format!("sni = \"localhost\"\nca_file = \"{ca}\""),
+    );
+    let with_cert = config(
+        &servers,
+        "sni = \"localhost\"\nca_file = \"backend-ca.pem\"\nclient_cert = \"client.pem\"\nclient_key = \"client.key\"",
+    );
+    let other = tempfile::tempdir().expect("tempdir");
+    for (p, f) in [("client.pem", "client.pem"), ("client.key", "client.key")] {
+        std::fs::copy(dir.path().join(p), other.path().join(f)).expect("copy");
+    }
+    let gw = TestGateway::start_in(other, &wrong_name).await;
+    let (status, body) = http_text(gw.addr("public"), "GET", "/big/1").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("TLS with"), "the reason is named: {body}");
+    let gw = TestGateway::start(&no_cert).await;
+    let (status, body) = http_text(gw.addr("public"), "GET", "/big/1").await;
+    assert_eq!(status, 502, "{body}");
+    // Mutual TLS: with its client certificate, wsgate is let in.
+    let gw = TestGateway::start_in(dir, &with_cert).await;
+    assert_eq!(http_text(gw.addr("public"), "GET", "/big/1").await.0, 200);
+    echoes(&gw).await;
+}
+
+#[tokio::test]
+async fn pages_and_websockets_of_one_app_use_tls_on_both_legs() {
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = app_tls_backend(dir.path(), None).await;
+    let (_, _, edge_ca) = make_cert(dir.path(), "edge", &["app.example.test"]);
+    let toml = format!(
+        "[timeouts]\nconnect = \"2s\"\nupstream_handshake = \"2s\"\n[[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"edge.pem\", key = \"edge.key\" }}\n[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = [\"{}\"]\ntls = true\nsni = \"localhost\"\nca_file = \"backend-ca.pem\"\n",
+        backend.addr
+    );
+    let gw = TestGateway::start_in(dir, &toml).await;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&edge_ca).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add");
+    }
+    let client_config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let connect = || async {
+        let tcp = TcpStream::connect(gw.addr("secure"))
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("app.example.test").expect("name");
+        within(
+            "the TLS handshake",
+            tokio_rustls::TlsConnector::from(client_config.clone()).connect(name, tcp),
+        )
+        .await
+        .expect("TLS handshake")
+    };
+    // A page, over TLS to wsgate and TLS to the backend.
+    let tls = connect().await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("client handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("/count")
+        .header("host", "app.example.test")
+        .body(PatternBody::new(200_000, false))
+        .expect("request");
+    let res = within("a response", send.send_request(req))
+        .await
+        .expect("response");
+    assert_eq!(res.status(), 200);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"200000 0");
+    let headers = &backend.seen()[0].headers;
+    assert_eq!(
+        headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        Some(&b"https"[..])
+    );
+    // Its WebSocket, the same way.
+    let (mut ws, _) = within(
+        "the WebSocket handshake over TLS",
+        tokio_tungstenite::client_async("wss://app.example.test/live", connect().await),
+    )
+    .await
+    .expect("WebSocket handshake");
+    ws.send(Message::text("both legs")).await.expect("send");
+    assert_eq!(
+        within("echo", ws.next()).await.expect("msg").expect("ok"),
+        Message::text("both legs")
+    );
 }
