@@ -644,6 +644,56 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
     }
 
     #[test]
+    fn plain_http_keys_are_typed_and_checked() {
+        let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n";
+        let c = parse(
+            &format!("[timeouts]\nupstream_response = \"90s\"\n{base}[upstreams.u]\nservers = [\"127.0.0.1:2\"]\npool_max_idle = 0\npool_idle_timeout = \"2s\"\n"),
+            Path::new("c.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.timeouts.upstream_response, Duration::from_secs(90));
+        let u = &c.upstreams["u"];
+        assert_eq!(
+            (u.pool_max_idle, u.pool_idle_timeout),
+            (0, Duration::from_secs(2))
+        );
+        let c = parse(
+            &format!("{base}[upstreams.u]\nservers = [\"127.0.0.1:2\"]\n"),
+            Path::new("c.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.timeouts.upstream_response, DEFAULT_UPSTREAM_RESPONSE);
+        let u = &c.upstreams["u"];
+        assert_eq!(
+            (u.pool_max_idle, u.pool_idle_timeout),
+            (DEFAULT_POOL_MAX_IDLE, DEFAULT_POOL_IDLE_TIMEOUT)
+        );
+        for (body, key) in [
+            ("pool_max_idle = -1", "upstreams.u.pool_max_idle"),
+            ("pool_max_idle = 10001", "upstreams.u.pool_max_idle"),
+            (
+                "pool_idle_timeout = \"0s\"",
+                "upstreams.u.pool_idle_timeout",
+            ),
+        ] {
+            let p = problems(&format!(
+                "{base}[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n{body}\n"
+            ));
+            assert_eq!(
+                p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+                [key],
+                "{body}"
+            );
+            assert_eq!(p[0].line, 8, "{body}");
+        }
+        let p = problems(&format!("[timeouts]\nupstream_response = \"never\"\n{base}[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n"));
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line, p[0].column),
+            ("timeouts.upstream_response", 2, 21)
+        );
+    }
+
+    #[test]
     fn servers_may_be_host_names() {
         assert_eq!(
             split_host_port("Chat-1.internal:9001"),
