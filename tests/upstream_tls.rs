@@ -315,6 +315,21 @@ async fn pages_and_websockets_of_one_app_use_tls_on_both_legs() {
         headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
         Some(&b"https"[..])
     );
+    // A host the SNI-chosen certificate does not cover, on this connection: 421.
+    let req = hyper::Request::builder()
+        .uri("/big/1")
+        .header("host", "other.example.test")
+        .body(PatternBody::new(0, false))
+        .expect("request");
+    let res = within("a response", send.send_request(req))
+        .await
+        .expect("response");
+    assert_eq!(res.status(), 421);
+    assert_eq!(
+        backend.seen().len(),
+        1,
+        "a misdirected request reached the backend"
+    );
     // Its WebSocket, the same way.
     let (mut ws, _) = within(
         "the WebSocket handshake over TLS",
