@@ -468,3 +468,43 @@ async fn connections_still_in_their_handshake_do_not_hold_up_a_drain() {
         wait_closed(s).await;
     }
 }
+
+#[tokio::test]
+async fn a_drain_lets_a_plain_response_in_flight_finish_then_closes_its_connection() {
+    let backend = AppBackend::start().await;
+    let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let len = 8 * 1024 * 1024;
+    tcp.write_all(format!("GET /big/{len} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut first = vec![0u8; 64 * 1024];
+    let n = within("the start of the response", tcp.read(&mut first))
+        .await
+        .expect("read");
+    assert!(n > 0);
+    gw.gateway.drain();
+    let mut rest = Vec::new();
+    within(
+        "the rest of the response, then the close",
+        tcp.read_to_end(&mut rest),
+    )
+    .await
+    .expect("read to end");
+    let mut all = first[..n].to_vec();
+    all.extend_from_slice(&rest);
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let head = String::from_utf8_lossy(&all[..split]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(all.len() - split, len, "the whole body, then the close");
+    assert_eq!(&all[split..], &pattern(0, len)[..]);
+    let tasks = gw.gateway.shared().tasks.clone();
+    tasks.close();
+    within("every task to end after the drain", tasks.wait()).await;
+}
