@@ -263,6 +263,18 @@ impl<'a> Validator<'a> {
         self.problem_at(at.span(), key, message);
     }
 
+    /// A whole number from 0 to `max`; `default` when absent or refused.
+    fn count(&mut self, v: Option<&Spanned<i64>>, key: &str, max: usize, default: usize) -> usize {
+        let Some(v) = v else { return default };
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if n <= max => n,
+            _ => {
+                self.problem(v, key, format!("must be a whole number from 0 to {max}"));
+                default
+            }
+        }
+    }
+
     fn validate(&mut self, raw: RawConfig) -> Config {
         let runtime = RuntimeConfig {
             workers: raw
@@ -438,20 +450,12 @@ impl<'a> Validator<'a> {
                 &format!("{key}.resolve_interval"),
                 DEFAULT_RESOLVE_INTERVAL,
             );
-            let retries = match up.retries.as_ref().map(|r| usize::try_from(*r.get_ref())) {
-                None => DEFAULT_RETRIES,
-                Some(Ok(n)) if n <= 10 => n,
-                Some(_) => {
-                    if let Some(r) = &up.retries {
-                        self.problem(
-                            r,
-                            format!("{key}.retries"),
-                            "must be a whole number from 0 to 10",
-                        );
-                    }
-                    DEFAULT_RETRIES
-                }
-            };
+            let retries = self.count(
+                up.retries.as_ref(),
+                &format!("{key}.retries"),
+                10,
+                DEFAULT_RETRIES,
+            );
             let drain_timeout = self.duration(
                 up.drain_timeout,
                 &format!("{key}.drain_timeout"),
@@ -463,24 +467,12 @@ impl<'a> Validator<'a> {
                 &format!("{key}.drain_spread"),
                 drain_timeout / 10,
             );
-            let pool_max_idle = match up
-                .pool_max_idle
-                .as_ref()
-                .map(|r| usize::try_from(*r.get_ref()))
-            {
-                None => DEFAULT_POOL_MAX_IDLE,
-                Some(Ok(n)) if n <= 10_000 => n,
-                Some(_) => {
-                    if let Some(r) = &up.pool_max_idle {
-                        self.problem(
-                            r,
-                            format!("{key}.pool_max_idle"),
-                            "must be a whole number from 0 to 10000",
-                        );
-                    }
-                    DEFAULT_POOL_MAX_IDLE
-                }
-            };
+            let pool_max_idle = self.count(
+                up.pool_max_idle.as_ref(),
+                &format!("{key}.pool_max_idle"),
+                10_000,
+                DEFAULT_POOL_MAX_IDLE,
+            );
             let pool_idle_timeout = self.duration(
                 up.pool_idle_timeout,
                 &format!("{key}.pool_idle_timeout"),

@@ -785,22 +785,8 @@ async fn run_logs_one_access_line_per_plain_request() {
         .expect("addr field")
         .parse()
         .expect("addr");
-    let mut client = http_client(addr).await;
-    let res = within(
-        "a response",
-        client.send_request(http_request(
-            "POST",
-            "/count?x=1",
-            PatternBody::new(1234, false),
-        )),
-    )
-    .await
-    .expect("response");
-    assert_eq!(res.status(), 200);
-    let body = http_body_util::BodyExt::collect(res.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, body) = http_send(addr, "POST", "/count?x=1", PatternBody::new(1234, false)).await;
+    assert_eq!((status, body.as_str()), (200, "1234 0"));
     let line = wsgate.json_event("http request").await;
     let expect_str = [
         ("target", "wsgate::access"),

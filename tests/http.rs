@@ -36,27 +36,6 @@ async fn start(backend: &AppBackend) -> TestGateway {
     TestGateway::start(&config(&[backend.addr], "")).await
 }
 
-/// Sends `body` to `path` on a fresh connection; returns status and body text.
-async fn send<B>(addr: SocketAddr, method: &str, path: &str, body: B) -> (u16, String)
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut client = http_client(addr).await;
-    let res = within(
-        "a response",
-        client.send_request(http_request(method, path, body)),
-    )
-    .await
-    .expect("response");
-    let status = res.status().as_u16();
-    let body = within("a response body", res.into_body().collect())
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// A request body fed from a channel, frame by frame, as the test decides.
 struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -89,13 +68,13 @@ async fn bodies_from_empty_to_64_mib_pass_intact_in_both_framings() {
     let gw = start(&backend).await;
     let addr = gw.addr("public");
     assert_eq!(
-        send(addr, "GET", "/count", Empty::<Bytes>::new()).await,
+        http_send(addr, "GET", "/count", Empty::<Bytes>::new()).await,
         (200, "0 0".to_string())
     );
     for method in ["POST", "PUT"] {
         for len in [0, 1, 100_000, 64 * MIB] {
             for chunked in [false, true] {
-                let got = send(addr, method, "/count", PatternBody::new(len, chunked)).await;
+                let got = http_send(addr, method, "/count", PatternBody::new(len, chunked)).await;
                 assert_eq!(
                     got,
                     (200, format!("{len} 0")),
@@ -558,7 +537,7 @@ async fn a_refused_connect_is_retried_on_another_server() {
     ))
     .await;
     for _ in 0..4 {
-        let (status, body) = send(
+        let (status, body) = http_send(
             gw.addr("public"),
             "POST",
             "/count",
@@ -611,7 +590,7 @@ async fn pages_and_websockets_share_one_listener_route_and_backend() {
             .expect("ok"),
         Message::text("live")
     );
-    let (status, body) = send(addr, "POST", "/count", PatternBody::new(1000, true)).await;
+    let (status, body) = http_send(addr, "POST", "/count", PatternBody::new(1000, true)).await;
     assert_eq!((status, body.as_str()), (200, "1000 0"));
     assert_eq!(gw.gateway.registry().live_count(), 1);
     close_ws(ws).await;

@@ -746,15 +746,26 @@ pub fn http_request<B>(method: &str, path: &str, body: B) -> hyper::Request<B> {
 
 /// Sends one request on a fresh client connection; returns status and body text.
 pub async fn http_text(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_send(
+        addr,
+        method,
+        path,
+        http_body_util::Empty::<bytes::Bytes>::new(),
+    )
+    .await
+}
+
+/// Sends `body` to `path` on a fresh client connection; returns status and body text.
+pub async fn http_send<B>(addr: SocketAddr, method: &str, path: &str, body: B) -> (u16, String)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use http_body_util::BodyExt;
     let mut client = http_client(addr).await;
     let res = within(
         "a response",
-        client.send_request(http_request(
-            method,
-            path,
-            http_body_util::Empty::<bytes::Bytes>::new(),
-        )),
+        client.send_request(http_request(method, path, body)),
     )
     .await
     .expect("response");
