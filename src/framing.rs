@@ -17,13 +17,19 @@
 //! that request can reach a backend. The reason is kept for the log line.
 //!
 //! Legal transitions: `Head` → (`Length` | `Chunk` → `Trailer`) → `Head`;
-//! any state → `Stopped` at a refusal. After a WebSocket upgrade request the
-//! scanner is *paused* until the answer is known: what follows a 101 is
-//! frames, which must pass untouched, and what follows a refusal is the next
-//! request. So while paused the bytes are still scanned as HTTP, but a
-//! refusal only marks the connection: [`Scanner::resume`] (the answer was
-//! not a 101) then says it must close. A 101 hands the inner stream to the
-//! tunnel and drops the guard.
+//! any state → `Stopped` at a refusal. After a request that carries an
+//! `Upgrade` header (any protocol, so that no spelling of `websocket` can
+//! slip past) and no body, the scanner is *paused* until that request is
+//! answered: what follows a 101 is frames, which must pass untouched, and
+//! what follows any other answer is the next request. So while paused the
+//! bytes are still scanned as HTTP, but a refusal only marks the connection:
+//! [`Scanner::answered`], called for every response in order, then says it
+//! must close. A 101 hands the inner stream to the tunnel and drops the
+//! guard.
+//!
+//! A refusal also cancels [`Scanner::refused`], so that code waiting on a
+//! request body (which hyper may never finish, e.g. after a bad trailer)
+//! learns of it at once.
 //!
 //! Must not: change a byte of a well-formed request, or buffer anything but
 //! the current header line.
@@ -34,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 /// Why a client's raw request bytes were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -128,8 +135,8 @@ struct Head {
     http10: bool,
     content_length: Option<u64>,
     chunked: bool,
-    /// `Upgrade` names `websocket`.
-    websocket: bool,
+    /// The request carries an `Upgrade` header.
+    upgrade: bool,
 }
 
 /// The framing state machine over one client connection's bytes.
@@ -144,10 +151,19 @@ pub struct Scanner {
     /// Longest line kept: longer heads are refused by hyper (431) anyway.
     max_line: usize,
     verdict: Option<Malformed>,
-    /// After a WebSocket upgrade request, until its answer is known.
-    paused: bool,
-    /// A refusal met while paused: it counts only if the upgrade is refused.
-    deferred: Option<Malformed>,
+    /// Cancelled at a refusal.
+    refused: CancellationToken,
+    /// Request heads seen so far.
+    heads: u64,
+    /// Responses given so far: HTTP/1.1 answers in request order.
+    answers: u64,
+    /// Indices of upgrade requests not yet answered: while one is
+    /// pending, what follows may be frames.
+    upgrades: std::collections::VecDeque<u64>,
+    /// A refusal met while paused: it counts only if no upgrade succeeds.
+    deferred: Option<(Malformed, u64)>,
+    /// Index of the request whose bytes were refused.
+    refused_at: Option<u64>,
 }
 
 impl Scanner {
@@ -161,14 +177,47 @@ impl Scanner {
             cr: false,
             max_line,
             verdict: None,
-            paused: false,
+            refused: CancellationToken::new(),
+            heads: 0,
+            answers: 0,
+            upgrades: std::collections::VecDeque::new(),
             deferred: None,
+            refused_at: None,
         }
     }
 
     /// Why the stream was refused, once it was.
     pub fn verdict(&self) -> Option<Malformed> {
         self.verdict
+    }
+
+    /// Cancelled when the stream is refused: then ask [`Scanner::refused_in`]
+    /// whether it was the request at hand.
+    pub fn refused(&self) -> CancellationToken {
+        self.refused.clone()
+    }
+
+    /// Index of the request being handled now (0 for the first): hyper
+    /// hands requests over one at a time, and each is answered (see
+    /// [`Scanner::answered`]) before the next.
+    pub fn current_request(&self) -> u64 {
+        self.answers
+    }
+
+    /// Whether the refusal fell in request `index` (its head or body): a
+    /// refusal of a later, pipelined request must not fail this one.
+    pub fn refused_in(&self, index: u64) -> bool {
+        self.refused_at == Some(index)
+    }
+
+    fn paused(&self) -> bool {
+        !self.upgrades.is_empty()
+    }
+
+    fn refuse(&mut self, m: Malformed, request: u64) {
+        self.verdict = Some(m);
+        self.refused_at = Some(request);
+        self.refused.cancel();
     }
 
     /// Checks bytes just read, in place. At a refusal, one byte is
@@ -196,9 +245,9 @@ impl Scanner {
             if let Err(m) = self.byte(buf[i]) {
                 self.state = State::Stopped;
                 self.line = Vec::new();
-                if self.paused {
+                if self.paused() {
                     // Perhaps WebSocket frames after a 101: leave them be.
-                    self.deferred = Some(m);
+                    self.deferred = Some((m, self.message_of(before)));
                     return;
                 }
                 // A LF is what hyper refuses inside a chunk extension; NUL
@@ -208,26 +257,45 @@ impl Scanner {
                 } else {
                     0
                 };
-                self.verdict = Some(m);
+                self.refuse(m, self.message_of(before));
                 return;
             }
             i += 1;
         }
     }
 
-    /// Called when the answer to a WebSocket upgrade request was not a 101:
-    /// the connection goes on as HTTP. Returns false when what the client
-    /// sent meanwhile (not waiting for the answer, as RFC 6455 requires) was
-    /// refused: hyper has those bytes already, unaltered, so the connection
-    /// must close after this response.
-    pub fn resume(&mut self) -> bool {
-        self.paused = false;
+    /// Called for every response that is not a 101, in order: the
+    /// connection goes on as HTTP. Returns false when it must close after
+    /// this response: when what the client sent after an upgrade request,
+    /// without waiting for its answer (as RFC 6455 requires), was refused
+    /// and no later upgrade is pending to make it frames. hyper has those
+    /// bytes already, unaltered, so it must not read another request.
+    pub fn answered(&mut self) -> bool {
+        let index = self.answers;
+        self.answers += 1;
+        if self.upgrades.front() == Some(&index) {
+            self.upgrades.pop_front();
+        }
+        if self.paused() {
+            // A later upgrade is pending: what was refused may be its frames.
+            return true;
+        }
         match self.deferred.take() {
-            Some(m) => {
-                self.verdict = Some(m);
+            Some((m, request)) => {
+                self.refuse(m, request);
                 false
             }
+            // A refusal in place: hyper fails at the byte and answers 400 itself.
             None => true,
+        }
+    }
+
+    /// Index of the request a byte read in `state` belongs to: a head not
+    /// yet counted, or the body of the last head.
+    fn message_of(&self, state: State) -> u64 {
+        match state {
+            State::Head => self.heads,
+            _ => self.heads.saturating_sub(1),
         }
     }
 
@@ -337,21 +405,23 @@ impl Scanner {
             }
             self.head.chunked = true;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            self.head.websocket |= value
-                .split(|&b| b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(b"websocket"));
+            self.head.upgrade = true;
         }
         Ok(())
     }
 
     fn end_of_head(&mut self) -> State {
         let head = std::mem::take(&mut self.head);
+        let index = self.heads;
+        self.heads += 1;
         if head.chunked {
             State::Chunk(Chunk::Size(0, false))
         } else if let Some(n @ 1..) = head.content_length {
             State::Length(n)
         } else {
-            self.paused |= head.websocket;
+            if head.upgrade {
+                self.upgrades.push_back(index);
+            }
             State::Head
         }
     }
@@ -417,7 +487,7 @@ fn parse_length(v: &[u8]) -> Result<u64, Malformed> {
 // === impl Guarded ===
 
 /// A client stream whose reads pass through a [`Scanner`] shared with the
-/// connection's request handler (which resumes it after a refused upgrade
+/// connection's request handler (which tells it of every answer
 /// and reads its verdict).
 pub struct Guarded<S> {
     inner: S,
@@ -594,7 +664,7 @@ mod tests {
     }
 
     #[test]
-    fn an_upgrade_request_pauses_until_resumed() {
+    fn an_upgrade_request_pauses_until_answered() {
         let frames = b"\x81\x85\x01\x02\x03\x04\n\x00\r\x01\x02";
         let mut input =
             b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n"
@@ -609,8 +679,10 @@ mod tests {
             out, input,
             "frames after an upgrade request are not touched"
         );
-        assert!(!s.resume(), "refused, these bytes end the connection");
+        assert!(!s.refused().is_cancelled(), "maybe frames: not yet refused");
+        assert!(!s.answered(), "refused, these bytes end the connection");
         assert!(s.verdict().is_some());
+        assert!(s.refused().is_cancelled());
 
         // A well-formed request pipelined after the upgrade request goes on.
         let mut input = input[..head_len].to_vec();
@@ -618,20 +690,51 @@ mod tests {
         let mut s = Scanner::new(1024);
         let mut out = input.clone();
         s.scan(&mut out);
-        assert!(s.resume());
+        assert!(s.answered());
         assert_eq!((s.verdict(), s.state), (None, State::Head));
 
         let mut s = Scanner::new(1024);
         let mut out = input[..head_len].to_vec();
         s.scan(&mut out);
-        assert!(s.resume());
+        assert!(s.answered());
         let mut next = b"GET / HTTP/1.1\nHost: a\r\n\r\n".to_vec();
         s.scan(&mut next);
         assert_eq!(
             s.verdict(),
             Some(Malformed::BareLf),
-            "checked again once resumed"
+            "checked again once answered"
         );
+        assert!(s.refused().is_cancelled());
+    }
+
+    #[test]
+    fn any_upgrade_header_pauses_whatever_its_spelling() {
+        // `classify` would not call this WebSocket (not visible ASCII); the
+        // guard pauses anyway, and the answer, whatever it is, resumes it.
+        let mut s = Scanner::new(1024);
+        let mut out = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket, \xff\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        s.scan(&mut out);
+        assert_eq!(s.verdict(), None);
+        assert!(!s.answered(), "the pipelined request was refused");
+        assert_eq!(s.verdict(), Some(Malformed::LengthAndChunked));
+    }
+
+    #[test]
+    fn each_pipelined_upgrade_keeps_the_pause_until_its_own_answer() {
+        let up = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n";
+        let mut input = up.to_vec();
+        input.extend_from_slice(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n");
+        input.extend_from_slice(up);
+        let mut s = Scanner::new(1024);
+        s.scan(&mut input);
+        assert!(s.answered(), "first upgrade refused");
+        assert!(s.answered(), "the plain request answered");
+        // The second upgrade is still pending: what follows may be frames.
+        let frames = b"\x81\x81\x00\x00\x00\x00\n";
+        let mut out = frames.to_vec();
+        s.scan(&mut out);
+        assert_eq!(&out, frames, "frames are not touched");
+        assert!(!s.answered(), "its refusal makes them a bad request");
     }
 
     #[test]

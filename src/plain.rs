@@ -14,11 +14,19 @@
 //! whose framing breaks at its first chunk is refused with 400 and reaches
 //! no one. That is also when hyper answers `Expect: 100-continue`: wsgate
 //! honours the expectation on its own hop, and the backend gets the body
-//! without waiting.
+//! without waiting. The framing guard's refusal is watched as well as the
+//! body: a frame is never passed on once the bytes after it were refused,
+//! and a refusal hyper would only notice later (a bad trailer) ends the
+//! request at once. A body that breaks after some of it has left can only
+//! abort the backend's request.
+//!
+//! `timeouts.upstream_response` starts when the whole body has been sent:
+//! a slow upload is the client's time, not the backend's.
 //!
 //! Must not: buffer a body beyond the one frame peeked, or answer a plain
 //! request with a 101.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +38,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::balancer::Server;
 use crate::config::Timeouts;
@@ -75,7 +84,7 @@ pub(crate) async fn forward(
         .parse()
         .map_err(|_| HandshakeError::Path(crate::routes::PathError::BadEncoding))?;
 
-    let upload = Upload::start(body, timeouts).await?;
+    let upload = Upload::start(body, timeouts, ctx).await?;
     let upstream = &route.upstream;
     let pool = upstream.http_pool(|| {
         HttpPool::new(PoolParts {
@@ -98,9 +107,16 @@ pub(crate) async fn forward(
         *req.uri_mut() = uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers.clone();
-        let sent = tokio::time::timeout(timeouts.upstream_response, pool.send(server, req)).await;
+        let deadline = async {
+            upload.sent.cancelled().await;
+            tokio::time::sleep(timeouts.upstream_response).await;
+        };
+        let sent = tokio::select! {
+            r = pool.send(server, req) => Ok(r),
+            _ = deadline => Err(()),
+        };
         let response = match sent {
-            Err(_) => {
+            Err(()) => {
                 return Err(UpstreamError::ResponseTimeout {
                     addr,
                     after: timeouts.upstream_response,
@@ -125,6 +141,8 @@ pub(crate) async fn forward(
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(UpstreamError::UnexpectedUpgrade { addr }.into());
         }
+        // Dropping the unread body closes that backend connection.
+        check_framing(response.headers(), addr)?;
         let (mut head, body) = response.into_parts();
         handshake::strip_hop_by_hop(&mut head.headers);
         let logged = Logged {
@@ -143,6 +161,36 @@ pub(crate) async fn forward(
     Err(last.into())
 }
 
+/// Refuses a response whose length wsgate cannot pass on as the backend
+/// meant it: hyper has decoded `chunked` and ignored a `Content-Length`
+/// beside it, and would ignore any other coding.
+fn check_framing(
+    headers: &http::HeaderMap,
+    addr: std::net::SocketAddr,
+) -> Result<(), UpstreamError> {
+    let codings: Vec<&[u8]> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let only_chunked =
+        matches!(codings.as_slice(), [c] if c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if codings.is_empty() || (only_chunked && !headers.contains_key(header::CONTENT_LENGTH)) {
+        return Ok(());
+    }
+    let framing = [header::TRANSFER_ENCODING, header::CONTENT_LENGTH]
+        .iter()
+        .flat_map(|n| {
+            headers
+                .get_all(n)
+                .iter()
+                .map(move |v| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(UpstreamError::AmbiguousFraming { addr, framing })
+}
+
 // === impl Upload ===
 
 /// A client's request body, shared by the attempts to send it: it stays in
@@ -153,6 +201,14 @@ struct Upload {
     bytes: AtomicU64,
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// The framing guard's refusal of this connection's bytes.
+    refused: CancellationToken,
+    /// Cancelled once the whole body has been handed to a backend connection.
+    sent: CancellationToken,
+    /// The guard, for the reason of a refusal.
+    scanner: Arc<Mutex<crate::framing::Scanner>>,
+    /// This request's index on its connection, as the guard counts.
+    request: u64,
 }
 
 /// The frame peeked before sending, then the rest.
@@ -164,17 +220,46 @@ struct Prefixed {
 impl Upload {
     /// Waits, within `client_handshake`, for the body's first frame (or its
     /// end), so a body that is malformed from its start reaches no backend.
-    async fn start(mut body: Incoming, timeouts: Timeouts) -> Result<Arc<Self>, Refusal> {
+    async fn start(
+        mut body: Incoming,
+        timeouts: Timeouts,
+        ctx: &ConnContext,
+    ) -> Result<Arc<Self>, Refusal> {
+        let (refused, request) = {
+            let scanner = ctx.scanner();
+            (scanner.refused(), scanner.current_request())
+        };
+        let here = || ctx.scanner().refused_in(request);
+        let verdict = || {
+            let m = ctx.scanner().verdict();
+            HandshakeError::BadBody(m.map_or_else(|| "refused".to_string(), |m| m.to_string()))
+        };
+        let watch = refused.clone();
+        let refused_here = async move {
+            watch.cancelled().await;
+            if !here() {
+                // A later request's bytes: not this one's business.
+                std::future::pending::<()>().await;
+            }
+        };
         let (first, rest) = if body.is_end_stream() {
             (None, None)
         } else {
-            match tokio::time::timeout(timeouts.client_handshake, body.frame()).await {
+            let frame = tokio::select! {
+                f = tokio::time::timeout(timeouts.client_handshake, body.frame()) => f,
+                _ = refused_here => return Err(verdict().into()),
+            };
+            match frame {
                 Err(_) => return Err(HandshakeError::BodyTimeout.into()),
                 Ok(Some(Err(e))) => return Err(HandshakeError::BadBody(e.to_string()).into()),
                 Ok(None) => (None, None),
                 Ok(Some(Ok(f))) => (Some(f), (!body.is_end_stream()).then_some(body)),
             }
         };
+        // The bytes after this frame may have been refused in the same read.
+        if here() {
+            return Err(verdict().into());
+        }
         let first_len = first
             .as_ref()
             .and_then(Frame::data_ref)
@@ -191,13 +276,37 @@ impl Upload {
                 hint
             }
         };
+        let sent = CancellationToken::new();
+        if hint.exact() == Some(0) {
+            sent.cancel();
+        }
         Ok(Arc::new(Self {
             slot: Mutex::new(Some(Prefixed { first, rest })),
             hint,
             bytes: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
+            refused,
+            sent,
+            scanner: ctx.scanner.clone(),
+            request,
         }))
+    }
+
+    /// The guard refused bytes of this request.
+    fn refused_here(&self) -> bool {
+        self.refused.is_cancelled()
+            && self
+                .scanner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .refused_in(self.request)
+    }
+
+    /// Records why the client's body could not be passed on.
+    fn fail(&self, why: String) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.failed.store(true, Ordering::SeqCst);
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Prefixed>> {
@@ -223,6 +332,9 @@ impl Upload {
 
 // === impl RequestBody ===
 
+/// Why a client's body stopped on its way to a backend.
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The client's body on its way to one backend.
 pub struct RequestBody {
     upload: Arc<Upload>,
@@ -230,29 +342,54 @@ pub struct RequestBody {
     body: Option<Prefixed>,
     /// A frame has been yielded: the body can no longer go elsewhere.
     started: bool,
+    /// Ready when the framing guard refuses the connection's bytes: hyper
+    /// may be waiting for bytes that will never make the body whole.
+    refused: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl RequestBody {
     fn new(upload: Arc<Upload>) -> Self {
+        let refused = Box::pin(upload.refused.clone().cancelled_owned());
         Self {
             upload,
             body: None,
             started: false,
+            refused,
         }
+    }
+
+    /// Ends the body with the guard's reason.
+    fn refuse(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.started = true;
+        let why = self
+            .upload
+            .scanner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .verdict()
+            .map_or_else(|| "refused".to_string(), |m| m.to_string());
+        self.upload.fail(why.clone());
+        Poll::Ready(Some(Err(why.into())))
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         if this.body.is_none() && !this.started {
             this.body = this.upload.slot().take();
+        }
+        if this.body.is_none() {
+            return Poll::Ready(None);
+        }
+        if this.refused.as_mut().poll(cx).is_ready() && this.upload.refused_here() {
+            return this.refuse();
         }
         let Some(body) = &mut this.body else {
             return Poll::Ready(None);
@@ -264,27 +401,34 @@ impl Body for RequestBody {
                 Some(rest) => ready!(Pin::new(rest).poll_frame(cx)),
             },
         };
-        match &frame {
+        this.started = true;
+        // Bytes refused in the read that produced this frame: it goes no further.
+        if this.upload.refused_here() {
+            return this.refuse();
+        }
+        match frame {
             Some(Ok(f)) => {
-                this.started = true;
                 if let Some(d) = f.data_ref() {
-                    this.upload
+                    let total = this
+                        .upload
                         .bytes
-                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                        .fetch_add(d.len() as u64, Ordering::Relaxed)
+                        + d.len() as u64;
+                    if this.upload.hint.exact() == Some(total) {
+                        this.upload.sent.cancel();
+                    }
                 }
+                Poll::Ready(Some(Ok(f)))
             }
             Some(Err(e)) => {
-                this.started = true;
-                *this
-                    .upload
-                    .failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                this.upload.failed.store(true, Ordering::SeqCst);
+                this.upload.fail(e.to_string());
+                Poll::Ready(Some(Err(e.into())))
             }
-            None => this.started = true,
+            None => {
+                this.upload.sent.cancel();
+                Poll::Ready(None)
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

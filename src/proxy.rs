@@ -118,7 +118,7 @@ pub async fn handle(
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().to_string(), |p| p.to_string());
-    let mut record = RequestRecord {
+    let record = RequestRecord {
         // Behind a trusted proxy, the address its headers name; else the peer.
         client: upstream::real_client(req.headers(), ctx.peer, |ip| ctx.listener.trusts(ip)),
         listener: ctx.listener.name.clone(),
@@ -131,7 +131,16 @@ pub async fn handle(
     };
     let listener = &ctx.listener.name;
     let metrics = &ctx.shared.metrics;
-    let mut response = match forward(req, &ctx, kind, &mut record).await {
+    let mut pending = Unanswered {
+        ctx: &ctx,
+        kind,
+        record,
+        answered: false,
+    };
+    let forwarded = forward(req, &ctx, kind, &mut pending.record).await;
+    pending.answered = true;
+    let record = &pending.record;
+    let mut response = match forwarded {
         // The tunnel writes its own record when it ends.
         Ok(Forwarded::Tunnel(r)) => r,
         // The response body writes the record when it ends.
@@ -164,16 +173,51 @@ pub async fn handle(
     let status = response.status();
     if kind == RequestKind::WebSocket {
         metrics.handshake(listener, status.as_u16(), started.elapsed());
-        // No tunnel: the connection goes on as HTTP, and its next bytes must
-        // be checked again. A client that sent more before this answer
-        // (which RFC 6455 forbids) loses the connection instead.
-        if status != StatusCode::SWITCHING_PROTOCOLS && !ctx.scanner().resume() {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+    }
+    // No tunnel: the connection goes on as HTTP, and its next bytes must be
+    // checked again. Every answer is told to the guard, whatever this
+    // request looked like to `classify`: the guard decides on raw bytes. A
+    // client that sent more after an upgrade request, before its answer
+    // (which RFC 6455 forbids), and whose bytes were refused, loses the
+    // connection instead.
+    if status != StatusCode::SWITCHING_PROTOCOLS && !ctx.scanner().answered() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(response)
+}
+
+/// Writes a request's line and metric if it is dropped before it was
+/// answered: the client went away (or a drain cut its connection) while
+/// wsgate waited for its body or a backend, and hyper dropped the handler.
+struct Unanswered<'a> {
+    ctx: &'a ConnContext,
+    kind: RequestKind,
+    record: RequestRecord,
+    answered: bool,
+}
+
+/// The status logged for a request whose client left before its answer
+/// (nginx's convention, so dashboards built for it read wsgate's logs).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let status = CLIENT_CLOSED_REQUEST;
+        self.record
+            .emit(status, 0, 0, "client: gone before the answer");
+        let metrics = &self.ctx.shared.metrics;
+        let listener = &self.ctx.listener.name;
+        let elapsed = self.record.started.elapsed();
+        match self.kind {
+            RequestKind::Plain => metrics.http_request(listener, status, elapsed, 0, 0),
+            RequestKind::WebSocket => metrics.handshake(listener, status, elapsed),
+        }
+    }
 }
 
 /// How a request was served.

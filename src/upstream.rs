@@ -107,6 +107,16 @@ pub enum UpstreamError {
         /// Backend address.
         addr: SocketAddr,
     },
+    /// A response whose length cannot be passed on faithfully:
+    /// `Transfer-Encoding` other than `chunked`, or together with
+    /// `Content-Length` (RFC 9112 section 6.3: a sign of response splitting).
+    #[error("{addr} sent an ambiguous response framing: {framing}")]
+    AmbiguousFraming {
+        /// Backend address.
+        addr: SocketAddr,
+        /// The framing headers received.
+        framing: String,
+    },
     /// The upstream has no servers.
     #[error("upstream has no servers")]
     NoServers,
@@ -163,6 +173,7 @@ impl UpstreamError {
                 (Some(addr), "response-timeout".to_string())
             }
             UpstreamError::UnexpectedUpgrade { addr } => (Some(addr), "unexpected-101".to_string()),
+            UpstreamError::AmbiguousFraming { addr, .. } => (Some(addr), "framing".to_string()),
             UpstreamError::NoServers => (None, "no-servers".to_string()),
         };
         match addr {

@@ -312,7 +312,7 @@ async fn a_backend_that_closes_mid_response_ends_the_client_connection() {
 
 #[tokio::test]
 async fn an_unframeable_response_is_502_and_its_connection_is_never_reused() {
-    let cases: [(&str, &'static [u8]); 3] = [
+    let cases: [(&str, &'static [u8]); 5] = [
         (
             "non-numeric length",
             b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
@@ -322,6 +322,16 @@ async fn an_unframeable_response_is_502_and_its_connection_is_never_reused() {
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
         ),
         ("not HTTP", b"SSH-2.0-OpenSSH_9.6\r\n\r\n"),
+        // hyper would decode the chunks and keep the length, cutting the body.
+        (
+            "length and chunked",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        // A coding wsgate would strip and the client never undo.
+        (
+            "gzip transfer coding",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
     ];
     for (what, answer) in cases {
         let (addr, mut events) = scripted_backend(answer, false).await;
@@ -699,4 +709,100 @@ async fn behind_a_trusted_proxy_a_page_keeps_and_extends_the_forwarding_chain() 
         value("forwarded").as_deref(),
         Some("for=203.0.113.7;proto=https, for=127.0.0.1;proto=http;host=app.test")
     );
+}
+
+#[tokio::test]
+async fn bodiless_answers_stay_bodiless_whatever_the_backend_sends_after_them() {
+    // A backend that sends a body after a 304 and after a HEAD answer: those
+    // bytes are not part of the answer, and must never reach the client as
+    // the start of the next response.
+    let (addr, _events) = scripted_backend(
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\nhello",
+        false,
+    )
+    .await;
+    let gw = TestGateway::start(&config(&[addr], "")).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    for _ in 0..2 {
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let head = read_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 304 "), "{head}");
+    }
+    let (addr, _events) =
+        scripted_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).await;
+    let gw = TestGateway::start(&config(&[addr], "")).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    for _ in 0..2 {
+        tcp.write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let head = read_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(header_value(&head, "content-length").as_deref(), Some("5"));
+    }
+}
+
+#[tokio::test]
+async fn upstream_response_counts_from_the_end_of_the_upload() {
+    // The backend answers as soon as the body is whole; the client takes
+    // longer than upstream_response to send it. That is not the backend's
+    // delay, so no 504.
+    let backend = AppBackend::start().await;
+    let toml = config(&[backend.addr], "").replace(
+        "[timeouts]\n",
+        "[timeouts]\nupstream_response = \"200ms\"\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    tcp.write_all(b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .expect("write");
+    tcp.write_all(&pattern(0, 5)).await.expect("first half");
+    // A slow client: the stimulus, not an assertion on time.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let (status, head, body) = raw_exchange(&mut tcp, &pattern(5, 5)).await;
+    assert_eq!((status, body.as_slice()), (200, &b"10 0"[..]), "{head}");
+}
+
+#[tokio::test]
+async fn a_request_whose_client_leaves_before_the_answer_is_logged_and_counted() {
+    let backend = AppBackend::start().await;
+    let toml = format!(
+        "{}\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        config(&[backend.addr], "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    within("the request to reach the backend", async {
+        while backend.seen().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    drop(tcp);
+    let admin = gw.admin.expect("admin listener");
+    let series = "wsgate_http_requests_total{listener=\"public\",outcome=\"4xx\"} 1";
+    within("the abandoned request in /metrics", async {
+        loop {
+            let (_, text) = http_text(admin, "GET", "/metrics").await;
+            if text.lines().any(|l| l == series) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }

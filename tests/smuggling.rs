@@ -150,6 +150,78 @@ refused! {
     // Host on HTTP/1.1: exactly one.
     missing_host: b"GET / HTTP/1.1\r\nX: b\r\n\r\n";
     two_hosts: b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+
+    // Bodies that break after their first chunk, or in their trailer: the
+    // guard's refusal is heeded before any backend is contacted, and a bad
+    // trailer (which hyper would wait on) is a 400 at once, not a 408.
+    chunk_breaks_after_first_chunk: b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1FFFFFFFFFFFFFFFF\r\n";
+    bare_lf_in_trailer: b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX: 1\n\r\n";
+    control_byte_in_trailer: b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: \x01\r\n\r\n";
+}
+
+// === upgrade requests: the guard pauses for frames, and only for them ===
+
+#[tokio::test]
+async fn an_upgrade_header_in_any_spelling_leaves_the_guard_on() {
+    // `Upgrade: websocket, \xff` is not a WebSocket handshake to wsgate (the
+    // value is not visible ASCII), so it is proxied as a plain request; the
+    // next request on the connection is checked all the same.
+    let (backend, gw) = start("").await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, head, _) = raw_exchange(
+        &mut tcp,
+        b"GET /one HTTP/1.1\r\nHost: a\r\nUpgrade: websocket, \xff\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let bad = b"POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let (status, head, _) = raw_exchange(&mut tcp, bad).await;
+    assert_eq!(status, 400, "{head}");
+    wait_closed(&mut tcp).await;
+    let received = backend.all_received();
+    assert!(received.starts_with("GET /one "), "{received:?}");
+    assert!(!received.contains("/second"), "{received:?}");
+}
+
+/// Sends an upgrade-looking request and a bad request in one write: the
+/// bad one is not parsed before the first is answered (it might have been
+/// frames), then the connection closes, and it never reaches a backend.
+async fn pipelined_after_upgrade(first: &str) {
+    let (backend, gw) = start("").await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let bad = "POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    tcp.write_all(format!("{first}{bad}").as_bytes())
+        .await
+        .expect("write");
+    let (status, head, _) = read_response(&mut tcp).await;
+    assert_eq!(status, 200, "{first}: {head}");
+    assert_eq!(
+        header_value(&head, "connection").as_deref(),
+        Some("close"),
+        "{first}: {head}"
+    );
+    wait_closed(&mut tcp).await;
+    let received = backend.all_received();
+    assert!(!received.contains("/second"), "{first}: {received:?}");
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "{first}");
+}
+
+#[tokio::test]
+async fn a_bad_request_pipelined_after_a_refused_upgrade_closes_the_connection() {
+    // The backend answers the handshake 200, not 101: no tunnel.
+    pipelined_after_upgrade(
+        "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    // Any other protocol too (proxied as plain HTTP, Upgrade dropped).
+    pipelined_after_upgrade(
+        "GET /h2c HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
 }
 
 // === what must still flow ===
