@@ -393,6 +393,19 @@ async fn expect_100_continue_is_answered_and_the_body_flows() {
     assert_eq!((status, body.as_slice()), (200, &b"300 0"[..]));
     let seen = backend.seen();
     assert!(seen[0].headers.get("expect").is_none(), "{:?}", seen[0]);
+    // No route: refused at once, without inviting the body.
+    let toml =
+        config(&[backend.addr], "").replace("[[routes]]\n", "[[routes]]\nhost = \"app.test\"\n");
+    let gw = TestGateway::start(&toml).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(
+        &mut tcp,
+        b"POST /count HTTP/1.1\r\nHost: other.test\r\nContent-Length: 300\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
 }
 
 /// Reads one response head only (for HEAD, whose Content-Length has no body).
