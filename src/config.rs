@@ -27,7 +27,11 @@ pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
 /// Default for `timeouts.upstream_handshake`: the backend must answer the upgrade within this.
 pub const DEFAULT_UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(10);
 /// Default for `timeouts.upstream_response`: a plain HTTP backend must send its response headers within this (long polls included).
+/// Counted from the end of the upload, or from the last body bytes the backend took while it takes no more.
 pub const DEFAULT_UPSTREAM_RESPONSE: Duration = Duration::from_secs(60);
+/// Default for `timeouts.client_body`: the longest a client may pause while
+/// sending a request body before it is answered 408 (as nginx's default).
+pub const DEFAULT_CLIENT_BODY: Duration = Duration::from_secs(60);
 /// Default for `timeouts.half_close`: once one side of a tunnel has closed, how long the other may keep it open.
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
 /// Default for `timeouts.close`: how long a closing handshake started by wsgate may take before the connection is cut.
@@ -131,6 +135,8 @@ pub struct Timeouts {
     pub upstream_handshake: Duration,
     /// From sending a plain HTTP request to the backend's response headers.
     pub upstream_response: Duration,
+    /// Longest pause in a client's request body (nginx's `client_body_timeout`).
+    pub client_body: Duration,
     /// How long a tunnel stays up after one side has finished sending.
     pub half_close: Duration,
     /// How long a closing handshake started by wsgate (shutdown, drain) may take.
@@ -144,6 +150,7 @@ impl Default for Timeouts {
             connect: DEFAULT_CONNECT,
             upstream_handshake: DEFAULT_UPSTREAM_HANDSHAKE,
             upstream_response: DEFAULT_UPSTREAM_RESPONSE,
+            client_body: DEFAULT_CLIENT_BODY,
             half_close: DEFAULT_HALF_CLOSE,
             close: DEFAULT_CLOSE,
         }
@@ -647,11 +654,12 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
     fn plain_http_keys_are_typed_and_checked() {
         let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n";
         let c = parse(
-            &format!("[timeouts]\nupstream_response = \"90s\"\n{base}[upstreams.u]\nservers = [\"127.0.0.1:2\"]\npool_max_idle = 0\npool_idle_timeout = \"2s\"\n"),
+            &format!("[timeouts]\nupstream_response = \"90s\"\nclient_body = \"3s\"\n{base}[upstreams.u]\nservers = [\"127.0.0.1:2\"]\npool_max_idle = 0\npool_idle_timeout = \"2s\"\n"),
             Path::new("c.toml"),
         )
         .expect("valid");
         assert_eq!(c.timeouts.upstream_response, Duration::from_secs(90));
+        assert_eq!(c.timeouts.client_body, Duration::from_secs(3));
         let u = &c.upstreams["u"];
         assert_eq!(
             (u.pool_max_idle, u.pool_idle_timeout),
@@ -663,6 +671,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         )
         .expect("valid");
         assert_eq!(c.timeouts.upstream_response, DEFAULT_UPSTREAM_RESPONSE);
+        assert_eq!(c.timeouts.client_body, DEFAULT_CLIENT_BODY);
         let u = &c.upstreams["u"];
         assert_eq!(
             (u.pool_max_idle, u.pool_idle_timeout),

@@ -46,16 +46,16 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
     /// A line ended by LF alone: some servers split lines there, some do not.
-    #[error("bare LF in the request head")]
+    #[error("bare LF in a request line, header or trailer")]
     BareLf,
     /// A CR not followed by LF.
-    #[error("bare CR in the request head")]
+    #[error("bare CR in a request line, header or trailer")]
     BareCr,
     /// A header line continued on the next line (RFC 9112 section 5.2).
     #[error("obsolete line folding in a header")]
     ObsFold,
-    /// NUL or another control byte in the request head.
-    #[error("control byte in the request head")]
+    /// NUL or another control byte in the request line, a header or a trailer.
+    #[error("control byte in a request line, header or trailer")]
     Control,
     /// Both framings at once: the classic desync.
     #[error("both Content-Length and Transfer-Encoding")]

@@ -76,8 +76,8 @@ pub enum HandshakeError {
     /// No route for this host and path.
     #[error("no route for this host and path")]
     NoRoute,
-    /// The first bytes of a request body did not come within `timeouts.client_handshake`.
-    #[error("request body did not start in time")]
+    /// The client paused in its request body for longer than `timeouts.client_body`.
+    #[error("request body stalled")]
     BodyTimeout,
     /// The client's body could not be read (bad chunked framing, reset).
     #[error("request body unreadable: {0}")]

@@ -20,8 +20,12 @@
 //! request at once. A body that breaks after some of it has left can only
 //! abort the backend's request.
 //!
-//! `timeouts.upstream_response` starts when the whole body has been sent:
-//! a slow upload is the client's time, not the backend's.
+//! Whose fault is a wait: a client that pauses in its body for longer than
+//! `timeouts.client_body` is answered 408; a backend that takes no body
+//! bytes while the client has them, or does not answer once the whole body
+//! is sent, for `timeouts.upstream_response`, is a 504. So a slow upload is
+//! the client's time, not the backend's, and no stall holds a pooled
+//! connection for ever.
 //!
 //! Must not: buffer a body beyond the one frame peeked, or answer a plain
 //! request with a 101.
@@ -31,6 +35,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header;
@@ -102,18 +107,15 @@ pub(crate) async fn forward(
     for server in candidates {
         let addr = server.addr;
         record.backend = Some(addr);
-        let mut req = Request::new(RequestBody::new(upload.clone()));
+        let mut req = Request::new(RequestBody::new(upload.clone(), timeouts.client_body));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers.clone();
-        let deadline = async {
-            upload.sent.cancelled().await;
-            tokio::time::sleep(timeouts.upstream_response).await;
-        };
+        upload.progress();
         let sent = tokio::select! {
             r = pool.send(server, req) => Ok(r),
-            _ = deadline => Err(()),
+            _ = upload.backend_stalled(timeouts.upstream_response) => Err(()),
         };
         let response = match sent {
             Err(()) => {
@@ -125,8 +127,10 @@ pub(crate) async fn forward(
             }
             Ok(Ok(r)) => r,
             Ok(Err(source)) => {
-                if let Some(e) = upload.failure() {
-                    return Err(HandshakeError::BadBody(e).into());
+                match upload.failure() {
+                    Some(BodyFailure::Stalled) => return Err(HandshakeError::BodyTimeout.into()),
+                    Some(BodyFailure::Broken(e)) => return Err(HandshakeError::BadBody(e).into()),
+                    None => {}
                 }
                 let retry = source.is_connect() && upload.untouched();
                 let e = UpstreamError::Request { addr, source };
@@ -142,7 +146,7 @@ pub(crate) async fn forward(
             return Err(UpstreamError::UnexpectedUpgrade { addr }.into());
         }
         // Dropping the unread body closes that backend connection.
-        check_framing(response.headers(), addr)?;
+        upstream::check_framing(response.headers(), addr)?;
         let (mut head, body) = response.into_parts();
         handshake::strip_hop_by_hop(&mut head.headers);
         let logged = Logged {
@@ -161,36 +165,6 @@ pub(crate) async fn forward(
     Err(last.into())
 }
 
-/// Refuses a response whose length wsgate cannot pass on as the backend
-/// meant it: hyper has decoded `chunked` and ignored a `Content-Length`
-/// beside it, and would ignore any other coding.
-fn check_framing(
-    headers: &http::HeaderMap,
-    addr: std::net::SocketAddr,
-) -> Result<(), UpstreamError> {
-    let codings: Vec<&[u8]> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    let only_chunked =
-        matches!(codings.as_slice(), [c] if c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-    if codings.is_empty() || (only_chunked && !headers.contains_key(header::CONTENT_LENGTH)) {
-        return Ok(());
-    }
-    let framing = [header::TRANSFER_ENCODING, header::CONTENT_LENGTH]
-        .iter()
-        .flat_map(|n| {
-            headers
-                .get_all(n)
-                .iter()
-                .map(move |v| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    Err(UpstreamError::AmbiguousFraming { addr, framing })
-}
-
 // === impl Upload ===
 
 /// A client's request body, shared by the attempts to send it: it stays in
@@ -199,16 +173,30 @@ struct Upload {
     slot: Mutex<Option<Prefixed>>,
     hint: SizeHint,
     bytes: AtomicU64,
-    failed: AtomicBool,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<BodyFailure>>,
     /// The framing guard's refusal of this connection's bytes.
     refused: CancellationToken,
-    /// Cancelled once the whole body has been handed to a backend connection.
-    sent: CancellationToken,
+    /// What `progress_at` counts from.
+    epoch: Instant,
+    /// When a backend connection last took body bytes (or an attempt
+    /// began, or the body ended), in nanoseconds since `epoch`.
+    progress_at: AtomicU64,
+    /// The body is waiting for the client's next bytes: a pause that is
+    /// the client's, not the backend's.
+    waiting_on_client: AtomicBool,
     /// The guard, for the reason of a refusal.
     scanner: Arc<Mutex<crate::framing::Scanner>>,
     /// This request's index on its connection, as the guard counts.
     request: u64,
+}
+
+/// Why a client's body could not be passed on.
+#[derive(Debug, Clone)]
+enum BodyFailure {
+    /// No bytes for `timeouts.client_body`.
+    Stalled,
+    /// Bad framing, refused by the guard, or the connection broke.
+    Broken(String),
 }
 
 /// The frame peeked before sending, then the rest.
@@ -218,7 +206,7 @@ struct Prefixed {
 }
 
 impl Upload {
-    /// Waits, within `client_handshake`, for the body's first frame (or its
+    /// Waits, within `client_body`, for the body's first frame (or its
     /// end), so a body that is malformed from its start reaches no backend.
     async fn start(
         mut body: Incoming,
@@ -246,7 +234,7 @@ impl Upload {
             (None, None)
         } else {
             let frame = tokio::select! {
-                f = tokio::time::timeout(timeouts.client_handshake, body.frame()) => f,
+                f = tokio::time::timeout(timeouts.client_body, body.frame()) => f,
                 _ = refused_here => return Err(verdict().into()),
             };
             match frame {
@@ -276,18 +264,15 @@ impl Upload {
                 hint
             }
         };
-        let sent = CancellationToken::new();
-        if hint.exact() == Some(0) {
-            sent.cancel();
-        }
         Ok(Arc::new(Self {
             slot: Mutex::new(Some(Prefixed { first, rest })),
             hint,
             bytes: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             refused,
-            sent,
+            epoch: Instant::now(),
+            progress_at: AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
             scanner: ctx.scanner.clone(),
             request,
         }))
@@ -304,9 +289,35 @@ impl Upload {
     }
 
     /// Records why the client's body could not be passed on.
-    fn fail(&self, why: String) {
+    fn fail(&self, why: BodyFailure) {
         *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Notes that the backend side moved: an attempt began, or took bytes.
+    fn progress(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.progress_at.store(now, Ordering::Relaxed);
+        self.waiting_on_client.store(false, Ordering::Relaxed);
+    }
+
+    /// Resolves once the backend has kept this request waiting for `after`:
+    /// taking no body bytes the client had for it, or not answering once
+    /// the whole body was sent. Pauses of the client's do not count.
+    async fn backend_stalled(&self, after: Duration) {
+        loop {
+            let wait = if self.waiting_on_client.load(Ordering::Relaxed) {
+                // The client's timer governs now; look again later.
+                after
+            } else {
+                let since = Duration::from_nanos(self.progress_at.load(Ordering::Relaxed));
+                let idle = self.epoch.elapsed().saturating_sub(since);
+                match after.checked_sub(idle) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return,
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Prefixed>> {
@@ -319,10 +330,7 @@ impl Upload {
     }
 
     /// Why reading the client's body failed, if it did.
-    fn failure(&self) -> Option<String> {
-        if !self.failed.load(Ordering::SeqCst) {
-            return None;
-        }
+    fn failure(&self) -> Option<BodyFailure> {
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -345,16 +353,26 @@ pub struct RequestBody {
     /// Ready when the framing guard refuses the connection's bytes: hyper
     /// may be waiting for bytes that will never make the body whole.
     refused: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The client's pause in its body: armed while its next bytes are
+    /// awaited, reset (not made anew) for each pause.
+    pause: Pin<Box<tokio::time::Sleep>>,
+    /// `pause` is counting.
+    pausing: bool,
+    /// Longest pause allowed (`timeouts.client_body`).
+    client_body: Duration,
 }
 
 impl RequestBody {
-    fn new(upload: Arc<Upload>) -> Self {
+    fn new(upload: Arc<Upload>, client_body: Duration) -> Self {
         let refused = Box::pin(upload.refused.clone().cancelled_owned());
         Self {
             upload,
             body: None,
             started: false,
             refused,
+            pause: Box::pin(tokio::time::sleep(client_body)),
+            pausing: false,
+            client_body,
         }
     }
 
@@ -368,7 +386,7 @@ impl RequestBody {
             .unwrap_or_else(|e| e.into_inner())
             .verdict()
             .map_or_else(|| "refused".to_string(), |m| m.to_string());
-        self.upload.fail(why.clone());
+        self.upload.fail(BodyFailure::Broken(why.clone()));
         Poll::Ready(Some(Err(why.into())))
     }
 }
@@ -398,10 +416,28 @@ impl Body for RequestBody {
             Some(f) => Some(Ok(f)),
             None => match &mut body.rest {
                 None => None,
-                Some(rest) => ready!(Pin::new(rest).poll_frame(cx)),
+                Some(rest) => match Pin::new(rest).poll_frame(cx) {
+                    Poll::Ready(f) => f,
+                    Poll::Pending => {
+                        this.upload.waiting_on_client.store(true, Ordering::Relaxed);
+                        if !this.pausing {
+                            this.pausing = true;
+                            let until = tokio::time::Instant::now() + this.client_body;
+                            this.pause.as_mut().reset(until);
+                        }
+                        if this.pause.as_mut().poll(cx).is_ready() {
+                            this.started = true;
+                            this.upload.fail(BodyFailure::Stalled);
+                            return Poll::Ready(Some(Err("request body stalled".into())));
+                        }
+                        return Poll::Pending;
+                    }
+                },
             },
         };
         this.started = true;
+        this.pausing = false;
+        this.upload.progress();
         // Bytes refused in the read that produced this frame: it goes no further.
         if this.upload.refused_here() {
             return this.refuse();
@@ -409,25 +445,17 @@ impl Body for RequestBody {
         match frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
-                    let total = this
-                        .upload
+                    this.upload
                         .bytes
-                        .fetch_add(d.len() as u64, Ordering::Relaxed)
-                        + d.len() as u64;
-                    if this.upload.hint.exact() == Some(total) {
-                        this.upload.sent.cancel();
-                    }
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(f)))
             }
             Some(Err(e)) => {
-                this.upload.fail(e.to_string());
+                this.upload.fail(BodyFailure::Broken(e.to_string()));
                 Poll::Ready(Some(Err(e.into())))
             }
-            None => {
-                this.upload.sent.cancel();
-                Poll::Ready(None)
-            }
+            None => Poll::Ready(None),
         }
     }
 

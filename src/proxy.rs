@@ -208,8 +208,14 @@ impl Drop for Unanswered<'_> {
             return;
         }
         let status = CLIENT_CLOSED_REQUEST;
-        self.record
-            .emit(status, 0, 0, "client: gone before the answer");
+        let shared = &self.ctx.shared;
+        // A drain or shutdown ends connections too: say so, not blame the client.
+        let reason = if shared.shutdown.is_cancelled() || shared.drain.is_cancelled() {
+            "proxy: connection closed by shutdown before the answer"
+        } else {
+            "client: gone before the answer"
+        };
+        self.record.emit(status, 0, 0, reason);
         let metrics = &self.ctx.shared.metrics;
         let listener = &self.ctx.listener.name;
         let elapsed = self.record.started.elapsed();
@@ -328,6 +334,7 @@ async fn forward(
             // Not a 101: an ordinary response, and the client connection stays
             // HTTP, so whatever the client sends next is parsed as a request.
             record.backend = Some(server.addr);
+            upstream::check_framing(response.headers(), server.addr)?;
             let (mut parts, body) = response.into_parts();
             handshake::strip_hop_by_hop(&mut parts.headers);
             Ok(Forwarded::Answered(Response::from_parts(
@@ -471,8 +478,10 @@ fn refuse(refusal: &Refusal) -> Response<ProxyBody> {
             HeaderValue::from_static("13"),
         );
     }
-    if status == StatusCode::BAD_REQUEST {
-        // A client that sends malformed handshakes gets no second chance on this connection.
+    if status == StatusCode::BAD_REQUEST || status == StatusCode::REQUEST_TIMEOUT {
+        // A client that sends malformed requests gets no second chance on
+        // this connection, and after a stalled body nothing on it can be
+        // trusted to be the start of a request.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     res

@@ -122,6 +122,40 @@ pub enum UpstreamError {
     NoServers,
 }
 
+/// Refuses a response whose length wsgate cannot pass on as the backend
+/// meant it: hyper has decoded `chunked` and ignored a `Content-Length`
+/// beside it, and would ignore any other coding. For every response a
+/// client gets from a backend, plain or to a handshake.
+///
+/// # Errors
+/// [`UpstreamError::AmbiguousFraming`].
+pub fn check_framing(
+    headers: &http::HeaderMap,
+    addr: std::net::SocketAddr,
+) -> Result<(), UpstreamError> {
+    let codings: Vec<&[u8]> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let only_chunked =
+        matches!(codings.as_slice(), [c] if c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if codings.is_empty() || (only_chunked && !headers.contains_key(header::CONTENT_LENGTH)) {
+        return Ok(());
+    }
+    let framing = [header::TRANSFER_ENCODING, header::CONTENT_LENGTH]
+        .iter()
+        .flat_map(|n| {
+            headers
+                .get_all(n)
+                .iter()
+                .map(move |v| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(UpstreamError::AmbiguousFraming { addr, framing })
+}
+
 /// An error and its causes, joined: hyper-util's own message is generic.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

@@ -73,6 +73,7 @@ struct RawTimeouts {
     connect: Option<Spanned<String>>,
     upstream_handshake: Option<Spanned<String>>,
     upstream_response: Option<Spanned<String>>,
+    client_body: Option<Spanned<String>>,
     half_close: Option<Spanned<String>>,
     close: Option<Spanned<String>>,
 }
@@ -345,6 +346,7 @@ impl<'a> Validator<'a> {
                 "timeouts.upstream_response",
                 d.upstream_response,
             ),
+            client_body: self.duration(t.client_body, "timeouts.client_body", d.client_body),
             half_close: self.duration(t.half_close, "timeouts.half_close", d.half_close),
             close: self.duration(t.close, "timeouts.close", d.close),
         };

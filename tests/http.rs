@@ -767,10 +767,8 @@ async fn upstream_response_counts_from_the_end_of_the_upload() {
     // longer than upstream_response to send it. That is not the backend's
     // delay, so no 504.
     let backend = AppBackend::start().await;
-    let toml = config(&[backend.addr], "").replace(
-        "[timeouts]\n",
-        "[timeouts]\nupstream_response = \"200ms\"\n",
-    );
+    let toml = config(&[backend.addr], "")
+        .replace("[timeouts]\n", "[timeouts]\nupstream_response = \"1s\"\n");
     let gw = TestGateway::start(&toml).await;
     let mut tcp = TcpStream::connect(gw.addr("public"))
         .await
@@ -780,7 +778,7 @@ async fn upstream_response_counts_from_the_end_of_the_upload() {
         .expect("write");
     tcp.write_all(&pattern(0, 5)).await.expect("first half");
     // A slow client: the stimulus, not an assertion on time.
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let (status, head, body) = raw_exchange(&mut tcp, &pattern(5, 5)).await;
     assert_eq!((status, body.as_slice()), (200, &b"10 0"[..]), "{head}");
 }
@@ -807,7 +805,7 @@ async fn a_request_whose_client_leaves_before_the_answer_is_logged_and_counted()
     .await;
     drop(tcp);
     let admin = gw.admin.expect("admin listener");
-    let series = "wsgate_http_requests_total{listener=\"public\",outcome=\"4xx\"} 1";
+    let series = "wsgate_http_requests_total{listener=\"public\",outcome=\"499\"} 1";
     within("the abandoned request in /metrics", async {
         loop {
             let (_, text) = http_text(admin, "GET", "/metrics").await;
@@ -818,4 +816,82 @@ async fn a_request_whose_client_leaves_before_the_answer_is_logged_and_counted()
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_backend_that_stops_taking_the_body_is_a_504() {
+    // Accepts, then never reads: the upload backs up, and the backend has
+    // kept the request waiting.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (held_tx, mut held) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = held_tx.send(tcp);
+        }
+    });
+    let toml = config(&[addr], "").replace(
+        "[timeouts]\n",
+        "[timeouts]\nupstream_response = \"300ms\"\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let (status, body) = http_send(
+        gw.addr("public"),
+        "POST",
+        "/upload",
+        PatternBody::new(1 << 30, false),
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(within("the held connection", held.recv()).await.is_some());
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_is_a_408() {
+    let backend = AppBackend::start().await;
+    let toml = config(&[backend.addr], "")
+        .replace("[timeouts]\n", "[timeouts]\nclient_body = \"300ms\"\n");
+    let gw = TestGateway::start(&toml).await;
+    let mut other = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    // Before the first byte of the body, and after some of it.
+    for sent in [0, 5] {
+        let mut tcp = TcpStream::connect(gw.addr("public"))
+            .await
+            .expect("connect");
+        tcp.write_all(b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .expect("write");
+        tcp.write_all(&pattern(0, sent))
+            .await
+            .expect("part of the body");
+        let (status, head, _) = read_response(&mut tcp).await;
+        assert_eq!(status, 408, "after {sent} bytes: {head}");
+        assert_eq!(header_value(&head, "connection").as_deref(), Some("close"));
+        wait_closed(&mut tcp).await;
+    }
+    // Others are served meanwhile.
+    let (status, _, body) = raw_exchange(
+        &mut other,
+        b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, body.as_slice()), (200, &b"0 0"[..]));
+}
+
+#[tokio::test]
+async fn a_handshake_answered_with_ambiguous_framing_is_a_502() {
+    let (addr, _events) = scripted_backend(
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let gw = TestGateway::start(&config(&[addr], "")).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, head, body) =
+        raw_exchange(&mut tcp, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 502, "{head}{}", String::from_utf8_lossy(&body));
 }

@@ -488,3 +488,35 @@ async fn refusals_are_counted_by_reason() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_body_refused_after_part_of_it_left_is_a_400_at_once() {
+    // The first chunk goes on to a silent backend; then a bad trailer,
+    // which hyper alone would wait on (for a blank line) until the client
+    // gave up: the guard's refusal ends the request at once.
+    let backend = RawBackend::start(|_| None).await;
+    let toml = simple_config(&[backend.addr]).replace(
+        "[timeouts]\n",
+        "[timeouts]\nclient_body = \"1h\"\nupstream_response = \"1h\"\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    tcp.write_all(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .expect("write");
+    wait_received(&backend, "hello").await;
+    tcp.write_all(b"0\r\nX: 1\n\r\n").await.expect("write");
+    let (status, head, body) = read_response(&mut tcp).await;
+    assert_eq!(status, 400, "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("bare LF"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    wait_closed(&mut tcp).await;
+    assert!(!backend.all_received().contains("X: 1"));
+}
