@@ -254,6 +254,23 @@ async fn scripted_backend(
     (addr, rx)
 }
 
+/// A gateway in front of a [`scripted_backend`], and a client connection to it.
+async fn behind_script(
+    answer: &'static [u8],
+    close_after: bool,
+) -> (
+    TestGateway,
+    mpsc::UnboundedReceiver<Result<usize, usize>>,
+    TcpStream,
+) {
+    let (addr, events) = scripted_backend(answer, close_after).await;
+    let gw = TestGateway::start(&config(&[addr], "")).await;
+    let tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    (gw, events, tcp)
+}
+
 async fn next_event(
     rx: &mut mpsc::UnboundedReceiver<Result<usize, usize>>,
 ) -> Result<usize, usize> {
@@ -264,15 +281,11 @@ async fn next_event(
 
 #[tokio::test]
 async fn a_backend_that_closes_mid_response_ends_the_client_connection() {
-    let (addr, mut events) = scripted_backend(
+    let (gw, mut events, mut tcp) = behind_script(
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
         true,
     )
     .await;
-    let gw = TestGateway::start(&config(&[addr], "")).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
     tcp.write_all(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .expect("write");
@@ -729,15 +742,11 @@ async fn bodiless_answers_stay_bodiless_whatever_the_backend_sends_after_them() 
     // A backend that sends a body after a 304 and after a HEAD answer: those
     // bytes are not part of the answer, and must never reach the client as
     // the start of the next response.
-    let (addr, _events) = scripted_backend(
+    let (_gw, _events, mut tcp) = behind_script(
         b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\nhello",
         false,
     )
     .await;
-    let gw = TestGateway::start(&config(&[addr], "")).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
     for _ in 0..2 {
         tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
@@ -745,12 +754,8 @@ async fn bodiless_answers_stay_bodiless_whatever_the_backend_sends_after_them() 
         let head = read_head(&mut tcp).await;
         assert!(head.starts_with("HTTP/1.1 304 "), "{head}");
     }
-    let (addr, _events) =
-        scripted_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).await;
-    let gw = TestGateway::start(&config(&[addr], "")).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let (_gw, _events, mut tcp) =
+        behind_script(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).await;
     for _ in 0..2 {
         tcp.write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
@@ -882,15 +887,7 @@ async fn a_client_that_stops_sending_its_body_is_a_408() {
 
 #[tokio::test]
 async fn a_handshake_answered_with_ambiguous_framing_is_a_502() {
-    let (addr, _events) = scripted_backend(
-        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        false,
-    )
-    .await;
-    let gw = TestGateway::start(&config(&[addr], "")).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let (_gw, _events, mut tcp) = behind_script(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", false).await;
     let (status, head, body) =
         raw_exchange(&mut tcp, handshake_request("/ws", "a").as_bytes()).await;
     assert_eq!(status, 502, "{head}{}", String::from_utf8_lossy(&body));
