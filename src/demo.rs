@@ -1,6 +1,7 @@
 //! `wsgate demo` and `wsgate client`: a newcomer's first contact.
 //!
-//! Owns: small WebSocket echo backends on the addresses a config names, a
+//! Owns: small backends on the addresses a config names (a page and
+//! WebSocket echo on one port, as real applications serve them), a
 //! self-made CA and server certificate when the config's are missing, a
 //! self-check that sends one message through the proxy, and a line-based
 //! WebSocket client for trying it by hand.
@@ -114,8 +115,11 @@ pub fn make_certificates(names: &[&str]) -> Result<(String, String, String), Dem
     Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
 }
 
-/// Serves WebSocket echo on `listener` until `shutdown`: every text or binary
-/// message comes back unchanged; pings are answered; a Close is returned.
+/// Serves a small application on `listener` until `shutdown`, as a real
+/// backend would behind wsgate: WebSocket echo on any path (every text or
+/// binary message comes back unchanged; pings are answered; a Close is
+/// returned), and for any plain request a page whose script opens that
+/// WebSocket, so a browser shows pages and WebSockets through one route.
 pub async fn echo_backend(listener: TcpListener, tasks: TaskTracker, shutdown: CancellationToken) {
     loop {
         let (tcp, _) = tokio::select! {
@@ -123,27 +127,107 @@ pub async fn echo_backend(listener: TcpListener, tasks: TaskTracker, shutdown: C
             r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
         };
         let token = shutdown.clone();
+        let upgrades = tasks.clone();
         tasks.spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                return;
-            };
-            loop {
-                let msg = tokio::select! {
-                    _ = token.cancelled() => return,
-                    m = ws.next() => m,
-                };
-                match msg {
-                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                        if ws.send(m).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return,
-                }
+            let stop = token.clone();
+            let service = hyper::service::service_fn(move |req| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(app_answer(
+                    req, &upgrades, &token,
+                )))
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
             }
         });
     }
+}
+
+/// The demo page: a tiny chat box over a WebSocket to the same path.
+const PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8"><title>wsgate demo</title>
+<h1>wsgate demo</h1>
+<p>This page and its WebSocket come through wsgate, on the same route, to the same backend.</p>
+<form id="f"><input id="m" autocomplete="off" placeholder="a message"> <button>send</button></form>
+<pre id="log"></pre>
+<script>
+const log = t => document.getElementById('log').textContent += t + '\n';
+const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + location.pathname);
+ws.onopen = () => log('connected to ' + ws.url);
+ws.onmessage = e => log('< ' + e.data);
+ws.onclose = e => log('closed: ' + e.code + ' ' + e.reason);
+document.getElementById('f').onsubmit = e => {
+  e.preventDefault();
+  const m = document.getElementById('m');
+  ws.send(m.value); log('> ' + m.value); m.value = '';
+};
+</script>
+"#;
+
+type DemoBody = http_body_util::Full<bytes::Bytes>;
+
+fn app_answer(
+    mut req: hyper::Request<hyper::body::Incoming>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> hyper::Response<DemoBody> {
+    use http::header;
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let Some(key) = key
+        .filter(|_| crate::handshake::classify(&req) == crate::handshake::RequestKind::WebSocket)
+    else {
+        let mut res = hyper::Response::new(DemoBody::from(PAGE));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        return res;
+    };
+    let accept = crate::handshake::accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        loop {
+            let msg = tokio::select! {
+                _ = token.cancelled() => return,
+                m = ws.next() => m,
+            };
+            match msg {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    let mut res = hyper::Response::new(DemoBody::default());
+    *res.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
 }
 
 /// Binds an echo backend on every address.
@@ -230,11 +314,15 @@ pub async fn connect(
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Sends one text message to `url` and checks it comes back.
+/// Fetches the page at `url` (for `ws://`), then sends one text message to
+/// `url` and checks it comes back.
 ///
 /// # Errors
 /// [`DemoError`] if it does not.
 pub async fn self_check(url: &str, ca: Option<&Path>) -> Result<(), DemoError> {
+    if url.starts_with("ws://") {
+        page_check(url).await?;
+    }
     let mut ws = connect(url, ca).await?;
     let text = "hello through wsgate";
     ws.send(Message::text(text)).await?;
@@ -249,6 +337,42 @@ pub async fn self_check(url: &str, ca: Option<&Path>) -> Result<(), DemoError> {
     ws.close(None).await?;
     // Finish the closing handshake so neither side sees a reset.
     while let Some(Ok(_)) = ws.next().await {}
+    Ok(())
+}
+
+/// Fetches the page at the `ws://` URL's address and path as plain HTTP:
+/// the same route serves it.
+async fn page_check(url: &str) -> Result<(), DemoError> {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| DemoError::Check(format!("bad URL {url}: {e}")))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| DemoError::Check(format!("no address in {url}")))?
+        .to_string();
+    let tcp = TcpStream::connect(authority.as_str())
+        .await
+        .map_err(io_err(format!("connecting to {authority}")))?;
+    let check = |e: hyper::Error| DemoError::Check(format!("page: {e}"));
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(tcp))
+    .await
+    .map_err(check)?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(uri.path())
+        .header(http::header::HOST, authority)
+        .body(http_body_util::Empty::new())
+        .map_err(|e| DemoError::Check(format!("page request: {e}")))?;
+    let res = send.send_request(req).await.map_err(check)?;
+    let status = res.status();
+    let body = res.into_body().collect().await.map_err(check)?.to_bytes();
+    if status != http::StatusCode::OK || !body.starts_with(b"<!doctype html>") {
+        return Err(DemoError::Check(format!("the page answered {status}")));
+    }
     Ok(())
 }
 

@@ -302,7 +302,7 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
     }
     on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
     println!(
-        "demo: echo backends on {}",
+        "demo: backends (a page and WebSocket echo) on {}",
         servers
             .iter()
             .map(ToString::to_string)
@@ -329,7 +329,11 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
         demo::self_check(url, None)
             .await
             .context("demo self-check")?;
-        println!("demo: self-check passed: a message to {url} came back through wsgate");
+        println!("demo: self-check passed: a message to {url} came back through wsgate, and so did its page");
+        println!(
+            "demo: open {} in a browser: a page and its WebSocket through one route",
+            url.replacen("ws://", "http://", 1)
+        );
         println!("demo: try it yourself:\n    cargo run --release -- client {url}");
         if let Some(ca) = cas.first().or(None) {
             println!("demo: or over TLS:\n    cargo run --release -- client --ca {} wss://localhost:8443/chat", ca.display());

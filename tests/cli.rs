@@ -520,6 +520,14 @@ async fn demo_runs_the_example_config() {
     );
 
     let addr = "127.0.0.1:8080".parse().expect("addr");
+    // The page of the same route, as a browser would load it first.
+    let (status, page) = http_text(addr, "GET", "/chat").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("new WebSocket("), "{page}");
+    demo.line_until("the page's URL", |l| {
+        l.contains("open http://127.0.0.1:8080/chat in a browser")
+    })
+    .await;
     let mut ws = ws_connect(addr, "/chat").await;
     ws.send(Message::text("ping through the demo"))
         .await
