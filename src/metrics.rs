@@ -126,6 +126,7 @@ pub struct Metrics {
     close_codes: Family<CloseLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     http_requests: Family<HandshakeLabels, Counter>,
+    http_active: Family<ListenerLabels, Gauge>,
     http_seconds: Family<ListenerLabels, Histogram>,
     http_bytes: Family<HttpBytesLabels, Counter>,
     malformed: Family<MalformedLabels, Counter>,
@@ -149,6 +150,12 @@ impl Metrics {
         let close_codes = Family::<CloseLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let http_requests = Family::<HandshakeLabels, Counter>::default();
+        let http_active = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "wsgate_http_requests_active",
+            "Plain HTTP requests in progress, from their head to the end of their response",
+            http_active.clone(),
+        );
         let http_seconds = Family::<ListenerLabels, Histogram>::new_with_constructor(
             handshake_histogram as fn() -> Histogram,
         );
@@ -235,6 +242,7 @@ impl Metrics {
             close_codes,
             reloads,
             http_requests,
+            http_active,
             http_seconds,
             http_bytes,
             malformed,
@@ -246,6 +254,9 @@ impl Metrics {
     /// Creates a listener's handshake series at zero, so that rates and
     /// alerts work before the first occurrence of each outcome.
     pub fn prepare_listener(&self, listener: &str) {
+        let _ = self.http_active.get_or_create(&ListenerLabels {
+            listener: listener.to_string(),
+        });
         for outcome in [101, 400, 403, 404, 426, 429, 431, 502, 503, 504] {
             let _ = self.handshakes.get_or_create(&HandshakeLabels {
                 listener: listener.to_string(),
@@ -269,6 +280,16 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// A plain request began; [`Metrics::http_request`] ends it, once, on
+    /// every path.
+    pub fn http_request_started(&self, listener: &str) {
+        self.http_active
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
     /// A plain request ended: answered with `status`, its response body
     /// done (or abandoned) after `elapsed`.
     pub fn http_request(
@@ -285,6 +306,11 @@ impl Metrics {
                 outcome: outcome_label(status),
             })
             .inc();
+        self.http_active
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .dec();
         self.http_seconds
             .get_or_create(&ListenerLabels {
                 listener: listener.to_string(),

@@ -131,6 +131,9 @@ pub async fn handle(
     };
     let listener = &ctx.listener.name;
     let metrics = &ctx.shared.metrics;
+    if kind == RequestKind::Plain {
+        metrics.http_request_started(listener);
+    }
     let mut pending = Unanswered {
         ctx: &ctx,
         kind,

@@ -892,3 +892,86 @@ async fn a_handshake_answered_with_ambiguous_framing_is_a_502() {
         raw_exchange(&mut tcp, handshake_request("/ws", "a").as_bytes()).await;
     assert_eq!(status, 502, "{head}{}", String::from_utf8_lossy(&body));
 }
+
+/// The value of one series in a /metrics text.
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_traffic_good_and_bad_leaves_nothing_behind() {
+    let backend = AppBackend::start().await;
+    let toml = format!(
+        "{}\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        config(&[backend.addr], "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.addr("public");
+    let clients = 24;
+    let rounds = 6;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            // Each client runs every kind of request, in its own order.
+            for r in 0..rounds {
+                match (c + r) % rounds {
+                    0 => assert_eq!(http_text(addr, "GET", "/big/1000").await.0, 200),
+                    1 => {
+                        let body = PatternBody::new(20_000, true);
+                        let got = http_send(addr, "POST", "/count", body).await;
+                        assert_eq!(got, (200, "20000 0".to_string()));
+                    }
+                    2 => {
+                        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+                        let bad = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+                        let (status, _, _) = raw_exchange(&mut tcp, bad).await;
+                        assert_eq!(status, 400);
+                    }
+                    3 => {
+                        // Gone before the answer, and gone mid-body.
+                        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+                        tcp.write_all(b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n")
+                            .await
+                            .expect("write");
+                        let mut tcp2 = TcpStream::connect(addr).await.expect("connect");
+                        tcp2.write_all(b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+                            .await
+                            .expect("write");
+                    }
+                    4 => {
+                        let ws = ws_connect(addr, "/ws").await;
+                        close_ws(ws).await;
+                    }
+                    _ => assert_eq!(http_text(addr, "GET", "/status/204").await.0, 204),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        within("a client's rounds", t).await.expect("client task");
+    }
+    let admin = gw.admin.expect("admin listener");
+    // Plain requests that reached the handler, per client: kinds 0, 1, 5,
+    // and the two of kind 3 (the refused one never did; 4 is a tunnel).
+    let expected = f64::from(clients * 5);
+    within("every plain request to end and be counted", async {
+        loop {
+            let (_, text) = http_text(admin, "GET", "/metrics").await;
+            let active = series_value(&text, "wsgate_http_requests_active{listener=\"public\"}");
+            let counted: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("wsgate_http_requests_total{listener=\"public\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if active == Some(0.0) && counted == expected {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    gw.wait_idle().await;
+    assert_eq!(http_text(addr, "GET", "/big/3").await.0, 200);
+}
