@@ -913,6 +913,7 @@ async fn mixed_traffic_good_and_bad_leaves_nothing_behind() {
     let rounds = 6;
     let mut tasks = Vec::new();
     for c in 0..clients {
+        let requests = backend.requests.clone();
         tasks.push(tokio::spawn(async move {
             // Each client runs every kind of request, in its own order.
             for r in 0..rounds {
@@ -930,15 +931,35 @@ async fn mixed_traffic_good_and_bad_leaves_nothing_behind() {
                         assert_eq!(status, 400);
                     }
                     3 => {
-                        // Gone before the answer, and gone mid-body.
+                        // Gone before the answer, and gone mid-body: each
+                        // once the backend has the request, so that it
+                        // certainly was one (a client that leaves before
+                        // its request is read never made one).
+                        let never = format!("/never?c={c}");
                         let mut tcp = TcpStream::connect(addr).await.expect("connect");
-                        tcp.write_all(b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n")
-                            .await
-                            .expect("write");
+                        let head = format!("GET {never} HTTP/1.1\r\nHost: a\r\n\r\n");
+                        tcp.write_all(head.as_bytes()).await.expect("write");
+                        let count = format!("/count?c={c}");
                         let mut tcp2 = TcpStream::connect(addr).await.expect("connect");
-                        tcp2.write_all(b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
-                            .await
-                            .expect("write");
+                        let head = format!(
+                            "POST {count} HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc"
+                        );
+                        tcp2.write_all(head.as_bytes()).await.expect("write");
+                        within("both requests at the backend", async {
+                            loop {
+                                let arrived = {
+                                    let seen = requests.lock().expect("lock");
+                                    [&never, &count]
+                                        .iter()
+                                        .all(|t| seen.iter().any(|s| &s.target == *t))
+                                };
+                                if arrived {
+                                    return;
+                                }
+                                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                            }
+                        })
+                        .await;
                     }
                     4 => {
                         let ws = ws_connect(addr, "/ws").await;
@@ -956,22 +977,28 @@ async fn mixed_traffic_good_and_bad_leaves_nothing_behind() {
     // Plain requests that reached the handler, per client: kinds 0, 1, 5,
     // and the two of kind 3 (the refused one never did; 4 is a tunnel).
     let expected = f64::from(clients * 5);
-    within("every plain request to end and be counted", async {
+    let mut last = String::new();
+    let settled = tokio::time::timeout(WAIT, async {
         loop {
             let (_, text) = http_text(admin, "GET", "/metrics").await;
             let active = series_value(&text, "wsgate_http_requests_active{listener=\"public\"}");
-            let counted: f64 = text
+            let counts: Vec<&str> = text
                 .lines()
                 .filter(|l| l.starts_with("wsgate_http_requests_total{listener=\"public\""))
+                .collect();
+            let counted: f64 = counts
+                .iter()
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum();
             if active == Some(0.0) && counted == expected {
                 return;
             }
+            last = format!("active {active:?}, counted {counted} of {expected}: {counts:?}");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await;
+    assert!(settled.is_ok(), "plain requests did not settle: {last}");
     gw.wait_idle().await;
     assert_eq!(http_text(addr, "GET", "/big/3").await.0, 200);
 }
