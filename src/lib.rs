@@ -9,8 +9,9 @@
 //! and verifies the backend's 101, `tunnel` splices the two streams while
 //! `frames` follows frame headers, and `stats` writes one access-log line at
 //! the end. A request without an upgrade goes from `proxy` to `plain`,
-//! which sends it over the upstream's keep-alive `pool` and streams the
-//! answer back, with one access-log line per request.
+//! which sends it (its body through `upload`) over the upstream's
+//! keep-alive `pool` and streams the answer back, with one access-log line
+//! per request.
 //!
 //! Control path: `config` loads and validates, `routes` compiles an
 //! immutable [`routes::Snapshot`] held behind one `ArcSwap` in [`Shared`].
@@ -42,6 +43,7 @@ pub mod routes;
 pub mod stats;
 pub mod tls;
 pub mod tunnel;
+pub mod upload;
 pub mod upstream;
 pub mod validate;
 

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balancer::Server;
-use crate::plain::RequestBody;
 use crate::tls::{BackendStream, BackendTls, MaybeTls};
+use crate::upload::RequestBody;
 use crate::upstream::{self, UpstreamError};
 
 /// The client side of one upstream's plain HTTP traffic.
