@@ -613,3 +613,72 @@ async fn a_server_added_back_while_draining_keeps_its_tunnels() {
     }
     echo_once(&mut on_b, "still on b").await;
 }
+
+#[tokio::test]
+async fn a_reload_lets_plain_responses_in_flight_finish_and_moves_new_requests() {
+    let old = AppBackend::start().await;
+    let new = AppBackend::start().await;
+    let upstream = |b: &AppBackend| format!("[upstreams.u]\nservers = [\"{}\"]", b.addr);
+    let gw = TestGateway::start(&base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"u\"",
+        &upstream(&old),
+    ))
+    .await;
+    let addr = gw.addr("public");
+    // A download in flight, and a keep-alive client between requests.
+    let len = 16 * 1024 * 1024;
+    let mut downloading = http_client::<http_body_util::Empty<bytes::Bytes>>(addr).await;
+    let res = within(
+        "a response",
+        downloading.send_request(http_request(
+            "GET",
+            &format!("/big/{len}"),
+            Default::default(),
+        )),
+    )
+    .await
+    .expect("response");
+    let mut body = res.into_body();
+    let first = within("the first bytes", http_body_util::BodyExt::frame(&mut body))
+        .await
+        .expect("body open")
+        .expect("frame")
+        .into_data()
+        .expect("data");
+    let mut idle = http_client::<http_body_util::Empty<bytes::Bytes>>(addr).await;
+    assert_eq!(whoami(&mut idle).await, old.addr.to_string());
+
+    write_config(
+        &gw,
+        &base(PUBLIC, "[[routes]]\nupstream = \"u\"", &upstream(&new)),
+    );
+    gw.gateway.reload().await.expect("reload");
+
+    // The download finishes whole, from the old server.
+    let rest = check_pattern_from(body, first.len() as u64);
+    assert_eq!(within("the rest", rest).await.expect("body"), (len, 0));
+    // The kept-alive client connection goes on, its next request routed anew.
+    assert_eq!(whoami(&mut idle).await, new.addr.to_string());
+    assert_eq!(
+        http_text(addr, "GET", "/whoami").await.1,
+        new.addr.to_string()
+    );
+}
+
+async fn whoami(
+    client: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+) -> String {
+    client.ready().await.expect("ready");
+    let res = within(
+        "a response",
+        client.send_request(http_request("GET", "/whoami", Default::default())),
+    )
+    .await
+    .expect("response");
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
