@@ -86,14 +86,20 @@ pub(crate) async fn forward(
     });
 
     let mut last = UpstreamError::NoServers;
-    for server in candidates {
+    let mut headers = Some(headers);
+    for (i, server) in candidates.iter().enumerate() {
         let addr = server.addr;
         record.backend = Some(addr);
         let mut req = Request::new(RequestBody::new(upload.clone(), timeouts.client_body));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers.clone();
+        // Copied only while another attempt may follow: usually one server.
+        *req.headers_mut() = if i + 1 == candidates.len() {
+            headers.take().unwrap_or_default()
+        } else {
+            headers.clone().unwrap_or_default()
+        };
         upload.progress();
         let sent = tokio::select! {
             r = pool.send(server, req) => Ok(r),
