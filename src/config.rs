@@ -425,7 +425,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::{line_column, split_host_port};
+    use crate::validate::line_column;
+    use crate::validate_upstream::split_host_port;
 
     fn problems(text: &str) -> Vec<Problem> {
         match parse(text, Path::new("/etc/wsgate/test.toml")) {

@@ -46,6 +46,8 @@ pub mod tunnel;
 pub mod upload;
 pub mod upstream;
 pub mod validate;
+mod validate_tls;
+mod validate_upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

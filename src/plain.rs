@@ -8,7 +8,7 @@
 //! framing removed, forwarding headers set), the attempts over the
 //! candidates, which waits are whose (see upload.rs: 408 for the client's,
 //! 504 for the backend's), and the response body that counts bytes and
-//! writes the request's record ([`Logged`]). The request body itself is
+//! writes the request's record (`Logged`). The request body itself is
 //! upload.rs's.
 //!
 //! Must not: answer a plain request with a 101, or pass on a response

@@ -79,7 +79,7 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// Milliseconds since [`epoch`], as stored in `last_activity_ms`.
+/// Milliseconds since `epoch`, as stored in `last_activity_ms`.
 pub fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }

@@ -3,9 +3,9 @@
 //! to the next after a failed connect), watched for the framing guard's
 //! refusal, and timed so that every wait is blamed on the side that made it.
 //!
-//! Owns: [`Upload`] (the body shared by the attempts to send it, its
+//! Owns: `Upload` (the body shared by the attempts to send it, its
 //! counters and progress), [`RequestBody`] (what the pool sends), and
-//! [`BodyFailure`] (why a body could not be passed on).
+//! `BodyFailure` (why a body could not be passed on).
 //!
 //! Decided: a body is peeked before any backend is contacted, so a body
 //! whose framing breaks at its first chunk is refused with 400 and reaches

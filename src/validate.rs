@@ -3,6 +3,11 @@
 //! [`Problem`] with line, column and key, and all are collected before
 //! failing, so `wsgate check` shows an operator the whole list at once.
 //!
+//! Owns: the raw types, the `Validator` that collects problems, and the
+//! checks of `runtime`, `admin`, `log`, `timeouts`, `limits`, `listeners`
+//! and `routes`. Upstreams are checked in `validate_upstream.rs`, TLS files
+//! and settings in `validate_tls.rs`, both as more methods of `Validator`.
+//!
 //! Must not: be used outside `config::parse`; the rest of wsgate reads
 //! typed values only.
 
@@ -10,12 +15,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -95,17 +96,17 @@ struct RawListener {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: Option<Spanned<String>>,
-    key: Option<Spanned<String>>,
-    certificates: Option<Vec<Spanned<RawCertPair>>>,
+pub(crate) struct RawTls {
+    pub(crate) cert: Option<Spanned<String>>,
+    pub(crate) key: Option<Spanned<String>>,
+    pub(crate) certificates: Option<Vec<Spanned<RawCertPair>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCertPair {
-    cert: Spanned<String>,
-    key: Spanned<String>,
+pub(crate) struct RawCertPair {
+    pub(crate) cert: Spanned<String>,
+    pub(crate) key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -118,45 +119,38 @@ struct RawRoute {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawUpstream {
-    servers: Spanned<Vec<Spanned<RawServer>>>,
-    balance: Option<Spanned<String>>,
-    hash_key: Option<Spanned<String>>,
-    hash_load_factor: Option<Spanned<f64>>,
-    retries: Option<Spanned<i64>>,
-    drain_timeout: Option<Spanned<String>>,
-    drain_spread: Option<Spanned<String>>,
-    pool_max_idle: Option<Spanned<i64>>,
-    pool_idle_timeout: Option<Spanned<String>>,
-    resolve_interval: Option<Spanned<String>>,
-    tls: Option<Spanned<bool>>,
-    sni: Option<Spanned<String>>,
-    ca_file: Option<Spanned<String>>,
-    client_cert: Option<Spanned<String>>,
-    client_key: Option<Spanned<String>>,
-    insecure_skip_verify: Option<Spanned<bool>>,
+pub(crate) struct RawUpstream {
+    pub(crate) servers: Spanned<Vec<Spanned<RawServer>>>,
+    pub(crate) balance: Option<Spanned<String>>,
+    pub(crate) hash_key: Option<Spanned<String>>,
+    pub(crate) hash_load_factor: Option<Spanned<f64>>,
+    pub(crate) retries: Option<Spanned<i64>>,
+    pub(crate) drain_timeout: Option<Spanned<String>>,
+    pub(crate) drain_spread: Option<Spanned<String>>,
+    pub(crate) pool_max_idle: Option<Spanned<i64>>,
+    pub(crate) pool_idle_timeout: Option<Spanned<String>>,
+    pub(crate) resolve_interval: Option<Spanned<String>>,
+    pub(crate) tls: Option<Spanned<bool>>,
+    pub(crate) sni: Option<Spanned<String>>,
+    pub(crate) ca_file: Option<Spanned<String>>,
+    pub(crate) client_cert: Option<Spanned<String>>,
+    pub(crate) client_key: Option<Spanned<String>>,
+    pub(crate) insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 /// `"10.0.0.1:9001"` or `{ addr = "10.0.0.1:9001", weight = 3 }`.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawServer {
+pub(crate) enum RawServer {
     Addr(String),
     Table(RawServerTable),
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawServerTable {
-    addr: String,
-    weight: Option<i64>,
-}
-
-fn addr_is_literal(s: &RawServer) -> bool {
-    match s {
-        RawServer::Addr(a) => a.parse::<SocketAddr>().is_ok(),
-        RawServer::Table(t) => t.addr.parse::<SocketAddr>().is_ok(),
-    }
+pub(crate) struct RawServerTable {
+    pub(crate) addr: String,
+    pub(crate) weight: Option<i64>,
 }
 
 /// Parses and validates config text; see [`crate::config::parse`].
@@ -216,10 +210,10 @@ fn key_at(text: &str, offset: usize) -> String {
     }
 }
 
-struct Validator<'a> {
+pub(crate) struct Validator<'a> {
     text: &'a str,
     path: &'a Path,
-    base: PathBuf,
+    pub(crate) base: PathBuf,
     problems: Vec<Problem>,
 }
 
@@ -245,7 +239,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn problem_at(
+    pub(crate) fn problem_at(
         &mut self,
         span: Range<usize>,
         key: impl Into<String>,
@@ -260,12 +254,23 @@ impl<'a> Validator<'a> {
         });
     }
 
-    fn problem<T>(&mut self, at: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn problem<T>(
+        &mut self,
+        at: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.problem_at(at.span(), key, message);
     }
 
     /// A whole number from 0 to `max`; `default` when absent or refused.
-    fn count(&mut self, v: Option<&Spanned<i64>>, key: &str, max: usize, default: usize) -> usize {
+    pub(crate) fn count(
+        &mut self,
+        v: Option<&Spanned<i64>>,
+        key: &str,
+        max: usize,
+        default: usize,
+    ) -> usize {
         let Some(v) = v else { return default };
         match usize::try_from(*v.get_ref()) {
             Ok(n) if n <= max => n,
@@ -368,134 +373,7 @@ impl<'a> Validator<'a> {
             },
         };
 
-        let mut upstreams = BTreeMap::new();
-        for (name, up) in raw.upstreams {
-            let key = format!("upstreams.{name}");
-            let mut names: Vec<NamedServer> = Vec::new();
-            let mut servers = Vec::new();
-            if up.get_ref().servers.get_ref().is_empty() {
-                self.problem(
-                    &up.get_ref().servers,
-                    format!("{key}.servers"),
-                    "must name at least one server",
-                );
-            }
-            for (i, s) in up.get_ref().servers.get_ref().iter().enumerate() {
-                let skey = format!("{key}.servers[{i}]");
-                let (addr, weight) = match s.get_ref() {
-                    RawServer::Addr(a) => (a.clone(), None),
-                    RawServer::Table(t) => (t.addr.clone(), t.weight),
-                };
-                let weight = match weight.map(u32::try_from) {
-                    None => 1,
-                    Some(Ok(w)) if (1..=1000).contains(&w) => w,
-                    Some(_) => {
-                        self.problem(
-                            s,
-                            format!("{skey}.weight"),
-                            "must be a whole number from 1 to 1000",
-                        );
-                        1
-                    }
-                };
-                let host_name = split_host_port(&addr).map(|(h, _)| h);
-                let addrs = match addr.parse::<SocketAddr>() {
-                    Ok(a) => vec![a],
-                    Err(_) => match split_host_port(&addr) {
-                        None => {
-                            self.problem(s, skey, format!("{addr:?} is not IP:port nor host:port, such as \"127.0.0.1:9001\" or \"chat-1.internal:9001\""));
-                            continue;
-                        }
-                        Some((host, port)) => {
-                            names.push(NamedServer {
-                                host: host.clone(),
-                                port,
-                                weight,
-                            });
-                            match resolve(&host, port) {
-                                Ok(a) if !a.is_empty() => a,
-                                Ok(_) => {
-                                    self.problem(s, skey, format!("{host} resolves to no address"));
-                                    continue;
-                                }
-                                Err(e) => {
-                                    self.problem(s, skey, format!("cannot resolve {host}: {e}"));
-                                    continue;
-                                }
-                            }
-                        }
-                    },
-                };
-                for addr in addrs {
-                    if servers.iter().any(|c: &ServerConfig| c.addr == addr) {
-                        // A name may resolve to an address listed too: once is enough.
-                        if matches!(s.get_ref(), RawServer::Addr(a) if a.parse::<SocketAddr>().is_ok())
-                        {
-                            self.problem(s, skey.clone(), format!("{addr} is listed twice"));
-                        }
-                        continue;
-                    }
-                    // An IP literal never parses as host:port with a DNS name.
-                    let host = if addr_is_literal(s.get_ref()) {
-                        None
-                    } else {
-                        host_name.clone()
-                    };
-                    servers.push(ServerConfig { addr, weight, host });
-                }
-            }
-            let up = up.into_inner();
-            let balance = self.balance(&up, &key);
-            let tls = self.upstream_tls(&up, &key);
-            let resolve_interval = self.duration(
-                up.resolve_interval.clone(),
-                &format!("{key}.resolve_interval"),
-                DEFAULT_RESOLVE_INTERVAL,
-            );
-            let retries = self.count(
-                up.retries.as_ref(),
-                &format!("{key}.retries"),
-                10,
-                DEFAULT_RETRIES,
-            );
-            let drain_timeout = self.duration(
-                up.drain_timeout,
-                &format!("{key}.drain_timeout"),
-                DEFAULT_DRAIN_TIMEOUT,
-            );
-            // Default: a tenth of the drain timeout, as operators expect a short tail.
-            let drain_spread = self.duration(
-                up.drain_spread,
-                &format!("{key}.drain_spread"),
-                drain_timeout / 10,
-            );
-            let pool_max_idle = self.count(
-                up.pool_max_idle.as_ref(),
-                &format!("{key}.pool_max_idle"),
-                10_000,
-                DEFAULT_POOL_MAX_IDLE,
-            );
-            let pool_idle_timeout = self.duration(
-                up.pool_idle_timeout,
-                &format!("{key}.pool_idle_timeout"),
-                DEFAULT_POOL_IDLE_TIMEOUT,
-            );
-            upstreams.insert(
-                name,
-                UpstreamConfig {
-                    servers,
-                    names,
-                    resolve_interval,
-                    tls,
-                    balance,
-                    retries,
-                    drain_timeout,
-                    drain_spread,
-                    pool_max_idle,
-                    pool_idle_timeout,
-                },
-            );
-        }
+        let upstreams = self.upstreams(raw.upstreams);
 
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         if raw.listeners.is_empty() {
@@ -605,245 +483,6 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn balance(&mut self, up: &RawUpstream, key: &str) -> Balance {
-        let name = up
-            .balance
-            .as_ref()
-            .map_or("least_conn", |b| b.get_ref().as_str());
-        let balance = match name {
-            "least_conn" => Balance::LeastConn,
-            "round_robin" => Balance::RoundRobin,
-            "random_two" => Balance::RandomTwo,
-            "hash" => {
-                let hash_key = match &up.hash_key {
-                    None => {
-                        if let Some(b) = &up.balance {
-                            self.problem(
-                                b,
-                                format!("{key}.hash_key"),
-                                "balance = \"hash\" needs hash_key",
-                            );
-                        }
-                        HashKey::Ip
-                    }
-                    Some(k) => self
-                        .hash_key(k, &format!("{key}.hash_key"))
-                        .unwrap_or(HashKey::Ip),
-                };
-                let load_factor = match &up.hash_load_factor {
-                    None => DEFAULT_HASH_LOAD_FACTOR,
-                    Some(f) if (1.0..=100.0).contains(f.get_ref()) => *f.get_ref(),
-                    Some(f) => {
-                        self.problem(
-                            f,
-                            format!("{key}.hash_load_factor"),
-                            "must be a number from 1.0 to 100",
-                        );
-                        DEFAULT_HASH_LOAD_FACTOR
-                    }
-                };
-                Balance::Hash {
-                    key: hash_key,
-                    load_factor,
-                }
-            }
-            other => {
-                if let Some(b) = &up.balance {
-                    self.problem(
-                        b,
-                        format!("{key}.balance"),
-                        format!("{other:?} is not least_conn, round_robin, random_two or hash"),
-                    );
-                }
-                Balance::LeastConn
-            }
-        };
-        if !matches!(balance, Balance::Hash { .. }) {
-            for (k, span) in [
-                ("hash_key", up.hash_key.as_ref().map(Spanned::span)),
-                (
-                    "hash_load_factor",
-                    up.hash_load_factor.as_ref().map(Spanned::span),
-                ),
-            ] {
-                if let Some(span) = span {
-                    self.problem_at(
-                        span,
-                        format!("{key}.{k}"),
-                        "only meaningful with balance = \"hash\"",
-                    );
-                }
-            }
-        }
-        balance
-    }
-
-    fn upstream_tls(&mut self, up: &RawUpstream, key: &str) -> Option<UpstreamTls> {
-        let on = up.tls.as_ref().is_some_and(|t| *t.get_ref());
-        if !on {
-            for (k, span) in [
-                ("sni", up.sni.as_ref().map(Spanned::span)),
-                ("ca_file", up.ca_file.as_ref().map(Spanned::span)),
-                ("client_cert", up.client_cert.as_ref().map(Spanned::span)),
-                ("client_key", up.client_key.as_ref().map(Spanned::span)),
-                (
-                    "insecure_skip_verify",
-                    up.insecure_skip_verify.as_ref().map(Spanned::span),
-                ),
-            ] {
-                if let Some(span) = span {
-                    self.problem_at(
-                        span,
-                        format!("{key}.{k}"),
-                        "only meaningful with tls = true",
-                    );
-                }
-            }
-            return None;
-        }
-        let sni = up.sni.as_ref().and_then(|n| {
-            match rustls::pki_types::ServerName::try_from(n.get_ref().clone()) {
-                Ok(name) => Some(name),
-                Err(_) => {
-                    self.problem(
-                        n,
-                        format!("{key}.sni"),
-                        format!("{:?} is not a valid TLS server name", n.get_ref()),
-                    );
-                    None
-                }
-            }
-        });
-        let roots = up.ca_file.as_ref().and_then(|f| {
-            let path = self.base.join(f.get_ref());
-            let certs = CertificateDer::pem_file_iter(&path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>());
-            let mut store = rustls::RootCertStore::empty();
-            match certs {
-                Ok(c) if !c.is_empty() => {
-                    let (added, _) = store.add_parsable_certificates(c);
-                    if added == 0 {
-                        self.problem(
-                            f,
-                            format!("{key}.ca_file"),
-                            format!("{} holds no usable CA certificate", path.display()),
-                        );
-                        return None;
-                    }
-                    Some(store)
-                }
-                Ok(_) => {
-                    self.problem(
-                        f,
-                        format!("{key}.ca_file"),
-                        format!("{} holds no PEM certificate", path.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    self.problem(
-                        f,
-                        format!("{key}.ca_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        });
-        let client_auth = match (&up.client_cert, &up.client_key) {
-            (None, None) => None,
-            (Some(c), Some(k)) => {
-                let (cp, kp) = (self.base.join(c.get_ref()), self.base.join(k.get_ref()));
-                let chain = CertificateDer::pem_file_iter(&cp)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>());
-                match (chain, PrivateKeyDer::from_pem_file(&kp)) {
-                    (Ok(chain), Ok(key_der)) if !chain.is_empty() => Some((chain, key_der)),
-                    (Ok(_), Ok(_)) => {
-                        self.problem(
-                            c,
-                            format!("{key}.client_cert"),
-                            format!("{} holds no PEM certificate", cp.display()),
-                        );
-                        return None;
-                    }
-                    (Err(e), _) => {
-                        self.problem(
-                            c,
-                            format!("{key}.client_cert"),
-                            format!("cannot read {}: {e}", cp.display()),
-                        );
-                        return None;
-                    }
-                    (_, Err(e)) => {
-                        self.problem(
-                            k,
-                            format!("{key}.client_key"),
-                            format!("cannot read {}: {e}", kp.display()),
-                        );
-                        return None;
-                    }
-                }
-            }
-            (Some(c), None) => {
-                self.problem(
-                    c,
-                    format!("{key}.client_key"),
-                    "client_cert needs client_key",
-                );
-                return None;
-            }
-            (None, Some(k)) => {
-                self.problem(
-                    k,
-                    format!("{key}.client_cert"),
-                    "client_key needs client_cert",
-                );
-                return None;
-            }
-        };
-        let insecure = up
-            .insecure_skip_verify
-            .as_ref()
-            .is_some_and(|v| *v.get_ref());
-        match crate::tls::client_config(roots, client_auth, insecure) {
-            Ok(client) => Some(UpstreamTls {
-                client: Arc::new(client),
-                sni,
-                insecure_skip_verify: insecure,
-            }),
-            Err(e) => {
-                let at = up.client_cert.as_ref().map_or(0..0, Spanned::span);
-                self.problem_at(
-                    at,
-                    format!("{key}.client_key"),
-                    format!("client certificate and key do not fit: {e}"),
-                );
-                None
-            }
-        }
-    }
-
-    fn hash_key(&mut self, k: &Spanned<String>, key: &str) -> Option<HashKey> {
-        let v = k.get_ref();
-        let parsed = match v.split_once(':') {
-            _ if v == "ip" => Some(HashKey::Ip),
-            Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
-                .ok()
-                .map(HashKey::Header),
-            Some(("cookie", name)) if !name.is_empty() => Some(HashKey::Cookie(name.to_string())),
-            Some(("query", name)) if !name.is_empty() => Some(HashKey::Query(name.to_string())),
-            _ => None,
-        };
-        if parsed.is_none() {
-            self.problem(
-                k,
-                key,
-                format!("{v:?} is not \"header:NAME\", \"cookie:NAME\", \"query:NAME\" or \"ip\""),
-            );
-        }
-        parsed
-    }
-
     fn log(&mut self, raw: RawLog) -> LogConfig {
         let format = raw.format.and_then(|f| match f.get_ref().as_str() {
             "text" => Some(LogFormat::Text),
@@ -902,7 +541,12 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn duration(&mut self, s: Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        s: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(s) = s else { return default };
         match humantime::parse_duration(s.get_ref()) {
             Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
@@ -978,115 +622,6 @@ impl<'a> Validator<'a> {
             trimmed.to_string()
         })
     }
-
-    fn tls(&mut self, t: Spanned<RawTls>, key: &str) -> Option<TlsConfig> {
-        let span = t.span();
-        let t = t.into_inner();
-        let pairs: Vec<(Spanned<String>, Spanned<String>, String)> =
-            match (t.cert, t.key, t.certificates) {
-                (Some(c), Some(k), None) => vec![(c, k, key.to_string())],
-                (None, None, Some(list)) if !list.is_empty() => list
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        let p = p.into_inner();
-                        (p.cert, p.key, format!("{key}.certificates[{i}]"))
-                    })
-                    .collect(),
-                _ => {
-                    self.problem_at(
-                        span,
-                        key,
-                        "give either `cert` and `key`, or a non-empty `certificates` list",
-                    );
-                    return None;
-                }
-            };
-        let mut certificates = Vec::new();
-        for (cert, k, pkey) in pairs {
-            if let Some(c) = self.certificate(&cert, &k, &pkey) {
-                certificates.push(c);
-            }
-        }
-        (!certificates.is_empty()).then_some(TlsConfig { certificates })
-    }
-
-    fn certificate(
-        &mut self,
-        cert: &Spanned<String>,
-        key: &Spanned<String>,
-        pkey: &str,
-    ) -> Option<LoadedCertificate> {
-        let cert_path = self.base.join(cert.get_ref());
-        let key_path = self.base.join(key.get_ref());
-        let chain: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&cert_path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        {
-            Ok(c) if !c.is_empty() => c,
-            Ok(_) => {
-                self.problem(
-                    cert,
-                    format!("{pkey}.cert"),
-                    format!("{} holds no PEM certificate", cert_path.display()),
-                );
-                return None;
-            }
-            Err(e) => {
-                self.problem(
-                    cert,
-                    format!("{pkey}.cert"),
-                    format!("cannot read certificates from {}: {e}", cert_path.display()),
-                );
-                return None;
-            }
-        };
-        let der = match PrivateKeyDer::from_pem_file(&key_path) {
-            Ok(k) => k,
-            Err(e) => {
-                self.problem(
-                    key,
-                    format!("{pkey}.key"),
-                    format!("cannot read a private key from {}: {e}", key_path.display()),
-                );
-                return None;
-            }
-        };
-        let provider = rustls::crypto::ring::default_provider();
-        match CertifiedKey::from_der(chain, der, &provider) {
-            Ok(k) => Some(LoadedCertificate {
-                cert_path,
-                key_path,
-                key: Arc::new(k),
-            }),
-            Err(e) => {
-                self.problem(
-                    key,
-                    format!("{pkey}.key"),
-                    format!(
-                        "key {} does not fit certificate {}: {e}",
-                        key_path.display(),
-                        cert_path.display()
-                    ),
-                );
-                None
-            }
-        }
-    }
-}
-
-/// `host:port` with a plausible DNS name (letters, digits, `-`, `.`, `_`).
-pub(crate) fn split_host_port(s: &str) -> Option<(String, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    ok.then(|| (host.to_ascii_lowercase(), port))
 }
 
 /// The first 12 hex digits of the SHA-1 of the config text.

@@ -1,0 +1,264 @@
+//! Validation of TLS material, read from files at load time so a missing or
+//! mismatched file fails then, naming its key: a listener's certificates
+//! and keys, and an upstream's backend TLS (`tls`, `sni`, `ca_file`,
+//! `client_cert`, `client_key`, `insecure_skip_verify`) built into the
+//! rustls client config it connects with.
+//!
+//! Must not: run outside `validate::parse` (these are methods of its
+//! `Validator`), report a mistake other than through `Validator::problem`,
+//! or open connections: handshakes belong to `tls.rs` and `upstream.rs`.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use toml::Spanned;
+
+use crate::config::*;
+use crate::validate::{RawTls, RawUpstream, Validator};
+
+impl Validator<'_> {
+    /// A listener's `tls`: one `cert` and `key`, or a `certificates` list to
+    /// choose from by SNI.
+    pub(crate) fn tls(&mut self, t: Spanned<RawTls>, key: &str) -> Option<TlsConfig> {
+        let span = t.span();
+        let t = t.into_inner();
+        let pairs: Vec<(Spanned<String>, Spanned<String>, String)> =
+            match (t.cert, t.key, t.certificates) {
+                (Some(c), Some(k), None) => vec![(c, k, key.to_string())],
+                (None, None, Some(list)) if !list.is_empty() => list
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let p = p.into_inner();
+                        (p.cert, p.key, format!("{key}.certificates[{i}]"))
+                    })
+                    .collect(),
+                _ => {
+                    self.problem_at(
+                        span,
+                        key,
+                        "give either `cert` and `key`, or a non-empty `certificates` list",
+                    );
+                    return None;
+                }
+            };
+        let mut certificates = Vec::new();
+        for (cert, k, pkey) in pairs {
+            if let Some(c) = self.certificate(&cert, &k, &pkey) {
+                certificates.push(c);
+            }
+        }
+        (!certificates.is_empty()).then_some(TlsConfig { certificates })
+    }
+
+    fn certificate(
+        &mut self,
+        cert: &Spanned<String>,
+        key: &Spanned<String>,
+        pkey: &str,
+    ) -> Option<LoadedCertificate> {
+        let cert_path = self.base.join(cert.get_ref());
+        let key_path = self.base.join(key.get_ref());
+        let chain: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&cert_path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => {
+                self.problem(
+                    cert,
+                    format!("{pkey}.cert"),
+                    format!("{} holds no PEM certificate", cert_path.display()),
+                );
+                return None;
+            }
+            Err(e) => {
+                self.problem(
+                    cert,
+                    format!("{pkey}.cert"),
+                    format!("cannot read certificates from {}: {e}", cert_path.display()),
+                );
+                return None;
+            }
+        };
+        let der = match PrivateKeyDer::from_pem_file(&key_path) {
+            Ok(k) => k,
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{pkey}.key"),
+                    format!("cannot read a private key from {}: {e}", key_path.display()),
+                );
+                return None;
+            }
+        };
+        let provider = rustls::crypto::ring::default_provider();
+        match CertifiedKey::from_der(chain, der, &provider) {
+            Ok(k) => Some(LoadedCertificate {
+                cert_path,
+                key_path,
+                key: Arc::new(k),
+            }),
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{pkey}.key"),
+                    format!(
+                        "key {} does not fit certificate {}: {e}",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `None` when `tls` is off (any other TLS key is then a mistake) or
+    /// when a file it names is refused.
+    pub(crate) fn upstream_tls(&mut self, up: &RawUpstream, key: &str) -> Option<UpstreamTls> {
+        let on = up.tls.as_ref().is_some_and(|t| *t.get_ref());
+        if !on {
+            for (k, span) in [
+                ("sni", up.sni.as_ref().map(Spanned::span)),
+                ("ca_file", up.ca_file.as_ref().map(Spanned::span)),
+                ("client_cert", up.client_cert.as_ref().map(Spanned::span)),
+                ("client_key", up.client_key.as_ref().map(Spanned::span)),
+                (
+                    "insecure_skip_verify",
+                    up.insecure_skip_verify.as_ref().map(Spanned::span),
+                ),
+            ] {
+                if let Some(span) = span {
+                    self.problem_at(
+                        span,
+                        format!("{key}.{k}"),
+                        "only meaningful with tls = true",
+                    );
+                }
+            }
+            return None;
+        }
+        let sni = up.sni.as_ref().and_then(|n| {
+            match rustls::pki_types::ServerName::try_from(n.get_ref().clone()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    self.problem(
+                        n,
+                        format!("{key}.sni"),
+                        format!("{:?} is not a valid TLS server name", n.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
+        let roots = up.ca_file.as_ref().and_then(|f| {
+            let path = self.base.join(f.get_ref());
+            let certs = CertificateDer::pem_file_iter(&path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>());
+            let mut store = rustls::RootCertStore::empty();
+            match certs {
+                Ok(c) if !c.is_empty() => {
+                    let (added, _) = store.add_parsable_certificates(c);
+                    if added == 0 {
+                        self.problem(
+                            f,
+                            format!("{key}.ca_file"),
+                            format!("{} holds no usable CA certificate", path.display()),
+                        );
+                        return None;
+                    }
+                    Some(store)
+                }
+                Ok(_) => {
+                    self.problem(
+                        f,
+                        format!("{key}.ca_file"),
+                        format!("{} holds no PEM certificate", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        f,
+                        format!("{key}.ca_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        let client_auth = match (&up.client_cert, &up.client_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let (cp, kp) = (self.base.join(c.get_ref()), self.base.join(k.get_ref()));
+                let chain = CertificateDer::pem_file_iter(&cp)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>());
+                match (chain, PrivateKeyDer::from_pem_file(&kp)) {
+                    (Ok(chain), Ok(key_der)) if !chain.is_empty() => Some((chain, key_der)),
+                    (Ok(_), Ok(_)) => {
+                        self.problem(
+                            c,
+                            format!("{key}.client_cert"),
+                            format!("{} holds no PEM certificate", cp.display()),
+                        );
+                        return None;
+                    }
+                    (Err(e), _) => {
+                        self.problem(
+                            c,
+                            format!("{key}.client_cert"),
+                            format!("cannot read {}: {e}", cp.display()),
+                        );
+                        return None;
+                    }
+                    (_, Err(e)) => {
+                        self.problem(
+                            k,
+                            format!("{key}.client_key"),
+                            format!("cannot read {}: {e}", kp.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (Some(c), None) => {
+                self.problem(
+                    c,
+                    format!("{key}.client_key"),
+                    "client_cert needs client_key",
+                );
+                return None;
+            }
+            (None, Some(k)) => {
+                self.problem(
+                    k,
+                    format!("{key}.client_cert"),
+                    "client_key needs client_cert",
+                );
+                return None;
+            }
+        };
+        let insecure = up
+            .insecure_skip_verify
+            .as_ref()
+            .is_some_and(|v| *v.get_ref());
+        match crate::tls::client_config(roots, client_auth, insecure) {
+            Ok(client) => Some(UpstreamTls {
+                client: Arc::new(client),
+                sni,
+                insecure_skip_verify: insecure,
+            }),
+            Err(e) => {
+                let at = up.client_cert.as_ref().map_or(0..0, Spanned::span);
+                self.problem_at(
+                    at,
+                    format!("{key}.client_key"),
+                    format!("client certificate and key do not fit: {e}"),
+                );
+                None
+            }
+        }
+    }
+}
