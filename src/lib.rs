@@ -28,6 +28,7 @@ pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod demo;
+mod direction;
 pub mod drain;
 pub mod errorlog;
 pub mod frames;

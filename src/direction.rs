@@ -1,0 +1,312 @@
+//! One direction of a tunnel: the copy state machine that moves bytes
+//! from a reader to a writer, follows their frame headers, counts them, and
+//! writes wsgate's own Close frame exactly at a frame boundary.
+//!
+//! Owns: [`Half`] and its phases. Per-direction phases, and the only legal
+//! transitions: `Idle -> Reading` (reader readable), `Reading -> Writing`
+//! (bytes read), `Reading -> Idle` (reader pending, writer flushed; buffer
+//! dropped), `Writing -> Reading` (all written), `Reading -> ShuttingDown`
+//! (EOF), `ShuttingDown -> Done` (writer shut down).
+//!
+//! An idle direction holds no copy buffer: it takes one when its reader is
+//! readable and drops it once the reader returns `Pending` and what it read
+//! has been written and flushed.
+//!
+//! Must not: decide when the tunnel ends (tunnel.rs does), log per frame,
+//! unmask or buffer whole payloads.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::ReadBuf;
+
+use crate::frames::{FrameError, FrameTracker, Sender};
+use crate::stats::{now_ms, ConnStats, DirectionCounters};
+use crate::tunnel::{Splice, COPY_BUFFER_SIZE};
+
+/// Where one direction is (see the transitions above).
+enum Phase {
+    Idle,
+    Reading(Vec<u8>),
+    Writing {
+        buf: Vec<u8>,
+        pos: usize,
+        end: usize,
+    },
+    ShuttingDown,
+    Done,
+}
+
+/// Why one direction stopped.
+pub(crate) enum HalfError {
+    /// Reading from the sender failed.
+    Read(io::Error),
+    /// Writing to the receiver failed.
+    Write(io::Error),
+    /// The sender broke RFC 6455.
+    Protocol(FrameError),
+}
+
+/// One direction of the tunnel.
+pub(crate) struct Half {
+    phase: Phase,
+    pub(crate) tracker: FrameTracker,
+    need_flush: bool,
+    /// A Close frame of wsgate's own, waiting for the next frame boundary.
+    inject: Option<Vec<u8>>,
+    /// The Close frame is being written now.
+    injecting: bool,
+    /// After the injected Close: the sender's bytes are tracked, not forwarded.
+    discard: bool,
+    /// The sender has finished (EOF), whether or not its receiver is shut down yet.
+    pub(crate) eof: bool,
+}
+
+impl Half {
+    pub(crate) fn new(sender: Sender) -> Self {
+        Self {
+            phase: Phase::Idle,
+            tracker: FrameTracker::new(sender),
+            need_flush: false,
+            inject: None,
+            injecting: false,
+            discard: false,
+            eof: false,
+        }
+    }
+
+    /// Queues `frame` for the next boundary, unless this direction is over
+    /// or its sender already sent a Close (a second one would break the
+    /// protocol).
+    pub(crate) fn begin_close(&mut self, frame: Vec<u8>) {
+        let over = matches!(self.phase, Phase::ShuttingDown | Phase::Done);
+        if !over && self.tracker.close().is_none() {
+            self.inject = Some(frame);
+        }
+    }
+
+    /// During a close: this direction needs nothing more from its sender,
+    /// and everything it read has been written and flushed. The tracker
+    /// counts bytes when they are read, so a Close seen there may still sit
+    /// in the buffer: hence the phase and flush checks.
+    pub(crate) fn close_finished(&self) -> bool {
+        if self.is_done() {
+            return true;
+        }
+        let quiet = matches!(self.phase, Phase::Idle | Phase::Reading(_)) && !self.need_flush;
+        quiet && self.inject.is_none() && !self.injecting && self.tracker.close().is_some()
+    }
+
+    /// The injected frame, when its moment has come: at a boundary, with
+    /// everything read so far already written. Dropped instead if the
+    /// sender's own Close completed meanwhile (it may have been half-way
+    /// through when the close was requested): a second Close would break
+    /// the protocol.
+    fn take_injection(&mut self) -> Option<Vec<u8>> {
+        if !self.tracker.at_boundary() {
+            return None;
+        }
+        if self.tracker.close().is_some() {
+            self.inject = None;
+            return None;
+        }
+        self.inject.take()
+    }
+
+    /// Whether wsgate's own Close has been written to this direction's receiver.
+    pub(crate) fn injected(&self) -> bool {
+        self.discard
+    }
+
+    /// Queues bytes read past the handshake as the first to deliver.
+    pub(crate) fn start_with(
+        &mut self,
+        leftover: Bytes,
+        counters: &DirectionCounters,
+        stats: &ConnStats,
+    ) -> Result<(), HalfError> {
+        if leftover.is_empty() {
+            return Ok(());
+        }
+        self.account(&leftover, counters, stats)?;
+        let end = leftover.len();
+        self.phase = Phase::Writing {
+            buf: leftover.to_vec(),
+            pos: 0,
+            end,
+        };
+        Ok(())
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// Feeds bytes that are about to be written to the frame tracker and counters.
+    fn account(
+        &mut self,
+        data: &[u8],
+        counters: &DirectionCounters,
+        stats: &ConnStats,
+    ) -> Result<(), HalfError> {
+        let result = self.tracker.feed(data).map_err(HalfError::Protocol);
+        counters
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        counters
+            .frames
+            .store(self.tracker.frames(), Ordering::Relaxed);
+        counters
+            .messages
+            .store(self.tracker.messages(), Ordering::Relaxed);
+        stats.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        result
+    }
+
+    fn start_injection(&mut self, frame: Vec<u8>) {
+        self.injecting = true;
+        let end = frame.len();
+        self.phase = Phase::Writing {
+            buf: frame,
+            pos: 0,
+            end,
+        };
+    }
+
+    pub(crate) fn poll<R: Splice, W: Splice>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        counters: &DirectionCounters,
+        stats: &ConnStats,
+    ) -> Poll<Result<(), HalfError>> {
+        loop {
+            match std::mem::replace(&mut self.phase, Phase::Idle) {
+                Phase::Idle => {
+                    if let Some(frame) = self.take_injection() {
+                        self.start_injection(frame);
+                        continue;
+                    }
+                    if let Poll::Ready(r) = reader.poll_read_ready(cx) {
+                        r.map_err(HalfError::Read)?;
+                        self.phase = Phase::Reading(vec![0; COPY_BUFFER_SIZE]);
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+                Phase::Reading(mut buf) => {
+                    if let Some(frame) = self.take_injection() {
+                        self.start_injection(frame);
+                        continue;
+                    }
+                    // While a Close waits, never read past the end of the current frame.
+                    let limit = match self.inject {
+                        Some(_) => usize::try_from(self.tracker.until_boundary())
+                            .map_or(buf.len(), |u| u.min(buf.len())),
+                        None => buf.len(),
+                    };
+                    let mut rb = ReadBuf::new(&mut buf[..limit]);
+                    match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                        Poll::Pending => {
+                            if self.need_flush {
+                                if let Poll::Ready(r) = Pin::new(&mut *writer).poll_flush(cx) {
+                                    r.map_err(HalfError::Write)?;
+                                    self.need_flush = false;
+                                } else {
+                                    // Keep the buffer until the flush completes.
+                                    self.phase = Phase::Reading(buf);
+                                    return Poll::Pending;
+                                }
+                            }
+                            // Drained: give the buffer back while idle.
+                            return Poll::Pending;
+                        }
+                        // rustls reports a TLS peer that closed without close_notify as
+                        // UnexpectedEof. Browsers often do; WebSocket frames carry their own
+                        // lengths, so nothing can be silently truncated: treat it as EOF.
+                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            self.eof = true;
+                            self.phase = Phase::ShuttingDown;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(HalfError::Read(e))),
+                        Poll::Ready(Ok(())) => {
+                            let n = rb.filled().len();
+                            if n == 0 {
+                                self.eof = true;
+                                self.phase = Phase::ShuttingDown;
+                                continue;
+                            }
+                            if self.discard {
+                                // The receiver already has wsgate's Close: only the sender's Close matters now.
+                                self.tracker.feed(&buf[..n]).map_err(HalfError::Protocol)?;
+                                self.phase = Phase::Reading(buf);
+                                continue;
+                            }
+                            self.account(&buf[..n], counters, stats)?;
+                            self.phase = Phase::Writing {
+                                buf,
+                                pos: 0,
+                                end: n,
+                            };
+                        }
+                    }
+                }
+                Phase::Writing { buf, pos, end } => {
+                    match Pin::new(&mut *writer).poll_write(cx, &buf[pos..end]) {
+                        Poll::Pending => {
+                            self.phase = Phase::Writing { buf, pos, end };
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(HalfError::Write(e))),
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(HalfError::Write(
+                                io::ErrorKind::WriteZero.into(),
+                            )))
+                        }
+                        Poll::Ready(Ok(m)) => {
+                            let pos = pos + m;
+                            if pos < end {
+                                self.phase = Phase::Writing { buf, pos, end };
+                            } else {
+                                self.need_flush = true;
+                                if self.injecting {
+                                    self.injecting = false;
+                                    self.discard = true;
+                                }
+                                // Leftover buffers may be any size; keep only standard ones.
+                                let buf = if buf.len() == COPY_BUFFER_SIZE {
+                                    buf
+                                } else {
+                                    vec![0; COPY_BUFFER_SIZE]
+                                };
+                                self.phase = Phase::Reading(buf);
+                            }
+                        }
+                    }
+                }
+                Phase::ShuttingDown => {
+                    if let Poll::Ready(r) = Pin::new(&mut *writer).poll_shutdown(cx) {
+                        // The peer may already be gone; the half-close is then moot.
+                        if let Err(e) = r {
+                            if e.kind() != io::ErrorKind::NotConnected {
+                                return Poll::Ready(Err(HalfError::Write(e)));
+                            }
+                        }
+                        self.phase = Phase::Done;
+                        return Poll::Ready(Ok(()));
+                    }
+                    self.phase = Phase::ShuttingDown;
+                    return Poll::Pending;
+                }
+                Phase::Done => {
+                    self.phase = Phase::Done;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
