@@ -482,7 +482,7 @@ fn config_view(shared: &Shared) -> AdminResponse {
         .map(|(n, u)| {
             (
                 n,
-                json!({"servers": u.servers.iter().map(|s| json!({"addr": s.addr, "weight": s.weight})).collect::<Vec<_>>(), "balance": format!("{:?}", u.balance), "retries": u.retries, "drain_timeout_ms": u.drain_timeout.as_millis() as u64, "drain_spread_ms": u.drain_spread.as_millis() as u64}),
+                json!({"servers": u.servers.iter().map(|s| json!({"addr": s.addr, "weight": s.weight})).collect::<Vec<_>>(), "balance": format!("{:?}", u.balance), "retries": u.retries, "drain_timeout_ms": u.drain_timeout.as_millis() as u64, "drain_spread_ms": u.drain_spread.as_millis() as u64, "pool_max_idle": u.pool_max_idle, "pool_idle_timeout_ms": u.pool_idle_timeout.as_millis() as u64}),
             )
         })
         .collect();
@@ -497,10 +497,12 @@ fn config_view(shared: &Shared) -> AdminResponse {
                 "client_handshake_ms": t.client_handshake.as_millis() as u64,
                 "connect_ms": t.connect.as_millis() as u64,
                 "upstream_handshake_ms": t.upstream_handshake.as_millis() as u64,
+                "upstream_response_ms": t.upstream_response.as_millis() as u64,
+                "client_body_ms": t.client_body.as_millis() as u64,
                 "half_close_ms": t.half_close.as_millis() as u64,
                 "close_ms": t.close.as_millis() as u64,
             },
-            "limits": {"max_request_headers": c.limits.max_request_headers},
+            "limits": {"max_request_headers": c.limits.max_request_headers, "max_request_body": c.limits.max_request_body},
             "listeners": listeners,
             "routes": routes,
             "upstreams": upstreams,

@@ -162,12 +162,15 @@ impl Default for Timeouts {
 pub struct Limits {
     /// Largest request head (request line and headers) read from a client, in bytes.
     pub max_request_headers: usize,
+    /// Largest plain HTTP request body passed on, in bytes; `None`: no limit.
+    pub max_request_body: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_request_headers: DEFAULT_MAX_REQUEST_HEADERS,
+            max_request_body: None,
         }
     }
 }
@@ -701,6 +704,29 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             (p[0].key.as_str(), p[0].line, p[0].column),
             ("timeouts.upstream_response", 2, 21)
         );
+    }
+
+    #[test]
+    fn max_request_body_is_optional_and_positive() {
+        let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n";
+        let c = parse(base, Path::new("c.toml")).expect("valid");
+        assert_eq!(c.limits.max_request_body, None);
+        let c = parse(
+            &format!("[limits]\nmax_request_body = 1048576\n{base}"),
+            Path::new("c.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.limits.max_request_body, Some(1 << 20));
+        for bad in ["0", "-5"] {
+            let p = problems(&format!("[limits]\nmax_request_body = {bad}\n{base}"));
+            assert_eq!(
+                p.iter()
+                    .map(|p| (p.key.as_str(), p.line))
+                    .collect::<Vec<_>>(),
+                [("limits.max_request_body", 2)],
+                "{bad}"
+            );
+        }
     }
 
     #[test]

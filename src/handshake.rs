@@ -76,6 +76,9 @@ pub enum HandshakeError {
     /// No route for this host and path.
     #[error("no route for this host and path")]
     NoRoute,
+    /// A request body larger than `limits.max_request_body`.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
     /// The client paused in its request body for longer than `timeouts.client_body`.
     #[error("request body stalled")]
     BodyTimeout,
@@ -92,6 +95,7 @@ impl HandshakeError {
             HandshakeError::NoRoute => StatusCode::NOT_FOUND,
             HandshakeError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             HandshakeError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            HandshakeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
         }
     }

@@ -36,20 +36,38 @@ use crate::stats::RequestRecord;
 use crate::upload::{BodyFailure, RequestBody, Upload};
 use crate::upstream::{self, UpstreamError};
 
-/// Proxies one plain request to the first of `candidates` that accepts a
+/// What proxy.rs decided for a plain request.
+pub(crate) struct Routed<'a> {
+    /// The matched route.
+    pub route: &'a Route,
+    /// Servers to try, in order.
+    pub candidates: &'a [Arc<Server>],
+    /// Normalised path and query, as the backend gets it.
+    pub target: &'a str,
+    /// From the snapshot the request was routed with.
+    pub timeouts: Timeouts,
+    /// `limits.max_request_body`.
+    pub max_body: Option<u64>,
+}
+
+/// Proxies one plain request to the first of the candidates that accepts a
 /// connection. `record` gains the backend as it is tried.
 ///
 /// # Errors
-/// A [`Refusal`]: the client's body (400, 408) or the backend (502, 504).
+/// A [`Refusal`]: the client's body (400, 408, 413) or the backend (502, 504).
 pub(crate) async fn forward(
     req: Request<Incoming>,
     ctx: &Arc<ConnContext>,
-    route: &Route,
-    candidates: &[Arc<Server>],
-    target: &str,
-    timeouts: Timeouts,
+    routed: Routed<'_>,
     record: &mut RequestRecord,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    let Routed {
+        route,
+        candidates,
+        target,
+        timeouts,
+        max_body,
+    } = routed;
     let (parts, body) = req.into_parts();
     let host = parts.headers.get(header::HOST).cloned();
     let mut headers = parts.headers;
@@ -71,7 +89,7 @@ pub(crate) async fn forward(
         .parse()
         .map_err(|_| HandshakeError::Path(crate::routes::PathError::BadEncoding))?;
 
-    let upload = Upload::start(body, timeouts, ctx).await?;
+    let upload = Upload::start(body, timeouts, max_body, ctx).await?;
     let upstream = &route.upstream;
     let pool = upstream.http_pool(|| {
         HttpPool::new(PoolParts {
@@ -117,6 +135,9 @@ pub(crate) async fn forward(
             Ok(Err(source)) => {
                 match upload.failure() {
                     Some(BodyFailure::Stalled) => return Err(HandshakeError::BodyTimeout.into()),
+                    Some(BodyFailure::TooLarge(n)) => {
+                        return Err(HandshakeError::BodyTooLarge(n).into())
+                    }
                     Some(BodyFailure::Broken(e)) => return Err(HandshakeError::BadBody(e).into()),
                     None => {}
                 }

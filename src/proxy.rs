@@ -272,10 +272,14 @@ async fn forward(
     let path = routes::normalize_path(req.uri().path()).map_err(HandshakeError::Path)?;
 
     // Take what this request needs from the snapshot and let go of the rest.
-    let (route, timeouts) = {
+    let (route, timeouts, max_body) = {
         let snapshot = ctx.shared.snapshot.load();
         let route = snapshot.route(&host, &path).cloned();
-        (route.ok_or(HandshakeError::NoRoute)?, snapshot.timeouts)
+        (
+            route.ok_or(HandshakeError::NoRoute)?,
+            snapshot.timeouts,
+            snapshot.limits.max_request_body,
+        )
     };
     record.route = Some(route.label.clone());
     record.upstream = Some(route.upstream.name.clone());
@@ -293,8 +297,14 @@ async fn forward(
         target.push_str(q);
     }
     let Some(key) = key else {
-        let response =
-            plain::forward(req, ctx, &route, &candidates, &target, timeouts, record).await?;
+        let routed = plain::Routed {
+            route: &route,
+            candidates: &candidates,
+            target: &target,
+            timeouts,
+            max_body,
+        };
+        let response = plain::forward(req, ctx, routed, record).await?;
         return Ok(Forwarded::Streaming(response));
     };
     let client = record.client;
@@ -481,7 +491,10 @@ fn refuse(refusal: &Refusal) -> Response<ProxyBody> {
             HeaderValue::from_static("13"),
         );
     }
-    if status == StatusCode::BAD_REQUEST || status == StatusCode::REQUEST_TIMEOUT {
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
         // A client that sends malformed requests gets no second chance on
         // this connection, and after a stalled body nothing on it can be
         // trusted to be the start of a request.

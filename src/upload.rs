@@ -66,6 +66,8 @@ pub(crate) struct Upload {
     scanner: Arc<Mutex<crate::framing::Scanner>>,
     /// This request's index on its connection, as the guard counts.
     request: u64,
+    /// `limits.max_request_body`.
+    max_body: Option<u64>,
 }
 
 /// Why a client's body could not be passed on.
@@ -73,6 +75,8 @@ pub(crate) struct Upload {
 pub(crate) enum BodyFailure {
     /// No bytes for `timeouts.client_body`.
     Stalled,
+    /// More bytes than `limits.max_request_body` (the limit).
+    TooLarge(u64),
     /// Bad framing, refused by the guard, or the connection broke.
     Broken(String),
 }
@@ -89,8 +93,15 @@ impl Upload {
     pub(crate) async fn start(
         mut body: Incoming,
         timeouts: Timeouts,
+        max_body: Option<u64>,
         ctx: &ConnContext,
     ) -> Result<Arc<Self>, Refusal> {
+        // A declared length over the limit is refused before any of it is
+        // read (so `Expect: 100-continue` is never answered 100).
+        let too_large = |n: u64| max_body.filter(|&limit| n > limit);
+        if let Some(limit) = too_large(body.size_hint().lower()) {
+            return Err(HandshakeError::BodyTooLarge(limit).into());
+        }
         let (refused, request) = {
             let scanner = ctx.scanner();
             (scanner.refused(), scanner.current_request())
@@ -130,6 +141,9 @@ impl Upload {
             .as_ref()
             .and_then(Frame::data_ref)
             .map_or(0, |d| d.len() as u64);
+        if let Some(limit) = too_large(first_len) {
+            return Err(HandshakeError::BodyTooLarge(limit).into());
+        }
         let hint = match &rest {
             None => SizeHint::with_exact(first_len),
             Some(r) => {
@@ -153,6 +167,7 @@ impl Upload {
             waiting_on_client: AtomicBool::new(false),
             scanner: ctx.scanner.clone(),
             request,
+            max_body,
         }))
     }
 
@@ -328,9 +343,16 @@ impl Body for RequestBody {
         match frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
-                    this.upload
+                    let total = this
+                        .upload
                         .bytes
-                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                        .fetch_add(d.len() as u64, Ordering::Relaxed)
+                        + d.len() as u64;
+                    if let Some(limit) = this.upload.max_body.filter(|&l| total > l) {
+                        this.upload.fail(BodyFailure::TooLarge(limit));
+                        let why = format!("request body larger than {limit} bytes");
+                        return Poll::Ready(Some(Err(why.into())));
+                    }
                 }
                 Poll::Ready(Some(Ok(f)))
             }

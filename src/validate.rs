@@ -83,6 +83,7 @@ struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_request_headers: Option<Spanned<i64>>,
+    max_request_body: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -371,6 +372,19 @@ impl<'a> Validator<'a> {
                     }
                 },
             },
+            max_request_body: raw.limits.max_request_body.and_then(|v| {
+                match u64::try_from(*v.get_ref()) {
+                    Ok(n) if n >= 1 => Some(n),
+                    _ => {
+                        self.problem(
+                            &v,
+                            "limits.max_request_body",
+                            "must be a number of bytes, at least 1",
+                        );
+                        None
+                    }
+                }
+            }),
         };
 
         let upstreams = self.upstreams(raw.upstreams);

@@ -1002,3 +1002,34 @@ async fn mixed_traffic_good_and_bad_leaves_nothing_behind() {
     gw.wait_idle().await;
     assert_eq!(http_text(addr, "GET", "/big/3").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_body_over_max_request_body_is_a_413() {
+    let backend = AppBackend::start().await;
+    let toml = format!(
+        "[limits]\nmax_request_body = 1000\n{}",
+        config(&[backend.addr], "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.addr("public");
+    // At the limit, in both framings: served.
+    for chunked in [false, true] {
+        let got = http_send(addr, "POST", "/count", PatternBody::new(1000, chunked)).await;
+        assert_eq!(got, (200, "1000 0".to_string()), "chunked: {chunked}");
+    }
+    let served = backend.seen().len();
+    // A declared length over it: refused before the body, without a 100.
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let (status, head, _) = raw_exchange(
+        &mut tcp,
+        b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 413, "{head}");
+    assert_eq!(header_value(&head, "connection").as_deref(), Some("close"));
+    wait_closed(&mut tcp).await;
+    assert_eq!(backend.seen().len(), served, "nothing reached the backend");
+    // A chunked body that grows past it.
+    let (status, body) = http_send(addr, "POST", "/count", PatternBody::new(300_000, true)).await;
+    assert_eq!(status, 413, "{body}");
+}
