@@ -161,13 +161,15 @@ async fn main() {
         format!("[runtime]\nworkers = 1\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = [\"{backend}\"]\n"),
     )
     .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .expect("start wsgate");
+    // Killed however main ends, a failed assertion included.
+    let _child = KillOnDrop(child);
     let gw: SocketAddr = ([127, 0, 0, 1], port).into();
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(gw).await.is_err() {
@@ -186,6 +188,14 @@ async fn main() {
             "http_throughput: {name}: {rps:.0} requests/s over {conns} keep-alive connections; one at a time p50 {p50:.1?} p99 {p99:.1?}; {mib} MiB upload at {mibs:.0} MiB/s"
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// Ends the wsgate child when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

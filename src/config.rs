@@ -32,6 +32,9 @@ pub const DEFAULT_UPSTREAM_RESPONSE: Duration = Duration::from_secs(60);
 /// Default for `timeouts.client_body`: the longest a client may pause while
 /// sending a request body before it is answered 408 (as nginx's default).
 pub const DEFAULT_CLIENT_BODY: Duration = Duration::from_secs(60);
+/// Default for `timeouts.linger`: reading and discarding what a client
+/// still sends after wsgate closed its connection.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 /// Default for `timeouts.half_close`: once one side of a tunnel has closed, how long the other may keep it open.
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
 /// Default for `timeouts.close`: how long a closing handshake started by wsgate may take before the connection is cut.
@@ -137,6 +140,9 @@ pub struct Timeouts {
     pub upstream_response: Duration,
     /// Longest pause in a client's request body (nginx's `client_body_timeout`).
     pub client_body: Duration,
+    /// How long a connection wsgate closed is still read and discarded, so
+    /// a client still sending can read the answer (see linger.rs).
+    pub linger: Duration,
     /// How long a tunnel stays up after one side has finished sending.
     pub half_close: Duration,
     /// How long a closing handshake started by wsgate (shutdown, drain) may take.
@@ -151,6 +157,7 @@ impl Default for Timeouts {
             upstream_handshake: DEFAULT_UPSTREAM_HANDSHAKE,
             upstream_response: DEFAULT_UPSTREAM_RESPONSE,
             client_body: DEFAULT_CLIENT_BODY,
+            linger: DEFAULT_LINGER,
             half_close: DEFAULT_HALF_CLOSE,
             close: DEFAULT_CLOSE,
         }
@@ -658,12 +665,13 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
     fn plain_http_keys_are_typed_and_checked() {
         let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n";
         let c = parse(
-            &format!("[timeouts]\nupstream_response = \"90s\"\nclient_body = \"3s\"\n{base}[upstreams.u]\nservers = [\"127.0.0.1:2\"]\npool_max_idle = 0\npool_idle_timeout = \"2s\"\n"),
+            &format!("[timeouts]\nupstream_response = \"90s\"\nclient_body = \"3s\"\nlinger = \"1s\"\n{base}[upstreams.u]\nservers = [\"127.0.0.1:2\"]\npool_max_idle = 0\npool_idle_timeout = \"2s\"\n"),
             Path::new("c.toml"),
         )
         .expect("valid");
         assert_eq!(c.timeouts.upstream_response, Duration::from_secs(90));
         assert_eq!(c.timeouts.client_body, Duration::from_secs(3));
+        assert_eq!(c.timeouts.linger, Duration::from_secs(1));
         let u = &c.upstreams["u"];
         assert_eq!(
             (u.pool_max_idle, u.pool_idle_timeout),
@@ -676,6 +684,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         .expect("valid");
         assert_eq!(c.timeouts.upstream_response, DEFAULT_UPSTREAM_RESPONSE);
         assert_eq!(c.timeouts.client_body, DEFAULT_CLIENT_BODY);
+        assert_eq!(c.timeouts.linger, DEFAULT_LINGER);
         let u = &c.upstreams["u"];
         assert_eq!(
             (u.pool_max_idle, u.pool_idle_timeout),

@@ -124,7 +124,14 @@ pub async fn echo_backend(listener: TcpListener, tasks: TaskTracker, shutdown: C
     loop {
         let (tcp, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                // Out of descriptors, say: do not spin.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
         let token = shutdown.clone();
         let upgrades = tasks.clone();
@@ -155,13 +162,14 @@ const PAGE: &str = r#"<!doctype html>
 <pre id="log"></pre>
 <script>
 const log = t => document.getElementById('log').textContent += t + '\n';
-const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + location.pathname);
+const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + location.pathname + location.search);
 ws.onopen = () => log('connected to ' + ws.url);
 ws.onmessage = e => log('< ' + e.data);
 ws.onclose = e => log('closed: ' + e.code + ' ' + e.reason);
 document.getElementById('f').onsubmit = e => {
   e.preventDefault();
   const m = document.getElementById('m');
+  if (ws.readyState !== WebSocket.OPEN) { log('not connected'); return; }
   ws.send(m.value); log('> ' + m.value); m.value = '';
 };
 </script>
@@ -361,19 +369,25 @@ async fn page_check(url: &str) -> Result<(), DemoError> {
     >(hyper_util::rt::TokioIo::new(tcp))
     .await
     .map_err(check)?;
-    tokio::spawn(conn);
     let req = hyper::Request::builder()
         .uri(uri.path())
         .header(http::header::HOST, authority)
         .body(http_body_util::Empty::new())
         .map_err(|e| DemoError::Check(format!("page request: {e}")))?;
-    let res = send.send_request(req).await.map_err(check)?;
-    let status = res.status();
-    let body = res.into_body().collect().await.map_err(check)?.to_bytes();
-    if status != http::StatusCode::OK || !body.starts_with(b"<!doctype html>") {
-        return Err(DemoError::Check(format!("the page answered {status}")));
+    let exchange = async {
+        let res = send.send_request(req).await.map_err(check)?;
+        let status = res.status();
+        let body = res.into_body().collect().await.map_err(check)?.to_bytes();
+        if status != http::StatusCode::OK || !body.starts_with(b"<!doctype html>") {
+            return Err(DemoError::Check(format!("the page answered {status}")));
+        }
+        Ok(())
+    };
+    // The connection is driven here, alongside the exchange, not detached.
+    tokio::select! {
+        r = exchange => r,
+        r = conn => Err(DemoError::Check(format!("page connection ended early: {r:?}"))),
     }
-    Ok(())
 }
 
 /// Line-based client: each stdin line is sent as a text message; every

@@ -34,6 +34,7 @@ pub mod errorlog;
 pub mod frames;
 pub mod framing;
 pub mod handshake;
+pub mod linger;
 pub mod listener;
 pub mod metrics;
 pub mod plain;

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
 use crate::framing::{Guarded, Scanner};
+use crate::linger::{LingerPlan, Lingering};
 use crate::proxy::{self, ConnContext};
 use crate::tls::MaybeTls;
 use crate::Shared;
@@ -133,7 +134,12 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
     };
     let sni_cert = settings.tls.as_ref().and_then(|t| t.matching(stream.sni()));
     let scanner = Arc::new(Mutex::new(Scanner::new(limits.max_request_headers)));
-    let stream = Guarded::new(stream, scanner.clone());
+    let plan = LingerPlan {
+        linger: timeouts.linger,
+        tasks: shared.tasks.clone(),
+        stop: shared.drain.clone(),
+    };
+    let stream = Guarded::new(Lingering::new(stream, plan), scanner.clone());
     let ctx = Arc::new(ConnContext {
         sni_cert,
         shared: shared.clone(),

@@ -28,6 +28,7 @@ use crate::balancer::Balance;
 use crate::frames::encode_close;
 use crate::framing::{Guarded, Scanner};
 use crate::handshake::{self, HandshakeError, RequestKind};
+use crate::linger::Lingering;
 use crate::metrics::TunnelLabels;
 use crate::routes::{self, ListenerSettings};
 use crate::stats::{ConnInfo, RegistryGuard, RequestRecord, Side, TunnelEnd, CLOSE_GOING_AWAY};
@@ -389,13 +390,20 @@ async fn forward(
                     u = on_client_upgrade => u.map_err(|e| e.to_string()),
                     _ = shared.shutdown.cancelled() => Err("proxy shutting down".to_string()),
                 };
+                let unexpected = || "upgraded client connection has an unexpected type".to_string();
                 let parts = match upgraded {
-                    Ok(u) => u.downcast::<TokioIo<Guarded<ClientStream>>>().map_err(|_| {
-                        "upgraded client connection has an unexpected type".to_string()
-                    }),
+                    Ok(u) => u
+                        .downcast::<TokioIo<Guarded<Lingering<ClientStream>>>>()
+                        .map_err(|_| unexpected())
+                        .and_then(|p| {
+                            // The guard and the lingering close end here: what
+                            // follows is frames, for the tunnel alone.
+                            let client = p.io.into_inner().into_inner().into_inner();
+                            client.map(|c| (c, p.read_buf)).ok_or_else(unexpected)
+                        }),
                     Err(e) => Err(e),
                 };
-                let parts = match parts {
+                let (client, read_buf) = match parts {
                     Ok(p) => p,
                     Err(reason) => {
                         // The backend already has an open WebSocket: tell it, best effort.
@@ -419,8 +427,8 @@ async fn forward(
                     }
                 };
                 let outcome = tunnel::run(
-                    parts.io.into_inner().into_inner(),
-                    parts.read_buf,
+                    client,
+                    read_buf,
                     stream,
                     leftover,
                     &ending.guard.stats,

@@ -29,7 +29,8 @@ pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerSettings>>,
     /// Deadlines for new connections.
     pub timeouts: Timeouts,
-    /// Size limits for new connections.
+    /// Size limits: `max_request_headers` for new connections,
+    /// `max_request_body` for each new request.
     pub limits: Limits,
 }
 

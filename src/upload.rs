@@ -343,16 +343,15 @@ impl Body for RequestBody {
         match frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
-                    let total = this
-                        .upload
-                        .bytes
-                        .fetch_add(d.len() as u64, Ordering::Relaxed)
-                        + d.len() as u64;
+                    let len = d.len() as u64;
+                    // Checked before counting: a refused frame never leaves.
+                    let total = this.upload.bytes.load(Ordering::Relaxed) + len;
                     if let Some(limit) = this.upload.max_body.filter(|&l| total > l) {
                         this.upload.fail(BodyFailure::TooLarge(limit));
                         let why = format!("request body larger than {limit} bytes");
                         return Poll::Ready(Some(Err(why.into())));
                     }
+                    this.upload.bytes.fetch_add(len, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(f)))
             }

@@ -75,6 +75,7 @@ struct RawTimeouts {
     upstream_handshake: Option<Spanned<String>>,
     upstream_response: Option<Spanned<String>>,
     client_body: Option<Spanned<String>>,
+    linger: Option<Spanned<String>>,
     half_close: Option<Spanned<String>>,
     close: Option<Spanned<String>>,
 }
@@ -353,6 +354,7 @@ impl<'a> Validator<'a> {
                 d.upstream_response,
             ),
             client_body: self.duration(t.client_body, "timeouts.client_body", d.client_body),
+            linger: self.duration(t.linger, "timeouts.linger", d.linger),
             half_close: self.duration(t.half_close, "timeouts.half_close", d.half_close),
             close: self.duration(t.close, "timeouts.close", d.close),
         };

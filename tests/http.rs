@@ -1003,7 +1003,7 @@ async fn mixed_traffic_good_and_bad_leaves_nothing_behind() {
     assert_eq!(http_text(addr, "GET", "/big/3").await.0, 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_request_body_is_a_413() {
     let backend = AppBackend::start().await;
     let toml = format!(
@@ -1029,7 +1029,15 @@ async fn a_body_over_max_request_body_is_a_413() {
     assert_eq!(header_value(&head, "connection").as_deref(), Some("close"));
     wait_closed(&mut tcp).await;
     assert_eq!(backend.seen().len(), served, "nothing reached the backend");
-    // A chunked body that grows past it.
-    let (status, body) = http_send(addr, "POST", "/count", PatternBody::new(300_000, true)).await;
+    // A chunked body that grows past it in small frames, each under it.
+    let body = PatternBody::framed(5000, true, 400);
+    let (status, body) = http_send(addr, "POST", "/count", body).await;
     assert_eq!(status, 413, "{body}");
+    // A large upload without Expect: the client is still sending when it is
+    // refused, and must read the 413 rather than meet a reset.
+    for chunked in [false, true, false, true] {
+        let body = PatternBody::new(8 << 20, chunked);
+        let (status, _) = http_send(addr, "POST", "/count", body).await;
+        assert_eq!(status, 413, "chunked: {chunked}");
+    }
 }

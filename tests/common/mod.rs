@@ -455,14 +455,21 @@ pub struct PatternBody {
     sent: u64,
     len: u64,
     chunked: bool,
+    frame: u64,
 }
 
 impl PatternBody {
     pub fn new(len: u64, chunked: bool) -> Self {
+        Self::framed(len, chunked, 64 * 1024)
+    }
+
+    /// In frames of `frame` bytes.
+    pub fn framed(len: u64, chunked: bool, frame: u64) -> Self {
         Self {
             sent: 0,
             len,
             chunked,
+            frame: frame.max(1),
         }
     }
 }
@@ -479,7 +486,7 @@ impl http_body::Body for PatternBody {
         if left == 0 {
             return std::task::Poll::Ready(None);
         }
-        let n = left.min(64 * 1024);
+        let n = left.min(self.frame);
         let data = pattern(self.sent, n as usize);
         self.sent += n;
         std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))))
