@@ -1041,3 +1041,18 @@ async fn a_body_over_max_request_body_is_a_413() {
         assert_eq!(status, 413, "chunked: {chunked}");
     }
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_client_handshake() {
+    let backend = AppBackend::start().await;
+    let toml = config(&[backend.addr], "")
+        .replace("client_handshake = \"5s\"", "client_handshake = \"500ms\"");
+    let gw = TestGateway::start(&toml).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut tcp, b"GET /big/3 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(status, 200);
+    // Nothing more is sent: wsgate must not hold the connection for ever.
+    wait_closed(&mut tcp).await;
+}
