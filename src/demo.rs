@@ -138,9 +138,10 @@ pub async fn echo_backend(listener: TcpListener, tasks: TaskTracker, shutdown: C
         tasks.spawn(async move {
             let stop = token.clone();
             let service = hyper::service::service_fn(move |req| {
-                std::future::ready(Ok::<_, std::convert::Infallible>(app_answer(
-                    req, &upgrades, &token,
-                )))
+                let (upgrades, token) = (upgrades.clone(), token.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(app_answer(req, &upgrades, &token).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
@@ -177,16 +178,23 @@ document.getElementById('f').onsubmit = e => {
 
 type DemoBody = http_body_util::Full<bytes::Bytes>;
 
-fn app_answer(
+async fn app_answer(
     mut req: hyper::Request<hyper::body::Incoming>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> hyper::Response<DemoBody> {
     use http::header;
+    use http_body_util::BodyExt;
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let Some(key) = key
         .filter(|_| crate::handshake::classify(&req) == crate::handshake::RequestKind::WebSocket)
     else {
+        // Read what was sent (up to 1 MiB) before answering, as a well-behaved
+        // server does: closing on an unread body resets the connection, and
+        // the answer is lost with it.
+        let _ = http_body_util::Limited::new(req.into_body(), 1 << 20)
+            .collect()
+            .await;
         let mut res = hyper::Response::new(DemoBody::from(PAGE));
         res.headers_mut().insert(
             header::CONTENT_TYPE,
