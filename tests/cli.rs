@@ -524,6 +524,9 @@ async fn demo_runs_the_example_config() {
     let (status, page) = http_text(addr, "GET", "/chat").await;
     assert_eq!(status, 200);
     assert!(page.contains("new WebSocket("), "{page}");
+    // A form post to the same page: the demo backend reads it, no reset.
+    let (status, _) = http_send(addr, "POST", "/chat", PatternBody::new(100_000, false)).await;
+    assert_eq!(status, 200);
     demo.line_until("the page's URL", |l| {
         l.contains("open http://127.0.0.1:8080/chat in a browser")
     })
