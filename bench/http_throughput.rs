@@ -15,7 +15,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +23,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "support.rs"]
+mod support;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -149,33 +151,11 @@ async fn main() {
     let total = env_or("HTTP_REQUESTS", 20_000).max(conns);
     let mib = env_or("HTTP_UPLOAD_MIB", 256).max(1);
     let backend = backend().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("pick port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        format!("[runtime]\nworkers = 1\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = [\"{backend}\"]\n"),
-    )
-    .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start wsgate");
-    // Killed however main ends, a failed assertion included.
-    let _child = KillOnDrop(child);
-    let gw: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(gw).await.is_err() {
-        assert!(Instant::now() < deadline, "wsgate did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let wsgate = support::start(
+        1,
+        &format!("[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = [\"{backend}\"]\n"),
+    );
+    let gw = wsgate.addr;
     // Warm both paths (connections, pools, allocators).
     rate(backend, conns, conns * 20).await;
     rate(gw, conns, conns * 20).await;
@@ -187,15 +167,5 @@ async fn main() {
         println!(
             "http_throughput: {name}: {rps:.0} requests/s over {conns} keep-alive connections; one at a time p50 {p50:.1?} p99 {p99:.1?}; {mib} MiB upload at {mibs:.0} MiB/s"
         );
-    }
-}
-
-/// Ends the wsgate child when dropped.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

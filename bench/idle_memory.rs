@@ -10,8 +10,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support.rs"]
+mod support;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -79,32 +81,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
     let backend = backend();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("pick port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        format!("[runtime]\nworkers = 2\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = [\"{backend}\"]\n"),
-    )
-    .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start wsgate");
-    let pid = child.id();
-    let gw: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(gw).is_err() {
-        assert!(Instant::now() < deadline, "wsgate did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let wsgate = support::start(
+        2,
+        &format!("[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = [\"{backend}\"]\n"),
+    );
+    let (pid, gw) = (wsgate.pid, wsgate.addr);
     let handshake = "GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let open = |count: usize| -> Vec<TcpStream> {
         (0..count)
@@ -162,6 +143,5 @@ fn main() {
     );
     drop(conns);
     drop(warm);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(wsgate);
 }

@@ -36,6 +36,19 @@ async fn start(backend: &AppBackend) -> TestGateway {
     TestGateway::start(&config(&[backend.addr], "")).await
 }
 
+/// A raw client connection to the gateway's `public` listener.
+async fn raw_client_of(gw: &TestGateway) -> TcpStream {
+    TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect")
+}
+
+/// A gateway in front of `servers` with one more `[timeouts]` line.
+async fn start_with_timeout(servers: &[SocketAddr], line: &str) -> TestGateway {
+    let toml = config(servers, "").replace("[timeouts]\n", &format!("[timeouts]\n{line}\n"));
+    TestGateway::start(&toml).await
+}
+
 /// A request body fed from a channel, frame by frame, as the test decides.
 struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -265,9 +278,7 @@ async fn behind_script(
 ) {
     let (addr, events) = scripted_backend(answer, close_after).await;
     let gw = TestGateway::start(&config(&[addr], "")).await;
-    let tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let tcp = raw_client_of(&gw).await;
     (gw, events, tcp)
 }
 
@@ -304,9 +315,7 @@ async fn a_backend_that_closes_mid_response_ends_the_client_connection() {
     assert!(text.ends_with("\r\n\r\n0123456789"), "{text}");
     assert_eq!(next_event(&mut events).await, Ok(0));
     // Other clients are served, on a new backend connection.
-    let mut other = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let mut other = raw_client_of(&gw).await;
     other
         .write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
@@ -392,9 +401,7 @@ async fn a_broken_chunked_response_is_cut_and_its_connection_closed() {
 async fn expect_100_continue_is_answered_and_the_body_flows() {
     let backend = AppBackend::start().await;
     let gw = start(&backend).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let mut tcp = raw_client_of(&gw).await;
     let (status, _, _) = raw_exchange(
         &mut tcp,
         b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 300\r\nExpect: 100-continue\r\n\r\n",
@@ -410,9 +417,7 @@ async fn expect_100_continue_is_answered_and_the_body_flows() {
     let toml =
         config(&[backend.addr], "").replace("[[routes]]\n", "[[routes]]\nhost = \"app.test\"\n");
     let gw = TestGateway::start(&toml).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let mut tcp = raw_client_of(&gw).await;
     let (status, _, _) = raw_exchange(
         &mut tcp,
         b"POST /count HTTP/1.1\r\nHost: other.test\r\nContent-Length: 300\r\nExpect: 100-continue\r\n\r\n",
@@ -439,9 +444,7 @@ async fn read_head(tcp: &mut TcpStream) -> String {
 async fn head_204_and_304_answers_carry_no_body() {
     let backend = AppBackend::start().await;
     let gw = start(&backend).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let mut tcp = raw_client_of(&gw).await;
     tcp.write_all(b"HEAD /big/1000 HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .expect("write");
@@ -552,11 +555,7 @@ async fn a_101_to_a_plain_request_is_a_502() {
 #[tokio::test]
 async fn no_answer_within_upstream_response_is_a_504() {
     let backend = AppBackend::start().await;
-    let toml = config(&[backend.addr], "").replace(
-        "[timeouts]\n",
-        "[timeouts]\nupstream_response = \"300ms\"\n",
-    );
-    let gw = TestGateway::start(&toml).await;
+    let gw = start_with_timeout(&[backend.addr], "upstream_response = \"300ms\"").await;
     let (status, body) = http_text(gw.addr("public"), "GET", "/never").await;
     assert_eq!(status, 504, "{body}");
     // The gateway still serves.
@@ -593,9 +592,7 @@ async fn a_host_no_route_serves_is_404() {
     let toml =
         config(&[backend.addr], "").replace("[[routes]]\n", "[[routes]]\nhost = \"app.test\"\n");
     let gw = TestGateway::start(&toml).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let mut tcp = raw_client_of(&gw).await;
     let (status, _, _) =
         raw_exchange(&mut tcp, b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n").await;
     assert_eq!(status, 404);
@@ -772,12 +769,8 @@ async fn upstream_response_counts_from_the_end_of_the_upload() {
     // longer than upstream_response to send it. That is not the backend's
     // delay, so no 504.
     let backend = AppBackend::start().await;
-    let toml = config(&[backend.addr], "")
-        .replace("[timeouts]\n", "[timeouts]\nupstream_response = \"1s\"\n");
-    let gw = TestGateway::start(&toml).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let gw = start_with_timeout(&[backend.addr], "upstream_response = \"1s\"").await;
+    let mut tcp = raw_client_of(&gw).await;
     tcp.write_all(b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
         .await
         .expect("write");
@@ -796,9 +789,7 @@ async fn a_request_whose_client_leaves_before_the_answer_is_logged_and_counted()
         config(&[backend.addr], "")
     );
     let gw = TestGateway::start(&toml).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let mut tcp = raw_client_of(&gw).await;
     tcp.write_all(b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .expect("write");
@@ -835,11 +826,7 @@ async fn a_backend_that_stops_taking_the_body_is_a_504() {
             let _ = held_tx.send(tcp);
         }
     });
-    let toml = config(&[addr], "").replace(
-        "[timeouts]\n",
-        "[timeouts]\nupstream_response = \"300ms\"\n",
-    );
-    let gw = TestGateway::start(&toml).await;
+    let gw = start_with_timeout(&[addr], "upstream_response = \"300ms\"").await;
     let (status, body) = http_send(
         gw.addr("public"),
         "POST",
@@ -854,12 +841,8 @@ async fn a_backend_that_stops_taking_the_body_is_a_504() {
 #[tokio::test]
 async fn a_client_that_stops_sending_its_body_is_a_408() {
     let backend = AppBackend::start().await;
-    let toml = config(&[backend.addr], "")
-        .replace("[timeouts]\n", "[timeouts]\nclient_body = \"300ms\"\n");
-    let gw = TestGateway::start(&toml).await;
-    let mut other = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let gw = start_with_timeout(&[backend.addr], "client_body = \"300ms\"").await;
+    let mut other = raw_client_of(&gw).await;
     // Before the first byte of the body, and after some of it.
     for sent in [0, 5] {
         let mut tcp = TcpStream::connect(gw.addr("public"))
@@ -1048,9 +1031,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_client_handshake() {
     let toml = config(&[backend.addr], "")
         .replace("client_handshake = \"5s\"", "client_handshake = \"500ms\"");
     let gw = TestGateway::start(&toml).await;
-    let mut tcp = TcpStream::connect(gw.addr("public"))
-        .await
-        .expect("connect");
+    let mut tcp = raw_client_of(&gw).await;
     let (status, _, _) = raw_exchange(&mut tcp, b"GET /big/3 HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert_eq!(status, 200);
     // Nothing more is sent: wsgate must not hold the connection for ever.
