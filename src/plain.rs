@@ -123,6 +123,7 @@ pub(crate) async fn forward(
             r = pool.send(server, req) => Ok(r),
             _ = upload.backend_stalled(timeouts.upstream_response) => Err(()),
         };
+        record.sent = upload.sent_bytes();
         let response = match sent {
             Err(()) => {
                 return Err(UpstreamError::ResponseTimeout {

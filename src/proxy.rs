@@ -129,6 +129,7 @@ pub async fn handle(
         upstream: None,
         backend: None,
         started,
+        sent: 0,
     };
     let listener = &ctx.listener.name;
     let metrics = &ctx.shared.metrics;
@@ -167,9 +168,10 @@ pub async fn handle(
             }
             let r = refuse(&refusal);
             let reason = format!("{}: {refusal}", refusal.side());
-            record.emit(r.status().as_u16(), 0, 0, &reason);
+            let sent = record.sent;
+            record.emit(r.status().as_u16(), sent, 0, &reason);
             if kind == RequestKind::Plain {
-                metrics.http_request(listener, r.status().as_u16(), started.elapsed(), 0, 0);
+                metrics.http_request(listener, r.status().as_u16(), started.elapsed(), sent, 0);
             }
             r
         }
@@ -219,12 +221,14 @@ impl Drop for Unanswered<'_> {
         } else {
             "client: gone before the answer"
         };
-        self.record.emit(status, 0, 0, reason);
+        self.record.emit(status, self.record.sent, 0, reason);
         let metrics = &self.ctx.shared.metrics;
         let listener = &self.ctx.listener.name;
         let elapsed = self.record.started.elapsed();
         match self.kind {
-            RequestKind::Plain => metrics.http_request(listener, status, elapsed, 0, 0),
+            RequestKind::Plain => {
+                metrics.http_request(listener, status, elapsed, self.record.sent, 0)
+            }
             RequestKind::WebSocket => metrics.handshake(listener, status, elapsed),
         }
     }

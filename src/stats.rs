@@ -396,6 +396,9 @@ pub struct RequestRecord {
     pub backend: Option<SocketAddr>,
     /// When the request's head was read.
     pub started: std::time::Instant,
+    /// Body bytes that reached a backend, for a request refused after some
+    /// of its body had left (a streamed answer counts its own).
+    pub sent: u64,
 }
 
 impl RequestRecord {

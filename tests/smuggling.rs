@@ -498,7 +498,7 @@ async fn a_body_refused_after_part_of_it_left_is_a_400_at_once() {
     let toml = simple_config(&[backend.addr]).replace(
         "[timeouts]\n",
         "[timeouts]\nclient_body = \"1h\"\nupstream_response = \"1h\"\n",
-    );
+    ) + "\n[admin]\nbind = \"127.0.0.1:0\"\n";
     let gw = TestGateway::start(&toml).await;
     let mut tcp = TcpStream::connect(gw.addr("public"))
         .await
@@ -519,4 +519,8 @@ async fn a_body_refused_after_part_of_it_left_is_a_400_at_once() {
     );
     wait_closed(&mut tcp).await;
     assert!(!backend.all_received().contains("X: 1"));
+    // The five bytes that did reach the backend are counted, not zero.
+    let series = "wsgate_http_body_bytes_total{listener=\"public\",direction=\"to_backend\"} 5";
+    let text = scrape(gw.admin.expect("admin")).await;
+    assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
 }
