@@ -230,15 +230,17 @@ pub fn check_backend_101<B>(
     Ok(())
 }
 
-/// Headers meaningful for one hop only (RFC 9110 section 7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 9] = [
+/// Headers meaningful for one hop only (RFC 9110 section 7.6.1), never
+/// forwarded. `Trailer` is not among them (RFC 9110 section 6.6.2): it is
+/// end to end, and hyper writes a chunked message's trailer fields only
+/// when it names them, so keeping it is what passes trailers on.
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];

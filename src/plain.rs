@@ -71,9 +71,16 @@ pub(crate) async fn forward(
     let (parts, body) = req.into_parts();
     let host = parts.headers.get(header::HOST).cloned();
     let mut headers = parts.headers;
+    // TE is this hop's: a client that accepts trailers gets them only if
+    // wsgate asks the backend for them on its own hop (RFC 9110 10.1.4).
+    let te_trailers = handshake::header_has_token(&headers, &header::TE, "trailers");
     // Also drops an `Upgrade: h2c` and its HTTP2-Settings (named in
     // Connection): the request goes on as HTTP/1.1.
     handshake::strip_hop_by_hop(&mut headers);
+    if te_trailers {
+        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(header::CONNECTION, http::HeaderValue::from_static("TE"));
+    }
     headers.remove("http2-settings");
     // hyper frames the body from its size: a length when known, else chunked.
     headers.remove(header::CONTENT_LENGTH);

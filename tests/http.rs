@@ -479,7 +479,8 @@ async fn hop_by_hop_headers_stay_on_their_hop_and_forwarding_headers_are_set() {
         .header("connection", "keep-alive, x-private")
         .header("x-private", "1")
         .header("keep-alive", "timeout=1")
-        .header("te", "trailers")
+        // Hop-by-hop; only a `trailers` in it is asked for again on the next hop.
+        .header("te", "deflate")
         .header("proxy-authorization", "Basic Zm9vOmJhcg==")
         .header("x-forwarded-for", "6.6.6.6")
         .header("forwarded", "for=6.6.6.6")
@@ -1036,4 +1037,63 @@ async fn an_idle_keep_alive_connection_is_closed_after_client_handshake() {
     assert_eq!(status, 200);
     // Nothing more is sent: wsgate must not hold the connection for ever.
     wait_closed(&mut tcp).await;
+}
+
+/// A chunked body of one data frame and then `trailers`.
+struct WithTrailers(Option<Frame<Bytes>>, Option<http::HeaderMap>);
+
+impl Body for WithTrailers {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let next = self.0.take().or_else(|| self.1.take().map(Frame::trailers));
+        Poll::Ready(next.map(Ok))
+    }
+}
+
+#[tokio::test]
+async fn trailers_pass_both_ways() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    let mut client = http_client::<WithTrailers>(gw.addr("public")).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sum", http::HeaderValue::from_static("1234"));
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("/trailers")
+        .header("host", "a")
+        .header("trailer", "x-sum")
+        // Response trailers only for a client that says it takes them.
+        .header("te", "trailers")
+        .body(WithTrailers(
+            Some(Frame::data(Bytes::from_static(b"payload"))),
+            Some(trailers),
+        ))
+        .expect("request");
+    let res = within("a response", client.send_request(req))
+        .await
+        .expect("response");
+    assert_eq!(res.status(), 200);
+    let collected = within("the body", res.into_body().collect())
+        .await
+        .expect("body");
+    let answer_trailers = collected.trailers().cloned();
+    let body = collected.to_bytes();
+    assert_eq!(
+        &body[..],
+        b"x-sum: 1234\n",
+        "the backend got the request's trailer"
+    );
+    assert_eq!(
+        answer_trailers
+            .as_ref()
+            .and_then(|t| t.get("x-answer-sum"))
+            .map(|v| v.as_bytes()),
+        Some(&b"42"[..]),
+        "the client got the response's trailer: {answer_trailers:?}"
+    );
 }

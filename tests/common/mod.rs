@@ -556,6 +556,7 @@ type AppBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
 /// - `/headers`: the request's headers, one `name: value` a line;
 /// - `/hop`: a body, with hop-by-hop headers a proxy must not pass on;
 /// - `/whoami`: this backend's address;
+/// - `/trailers`: the request's trailers as text, and a trailer of its own;
 /// - `/switch`: a 101 though nothing asked for it;
 /// - `/never`: no answer at all.
 pub struct AppBackend {
@@ -698,6 +699,32 @@ async fn app_answer(
             .body(text("hop".to_string()))
             .expect("response"),
         "/whoami" => hyper::Response::new(text(me.to_string())),
+        "/trailers" => {
+            // Answers with the request's trailers as text, and trailers of its own.
+            let collected = match req.into_body().collect().await {
+                Ok(c) => c,
+                Err(e) => return Ok(hyper::Response::new(text(format!("body error: {e}")))),
+            };
+            let seen: String = collected
+                .trailers()
+                .map(|t| {
+                    t.iter()
+                        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-answer-sum", http::HeaderValue::from_static("42"));
+            let frames = vec![
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(seen))),
+                Ok(http_body::Frame::trailers(trailers)),
+            ];
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            hyper::Response::builder()
+                .header("trailer", "x-answer-sum")
+                .body(body.map_err(|n| match n {}).boxed())
+                .expect("response")
+        }
         "/switch" => hyper::Response::builder()
             .status(101)
             .header("upgrade", "websocket")
