@@ -654,6 +654,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             ("servers=[\"127.0.0.1:2\"]\nhash_key=\"ip\"", "upstreams.u.hash_key"),
             ("servers=[{ addr = \"127.0.0.1:2\", weight = 0 }]", "upstreams.u.servers[0].weight"),
             ("servers=[\"127.0.0.1:2\"]\nretries=11", "upstreams.u.retries"),
+            ("servers=[\"127.0.0.1:2\", { addr = \"127.0.0.1:2\", weight = 2 }]", "upstreams.u.servers[1]"),
             ("servers=[\"nowhere\"]", "upstreams.u.servers[0]"),
         ] {
             let p = problems(&format!("{base}{body}\n"));

@@ -185,7 +185,8 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         Err(e) if e.is_parse() || e.is_parse_too_large() => {
             let status = if e.is_parse_too_large() { 431 } else { 400 };
             if verdict.is_none() {
-                shared.metrics.malformed(name, "parse");
+                let reason = if status == 431 { "too_large" } else { "parse" };
+                shared.metrics.malformed(name, reason);
             }
             let reason = verdict.map_or_else(|| e.to_string(), |m| m.to_string());
             tracing::info!(

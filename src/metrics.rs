@@ -257,7 +257,9 @@ impl Metrics {
         let _ = self.http_active.get_or_create(&ListenerLabels {
             listener: listener.to_string(),
         });
-        for outcome in [101, 400, 403, 404, 426, 429, 431, 502, 503, 504] {
+        // 431 is hyper's own answer, before any handler: it is counted in
+        // `wsgate_requests_malformed_total{reason="too_large"}` instead.
+        for outcome in [101, 400, 403, 404, 426, 429, 502, 503, 504] {
             let _ = self.handshakes.get_or_create(&HandshakeLabels {
                 listener: listener.to_string(),
                 outcome: outcome.to_string(),

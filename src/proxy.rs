@@ -345,7 +345,10 @@ async fn forward(
         shutdown: &ctx.shared.shutdown,
         tls: route.upstream.tls.as_deref(),
     };
-    let answer = upstream::open(&candidates, &hs).await?;
+    let answer = upstream::open(&candidates, &hs).await.inspect_err(|e| {
+        // The access line names the backend that failed, not `-`.
+        record.backend = e.addr();
+    })?;
 
     match answer {
         Answer::Http { server, response } => {

@@ -186,6 +186,19 @@ impl UpstreamError {
     /// The backend involved and a short fixed name for the failure, for
     /// folding repeated errors in the log.
     pub fn throttle_key(&self) -> String {
+        match self.parts() {
+            (Some(a), kind) => format!("{a} {kind}"),
+            (None, kind) => kind,
+        }
+    }
+
+    /// The backend at fault, when one is.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.parts().0
+    }
+
+    /// The backend at fault and a short name of the failure.
+    fn parts(&self) -> (Option<SocketAddr>, String) {
         let (addr, kind) = match self {
             UpstreamError::Connect { addr, source } => {
                 (Some(addr), format!("connect:{:?}", source.kind()))
@@ -200,7 +213,7 @@ impl UpstreamError {
             }
             UpstreamError::BadAnswer { addr, .. } => (Some(addr), "bad-101".to_string()),
             UpstreamError::Request { addr, source } => match crate::pool::connect_error(source) {
-                Some(inner) => return inner.throttle_key(),
+                Some(inner) => return inner.parts(),
                 None => (Some(addr), "http".to_string()),
             },
             UpstreamError::ResponseTimeout { addr, .. } => {
@@ -210,10 +223,7 @@ impl UpstreamError {
             UpstreamError::AmbiguousFraming { addr, .. } => (Some(addr), "framing".to_string()),
             UpstreamError::NoServers => (None, "no-servers".to_string()),
         };
-        match addr {
-            Some(a) => format!("{a} {kind}"),
-            None => kind,
-        }
+        (addr.copied(), kind)
     }
 
     fn is_connect_failure(&self) -> bool {

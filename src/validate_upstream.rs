@@ -84,9 +84,10 @@ impl Validator<'_> {
                 };
                 for addr in addrs {
                     if servers.iter().any(|c: &ServerConfig| c.addr == addr) {
-                        // A name may resolve to an address listed too: once is enough.
-                        if matches!(s.get_ref(), RawServer::Addr(a) if a.parse::<SocketAddr>().is_ok())
-                        {
+                        // A name may resolve to an address listed too: once is
+                        // enough. An address written twice, in either form, is a
+                        // mistake (the second's weight would be lost).
+                        if addr_is_literal(s.get_ref()) {
                             self.problem(s, skey.clone(), format!("{addr} is listed twice"));
                         }
                         continue;

@@ -524,3 +524,32 @@ async fn a_body_refused_after_part_of_it_left_is_a_400_at_once() {
     let text = scrape(gw.admin.expect("admin")).await;
     assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
 }
+
+#[tokio::test]
+async fn an_oversized_head_is_431_and_counted_as_too_large() {
+    let (backend, gw) = start("\n[admin]\nbind = \"127.0.0.1:0\"\n").await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let _ = tcp.write_all(big.as_bytes()).await;
+    let (status, head, _) = read_response(&mut tcp).await;
+    assert_eq!(status, 431, "{head}");
+    assert_backend_untouched("oversized head", &backend);
+    // Counted once the connection's task has ended: wait for it.
+    let admin = gw.admin.expect("admin");
+    let text = within("the too_large count", async {
+        loop {
+            let text = scrape(admin).await;
+            if malformed_count(&text, "too_large") == Some(1) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(malformed_count(&text, "parse").unwrap_or(0), 0, "{text}");
+}
