@@ -85,13 +85,7 @@ pub(crate) async fn forward(
     // hyper frames the body from its size: a length when known, else chunked.
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
-    upstream::set_forwarding_headers(
-        &mut headers,
-        ctx.peer.ip(),
-        ctx.listener.trusts(ctx.peer.ip()),
-        ctx.listener.tls.is_some(),
-        host.as_ref(),
-    );
+    ctx.set_forwarding_headers(&mut headers, host.as_ref());
     let uri: http::Uri = target
         .parse()
         .map_err(|_| HandshakeError::Path(crate::routes::PathError::BadEncoding))?;

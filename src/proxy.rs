@@ -58,6 +58,15 @@ pub struct ConnContext {
 }
 
 impl ConnContext {
+    /// Sets this hop's forwarding headers on a request bound for a backend
+    /// (see `upstream::set_forwarding_headers`), for upgrades and plain
+    /// requests alike.
+    pub fn set_forwarding_headers(&self, headers: &mut HeaderMap, host: Option<&HeaderValue>) {
+        let peer = self.peer.ip();
+        let tls = self.listener.tls.is_some();
+        upstream::set_forwarding_headers(headers, peer, self.listener.trusts(peer), tls, host);
+    }
+
     /// The connection's framing guard.
     pub fn scanner(&self) -> std::sync::MutexGuard<'_, Scanner> {
         // Plain state with no invariant a panic could break.
@@ -315,13 +324,7 @@ async fn forward(
     let client = record.client;
     let mut headers = req.headers().clone();
     handshake::strip_hop_by_hop(&mut headers);
-    upstream::set_forwarding_headers(
-        &mut headers,
-        ctx.peer.ip(),
-        ctx.listener.trusts(ctx.peer.ip()),
-        ctx.listener.tls.is_some(),
-        req.headers().get(header::HOST),
-    );
+    ctx.set_forwarding_headers(&mut headers, req.headers().get(header::HOST));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let mut backend_req = Request::new(Empty::<Bytes>::new());
