@@ -140,12 +140,10 @@ pub async fn handle(
         started,
         sent: 0,
     };
-    let listener = &ctx.listener.name;
-    let metrics = &ctx.shared.metrics;
     if kind == RequestKind::Plain {
-        metrics.http_request_started(listener);
+        ctx.shared.metrics.http_request_started(&ctx.listener.name);
     }
-    let mut pending = Unanswered {
+    let mut pending = Pending {
         ctx: &ctx,
         kind,
         record,
@@ -154,11 +152,12 @@ pub async fn handle(
     let forwarded = forward(req, &ctx, kind, &mut pending.record).await;
     pending.answered = true;
     let record = &pending.record;
-    let mut response = match forwarded {
+    let response = match forwarded {
         // The tunnel writes its own record when it ends.
         Ok(Forwarded::Tunnel(r)) => r,
-        // The response body writes the record when it ends.
-        Ok(Forwarded::Streaming(r)) => r,
+        // The response body writes the record, and counts the request,
+        // when it ends.
+        Ok(Forwarded::Streaming(r)) => return Ok(answered(&ctx, r)),
         Ok(Forwarded::Answered(r)) => {
             record.emit(
                 r.status().as_u16(),
@@ -177,47 +176,62 @@ pub async fn handle(
             }
             let r = refuse(&refusal);
             let reason = format!("{}: {refusal}", refusal.side());
-            let sent = record.sent;
-            record.emit(r.status().as_u16(), sent, 0, &reason);
-            if kind == RequestKind::Plain {
-                metrics.http_request(listener, r.status().as_u16(), started.elapsed(), sent, 0);
-            }
+            record.emit(r.status().as_u16(), record.sent, 0, &reason);
             r
         }
     };
-    let status = response.status();
-    if kind == RequestKind::WebSocket {
-        metrics.handshake(listener, status.as_u16(), started.elapsed());
-    }
-    // No tunnel: the connection goes on as HTTP, and its next bytes must be
-    // checked again. Every answer is told to the guard, whatever this
-    // request looked like to `classify`: the guard decides on raw bytes. A
-    // client that sent more after an upgrade request, before its answer
-    // (which RFC 6455 forbids), and whose bytes were refused, loses the
-    // connection instead.
-    if status != StatusCode::SWITCHING_PROTOCOLS && !ctx.scanner().answered() {
+    pending.count(response.status().as_u16());
+    Ok(answered(&ctx, response))
+}
+
+/// Tells the framing guard of an answer. No tunnel: the connection goes on
+/// as HTTP, and its next bytes must be checked again. Every answer is told
+/// to the guard, whatever the request looked like to `classify`: the guard
+/// decides on raw bytes. A client that sent more after an upgrade request,
+/// before its answer (which RFC 6455 forbids), and whose bytes were
+/// refused, loses the connection instead.
+fn answered(ctx: &ConnContext, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS && !ctx.scanner().answered() {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(response)
+    response
 }
 
-/// Writes a request's line and metric if it is dropped before it was
-/// answered: the client went away (or a drain cut its connection) while
-/// wsgate waited for its body or a backend, and hyper dropped the handler.
-struct Unanswered<'a> {
+/// One request while it is handled: its record, and the one place that
+/// counts its end in the metric of its kind. If it is dropped before it
+/// was answered (the client went away, or a drain cut its connection,
+/// while wsgate waited for its body or a backend, and hyper dropped the
+/// handler), it writes its line and metric itself.
+struct Pending<'a> {
     ctx: &'a ConnContext,
     kind: RequestKind,
     record: RequestRecord,
     answered: bool,
 }
 
+impl Pending<'_> {
+    /// Counts the request's end with `status`. A streamed plain response
+    /// counts its own, when its body ends.
+    fn count(&self, status: u16) {
+        let metrics = &self.ctx.shared.metrics;
+        let listener = &self.ctx.listener.name;
+        let elapsed = self.record.started.elapsed();
+        match self.kind {
+            RequestKind::Plain => {
+                metrics.http_request(listener, status, elapsed, self.record.sent, 0)
+            }
+            RequestKind::WebSocket => metrics.handshake(listener, status, elapsed),
+        }
+    }
+}
+
 /// The status logged for a request whose client left before its answer
 /// (nginx's convention, so dashboards built for it read wsgate's logs).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-impl Drop for Unanswered<'_> {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if self.answered {
             return;
@@ -231,15 +245,7 @@ impl Drop for Unanswered<'_> {
             "client: gone before the answer"
         };
         self.record.emit(status, self.record.sent, 0, reason);
-        let metrics = &self.ctx.shared.metrics;
-        let listener = &self.ctx.listener.name;
-        let elapsed = self.record.started.elapsed();
-        match self.kind {
-            RequestKind::Plain => {
-                metrics.http_request(listener, status, elapsed, self.record.sent, 0)
-            }
-            RequestKind::WebSocket => metrics.handshake(listener, status, elapsed),
-        }
+        self.count(status);
     }
 }
 
