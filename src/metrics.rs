@@ -308,15 +308,12 @@ impl Metrics {
                 outcome: outcome_label(status),
             })
             .inc();
-        self.http_active
-            .get_or_create(&ListenerLabels {
-                listener: listener.to_string(),
-            })
-            .dec();
+        let labels = ListenerLabels {
+            listener: listener.to_string(),
+        };
+        self.http_active.get_or_create(&labels).dec();
         self.http_seconds
-            .get_or_create(&ListenerLabels {
-                listener: listener.to_string(),
-            })
+            .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
         for (direction, n) in [("to_backend", to_backend), ("to_client", to_client)] {
             self.http_bytes
