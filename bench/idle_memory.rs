@@ -53,7 +53,7 @@ fn backend() -> SocketAddr {
                         .unwrap_or("")
                         .trim()
                         .to_string();
-                    let accept = wsgate::handshake::accept_key(key.as_bytes());
+                    let accept = wsgate::proxy::handshake::accept_key(key.as_bytes());
                     let _ = write!(s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
                     let mut buf = [0u8; 256];
                     while let Ok(n) = s.read(&mut buf) {

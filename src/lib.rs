@@ -1,55 +1,59 @@
 //! wsgate: a reverse proxy and load balancer built for WebSocket traffic.
 //!
-//! Data path, per connection:
-//! `listener` accepts and terminates TLS (`tls`), `framing` checks the raw
-//! request bytes for anything that could desync a backend, hyper parses the
-//! request, `proxy` runs the lifecycle: `handshake` checks it against RFC
-//! 6455, `routes` normalises the path and matches host and path in the
-//! snapshot loaded once, `balancer` orders the servers, `upstream` connects
-//! and verifies the backend's 101, `tunnel` splices the two streams while
-//! `frames` follows frame headers, and `stats` writes one access-log line at
-//! the end. A request without an upgrade goes from `proxy` to `plain`,
-//! which sends it (its body through `upload`) over the upstream's
-//! keep-alive `pool` and streams the answer back, with one access-log line
-//! per request.
+//! # Data path, one client connection
+//! 1. [`front::listener`] accepts, terminates TLS ([`net::tls`]), wraps the
+//!    stream in the raw-byte framing guard ([`net::guard`]) and lingering
+//!    close ([`net::linger`]), and serves it with hyper.
+//! 2. [`proxy`] runs one request's phases in order: classify and check it
+//!    against RFC 6455 ([`proxy::handshake`]), normalise and route it in the
+//!    snapshot loaded once ([`proxy::routes`]), then forward it.
+//! 3. [`upstream`] orders the servers ([`upstream::balancer`]), connects
+//!    (with TLS when asked), sends the upgrade and verifies the backend's 101.
+//! 4. [`tunnel`] splices the two streams, one state machine per direction,
+//!    following frame headers ([`tunnel::frames`]) so that a Close can be
+//!    injected at a frame boundary.
+//! 5. [`observe::registry`] holds the live tunnel's counters and writes one
+//!    access-log line at its end; [`observe::metrics`] reads them.
 //!
-//! Control path: `config` loads and validates, `routes` compiles an
-//! immutable [`routes::Snapshot`] held behind one `ArcSwap` in [`Shared`].
-//! Stopping has two stages: `drain` stops the accept loops, ends idle HTTP
-//! connections and asks every tunnel to close with a Close frame (1001);
-//! `shutdown` cuts whatever is left. Every task is tracked and watches them.
+//! A request without an upgrade goes from [`proxy`] to [`proxy::plain`],
+//! which sends it (its body through [`proxy::upload`]) over the upstream's
+//! keep-alive pool ([`upstream::pool`]) and streams the answer back.
+//!
+//! # Control path
+//! [`config`] parses and validates TOML into typed values;
+//! [`proxy::routes`] compiles them into an immutable snapshot held behind
+//! one `ArcSwap` in [`Shared`]; [`control::reload`] swaps it;
+//! [`control::admin`] serves the admin API; [`control::drain`] closes
+//! tunnels with Close frames. Stopping has two stages: drain stops the
+//! accept loops, ends idle HTTP connections and asks every tunnel to close
+//! with 1001; shutdown cuts whatever is left. Every task is tracked.
+//!
+//! # Modules, bottom to top
+//! Dependencies point one way, from the front towards what it uses:
+//! - [`config`]: raw TOML, validation, the typed `Config` and its errors.
+//! - [`net`]: plain-or-TLS streams, the framing guard, lingering close.
+//! - [`upstream`]: servers, balancing, connecting, the keep-alive pool.
+//! - [`observe`]: live connections, access records, metrics, error log.
+//! - [`tunnel`]: splicing two streams at frame boundaries.
+//! - [`proxy`]: one request's lifecycle, routing, plain HTTP.
+//! - [`front`]: listeners and the accept loop.
+//! - [`control`]: admin API, reload, drain.
+//! - [`demo`]: demo backends and the `client` subcommand.
 //!
 //! Established tunnels own their two streams, their counters and the `Arc`s
 //! of what they use: replacing the snapshot never reaches into them.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod balancer;
 pub mod config;
+pub mod control;
 pub mod demo;
-mod direction;
-pub mod drain;
-pub mod errorlog;
-pub mod frames;
-pub mod framing;
-pub mod handshake;
-pub mod linger;
-pub mod listener;
-pub mod metrics;
-pub mod plain;
-pub mod pool;
+pub mod front;
+pub mod net;
+pub mod observe;
 pub mod proxy;
-pub mod reload;
-pub mod routes;
-pub mod stats;
-pub mod tls;
 pub mod tunnel;
-pub mod upload;
 pub mod upstream;
-pub mod validate;
-mod validate_tls;
-mod validate_upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,9 +63,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::listener::BoundListener;
-use crate::routes::{CompileError, Snapshot};
-use crate::stats::Registry;
+use crate::control::{admin, reload};
+use crate::front::listener::BoundListener;
+use crate::observe::registry::Registry;
+use crate::observe::{errorlog, metrics};
+use crate::proxy::routes::{CompileError, Snapshot};
+use crate::upstream::balancer;
 
 /// State shared by every task of one running wsgate.
 pub struct Shared {

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate::config::{self, Config};
-use wsgate::{demo, listener, Gateway};
+use wsgate::front::listener;
+use wsgate::{demo, Gateway};
 
 /// A reverse proxy and load balancer built for WebSocket traffic.
 #[derive(Parser)]
@@ -256,7 +257,7 @@ fn on_hangup(
             }
             tracing::info!("SIGHUP: reloading the config");
             // The outcome is logged and counted by reload itself.
-            let _ = wsgate::reload::reload(&shared).await;
+            let _ = wsgate::control::reload::reload(&shared).await;
         }
     });
 }

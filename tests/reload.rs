@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::reload::ReloadError;
+use wsgate::control::reload::ReloadError;
 
 fn write_config(gw: &TestGateway, text: &str) {
     std::fs::write(gw.dir.path().join("wsgate.toml"), text).expect("write config");
@@ -469,7 +469,7 @@ async fn a_name_that_resolves_differently_moves_new_connections_and_drains_the_o
     // The name now points at the new backend.
     RESOLVED_PORT.store(new.addr.port(), std::sync::atomic::Ordering::SeqCst);
     gw.gateway.shared().set_resolver(substitute_resolver);
-    let report = wsgate::reload::re_resolve(gw.gateway.shared())
+    let report = wsgate::control::reload::re_resolve(gw.gateway.shared())
         .await
         .expect("a change");
     assert_eq!(report.servers_added, [format!("u/{}", new.addr)]);
@@ -478,7 +478,7 @@ async fn a_name_that_resolves_differently_moves_new_connections_and_drains_the_o
         "{report:?}"
     );
     // Unchanged answers change nothing.
-    assert!(wsgate::reload::re_resolve(gw.gateway.shared())
+    assert!(wsgate::control::reload::re_resolve(gw.gateway.shared())
         .await
         .is_none());
     let _fresh = ws_connect(gw.addr("public"), "/ws").await;

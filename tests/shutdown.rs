@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::stats::Side;
+use wsgate::observe::registry::Side;
 
 #[tokio::test]
 async fn drain_closes_every_tunnel_with_1001_on_both_sides() {
@@ -301,7 +301,7 @@ async fn socket_pair(small: bool) -> (TcpStream, TcpStream) {
 
 #[tokio::test]
 async fn a_close_during_a_stalled_write_loses_no_byte() {
-    use wsgate::stats::{ConnInfo, Registry};
+    use wsgate::observe::registry::{ConnInfo, Registry};
     use wsgate::tunnel::{self, TunnelTimeouts};
     // Driven on tunnel::run directly: only then can the test shrink the
     // proxy side's send buffer so that a write to the backend must stall.
@@ -316,7 +316,7 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
             route: "r".into(),
             upstream: "u".into(),
             backend: backend.local_addr().expect("addr"),
-            server: std::sync::Arc::new(wsgate::balancer::Server::new(
+            server: std::sync::Arc::new(wsgate::upstream::balancer::Server::new(
                 backend.local_addr().expect("addr"),
                 1,
             )),
@@ -331,11 +331,11 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
         close: std::time::Duration::from_secs(30),
     };
     let run = tokio::spawn(async move {
-        let client = wsgate::tls::ClientStream::Plain(proxy_client);
+        let client = wsgate::net::tls::ClientStream::Plain(proxy_client);
         tunnel::run(
             client,
             bytes::Bytes::new(),
-            wsgate::tls::MaybeTls::Plain(proxy_backend),
+            wsgate::net::tls::MaybeTls::Plain(proxy_backend),
             bytes::Bytes::new(),
             &stats,
             timeouts,

@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::stats::Side;
+use wsgate::observe::registry::Side;
 
 /// Certificate files of one test: A (default) and B (exact and wildcard names).
 struct Certs {

@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use wsgate::listener::BoundListener;
-use wsgate::stats::AccessRecord;
+use wsgate::front::listener::BoundListener;
+use wsgate::observe::registry::AccessRecord;
 use wsgate::Gateway;
 
 /// How long any single expected event may take before the test fails.
@@ -288,7 +288,7 @@ pub fn request_key(head: &str) -> Option<String> {
 /// A correct 101 for a raw request head.
 pub fn good_101(head: &str) -> Option<Vec<u8>> {
     let key = request_key(head)?;
-    let accept = wsgate::handshake::accept_key(key.as_bytes());
+    let accept = wsgate::proxy::handshake::accept_key(key.as_bytes());
     Some(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").into_bytes())
 }
 
@@ -643,7 +643,7 @@ async fn app_answer(
     let empty = || Empty::new().map_err(|n| match n {}).boxed();
     let path = req.uri().path().to_string();
     if let Some(key) = req.headers().get("sec-websocket-key") {
-        let accept = wsgate::handshake::accept_key(key.as_bytes());
+        let accept = wsgate::proxy::handshake::accept_key(key.as_bytes());
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             let Ok(upgraded) = upgrade.await else { return };

@@ -26,14 +26,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::balancer::Server;
 use crate::config::Timeouts;
-use crate::handshake::{self, HandshakeError};
-use crate::pool::{HttpPool, PoolParts};
+use crate::observe::registry::RequestRecord;
+use crate::proxy::handshake::{self, HandshakeError};
+use crate::proxy::routes::Route;
+use crate::proxy::upload::{BodyFailure, RequestBody, Upload};
 use crate::proxy::{ConnContext, ProxyBody, Refusal};
-use crate::routes::Route;
-use crate::stats::RequestRecord;
-use crate::upload::{BodyFailure, RequestBody, Upload};
+use crate::upstream::balancer::Server;
+use crate::upstream::pool::{HttpPool, PoolParts};
 use crate::upstream::{self, UpstreamError};
 
 /// What proxy.rs decided for a plain request.
@@ -88,7 +88,7 @@ pub(crate) async fn forward(
     ctx.set_forwarding_headers(&mut headers, host.as_ref());
     let uri: http::Uri = target
         .parse()
-        .map_err(|_| HandshakeError::Path(crate::routes::PathError::BadEncoding))?;
+        .map_err(|_| HandshakeError::Path(crate::proxy::routes::PathError::BadEncoding))?;
 
     let upload = Upload::start(body, timeouts, max_body, ctx).await?;
     let upstream = &route.upstream;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::balancer::{Server, Upstream};
-use crate::stats::{CloseOrder, ConnStats, CLOSE_GOING_AWAY};
+use crate::observe::registry::{CloseOrder, ConnStats, CLOSE_GOING_AWAY};
+use crate::upstream::balancer::{Server, Upstream};
 use crate::Shared;
 
 /// Close code 1012 (Service Restart): tells a client to reconnect, which the

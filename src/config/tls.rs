@@ -15,8 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use toml::Spanned;
 
+use crate::config::validate::{RawTls, RawUpstream, Validator};
 use crate::config::*;
-use crate::validate::{RawTls, RawUpstream, Validator};
 
 impl Validator<'_> {
     /// A listener's `tls`: one `cert` and `key`, or a `certificates` list to
@@ -244,7 +244,7 @@ impl Validator<'_> {
             .insecure_skip_verify
             .as_ref()
             .is_some_and(|v| *v.get_ref());
-        match crate::tls::client_config(roots, client_auth, insecure) {
+        match client_config(roots, client_auth, insecure) {
             Ok(client) => Some(UpstreamTls {
                 client: Arc::new(client),
                 sni,
@@ -260,5 +260,91 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+}
+
+/// A client config for backends: TLS 1.2 and 1.3, ALPN `http/1.1`, trusting
+/// `roots` (the bundled Mozilla roots when `None`), presenting `client_auth`
+/// for mutual TLS, or, with `insecure`, verifying no certificate at all.
+///
+/// # Errors
+/// A rustls error for an unusable client certificate or key.
+pub fn client_config(
+    roots: Option<rustls::RootCertStore>,
+    client_auth: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+    insecure: bool,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    } else {
+        let roots = roots.unwrap_or_else(|| rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match client_auth {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `insecure_skip_verify`: accepts any certificate, still checking that the
+/// handshake is signed by it (so the stream is at least encrypted to
+/// whoever holds that key).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

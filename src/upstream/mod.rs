@@ -23,9 +23,12 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balancer::{ActiveGuard, Server};
-use crate::handshake::{check_backend_101, BackendAnswerError};
-use crate::tls::{BackendStream, BackendTls, MaybeTls};
+use crate::net::tls::{BackendStream, BackendTls, MaybeTls};
+use crate::proxy::handshake::{check_backend_101, BackendAnswerError};
+use crate::upstream::balancer::{ActiveGuard, Server};
+
+pub mod balancer;
+pub mod pool;
 
 /// Why no usable answer came from the upstream. Every variant is the backend's side.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +180,7 @@ impl UpstreamError {
             }
             UpstreamError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::NoServers => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamError::Request { source, .. } => crate::pool::connect_error(source)
+            UpstreamError::Request { source, .. } => crate::upstream::pool::connect_error(source)
                 .map_or(StatusCode::BAD_GATEWAY, UpstreamError::status),
             _ => StatusCode::BAD_GATEWAY,
         }
@@ -212,10 +215,12 @@ impl UpstreamError {
                 (Some(addr), "handshake-timeout".to_string())
             }
             UpstreamError::BadAnswer { addr, .. } => (Some(addr), "bad-101".to_string()),
-            UpstreamError::Request { addr, source } => match crate::pool::connect_error(source) {
-                Some(inner) => return inner.parts(),
-                None => (Some(addr), "http".to_string()),
-            },
+            UpstreamError::Request { addr, source } => {
+                match crate::upstream::pool::connect_error(source) {
+                    Some(inner) => return inner.parts(),
+                    None => (Some(addr), "http".to_string()),
+                }
+            }
             UpstreamError::ResponseTimeout { addr, .. } => {
                 (Some(addr), "response-timeout".to_string())
             }

@@ -27,9 +27,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balancer::Server;
-use crate::tls::{BackendStream, BackendTls, MaybeTls};
-use crate::upload::RequestBody;
+use crate::net::tls::{BackendStream, BackendTls, MaybeTls};
+use crate::proxy::upload::RequestBody;
+use crate::upstream::balancer::Server;
 use crate::upstream::{self, UpstreamError};
 
 /// The client side of one upstream's plain HTTP traffic.

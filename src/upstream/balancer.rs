@@ -17,38 +17,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// How an upstream picks a server (`balance =`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Balance {
-    /// Fewest active tunnels per unit of weight: right for long-lived connections.
-    LeastConn,
-    /// Smooth weighted round-robin (as nginx does it).
-    RoundRobin,
-    /// Power of two random choices over active tunnels.
-    RandomTwo,
-    /// Consistent hashing with bounded loads: one key reaches one server from
-    /// every wsgate sharing the config, and no server takes more than
-    /// `load_factor` times its fair share.
-    Hash {
-        /// What identifies a client.
-        key: HashKey,
-        /// At least 1.0; 1.25 by default.
-        load_factor: f64,
-    },
-}
-
-/// What a `hash` upstream hashes (`hash_key =`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// `header:NAME`, a request header (lowercase name).
-    Header(http::HeaderName),
-    /// `cookie:NAME`, a cookie.
-    Cookie(String),
-    /// `query:NAME`, a query parameter.
-    Query(String),
-    /// `ip`, the client address.
-    Ip,
-}
+pub use crate::config::{Balance, HashKey};
 
 impl HashKey {
     /// The key of a request, hashed; `None` when the request lacks it (the
@@ -204,7 +173,7 @@ pub struct PoolSettings {
     /// Window over which a drain's closes are spread.
     pub drain_spread: Duration,
     /// TLS to the servers, if the upstream asks for it.
-    pub tls: Option<Arc<crate::tls::BackendTls>>,
+    pub tls: Option<Arc<crate::net::tls::BackendTls>>,
     /// Idle keep-alive connections kept per server for plain HTTP.
     pub pool_max_idle: usize,
     /// How long an idle pooled connection is kept.
@@ -227,14 +196,14 @@ pub struct Upstream {
     /// Window over which a drain's closes are spread.
     pub drain_spread: Duration,
     /// TLS to the servers, if the upstream asks for it.
-    pub tls: Option<Arc<crate::tls::BackendTls>>,
+    pub tls: Option<Arc<crate::net::tls::BackendTls>>,
     /// Idle keep-alive connections kept per server for plain HTTP.
     pub pool_max_idle: usize,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
     /// Keep-alive connections for plain HTTP, made on the first plain
     /// request: an upstream that only serves WebSockets never has one.
-    http: OnceLock<crate::pool::HttpPool>,
+    http: OnceLock<crate::upstream::pool::HttpPool>,
     /// Rotates ties in least-connections, and seeds random choices.
     next: AtomicUsize,
     /// Smooth weighted round-robin's current weights, one per server.
@@ -294,8 +263,8 @@ impl Upstream {
     /// The plain HTTP pool, made by `make` on first use.
     pub fn http_pool(
         &self,
-        make: impl FnOnce() -> crate::pool::HttpPool,
-    ) -> &crate::pool::HttpPool {
+        make: impl FnOnce() -> crate::upstream::pool::HttpPool,
+    ) -> &crate::upstream::pool::HttpPool {
         self.http.get_or_init(make)
     }
 

@@ -186,9 +186,9 @@ async fn app_answer(
     use http::header;
     use http_body_util::BodyExt;
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-    let Some(key) = key
-        .filter(|_| crate::handshake::classify(&req) == crate::handshake::RequestKind::WebSocket)
-    else {
+    let Some(key) = key.filter(|_| {
+        crate::proxy::handshake::classify(&req) == crate::proxy::handshake::RequestKind::WebSocket
+    }) else {
         // Read what was sent (up to 1 MiB) before answering, as a well-behaved
         // server does: closing on an unread body resets the connection, and
         // the answer is lost with it.
@@ -202,7 +202,7 @@ async fn app_answer(
         );
         return res;
     };
-    let accept = crate::handshake::accept_key(key.as_bytes());
+    let accept = crate::proxy::handshake::accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
     let token = shutdown.clone();
     tasks.spawn(async move {

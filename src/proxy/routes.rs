@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::balancer::{PoolSettings, Server, Upstream};
 use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts};
-use crate::tls::TlsSettings;
+use crate::net::tls::TlsSettings;
+use crate::upstream::balancer::{PoolSettings, Server, Upstream};
 
 /// Everything a new connection needs, compiled once per config load.
 pub struct Snapshot {
@@ -133,7 +133,10 @@ impl Snapshot {
                     pool_max_idle: u.pool_max_idle,
                     pool_idle_timeout: u.pool_idle_timeout,
                     tls: u.tls.as_ref().map(|t| {
-                        Arc::new(crate::tls::BackendTls::new(t.client.clone(), t.sni.clone()))
+                        Arc::new(crate::net::tls::BackendTls::new(
+                            t.client.clone(),
+                            t.sni.clone(),
+                        ))
                     }),
                 };
                 let weights: Vec<u32> = u.servers.iter().map(|s| s.weight).collect();

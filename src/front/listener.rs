@@ -19,10 +19,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
-use crate::framing::{Guarded, Scanner};
-use crate::linger::{LingerPlan, Lingering};
+use crate::net::guard::{Guarded, Scanner};
+use crate::net::linger::{LingerPlan, Lingering};
+use crate::net::tls::MaybeTls;
 use crate::proxy::{self, ConnContext};
-use crate::tls::MaybeTls;
 use crate::Shared;
 
 /// A listening socket and the name of its `[[listeners]]` entry.

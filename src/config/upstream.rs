@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 
 use toml::Spanned;
 
+use crate::config::validate::{RawServer, RawUpstream, Validator};
 use crate::config::*;
-use crate::validate::{RawServer, RawUpstream, Validator};
 
 impl Validator<'_> {
     /// Every `[upstreams.NAME]`, in name order. One with mistakes is kept

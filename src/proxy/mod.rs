@@ -24,17 +24,24 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::balancer::Balance;
-use crate::frames::encode_close;
-use crate::framing::{Guarded, Scanner};
-use crate::handshake::{self, HandshakeError, RequestKind};
-use crate::linger::Lingering;
-use crate::metrics::TunnelLabels;
-use crate::routes::{self, ListenerSettings};
-use crate::stats::{ConnInfo, RegistryGuard, RequestRecord, Side, TunnelEnd, CLOSE_GOING_AWAY};
-use crate::tls::{ClientStream, MaybeTls};
+use crate::net::guard::{Guarded, Scanner};
+use crate::net::linger::Lingering;
+use crate::net::tls::{ClientStream, MaybeTls};
+use crate::observe::metrics::TunnelLabels;
+use crate::observe::registry::{
+    ConnInfo, RegistryGuard, RequestRecord, Side, TunnelEnd, CLOSE_GOING_AWAY,
+};
+use crate::tunnel::frames::encode_close;
+use crate::upstream::balancer::Balance;
 use crate::upstream::{self, Answer, Deadlines, UpstreamError};
-use crate::{plain, tunnel, Shared};
+use crate::{tunnel, Shared};
+use handshake::{HandshakeError, RequestKind};
+use routes::ListenerSettings;
+
+pub mod handshake;
+pub mod plain;
+pub mod routes;
+pub mod upload;
 
 /// Body of every response wsgate sends to a client.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;

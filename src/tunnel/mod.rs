@@ -15,7 +15,7 @@
 //! tunnel.
 //!
 //! Closing on wsgate's own initiative (shutdown, and later drain or an
-//! operator's request) goes through [`crate::stats::CloseControl`]: each
+//! operator's request) goes through [`crate::observe::registry::CloseControl`]: each
 //! direction then reads at most up to the end of the current frame, writes
 //! the Close frame exactly at that boundary (masked toward the backend), and
 //! from then on reads and discards what its sender sends, until that
@@ -36,10 +36,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::direction::{Half, HalfError};
-use crate::frames::{encode_close, FrameError, Sender};
-use crate::stats::{CloseOrder, ConnStats, DirectionCounters, Side, TunnelEnd};
-use crate::tls::{BackendStream, ClientStream, MaybeTls, OverTcp};
+use crate::net::tls::{BackendStream, ClientStream, MaybeTls, OverTcp};
+use crate::observe::registry::{CloseOrder, ConnStats, DirectionCounters, Side, TunnelEnd};
+use crate::tunnel::direction::{Half, HalfError};
+use crate::tunnel::frames::{encode_close, FrameError, Sender};
+
+mod direction;
+pub mod frames;
 
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;

@@ -40,7 +40,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::Timeouts;
-use crate::handshake::HandshakeError;
+use crate::proxy::handshake::HandshakeError;
 use crate::proxy::{ConnContext, Refusal};
 
 // === impl Upload ===
@@ -63,7 +63,7 @@ pub(crate) struct Upload {
     /// the client's, not the backend's.
     waiting_on_client: AtomicBool,
     /// The guard, for the reason of a refusal.
-    scanner: Arc<Mutex<crate::framing::Scanner>>,
+    scanner: Arc<Mutex<crate::net::guard::Scanner>>,
     /// This request's index on its connection, as the guard counts.
     request: u64,
     /// `limits.max_request_body`.

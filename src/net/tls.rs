@@ -129,7 +129,7 @@ impl std::fmt::Debug for BackendTls {
 }
 
 impl BackendTls {
-    /// From a client config built by [`client_config`].
+    /// From a client config built by [`crate::config::tls::client_config`].
     pub fn new(config: Arc<rustls::ClientConfig>, sni: Option<ServerName<'static>>) -> Self {
         Self {
             connector: tokio_rustls::TlsConnector::from(config),
@@ -157,92 +157,6 @@ impl BackendTls {
         tcp: TcpStream,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         self.connector.connect(name, tcp).await
-    }
-}
-
-/// A client config for backends: TLS 1.2 and 1.3, ALPN `http/1.1`, trusting
-/// `roots` (the bundled Mozilla roots when `None`), presenting `client_auth`
-/// for mutual TLS, or, with `insecure`, verifying no certificate at all.
-///
-/// # Errors
-/// A rustls error for an unusable client certificate or key.
-pub fn client_config(
-    roots: Option<rustls::RootCertStore>,
-    client_auth: Option<(
-        Vec<rustls::pki_types::CertificateDer<'static>>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    )>,
-    insecure: bool,
-) -> Result<rustls::ClientConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-    } else {
-        let roots = roots.unwrap_or_else(|| rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        });
-        builder.with_root_certificates(roots)
-    };
-    let mut config = match client_auth {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// `insecure_skip_verify`: accepts any certificate, still checking that the
-/// handshake is signed by it (so the stream is at least encrypted to
-/// whoever holds that key).
-#[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

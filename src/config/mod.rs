@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 
-pub use crate::balancer::{Balance, HashKey};
+pub mod tls;
+pub mod upstream;
+pub mod validate;
 
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
 pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -429,14 +431,47 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// # Errors
 /// [`ConfigError::Invalid`] with every problem found.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    crate::validate::parse(text, path)
+    crate::config::validate::parse(text, path)
+}
+
+/// How an upstream picks a server (`balance =`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Balance {
+    /// Fewest active tunnels per unit of weight: right for long-lived connections.
+    LeastConn,
+    /// Smooth weighted round-robin (as nginx does it).
+    RoundRobin,
+    /// Power of two random choices over active tunnels.
+    RandomTwo,
+    /// Consistent hashing with bounded loads: one key reaches one server from
+    /// every wsgate sharing the config, and no server takes more than
+    /// `load_factor` times its fair share.
+    Hash {
+        /// What identifies a client.
+        key: HashKey,
+        /// At least 1.0; 1.25 by default.
+        load_factor: f64,
+    },
+}
+
+/// What a `hash` upstream hashes (`hash_key =`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `header:NAME`, a request header (lowercase name).
+    Header(http::HeaderName),
+    /// `cookie:NAME`, a cookie.
+    Cookie(String),
+    /// `query:NAME`, a query parameter.
+    Query(String),
+    /// `ip`, the client address.
+    Ip,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::line_column;
-    use crate::validate_upstream::split_host_port;
+    use crate::config::upstream::split_host_port;
+    use crate::config::validate::line_column;
 
     fn problems(text: &str) -> Vec<Problem> {
         match parse(text, Path::new("/etc/wsgate/test.toml")) {

@@ -68,7 +68,7 @@ pub enum HandshakeError {
     Body,
     /// The path is ambiguous or climbs above the root.
     #[error("{0}")]
-    Path(#[from] crate::routes::PathError),
+    Path(#[from] crate::proxy::routes::PathError),
     /// On a TLS listener, a Host the certificate chosen by the client's SNI
     /// does not cover.
     #[error("host {0:?} is not served by the certificate this connection's SNI chose")]

@@ -40,10 +40,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balancer::Upstream;
-use crate::drain;
-use crate::frames::close_code_allowed;
-use crate::stats::{CloseOrder, ConnStats, DirectionTotals};
+use crate::control::drain;
+use crate::observe::registry::{CloseOrder, ConnStats, DirectionTotals};
+use crate::tunnel::frames::close_code_allowed;
+use crate::upstream::balancer::Upstream;
 use crate::Shared;
 
 /// Close code 1008 (Policy Violation): the default when an operator ends a connection.
@@ -169,9 +169,9 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminRespon
         }
         (&Method::POST, ["api", "upstreams", name, "rebalance"]) => rebalance(shared, name, &query),
         (&Method::GET, ["api", "config"]) => config_view(shared),
-        (&Method::POST, ["reload"]) => match crate::reload::reload(shared).await {
+        (&Method::POST, ["reload"]) => match crate::control::reload::reload(shared).await {
             Ok(report) => json_response(StatusCode::OK, &report),
-            Err(crate::reload::ReloadError::Draining) => error(
+            Err(crate::control::reload::ReloadError::Draining) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "wsgate is draining; reloads are refused",
             ),

@@ -23,8 +23,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::ReadBuf;
 
-use crate::frames::{FrameError, FrameTracker, Sender};
-use crate::stats::{now_ms, ConnStats, DirectionCounters};
+use crate::observe::registry::{now_ms, ConnStats, DirectionCounters};
+use crate::tunnel::frames::{FrameError, FrameTracker, Sender};
 use crate::tunnel::{Splice, COPY_BUFFER_SIZE};
 
 /// Where one direction is (see the transitions above).

@@ -24,9 +24,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigError};
-use crate::listener::{BindError, BoundListener};
-use crate::routes::{CompileError, Snapshot};
-use crate::{drain, listener, Shared};
+use crate::control::drain;
+use crate::front::listener;
+use crate::front::listener::{BindError, BoundListener};
+use crate::proxy::routes::{CompileError, Snapshot};
+use crate::Shared;
 
 /// A listener that is accepting, as the reload logic needs to know it.
 #[derive(Debug)]

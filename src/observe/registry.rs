@@ -200,7 +200,7 @@ pub struct ConnInfo {
     pub backend: SocketAddr,
     /// The server object itself: drains match tunnels by identity, so a
     /// server removed and added again is not confused with its old self.
-    pub server: Arc<crate::balancer::Server>,
+    pub server: Arc<crate::upstream::balancer::Server>,
     /// Forwarded path.
     pub path: String,
 }

@@ -1,0 +1,10 @@
+//! The control path: the admin API, live reload, and draining.
+//!
+//! - [`admin`]: the HTTP admin API and its probes.
+//! - [`reload`]: re-reads the config, compiles a new snapshot and swaps it,
+//!   binding and closing listeners as needed.
+//! - [`drain`]: closes tunnels with Close frames, spread over a window.
+
+pub mod admin;
+pub mod drain;
+pub mod reload;

@@ -1,0 +1,4 @@
+//! The front door: listeners, the accept loop, and serving each client
+//! connection with hyper (HTTP/1.1 with upgrades) into `proxy::handle`.
+
+pub mod listener;

@@ -1,0 +1,13 @@
+//! The byte streams under the data path, below any protocol logic.
+//!
+//! - [`tls`]: TLS termination (certificates chosen by SNI), TLS to
+//!   backends, and [`tls::MaybeTls`], the plain-or-TLS stream every other
+//!   module carries.
+//! - [`guard`]: the raw-byte HTTP/1.1 framing guard that refuses anything
+//!   that could desync a backend before hyper parses it.
+//! - [`linger`]: lingering close, so a client still sending reads wsgate's
+//!   error answer instead of a reset.
+
+pub mod guard;
+pub mod linger;
+pub mod tls;
