@@ -73,7 +73,7 @@ pub(crate) async fn forward(
     let mut headers = parts.headers;
     // TE is this hop's: a client that accepts trailers gets them only if
     // wsgate asks the backend for them on its own hop (RFC 9110 10.1.4).
-    let te_trailers = handshake::header_has_token(&headers, &header::TE, "trailers");
+    let te_trailers = crate::upstream::answer::header_has_token(&headers, &header::TE, "trailers");
     // Also drops an `Upgrade: h2c` and its HTTP2-Settings (named in
     // Connection): the request goes on as HTTP/1.1.
     handshake::strip_hop_by_hop(&mut headers);
@@ -109,7 +109,8 @@ pub(crate) async fn forward(
     for (i, server) in candidates.iter().enumerate() {
         let addr = server.addr;
         record.backend = Some(addr);
-        let mut req = Request::new(RequestBody::new(upload.clone(), timeouts.client_body));
+        let body = RequestBody::new(upload.clone(), timeouts.client_body);
+        let mut req = Request::new(body.boxed_unsync());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         *req.version_mut() = Version::HTTP_11;

@@ -42,6 +42,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::config::Timeouts;
 use crate::proxy::handshake::HandshakeError;
 use crate::proxy::{ConnContext, Refusal};
+use crate::upstream::pool::BodyError;
 
 // === impl Upload ===
 
@@ -237,9 +238,6 @@ impl Upload {
 }
 
 // === impl RequestBody ===
-
-/// Why a client's body stopped on its way to a backend.
-type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The client's body on its way to one backend.
 pub struct RequestBody {

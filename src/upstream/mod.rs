@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::tls::{BackendStream, BackendTls, MaybeTls};
-use crate::proxy::handshake::{check_backend_101, BackendAnswerError};
 use crate::upstream::balancer::{ActiveGuard, Server};
+use answer::{check_backend_101, BackendAnswerError};
 
+pub mod answer;
 pub mod balancer;
 pub mod pool;
 

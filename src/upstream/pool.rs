@@ -28,13 +28,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::tls::{BackendStream, BackendTls, MaybeTls};
-use crate::proxy::upload::RequestBody;
 use crate::upstream::balancer::Server;
 use crate::upstream::{self, UpstreamError};
 
+/// A request body on its way to a backend. Boxed so that the pool does not
+/// name the proxy's body type (which would tie `upstream` to `proxy`): one
+/// small allocation per plain request.
+pub type PoolBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BodyError>;
+
+/// Why a request body stopped on its way to a backend.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The client side of one upstream's plain HTTP traffic.
 pub struct HttpPool {
-    client: Client<Connector, RequestBody>,
+    client: Client<Connector, PoolBody>,
     /// `https` when the upstream uses TLS: only for the pool key and logs,
     /// since the connector decides TLS itself.
     scheme: &'static str,
@@ -98,7 +105,7 @@ impl HttpPool {
     pub async fn send(
         &self,
         server: &Server,
-        mut req: Request<RequestBody>,
+        mut req: Request<PoolBody>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         // The authority is the server's address: it keys the pool, and the
