@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
-use crate::net::guard::{Guarded, Scanner};
-use crate::net::linger::{LingerPlan, Lingering};
+use crate::net;
+use crate::net::guard::Scanner;
+use crate::net::linger::LingerPlan;
 use crate::net::tls::MaybeTls;
 use crate::proxy::{self, ConnContext};
 use crate::Shared;
@@ -139,7 +140,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         tasks: shared.tasks.clone(),
         stop: shared.drain.clone(),
     };
-    let stream = Guarded::new(Lingering::new(stream, plan), scanner.clone());
+    let stream = net::client::wrap(stream, plan, scanner.clone());
     let ctx = Arc::new(ConnContext {
         sni_cert,
         shared: shared.clone(),
@@ -154,7 +155,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.client_handshake)
         .max_buf_size(limits.max_request_headers)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(stream, service)
         .with_upgrades();
     tokio::pin!(conn);
     let mut draining = false;

@@ -3,11 +3,14 @@
 //! - [`tls`]: TLS termination (certificates chosen by SNI), TLS to
 //!   backends, and [`tls::MaybeTls`], the plain-or-TLS stream every other
 //!   module carries.
+//! - [`client`]: a client stream wrapped for hyper, and unwrapped after
+//!   an upgrade.
 //! - [`guard`]: the raw-byte HTTP/1.1 framing guard that refuses anything
 //!   that could desync a backend before hyper parses it.
 //! - [`linger`]: lingering close, so a client still sending reads wsgate's
 //!   error answer instead of a reset.
 
+pub mod client;
 pub mod guard;
 pub mod linger;
 pub mod tls;

@@ -1,127 +1,51 @@
-//! The life of one request, top to bottom: classify, check the handshake,
-//! normalise the path, route, pick servers, open the upstream, answer the
-//! client, and hand a verified upgrade to a tracked tunnel task.
+//! The life of one request, top to bottom. [`handle`] classifies it and
+//! makes sure it ends in exactly one response and one log line; `forward`
+//! runs the phases in order:
 //!
-//! Owns: the order of those phases and the answer for each failure. Every
-//! request ends in exactly one response and one log line (the tunnel's
-//! access line for a 101, a handshake line for everything else).
+//! 1. `check`: RFC 6455 (or RFC 9112) rules, the certificate's hosts, the
+//!    target's form, the path normalised ([`handshake`], [`routes`]);
+//! 2. `route`: the route and its servers, in order, from the snapshot
+//!    loaded once;
+//! 3. forward: a plain request through [`plain`] (its body through
+//!    [`upload`]); an upgrade through `upgrade`, which sends it to a
+//!    backend, and on a verified 101 starts the tunnel task
+//!    ([`crate::tunnel::session::serve`]).
+//!
+//! Owns: the order of those phases and the answer for each failure
+//! ([`Refusal`], in [`context`]). The tunnel writes its own access line;
+//! every other request's line is written here or by its streamed body.
 //!
 //! Must not: open a tunnel on anything but a backend's verified 101, or pass
 //! any byte from the client to a backend before that.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
-use crate::net::guard::{Guarded, Scanner};
-use crate::net::linger::Lingering;
-use crate::net::tls::{ClientStream, MaybeTls};
-use crate::observe::metrics::TunnelLabels;
-use crate::observe::registry::{
-    ConnInfo, RegistryGuard, RequestRecord, Side, TunnelEnd, CLOSE_GOING_AWAY,
-};
-use crate::tunnel::frames::encode_close;
-use crate::upstream::balancer::Balance;
-use crate::upstream::{self, Answer, Deadlines, UpstreamError};
-use crate::{tunnel, Shared};
+use crate::config::Timeouts;
+use crate::observe::registry::{ConnInfo, RequestRecord};
+use crate::tunnel::session::Session;
+use crate::tunnel::{self, TunnelTimeouts};
+use crate::upstream::balancer::{Balance, Server};
+use crate::upstream::{self, Answer, Deadlines};
+use context::InFlight;
 use handshake::{HandshakeError, RequestKind};
-use routes::ListenerSettings;
+use routes::Route;
 
+pub mod context;
 pub mod handshake;
 pub mod plain;
 pub mod routes;
 pub mod upload;
 
-/// Body of every response wsgate sends to a client.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
-
-/// What one client connection knows about itself.
-pub struct ConnContext {
-    /// Process-wide state.
-    pub shared: Arc<Shared>,
-    /// The listener that accepted it.
-    pub listener: Arc<ListenerSettings>,
-    /// The peer's socket address.
-    pub peer: SocketAddr,
-    /// The certificate the client's SNI named, if it named one: a request
-    /// for a host that certificate does not cover is misdirected (421).
-    pub sni_cert: Option<usize>,
-    /// Requests being served on this connection right now (0 or 1 with
-    /// HTTP/1.1): a drain closes a connection at once when it is 0.
-    pub in_flight: AtomicUsize,
-    /// The framing guard over this connection's bytes (see framing.rs).
-    pub scanner: Arc<Mutex<Scanner>>,
-}
-
-impl ConnContext {
-    /// Sets this hop's forwarding headers on a request bound for a backend
-    /// (see `upstream::set_forwarding_headers`), for upgrades and plain
-    /// requests alike.
-    pub fn set_forwarding_headers(&self, headers: &mut HeaderMap, host: Option<&HeaderValue>) {
-        let peer = self.peer.ip();
-        let tls = self.listener.tls.is_some();
-        upstream::set_forwarding_headers(headers, peer, self.listener.trusts(peer), tls, host);
-    }
-
-    /// The connection's framing guard.
-    pub fn scanner(&self) -> std::sync::MutexGuard<'_, Scanner> {
-        // Plain state with no invariant a panic could break.
-        self.scanner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Counts one request in flight until dropped, on every path.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn new(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::SeqCst);
-        Self(n)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Why a request was answered without a tunnel.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Refusal {
-    #[error(transparent)]
-    Client(#[from] HandshakeError),
-    #[error(transparent)]
-    Backend(#[from] UpstreamError),
-}
-
-impl Refusal {
-    fn status(&self) -> StatusCode {
-        match self {
-            Refusal::Client(e) => e.status(),
-            Refusal::Backend(e) => e.status(),
-        }
-    }
-
-    fn side(&self) -> &'static str {
-        match self {
-            Refusal::Client(HandshakeError::NoRoute) => "config",
-            Refusal::Client(_) => "client",
-            Refusal::Backend(_) => "backend",
-        }
-    }
-}
+pub(crate) use context::Refusal;
+pub use context::{ConnContext, ProxyBody};
 
 /// Serves one request on a client connection. Never fails: every error becomes a response.
 pub async fn handle(
@@ -266,12 +190,44 @@ enum Forwarded {
     Answered(Response<ProxyBody>),
 }
 
+/// One request's phases, in order: check it, route it, then forward it as
+/// a plain request or as an upgrade. Each phase returns a typed result,
+/// and the first [`Refusal`] ends the request.
 async fn forward(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     ctx: &Arc<ConnContext>,
     kind: RequestKind,
     record: &mut RequestRecord,
 ) -> Result<Forwarded, Refusal> {
+    let checked = check(&req, ctx, kind)?;
+    let routed = route(&req, ctx, checked.host, &checked.path, record)?;
+    match checked.key {
+        None => {
+            let response = plain::forward(req, ctx, routed.as_plain(), record).await?;
+            Ok(Forwarded::Streaming(response))
+        }
+        Some(key) => upgrade(req, ctx, routed, &key, record).await,
+    }
+}
+
+/// A request that passed [`check`].
+struct Checked {
+    /// The normalised Host.
+    host: String,
+    /// The normalised path (RFC 3986 dot segments removed, encoding fixed).
+    path: String,
+    /// The client's `Sec-WebSocket-Key`, for an upgrade.
+    key: Option<HeaderValue>,
+}
+
+/// Phase 1: is the request well-formed (RFC 6455 for an upgrade, RFC 9112
+/// for a plain request), addressed to a host its TLS connection may carry,
+/// in origin form, with a path that normalises.
+fn check(
+    req: &Request<Incoming>,
+    ctx: &ConnContext,
+    kind: RequestKind,
+) -> Result<Checked, Refusal> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -279,9 +235,9 @@ async fn forward(
         .unwrap_or("");
     let host = routes::normalize_host(host);
     let key = match kind {
-        RequestKind::WebSocket => Some(handshake::check_client_request(&req)?),
+        RequestKind::WebSocket => Some(handshake::check_client_request(req)?),
         RequestKind::Plain => {
-            handshake::check_plain_request(&req)?;
+            handshake::check_plain_request(req)?;
             None
         }
     };
@@ -297,11 +253,47 @@ async fn forward(
         return Err(HandshakeError::Path(routes::PathError::NotOriginForm).into());
     }
     let path = routes::normalize_path(req.uri().path()).map_err(HandshakeError::Path)?;
+    Ok(Checked { host, path, key })
+}
 
-    // Take what this request needs from the snapshot and let go of the rest.
+/// A request matched to a route, with what it needs from the snapshot.
+struct Routed {
+    /// The matched route.
+    route: Arc<Route>,
+    /// Servers to try, in order (at most `retries + 1`).
+    candidates: Vec<Arc<Server>>,
+    /// Normalised path and the query, as the backend gets it.
+    target: String,
+    /// From the snapshot the request was routed with.
+    timeouts: Timeouts,
+    /// `limits.max_request_body`.
+    max_body: Option<u64>,
+}
+
+impl Routed {
+    fn as_plain(&self) -> plain::Routed<'_> {
+        plain::Routed {
+            route: &self.route,
+            candidates: &self.candidates,
+            target: &self.target,
+            timeouts: self.timeouts,
+            max_body: self.max_body,
+        }
+    }
+}
+
+/// Phase 2: the route for host and path in the snapshot loaded once (and
+/// let go of before any await), and the servers to try in order.
+fn route(
+    req: &Request<Incoming>,
+    ctx: &ConnContext,
+    host: String,
+    path: &str,
+    record: &mut RequestRecord,
+) -> Result<Routed, Refusal> {
     let (route, timeouts, max_body) = {
         let snapshot = ctx.shared.snapshot.load();
-        let route = snapshot.route(&host, &path).cloned();
+        let route = snapshot.route(&host, path).cloned();
         (
             route.ok_or(HandshakeError::NoRoute)?,
             snapshot.timeouts,
@@ -317,24 +309,106 @@ async fn forward(
         _ => None,
     };
     let candidates = route.upstream.candidates(hash);
-
-    let mut target = path.clone();
+    let mut target = path.to_string();
     if let Some(q) = req.uri().query() {
         target.push('?');
         target.push_str(q);
     }
-    let Some(key) = key else {
-        let routed = plain::Routed {
-            route: &route,
-            candidates: &candidates,
-            target: &target,
-            timeouts,
-            max_body,
-        };
-        let response = plain::forward(req, ctx, routed, record).await?;
-        return Ok(Forwarded::Streaming(response));
+    Ok(Routed {
+        route,
+        candidates,
+        target,
+        timeouts,
+        max_body,
+    })
+}
+
+/// Phase 3 for an upgrade: send it to the first server that accepts a
+/// connection; a verified 101 starts the tunnel task, any other answer
+/// goes back to the client as an ordinary response.
+async fn upgrade(
+    mut req: Request<Incoming>,
+    ctx: &Arc<ConnContext>,
+    routed: Routed,
+    key: &HeaderValue,
+    record: &mut RequestRecord,
+) -> Result<Forwarded, Refusal> {
+    let accept = handshake::accept_key(key.as_bytes());
+    let hs = upstream::Handshake {
+        request: backend_request(&req, ctx, &routed.target)?,
+        expected_accept: &accept,
+        offered: req.headers(),
+        deadlines: Deadlines {
+            connect: routed.timeouts.connect,
+            handshake: routed.timeouts.upstream_handshake,
+        },
+        tasks: &ctx.shared.tasks,
+        shutdown: &ctx.shared.shutdown,
+        tls: routed.route.upstream.tls.as_deref(),
     };
-    let client = record.client;
+    let answer = upstream::open(&routed.candidates, &hs)
+        .await
+        .inspect_err(|e| {
+            // The access line names the backend that failed, not `-`.
+            record.backend = e.addr();
+        })?;
+    match answer {
+        Answer::Http { server, response } => {
+            // Not a 101: an ordinary response, and the client connection stays
+            // HTTP, so whatever the client sends next is parsed as a request.
+            record.backend = Some(server.addr);
+            upstream::check_framing(response.headers(), server.addr)?;
+            let (mut parts, body) = response.into_parts();
+            handshake::strip_hop_by_hop(&mut parts.headers);
+            let response = Response::from_parts(parts, body.boxed());
+            Ok(Forwarded::Answered(response))
+        }
+        Answer::Upgraded {
+            server,
+            active,
+            stream,
+            leftover,
+            headers,
+        } => {
+            let shared = &ctx.shared;
+            let session = Session {
+                registry: shared.registry.clone(),
+                metrics: shared.metrics.clone(),
+                drain: shared.drain.clone(),
+                shutdown: shared.shutdown.clone(),
+                conn: ConnInfo {
+                    client: record.client,
+                    listener: ctx.listener.name.clone(),
+                    route: routed.route.label.clone(),
+                    upstream: routed.route.upstream.name.clone(),
+                    backend: server.addr,
+                    server,
+                    path: routed.target,
+                },
+                backend: stream,
+                backend_leftover: leftover,
+                active,
+                timeouts: TunnelTimeouts {
+                    half_close: routed.timeouts.half_close,
+                    close: routed.timeouts.close,
+                },
+            };
+            let client_upgrade = hyper::upgrade::on(&mut req);
+            shared
+                .tasks
+                .spawn(tunnel::session::serve(session, client_upgrade));
+            Ok(Forwarded::Tunnel(switching_protocols(headers)))
+        }
+    }
+}
+
+/// The upgrade request as the backend gets it: the client's end-to-end
+/// headers, this hop's forwarding headers and its own Upgrade/Connection.
+fn backend_request(
+    req: &Request<Incoming>,
+    ctx: &ConnContext,
+    target: &str,
+) -> Result<Request<Empty<Bytes>>, Refusal> {
     let mut headers = req.headers().clone();
     handshake::strip_hop_by_hop(&mut headers);
     ctx.set_forwarding_headers(&mut headers, req.headers().get(header::HOST));
@@ -346,152 +420,7 @@ async fn forward(
         .parse()
         .map_err(|_| HandshakeError::Path(routes::PathError::BadEncoding))?;
     *backend_req.headers_mut() = headers;
-
-    let accept = handshake::accept_key(key.as_bytes());
-    let deadlines = Deadlines {
-        connect: timeouts.connect,
-        handshake: timeouts.upstream_handshake,
-    };
-    let hs = upstream::Handshake {
-        request: backend_req,
-        expected_accept: &accept,
-        offered: req.headers(),
-        deadlines,
-        tasks: &ctx.shared.tasks,
-        shutdown: &ctx.shared.shutdown,
-        tls: route.upstream.tls.as_deref(),
-    };
-    let answer = upstream::open(&candidates, &hs).await.inspect_err(|e| {
-        // The access line names the backend that failed, not `-`.
-        record.backend = e.addr();
-    })?;
-
-    match answer {
-        Answer::Http { server, response } => {
-            // Not a 101: an ordinary response, and the client connection stays
-            // HTTP, so whatever the client sends next is parsed as a request.
-            record.backend = Some(server.addr);
-            upstream::check_framing(response.headers(), server.addr)?;
-            let (mut parts, body) = response.into_parts();
-            handshake::strip_hop_by_hop(&mut parts.headers);
-            Ok(Forwarded::Answered(Response::from_parts(
-                parts,
-                body.boxed(),
-            )))
-        }
-        Answer::Upgraded {
-            server,
-            active,
-            stream,
-            leftover,
-            headers,
-        } => {
-            let on_client_upgrade = hyper::upgrade::on(&mut req);
-
-            let shared = ctx.shared.clone();
-            let new_conn = ConnInfo {
-                client,
-                listener: ctx.listener.name.clone(),
-                route: route.label.clone(),
-                upstream: route.upstream.name.clone(),
-                backend: server.addr,
-                server: server.clone(),
-                path: target,
-            };
-            ctx.shared.tasks.spawn(async move {
-                let _active = active;
-                // Registered from the 101 on; the record and metrics are written
-                // when `ending` drops, on every path, a panic included.
-                let guard = shared.registry.open(new_conn, &shared.drain);
-                shared.metrics.tunnel_opened(&guard.stats.info);
-                let mut ending = Ending {
-                    shared: shared.clone(),
-                    guard,
-                    end: None,
-                };
-                let upgraded = tokio::select! {
-                    u = on_client_upgrade => u.map_err(|e| e.to_string()),
-                    _ = shared.shutdown.cancelled() => Err("proxy shutting down".to_string()),
-                };
-                let unexpected = || "upgraded client connection has an unexpected type".to_string();
-                let parts = match upgraded {
-                    Ok(u) => u
-                        .downcast::<TokioIo<Guarded<Lingering<ClientStream>>>>()
-                        .map_err(|_| unexpected())
-                        .and_then(|p| {
-                            // The guard and the lingering close end here: what
-                            // follows is frames, for the tunnel alone.
-                            let client = p.io.into_inner().into_inner().into_inner();
-                            client.map(|c| (c, p.read_buf)).ok_or_else(unexpected)
-                        }),
-                    Err(e) => Err(e),
-                };
-                let (client, read_buf) = match parts {
-                    Ok(p) => p,
-                    Err(reason) => {
-                        // The backend already has an open WebSocket: tell it, best effort.
-                        let close = encode_close(
-                            CLOSE_GOING_AWAY,
-                            "client gone",
-                            Some(tunnel::mask_key(ending.guard.stats.id)),
-                        );
-                        // Raw bytes would corrupt a TLS stream: there, the close of the
-                        // connection has to do.
-                        if let MaybeTls::Plain(tcp) = &stream {
-                            let _ = tcp.try_write(&close);
-                        }
-                        ending.end = Some(TunnelEnd {
-                            closed_by: Side::Client,
-                            close_code: None,
-                            close_frame_from: None,
-                            reason: format!("tunnel not started: {reason}"),
-                        });
-                        return;
-                    }
-                };
-                let outcome = tunnel::run(
-                    client,
-                    read_buf,
-                    stream,
-                    leftover,
-                    &ending.guard.stats,
-                    tunnel::TunnelTimeouts {
-                        half_close: timeouts.half_close,
-                        close: timeouts.close,
-                    },
-                    &shared.shutdown,
-                )
-                .await;
-                ending.end = Some(outcome.to_end());
-            });
-            Ok(Forwarded::Tunnel(switching_protocols(headers)))
-        }
-    }
-}
-
-/// Writes a tunnel's access record and closes its metrics when dropped,
-/// whatever ended the task: normally `end` is set, and if it is not (a
-/// panic, or the task dropped at exit) the record says so.
-struct Ending {
-    shared: Arc<Shared>,
-    guard: RegistryGuard,
-    end: Option<TunnelEnd>,
-}
-
-impl Drop for Ending {
-    fn drop(&mut self) {
-        let end = self.end.take().unwrap_or_else(|| TunnelEnd {
-            closed_by: Side::Proxy,
-            close_code: None,
-            close_frame_from: None,
-            reason: "tunnel task ended abnormally".to_string(),
-        });
-        let record = self.guard.finish(end);
-        // Labels are rebuilt here rather than held for the tunnel's life:
-        // an idle tunnel should carry as little as possible.
-        let labels = TunnelLabels::of(&self.guard.stats.info);
-        self.shared.metrics.tunnel_closed(&labels, &record);
-    }
+    Ok(backend_req)
 }
 
 /// The client's 101: the backend's end-to-end headers (accept key,
