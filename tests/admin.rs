@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use wsgate::observe::registry::Side;
+use wsgate::observe::registry::{EndReason, Side};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -604,6 +604,10 @@ async fn metrics_count_real_traffic_exactly() {
         3.0
     );
     assert_eq!(m.sum("wsgate_close_codes_total", &[]), 3.0);
+    // Each closed tunnel is counted once, by why it ended.
+    let ended = |reason: &'static str| [("route", "*/ws"), ("reason", reason)];
+    assert_eq!(m.sum("wsgate_tunnels_closed_total", &ended("closed")), 3.0);
+    assert_eq!(m.sum("wsgate_tunnels_closed_total", &[]), 3.0);
     assert!(
         m.sum(
             "wsgate_handshake_duration_seconds_count",
@@ -909,7 +913,8 @@ async fn deleting_a_connection_closes_both_sides_with_the_code_given() {
     assert_eq!(rec.closed_by, Side::Proxy);
     assert_eq!(rec.close_code, Some(4000));
     assert_eq!(rec.close_frame_from, Some(Side::Proxy));
-    assert_eq!(rec.reason, "closed by proxy with 4000 bye");
+    assert_eq!(rec.reason, EndReason::ProxyClose);
+    assert_eq!(rec.proxy_close, Some(order(4000, "bye")));
     gw.wait_idle().await;
     admin
         .call("DELETE", &format!("/api/connections/{id}"))
@@ -935,7 +940,8 @@ async fn deleting_a_connection_closes_both_sides_with_the_code_given() {
     tokio::join!(finish(client), finish(server));
     let rec = next_record(&mut rx).await;
     assert_eq!(rec.close_code, Some(1008));
-    assert_eq!(rec.reason, format!("closed by proxy with 1008 {}", c.1));
+    assert_eq!(rec.reason, EndReason::ProxyClose);
+    assert_eq!(rec.proxy_close, Some(order(1008, &c.1)));
     gw.wait_idle().await;
 
     // The longest reason that fits a Close frame: 123 bytes, delivered whole.
@@ -1015,7 +1021,8 @@ async fn a_second_delete_on_a_closing_connection_is_a_conflict() {
     wait_closed(&mut client).await;
     let rec = next_record(&mut rx).await;
     assert_eq!(rec.closed_by, Side::Proxy);
-    assert_eq!(rec.reason, "closed by proxy with 4001 first");
+    assert_eq!(rec.reason, EndReason::ProxyClose);
+    assert_eq!(rec.proxy_close, Some(order(4001, "first")));
     gw.wait_idle().await;
 }
 
@@ -1178,7 +1185,8 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
         let rec = next_record(&mut rx).await;
         assert_eq!(rec.backend, a.addr);
         assert_eq!(rec.closed_by, Side::Proxy);
-        assert_eq!(rec.reason, "closed by proxy with 1001 server draining");
+        assert_eq!(rec.reason, EndReason::ProxyClose);
+        assert_eq!(rec.proxy_close, Some(order(1001, "server draining")));
     }
     admin.wait_active("u", a.addr, 0).await;
     admin.wait_active("u", b.addr, 5).await;
@@ -1385,7 +1393,8 @@ async fn rebalance_closes_the_oldest_tunnels_of_the_loaded_server() {
     let mut closed: Vec<u64> = Vec::new();
     for _ in 0..3 {
         let rec = next_record(&mut rx).await;
-        assert_eq!(rec.reason, "closed by proxy with 1012 rebalancing");
+        assert_eq!(rec.reason, EndReason::ProxyClose);
+        assert_eq!(rec.proxy_close, Some(order(1012, "rebalancing")));
         closed.push(rec.id);
     }
     closed.sort_unstable();

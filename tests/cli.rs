@@ -415,6 +415,24 @@ servers = ["{backend}"]
     }
     assert!(closed["id"].is_u64(), "{closed}");
     assert!(closed["duration_ms"].is_u64(), "{closed}");
+    assert!(
+        closed.get("error").is_none(),
+        "a clean end has no error: {closed}"
+    );
+
+    // A Close frame without a code: the line has no close_code at all (not
+    // a sentinel such as -1), and still says who sent the Close.
+    let mut ws = ws_connect(addr, "/chat/room").await;
+    ws.close(None).await.expect("close without a code");
+    within("the closing handshake", async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    drop(ws);
+    let closed = wsgate.json_event("websocket closed").await;
+    assert!(closed.get("close_code").is_none(), "{closed}");
+    assert_eq!(closed["close_frame_from"], "client", "{closed}");
+    assert_eq!(closed["reason"], "closed", "{closed}");
 
     let status = wsgate.terminate().await;
     assert!(status.success(), "exit after SIGTERM: {status}");
@@ -614,10 +632,9 @@ async fn sigterm_closes_live_tunnels_with_1001_then_exits_0() {
     let (status, ()) = tokio::join!(wsgate.terminate(), client);
     assert!(status.success(), "exit after SIGTERM: {status}");
     let closed = wsgate.json_event("websocket closed").await;
-    assert_eq!(
-        closed["reason"], "closed by proxy with 1001 going away",
-        "{closed}"
-    );
+    assert_eq!(closed["reason"], "proxy_close", "{closed}");
+    assert_eq!(closed["proxy_close_code"], 1001, "{closed}");
+    assert_eq!(closed["proxy_close_reason"], "going away", "{closed}");
     assert_eq!(closed["closed_by"], "proxy", "{closed}");
     assert_eq!(closed["close_code"].as_i64(), Some(1001), "{closed}");
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::observe::registry::Side;
+use wsgate::observe::registry::{EndReason, Side};
 
 #[tokio::test]
 async fn drain_closes_every_tunnel_with_1001_on_both_sides() {
@@ -50,7 +50,8 @@ async fn drain_closes_every_tunnel_with_1001_on_both_sides() {
         assert_eq!(r.closed_by, Side::Proxy);
         assert_eq!(r.close_code, Some(1001));
         assert_eq!(r.close_frame_from, Some(Side::Proxy));
-        assert_eq!(r.reason, "closed by proxy with 1001 going away");
+        assert_eq!(r.reason, EndReason::ProxyClose);
+        assert_eq!(r.proxy_close, Some(order(1001, "going away")));
     }
     gw.wait_idle().await;
     // No new connection is accepted once draining.
@@ -200,7 +201,8 @@ async fn the_close_waits_for_the_frame_boundary_in_both_directions() {
         "the client's reply reached the backend after wsgate's Close: {extra:?}"
     );
     let r = next_record(&mut rx).await;
-    assert_eq!(r.reason, "closed by proxy with 1001 going away");
+    assert_eq!(r.reason, EndReason::ProxyClose);
+    assert_eq!(r.proxy_close, Some(order(1001, "going away")));
     assert_eq!(r.to_backend.bytes, client_frame.len() as u64);
     assert_eq!(r.to_client.bytes, server_frame.len() as u64);
     gw.wait_idle().await;
@@ -226,12 +228,8 @@ async fn a_peer_that_never_answers_the_close_is_cut() {
     // Neither side answers.
     let r = next_record(&mut rx).await;
     assert_eq!(r.closed_by, Side::Proxy);
-    assert!(
-        r.reason
-            .contains("closing handshake with code 1001 not finished"),
-        "{}",
-        r.reason
-    );
+    assert_eq!(r.reason, EndReason::CloseTimeout, "{r:?}");
+    assert_eq!(r.proxy_close, Some(order(1001, "going away")));
     wait_closed(&mut client).await;
     gw.wait_idle().await;
 }
@@ -273,7 +271,8 @@ async fn a_side_that_already_sent_its_close_gets_no_second_one() {
         .await
         .expect("client reply");
     let r = next_record(&mut rx).await;
-    assert_eq!(r.reason, "closed by proxy with 1001 going away");
+    assert_eq!(r.reason, EndReason::ProxyClose);
+    assert_eq!(r.proxy_close, Some(order(1001, "going away")));
     assert_eq!(r.close_code, Some(4000));
     assert_eq!(r.close_frame_from, Some(Side::Backend));
     gw.wait_idle().await;

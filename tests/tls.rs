@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::observe::registry::Side;
+use wsgate::observe::registry::{EndReason, Side};
 
 /// Certificate files of one test: A (default) and B (exact and wildcard names).
 struct Certs {
@@ -249,7 +249,7 @@ async fn wss_echoes_text_and_binary() {
     assert_eq!(record.close_code, Some(1000), "{record:?}");
     assert_eq!(record.close_frame_from, Some(Side::Client), "{record:?}");
     assert_eq!(record.closed_by, Side::Backend, "{record:?}");
-    assert_eq!(record.reason, "closed", "{record:?}");
+    assert_eq!(record.reason, EndReason::Closed, "{record:?}");
     gw.wait_idle().await;
 }
 

@@ -68,6 +68,14 @@ struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    listener: String,
+    route: String,
+    closed_by: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseLabels {
     code: String,
     from: String,
@@ -124,6 +132,7 @@ pub struct Metrics {
     handshake_seconds: Family<ListenerLabels, Histogram>,
     tunnel_seconds: Family<DurationLabels, Histogram>,
     close_codes: Family<CloseLabels, Counter>,
+    tunnels_closed: Family<EndLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     http_requests: Family<HandshakeLabels, Counter>,
     http_active: Family<ListenerLabels, Gauge>,
@@ -148,6 +157,7 @@ impl Metrics {
             duration_histogram as fn() -> Histogram,
         );
         let close_codes = Family::<CloseLabels, Counter>::default();
+        let tunnels_closed = Family::<EndLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let http_requests = Family::<HandshakeLabels, Counter>::default();
         let http_active = Family::<ListenerLabels, Gauge>::default();
@@ -212,6 +222,11 @@ impl Metrics {
             close_codes.clone(),
         );
         registry.register(
+            "wsgate_tunnels_closed",
+            "WebSocket tunnels closed, by who stopped first and why (the access record's closed_by and reason)",
+            tunnels_closed.clone(),
+        );
+        registry.register(
             "wsgate_reloads",
             "Config reloads by result",
             reloads.clone(),
@@ -240,6 +255,7 @@ impl Metrics {
             handshake_seconds,
             tunnel_seconds,
             close_codes,
+            tunnels_closed,
             reloads,
             http_requests,
             http_active,
@@ -351,6 +367,14 @@ impl Metrics {
                 route: labels.route.clone(),
             })
             .observe(record.duration_ms as f64 / 1000.0);
+        self.tunnels_closed
+            .get_or_create(&EndLabels {
+                listener: labels.listener.clone(),
+                route: labels.route.clone(),
+                closed_by: record.closed_by.as_str(),
+                reason: record.reason.as_str(),
+            })
+            .inc();
         if let (Some(code), Some(from)) = (record.close_code, record.close_frame_from) {
             self.close_codes
                 .get_or_create(&CloseLabels {

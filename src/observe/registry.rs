@@ -109,7 +109,7 @@ pub struct ConnStats {
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// A request, from wsgate itself, that a tunnel end with a Close frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CloseOrder {
     /// Close code written to both sides.
     pub code: u16,
@@ -286,6 +286,8 @@ impl RegistryGuard {
             close_code: end.close_code,
             close_frame_from: end.close_frame_from,
             reason: end.reason,
+            proxy_close: end.proxy_close,
+            detail: end.detail,
         });
         record.emit();
         let _ = self.registry.finished.send(record.clone());
@@ -299,17 +301,82 @@ impl Drop for RegistryGuard {
     }
 }
 
+/// Why a tunnel ended: the access record's `reason` and the `reason` label
+/// of `wsgate_tunnels_closed_total`. Who did it is `closed_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Both sides finished (closing handshake, EOF) and nothing failed.
+    Closed,
+    /// wsgate started the closing handshake (drain, shutdown, an operator)
+    /// and it finished; the order is in `proxy_close`.
+    ProxyClose,
+    /// Reading from `closed_by` failed (reset, TLS error).
+    ReadError,
+    /// Writing to `closed_by` failed.
+    WriteError,
+    /// `closed_by` broke RFC 6455 framing.
+    ProtocolError,
+    /// One side finished and the other did not within `timeouts.half_close`.
+    HalfCloseTimeout,
+    /// A closing handshake wsgate started did not finish within `timeouts.close`.
+    CloseTimeout,
+    /// Cut by a hard shutdown.
+    Shutdown,
+    /// The client's connection never reached the tunnel (it left between
+    /// the 101 and hyper's hand-over).
+    NotStarted,
+    /// The tunnel task ended without reporting (a panic, or dropped at exit).
+    Aborted,
+}
+
+impl EndReason {
+    /// The label in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::ProxyClose => "proxy_close",
+            EndReason::ReadError => "read_error",
+            EndReason::WriteError => "write_error",
+            EndReason::ProtocolError => "protocol_error",
+            EndReason::HalfCloseTimeout => "half_close_timeout",
+            EndReason::CloseTimeout => "close_timeout",
+            EndReason::Shutdown => "shutdown",
+            EndReason::NotStarted => "not_started",
+            EndReason::Aborted => "aborted",
+        }
+    }
+}
+
 /// How a tunnel ended, as the tunnel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelEnd {
     /// The side that stopped first: sent EOF, errored, or (proxy) was cut.
     pub closed_by: Side,
-    /// Code of the first Close frame that passed, if any.
+    /// Code of the first Close frame that passed, if it had one.
     pub close_code: Option<u16>,
     /// Who sent that Close frame.
     pub close_frame_from: Option<Side>,
-    /// `closed`, or what went wrong.
-    pub reason: String,
+    /// Why it ended.
+    pub reason: EndReason,
+    /// The closing handshake wsgate started, if it started one.
+    pub proxy_close: Option<CloseOrder>,
+    /// The error behind `reason`, for people (not parsed by anything).
+    pub detail: Option<String>,
+}
+
+impl TunnelEnd {
+    /// An end with no Close frame seen and no order given.
+    pub fn bare(closed_by: Side, reason: EndReason, detail: Option<String>) -> Self {
+        Self {
+            closed_by,
+            close_code: None,
+            close_frame_from: None,
+            reason,
+            proxy_close: None,
+            detail,
+        }
+    }
 }
 
 /// The access-log record of one tunnel, with fixed field names.
@@ -339,12 +406,17 @@ pub struct AccessRecord {
     pub to_client: DirectionTotals,
     /// Who stopped first.
     pub closed_by: Side,
-    /// First Close frame's code.
+    /// First Close frame's code; absent when no Close frame passed or it
+    /// had no code.
     pub close_code: Option<u16>,
     /// Sender of that Close frame.
     pub close_frame_from: Option<Side>,
-    /// `closed`, or the error that ended the tunnel.
-    pub reason: String,
+    /// Why it ended.
+    pub reason: EndReason,
+    /// The closing handshake wsgate started, if any: its code and reason.
+    pub proxy_close: Option<CloseOrder>,
+    /// The error behind `reason`, for people.
+    pub detail: Option<String>,
 }
 
 impl AccessRecord {
@@ -368,9 +440,13 @@ impl AccessRecord {
             messages_to_backend = self.to_backend.messages,
             messages_to_client = self.to_client.messages,
             closed_by = self.closed_by.as_str(),
-            close_code = self.close_code.map(i64::from).unwrap_or(-1),
-            close_frame_from = self.close_frame_from.map_or("none", Side::as_str),
-            reason = %self.reason,
+            // Absent, not a sentinel, when there was none: `None` records nothing.
+            close_code = self.close_code,
+            close_frame_from = self.close_frame_from.map(Side::as_str),
+            reason = self.reason.as_str(),
+            proxy_close_code = self.proxy_close.as_ref().map(|o| o.code),
+            proxy_close_reason = self.proxy_close.as_ref().map(|o| o.reason.as_str()),
+            error = self.detail.as_deref(),
             "websocket closed"
         );
     }

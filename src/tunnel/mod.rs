@@ -37,7 +37,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::tls::{BackendStream, ClientStream, MaybeTls, OverTcp};
-use crate::observe::registry::{CloseOrder, ConnStats, DirectionCounters, Side, TunnelEnd};
+use crate::observe::registry::{
+    CloseOrder, ConnStats, DirectionCounters, EndReason, Side, TunnelEnd,
+};
 use crate::tunnel::direction::{Half, HalfError};
 use crate::tunnel::frames::{encode_close, FrameError, Sender};
 
@@ -73,28 +75,28 @@ impl<T: OverTcp + AsyncRead + AsyncWrite + Unpin> Splice for MaybeTls<T> {
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     /// Reading from a side failed (reset, TLS error).
-    #[error("read from {side} failed: {source}")]
+    #[error("read from {} failed: {source}", side.as_str())]
     Read {
         /// Who we were reading from.
-        side: &'static str,
+        side: Side,
         /// The I/O error.
         #[source]
         source: io::Error,
     },
     /// Writing to a side failed.
-    #[error("write to {side} failed: {source}")]
+    #[error("write to {} failed: {source}", side.as_str())]
     Write {
         /// Who we were writing to.
-        side: &'static str,
+        side: Side,
         /// The I/O error.
         #[source]
         source: io::Error,
     },
     /// A side broke RFC 6455 framing.
-    #[error("{side} broke WebSocket framing: {source}")]
+    #[error("{} broke WebSocket framing: {source}", side.as_str())]
     Protocol {
         /// The offender.
-        side: &'static str,
+        side: Side,
         /// The rule broken.
         #[source]
         source: FrameError,
@@ -136,10 +138,26 @@ impl TunnelOutcome {
             close_code: self.first_close.and_then(|(_, c)| c),
             close_frame_from: self.first_close.map(|(s, _)| s),
             reason: match (&self.error, &self.proxy_close) {
-                (Some(e), _) => e.to_string(),
-                (None, Some(o)) => format!("closed by proxy with {} {}", o.code, o.reason),
-                (None, None) => "closed".to_string(),
+                (Some(e), _) => e.reason(),
+                (None, Some(_)) => EndReason::ProxyClose,
+                (None, None) => EndReason::Closed,
             },
+            proxy_close: self.proxy_close.clone(),
+            detail: self.error.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+impl TunnelError {
+    /// The record's reason for this error.
+    pub fn reason(&self) -> EndReason {
+        match self {
+            TunnelError::Read { .. } => EndReason::ReadError,
+            TunnelError::Write { .. } => EndReason::WriteError,
+            TunnelError::Protocol { .. } => EndReason::ProtocolError,
+            TunnelError::HalfCloseTimeout(_) => EndReason::HalfCloseTimeout,
+            TunnelError::CloseTimeout { .. } => EndReason::CloseTimeout,
+            TunnelError::Shutdown => EndReason::Shutdown,
         }
     }
 }
@@ -380,21 +398,21 @@ fn half_error(
         HalfError::Read(source) => (
             sender,
             TunnelError::Read {
-                side: sender.as_str(),
+                side: sender,
                 source,
             },
         ),
         HalfError::Write(source) => (
             receiver,
             TunnelError::Write {
-                side: receiver.as_str(),
+                side: receiver,
                 source,
             },
         ),
         HalfError::Protocol(source) => (
             sender,
             TunnelError::Protocol {
-                side: sender.as_str(),
+                side: sender,
                 source,
             },
         ),

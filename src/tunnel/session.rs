@@ -19,7 +19,7 @@ use crate::net::client;
 use crate::net::tls::{BackendStream, MaybeTls};
 use crate::observe::metrics::{Metrics, TunnelLabels};
 use crate::observe::registry::{
-    ConnInfo, Registry, RegistryGuard, Side, TunnelEnd, CLOSE_GOING_AWAY,
+    ConnInfo, EndReason, Registry, RegistryGuard, Side, TunnelEnd, CLOSE_GOING_AWAY,
 };
 use crate::tunnel::frames::encode_close;
 use crate::tunnel::{mask_key, run, TunnelTimeouts};
@@ -106,12 +106,7 @@ fn not_started(backend: &BackendStream, id: u64, reason: String) -> TunnelEnd {
     if let MaybeTls::Plain(tcp) = backend {
         let _ = tcp.try_write(&close);
     }
-    TunnelEnd {
-        closed_by: Side::Client,
-        close_code: None,
-        close_frame_from: None,
-        reason: format!("tunnel not started: {reason}"),
-    }
+    TunnelEnd::bare(Side::Client, EndReason::NotStarted, Some(reason))
 }
 
 /// Writes a tunnel's access record and closes its metrics when dropped,
@@ -125,12 +120,10 @@ struct Ending {
 
 impl Drop for Ending {
     fn drop(&mut self) {
-        let end = self.end.take().unwrap_or_else(|| TunnelEnd {
-            closed_by: Side::Proxy,
-            close_code: None,
-            close_frame_from: None,
-            reason: "tunnel task ended abnormally".to_string(),
-        });
+        let end = self
+            .end
+            .take()
+            .unwrap_or_else(|| TunnelEnd::bare(Side::Proxy, EndReason::Aborted, None));
         let record = self.guard.finish(end);
         // Labels are rebuilt here rather than held for the tunnel's life:
         // an idle tunnel should carry as little as possible.

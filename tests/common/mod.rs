@@ -19,8 +19,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use wsgate::front::listener::BoundListener;
-use wsgate::observe::registry::AccessRecord;
+use wsgate::observe::registry::{AccessRecord, CloseOrder};
 use wsgate::Gateway;
+
+/// The close order wsgate records when it starts a closing handshake.
+pub fn order(code: u16, reason: &str) -> CloseOrder {
+    CloseOrder {
+        code,
+        reason: reason.to_string(),
+    }
+}
 
 /// How long any single expected event may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
