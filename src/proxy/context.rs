@@ -17,6 +17,7 @@ use http::StatusCode;
 use http_body_util::combinators::BoxBody;
 
 use crate::net::guard::Scanner;
+use crate::observe::registry::Side;
 use crate::proxy::handshake::HandshakeError;
 use crate::proxy::routes::ListenerSettings;
 use crate::upstream::{self, UpstreamError};
@@ -94,12 +95,32 @@ impl Refusal {
         }
     }
 
-    /// Who caused it, for the access line.
-    pub(crate) fn side(&self) -> &'static str {
+    /// Who caused it. A request for a host or path no route serves is the
+    /// client's: it asked for something this proxy does not offer (a 404,
+    /// as every web server counts it).
+    pub(crate) fn side(&self) -> Side {
         match self {
-            Refusal::Client(HandshakeError::NoRoute) => "config",
-            Refusal::Client(_) => "client",
-            Refusal::Backend(_) => "backend",
+            Refusal::Client(_) => Side::Client,
+            Refusal::Backend(_) => Side::Backend,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_side_that_caused_it() {
+        // No route: the client asked for what this proxy does not serve.
+        assert_eq!(Refusal::from(HandshakeError::NoRoute).side(), Side::Client);
+        assert_eq!(
+            Refusal::from(HandshakeError::NoRoute).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            Refusal::from(UpstreamError::NoServers).side(),
+            Side::Backend
+        );
     }
 }

@@ -106,7 +106,7 @@ pub async fn handle(
                 }
             }
             let r = refuse(&refusal);
-            let reason = format!("{}: {refusal}", refusal.side());
+            let reason = format!("{}: {refusal}", refusal.side().as_str());
             record.emit(r.status().as_u16(), record.sent, 0, &reason);
             r
         }
