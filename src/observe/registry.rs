@@ -456,7 +456,7 @@ impl AccessRecord {
 /// its access line says.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
-    /// The real client (see `upstream::real_client`).
+    /// The real client (see `proxy::forwarded::real_client`).
     pub client: SocketAddr,
     /// Listener name.
     pub listener: Arc<str>,

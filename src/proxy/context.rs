@@ -18,9 +18,10 @@ use http_body_util::combinators::BoxBody;
 
 use crate::net::guard::Scanner;
 use crate::observe::registry::Side;
+use crate::proxy::forwarded;
 use crate::proxy::handshake::HandshakeError;
 use crate::proxy::routes::ListenerSettings;
-use crate::upstream::{self, UpstreamError};
+use crate::upstream::UpstreamError;
 use crate::Shared;
 
 /// Body of every response wsgate sends to a client.
@@ -46,12 +47,12 @@ pub struct ConnContext {
 
 impl ConnContext {
     /// Sets this hop's forwarding headers on a request bound for a backend
-    /// (see `upstream::set_forwarding_headers`), for upgrades and plain
+    /// (see `forwarded::set_forwarding_headers`), for upgrades and plain
     /// requests alike.
     pub fn set_forwarding_headers(&self, headers: &mut HeaderMap, host: Option<&HeaderValue>) {
         let peer = self.peer.ip();
         let tls = self.listener.tls.is_some();
-        upstream::set_forwarding_headers(headers, peer, self.listener.trusts(peer), tls, host);
+        forwarded::set_forwarding_headers(headers, peer, self.listener.trusts(peer), tls, host);
     }
 
     /// The connection's framing guard.

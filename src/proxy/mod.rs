@@ -35,10 +35,12 @@ use crate::tunnel::{self, TunnelTimeouts};
 use crate::upstream::balancer::{Balance, Server};
 use crate::upstream::{self, Answer, Deadlines};
 use context::InFlight;
+use forwarded::real_client;
 use handshake::{HandshakeError, RequestKind};
 use routes::Route;
 
 pub mod context;
+pub mod forwarded;
 pub mod handshake;
 pub mod plain;
 pub mod routes;
@@ -61,7 +63,7 @@ pub async fn handle(
         .map_or_else(|| req.uri().to_string(), |p| p.to_string());
     let record = RequestRecord {
         // Behind a trusted proxy, the address its headers name; else the peer.
-        client: upstream::real_client(req.headers(), ctx.peer, |ip| ctx.listener.trusts(ip)),
+        client: real_client(req.headers(), ctx.peer, |ip| ctx.listener.trusts(ip)),
         listener: ctx.listener.name.clone(),
         method: req.method().clone(),
         path,

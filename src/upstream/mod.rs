@@ -4,17 +4,16 @@
 //! when (and only when) the connect fails, sending the upgrade request over
 //! hyper's HTTP/1.1 client with upgrades, the `upstream_handshake`
 //! deadline, verifying the 101, and recovering the raw socket from hyper.
-//! Also builds the forwarding headers (`X-Forwarded-*`, RFC 7239 `Forwarded`).
 //!
 //! Must not: retry once a backend has answered, or open a tunnel on anything
 //! but a verified 101.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -417,177 +416,9 @@ fn clone_request(req: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
     r
 }
 
-/// The real client: the peer itself, unless the peer is a trusted proxy;
-/// then the right-most `X-Forwarded-For` entry that is not a trusted proxy
-/// (entries further left could have been written by anyone). The port is
-/// the peer's when the client is the peer, else 0 (headers carry no port).
-pub fn real_client(
-    headers: &HeaderMap,
-    peer: SocketAddr,
-    trusts: impl Fn(IpAddr) -> bool,
-) -> SocketAddr {
-    // On a [::] listener IPv4 peers arrive as ::ffff:a.b.c.d; ranges are written as IPv4.
-    let trusts = |ip: IpAddr| trusts(ip.to_canonical());
-    if !trusts(peer.ip()) {
-        return peer;
-    }
-    let entries: Vec<String> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|e| e.trim().to_string())
-        .collect();
-    let mut client = peer.ip().to_canonical();
-    for entry in entries.iter().rev() {
-        match parse_forwarded_ip(entry) {
-            Some(ip) if trusts(ip) => client = ip,
-            Some(ip) => {
-                client = ip;
-                break;
-            }
-            // A malformed entry ends what can be believed.
-            None => break,
-        }
-    }
-    let port = if client == peer.ip().to_canonical() {
-        peer.port()
-    } else {
-        0
-    };
-    SocketAddr::new(client, port)
-}
-
-/// An `X-Forwarded-For` entry as proxies write it: `ip`, `ip:port`,
-/// `[v6]`, `[v6]:port`, possibly quoted. `None` for `unknown` and
-/// obfuscated identifiers.
-fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
-    let e = entry.trim().trim_matches('"');
-    e.parse::<IpAddr>()
-        .ok()
-        .or_else(|| e.parse::<SocketAddr>().ok().map(|s| s.ip()))
-        .or_else(|| {
-            e.strip_prefix('[')?
-                .strip_suffix(']')?
-                .parse::<IpAddr>()
-                .ok()
-        })
-        .map(|ip| ip.to_canonical())
-}
-
-/// Sets the forwarding headers for this hop. From a trusted proxy
-/// (`extend`), incoming `X-Forwarded-For` and `Forwarded` are kept and this
-/// hop appended, and its `X-Forwarded-Proto`/`-Host` kept; from anyone
-/// else, all of them are replaced by what this hop knows. `X-Real-IP` is
-/// always dropped.
-pub fn set_forwarding_headers(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    extend: bool,
-    tls: bool,
-    host: Option<&HeaderValue>,
-) {
-    let joined = |headers: &HeaderMap, name: &str| -> Option<String> {
-        let parts: Vec<&str> = headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        (!parts.is_empty()).then(|| parts.join(", "))
-    };
-    let kept = |name: &str| if extend { joined(headers, name) } else { None };
-    let (xff, fwd, xfp, xfh) = (
-        kept("x-forwarded-for"),
-        kept("forwarded"),
-        kept("x-forwarded-proto"),
-        kept("x-forwarded-host"),
-    );
-    for name in [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "x-real-ip",
-    ] {
-        headers.remove(name);
-    }
-    let proto = if tls { "https" } else { "http" };
-    let ip = peer.to_string();
-    let xff = match xff {
-        Some(chain) => format!("{chain}, {ip}"),
-        None => ip.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    let xfp = xfp.unwrap_or_else(|| proto.to_string());
-    if let Ok(v) = HeaderValue::from_str(&xfp) {
-        headers.insert("x-forwarded-proto", v);
-    }
-    // RFC 7239 section 6: IPv6 addresses are bracketed and quoted; a Host with
-    // a port holds ':' and must be a quoted-string.
-    let node = match peer {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(_) => format!("\"[{ip}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    let host = host.and_then(|h| h.to_str().ok());
-    if let Some(h) = host {
-        if h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'*+^`|".contains(&b))
-        {
-            element.push_str(&format!(";host={h}"));
-        } else if !h.contains(['"', '\\']) {
-            element.push_str(&format!(";host=\"{h}\""));
-        }
-    }
-    let xfh = xfh.or_else(|| host.map(str::to_string));
-    if let Some(v) = xfh.and_then(|h| HeaderValue::from_str(&h).ok()) {
-        headers.insert("x-forwarded-host", v);
-    }
-    let forwarded = match fwd {
-        Some(chain) => format!("{chain}, {element}"),
-        None => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(header::FORWARDED, v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forwarding_headers_replace_incoming_ones() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
-        let host = HeaderValue::from_static("chat.example.com:8443");
-        set_forwarding_headers(
-            &mut h,
-            "10.1.2.3".parse().unwrap(),
-            false,
-            true,
-            Some(&host),
-        );
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "chat.example.com:8443");
-        assert_eq!(
-            h["forwarded"],
-            "for=10.1.2.3;proto=https;host=\"chat.example.com:8443\""
-        );
-        set_forwarding_headers(
-            &mut h,
-            "::1".parse().unwrap(),
-            false,
-            false,
-            Some(&HeaderValue::from_static("a.b")),
-        );
-        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http;host=a.b");
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-    }
 
     #[test]
     fn statuses_follow_the_failure() {
@@ -606,92 +437,5 @@ mod tests {
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
-    }
-
-    #[test]
-    fn the_real_client_is_the_rightmost_untrusted_entry() {
-        let trusted =
-            |ip: IpAddr| ip.is_loopback() || matches!(ip, IpAddr::V4(v) if v.octets()[0] == 10);
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let mut h = HeaderMap::new();
-        assert_eq!(real_client(&h, peer, trusted), peer, "no header: the peer");
-        h.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.0.0.5"),
-        );
-        assert_eq!(
-            real_client(&h, peer, trusted),
-            "203.0.113.7:0".parse().unwrap()
-        );
-        let stranger: SocketAddr = "198.51.100.1:7".parse().unwrap();
-        assert_eq!(
-            real_client(&h, stranger, trusted),
-            stranger,
-            "an untrusted peer's header is ignored"
-        );
-        h.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("garbage, 10.0.0.5"),
-        );
-        assert_eq!(
-            real_client(&h, peer, trusted),
-            "10.0.0.5:0".parse().unwrap()
-        );
-    }
-
-    #[test]
-    fn a_trusted_proxy_chain_is_extended() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
-        h.insert(
-            "forwarded",
-            HeaderValue::from_static("for=203.0.113.7;proto=https"),
-        );
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
-        let host = HeaderValue::from_static("a.b");
-        set_forwarding_headers(
-            &mut h,
-            "10.0.0.5".parse().unwrap(),
-            true,
-            false,
-            Some(&host),
-        );
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.0.0.5");
-        assert_eq!(
-            h["forwarded"],
-            "for=203.0.113.7;proto=https, for=10.0.0.5;proto=http;host=a.b"
-        );
-        assert_eq!(
-            h["x-forwarded-proto"], "https",
-            "the first proxy saw the real scheme"
-        );
-        assert!(h.get("x-real-ip").is_none());
-    }
-
-    #[test]
-    fn forwarded_entries_in_every_common_form_are_understood() {
-        for (e, want) in [
-            ("203.0.113.7", "203.0.113.7"),
-            ("203.0.113.7:1234", "203.0.113.7"),
-            ("[2001:db8::1]:443", "2001:db8::1"),
-            ("\"[2001:db8::1]\"", "2001:db8::1"),
-            ("::ffff:10.0.0.5", "10.0.0.5"),
-        ] {
-            assert_eq!(parse_forwarded_ip(e), Some(want.parse().unwrap()), "{e}");
-        }
-        assert_eq!(parse_forwarded_ip("unknown"), None);
-        // A [::] listener sees IPv4 peers as mapped addresses: still trusted.
-        let trusted = |ip: IpAddr| matches!(ip, IpAddr::V4(v) if v.octets()[0] == 10);
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("203.0.113.7:999"),
-        );
-        let mapped: SocketAddr = "[::ffff:10.0.0.5]:4000".parse().unwrap();
-        assert_eq!(
-            real_client(&h, mapped, trusted),
-            "203.0.113.7:0".parse().unwrap()
-        );
     }
 }
