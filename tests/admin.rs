@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use wsgate::observe::registry::{EndReason, Side};
+use wsgate::observe::access::{EndReason, Side};
 
 type Ws = WebSocketStream<TcpStream>;
 

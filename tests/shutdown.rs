@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::observe::registry::{EndReason, Side};
+use wsgate::observe::access::{EndReason, Side};
 
 #[tokio::test]
 async fn drain_closes_every_tunnel_with_1001_on_both_sides() {

@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::observe::registry::{EndReason, Side};
+use wsgate::observe::access::{EndReason, Side};
 
 /// Certificate files of one test: A (default) and B (exact and wildcard names).
 struct Certs {

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::observe::registry::{EndReason, Side};
+use wsgate::observe::access::{EndReason, Side};
 
 #[tokio::test]
 async fn text_and_binary_echo_up_to_16_mib() {

@@ -41,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::drain;
-use crate::observe::registry::{CloseOrder, ConnStats, DirectionTotals};
+use crate::observe::access::{CloseOrder, DirectionTotals};
+use crate::observe::registry::ConnStats;
 use crate::tunnel::frames::close_code_allowed;
 use crate::upstream::balancer::Upstream;
 use crate::Shared;

@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::observe::registry::{CloseOrder, ConnStats, CLOSE_GOING_AWAY};
+use crate::observe::access::CloseOrder;
+use crate::observe::registry::{ConnStats, CLOSE_GOING_AWAY};
 use crate::upstream::balancer::{Server, Upstream};
 use crate::Shared;
 

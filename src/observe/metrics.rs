@@ -23,7 +23,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::observe::registry::{AccessRecord, ConnInfo, DirectionTotals, Registry};
+use crate::observe::access::{AccessRecord, DirectionTotals};
+use crate::observe::registry::{ConnInfo, Registry};
 
 /// Where a tunnel runs: listener, route, upstream and server.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

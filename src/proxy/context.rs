@@ -17,7 +17,7 @@ use http::StatusCode;
 use http_body_util::combinators::BoxBody;
 
 use crate::net::guard::Scanner;
-use crate::observe::registry::Side;
+use crate::observe::access::Side;
 use crate::proxy::forwarded;
 use crate::proxy::handshake::HandshakeError;
 use crate::proxy::routes::ListenerSettings;

@@ -29,7 +29,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
 use crate::config::Timeouts;
-use crate::observe::registry::{ConnInfo, RequestRecord};
+use crate::observe::access::RequestRecord;
+use crate::observe::registry::ConnInfo;
 use crate::tunnel::session::Session;
 use crate::tunnel::{self, TunnelTimeouts};
 use crate::upstream::balancer::{Balance, Server};

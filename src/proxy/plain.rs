@@ -27,7 +27,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::config::Timeouts;
-use crate::observe::registry::RequestRecord;
+use crate::observe::access::RequestRecord;
 use crate::proxy::handshake::{self, HandshakeError};
 use crate::proxy::routes::Route;
 use crate::proxy::upload::{BodyFailure, RequestBody, Upload};

@@ -37,9 +37,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::tls::{BackendStream, ClientStream, MaybeTls, OverTcp};
-use crate::observe::registry::{
-    CloseOrder, ConnStats, DirectionCounters, EndReason, Side, TunnelEnd,
-};
+use crate::observe::access::{CloseOrder, EndReason, Side, TunnelEnd};
+use crate::observe::registry::{ConnStats, DirectionCounters};
 use crate::tunnel::direction::{Half, HalfError};
 use crate::tunnel::frames::{encode_close, FrameError, Sender};
 

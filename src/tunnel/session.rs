@@ -17,10 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net::client;
 use crate::net::tls::{BackendStream, MaybeTls};
+use crate::observe::access::{EndReason, Side, TunnelEnd};
 use crate::observe::metrics::{Metrics, TunnelLabels};
-use crate::observe::registry::{
-    ConnInfo, EndReason, Registry, RegistryGuard, Side, TunnelEnd, CLOSE_GOING_AWAY,
-};
+use crate::observe::registry::{ConnInfo, Registry, RegistryGuard, CLOSE_GOING_AWAY};
 use crate::tunnel::frames::encode_close;
 use crate::tunnel::{mask_key, run, TunnelTimeouts};
 use crate::upstream::balancer::ActiveGuard;

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use wsgate::front::listener::BoundListener;
-use wsgate::observe::registry::{AccessRecord, CloseOrder};
+use wsgate::observe::access::{AccessRecord, CloseOrder};
 use wsgate::Gateway;
 
 /// The close order wsgate records when it starts a closing handshake.

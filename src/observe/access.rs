@@ -1,0 +1,254 @@
+//! What a connection leaves behind: the one access record written when it
+//! ends, and the words it is written in (sides, close orders, reasons).
+//!
+//! Owns: [`AccessRecord`] (a tunnel's), [`RequestRecord`] (any request
+//! answered without a tunnel), [`EndReason`] and [`TunnelEnd`], and the
+//! fixed field names of both access lines.
+//!
+//! Must not: log anything but these lines, one per connection or request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// Which end of a tunnel did something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The WebSocket client.
+    Client,
+    /// The backend server.
+    Backend,
+    /// wsgate itself (shutdown, timeout, protocol error).
+    Proxy,
+}
+
+impl Side {
+    /// Lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+            Side::Proxy => "proxy",
+        }
+    }
+}
+
+/// A snapshot of [`DirectionCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DirectionTotals {
+    /// Bytes.
+    pub bytes: u64,
+    /// Frames.
+    pub frames: u64,
+    /// Messages.
+    pub messages: u64,
+}
+
+/// A request, from wsgate itself, that a tunnel end with a Close frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CloseOrder {
+    /// Close code written to both sides.
+    pub code: u16,
+    /// UTF-8 reason, truncated to fit a control frame.
+    pub reason: String,
+}
+
+/// Why a tunnel ended: the access record's `reason` and the `reason` label
+/// of `wsgate_tunnels_closed_total`. Who did it is `closed_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Both sides finished (closing handshake, EOF) and nothing failed.
+    Closed,
+    /// wsgate started the closing handshake (drain, shutdown, an operator)
+    /// and it finished; the order is in `proxy_close`.
+    ProxyClose,
+    /// Reading from `closed_by` failed (reset, TLS error).
+    ReadError,
+    /// Writing to `closed_by` failed.
+    WriteError,
+    /// `closed_by` broke RFC 6455 framing.
+    ProtocolError,
+    /// One side finished and the other did not within `timeouts.half_close`.
+    HalfCloseTimeout,
+    /// A closing handshake wsgate started did not finish within `timeouts.close`.
+    CloseTimeout,
+    /// Cut by a hard shutdown.
+    Shutdown,
+    /// The client's connection never reached the tunnel (it left between
+    /// the 101 and hyper's hand-over).
+    NotStarted,
+    /// The tunnel task ended without reporting (a panic, or dropped at exit).
+    Aborted,
+}
+
+impl EndReason {
+    /// The label in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::ProxyClose => "proxy_close",
+            EndReason::ReadError => "read_error",
+            EndReason::WriteError => "write_error",
+            EndReason::ProtocolError => "protocol_error",
+            EndReason::HalfCloseTimeout => "half_close_timeout",
+            EndReason::CloseTimeout => "close_timeout",
+            EndReason::Shutdown => "shutdown",
+            EndReason::NotStarted => "not_started",
+            EndReason::Aborted => "aborted",
+        }
+    }
+}
+
+/// How a tunnel ended, as the tunnel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelEnd {
+    /// The side that stopped first: sent EOF, errored, or (proxy) was cut.
+    pub closed_by: Side,
+    /// Code of the first Close frame that passed, if it had one.
+    pub close_code: Option<u16>,
+    /// Who sent that Close frame.
+    pub close_frame_from: Option<Side>,
+    /// Why it ended.
+    pub reason: EndReason,
+    /// The closing handshake wsgate started, if it started one.
+    pub proxy_close: Option<CloseOrder>,
+    /// The error behind `reason`, for people (not parsed by anything).
+    pub detail: Option<String>,
+}
+
+impl TunnelEnd {
+    /// An end with no Close frame seen and no order given.
+    pub fn bare(closed_by: Side, reason: EndReason, detail: Option<String>) -> Self {
+        Self {
+            closed_by,
+            close_code: None,
+            close_frame_from: None,
+            reason,
+            proxy_close: None,
+            detail,
+        }
+    }
+}
+
+/// The access-log record of one tunnel, with fixed field names.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRecord {
+    /// Connection id.
+    pub id: u64,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Listener name.
+    pub listener: String,
+    /// Route label.
+    pub route: String,
+    /// Upstream name.
+    pub upstream: String,
+    /// Backend address.
+    pub backend: SocketAddr,
+    /// Forwarded path.
+    pub path: String,
+    /// RFC 3339 start time.
+    pub started: String,
+    /// Lifetime in milliseconds.
+    pub duration_ms: u64,
+    /// Client-to-backend totals.
+    pub to_backend: DirectionTotals,
+    /// Backend-to-client totals.
+    pub to_client: DirectionTotals,
+    /// Who stopped first.
+    pub closed_by: Side,
+    /// First Close frame's code; absent when no Close frame passed or it
+    /// had no code.
+    pub close_code: Option<u16>,
+    /// Sender of that Close frame.
+    pub close_frame_from: Option<Side>,
+    /// Why it ended.
+    pub reason: EndReason,
+    /// The closing handshake wsgate started, if any: its code and reason.
+    pub proxy_close: Option<CloseOrder>,
+    /// The error behind `reason`, for people.
+    pub detail: Option<String>,
+}
+
+impl AccessRecord {
+    /// The one log line of this connection, on target `wsgate::access`.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "wsgate::access",
+            id = self.id,
+            client = %self.client,
+            listener = %self.listener,
+            route = %self.route,
+            upstream = %self.upstream,
+            backend = %self.backend,
+            path = %self.path,
+            started = %self.started,
+            duration_ms = self.duration_ms,
+            bytes_to_backend = self.to_backend.bytes,
+            bytes_to_client = self.to_client.bytes,
+            frames_to_backend = self.to_backend.frames,
+            frames_to_client = self.to_client.frames,
+            messages_to_backend = self.to_backend.messages,
+            messages_to_client = self.to_client.messages,
+            closed_by = self.closed_by.as_str(),
+            // Absent, not a sentinel, when there was none: `None` records nothing.
+            close_code = self.close_code,
+            close_frame_from = self.close_frame_from.map(Side::as_str),
+            reason = self.reason.as_str(),
+            proxy_close_code = self.proxy_close.as_ref().map(|o| o.code),
+            proxy_close_reason = self.proxy_close.as_ref().map(|o| o.reason.as_str()),
+            error = self.detail.as_deref(),
+            "websocket closed"
+        );
+    }
+}
+
+/// One plain HTTP request, or any request answered without a tunnel: what
+/// its access line says.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    /// The real client (see `proxy::forwarded::real_client`).
+    pub client: SocketAddr,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Request method.
+    pub method: http::Method,
+    /// Request target as received.
+    pub path: String,
+    /// Route label, once routed.
+    pub route: Option<Arc<str>>,
+    /// Upstream name, once routed.
+    pub upstream: Option<Arc<str>>,
+    /// The server that answered, or the last one tried.
+    pub backend: Option<SocketAddr>,
+    /// When the request's head was read.
+    pub started: std::time::Instant,
+    /// Body bytes that reached a backend, for a request refused after some
+    /// of its body had left (a streamed answer counts its own).
+    pub sent: u64,
+}
+
+impl RequestRecord {
+    /// The request's one log line, on target `wsgate::access`.
+    pub fn emit(&self, status: u16, bytes_to_backend: u64, bytes_to_client: u64, reason: &str) {
+        tracing::info!(
+            target: "wsgate::access",
+            client = %self.client,
+            listener = %self.listener,
+            route = self.route.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            backend = self.backend.map_or_else(|| "-".to_string(), |b| b.to_string()),
+            method = %self.method,
+            path = %self.path,
+            status,
+            duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            bytes_to_backend,
+            bytes_to_client,
+            reason,
+            "http request"
+        );
+    }
+}
