@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate::config::{self, Config};
+#[cfg(feature = "demo")]
+use wsgate::demo;
 use wsgate::front::listener;
-use wsgate::{demo, Gateway};
+use wsgate::Gateway;
 
 /// A reverse proxy and load balancer built for WebSocket traffic.
 #[derive(Parser)]
@@ -46,18 +48,34 @@ enum Command {
         config: PathBuf,
     },
     /// Run a config together with local echo backends on the addresses it names.
+    #[cfg(feature = "demo")]
     Demo {
         /// Config file (TOML).
         #[arg(long, short, default_value = "config.example.toml")]
         config: PathBuf,
     },
     /// Connect to a WebSocket URL; send stdin lines, print what comes back.
+    #[cfg(feature = "demo")]
     Client {
         /// ws:// or wss:// URL.
         url: String,
         /// PEM CA certificate to trust for wss://.
         #[arg(long)]
         ca: Option<PathBuf>,
+    },
+    // Hidden stand-ins, so that a build without the feature says why these
+    // commands are missing instead of calling them unknown.
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        _args: Vec<String>,
+    },
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Client {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        _args: Vec<String>,
     },
 }
 
@@ -79,6 +97,7 @@ fn main() -> ExitCode {
             init_logging(flag, &c.log)?;
             runtime(&c)?.block_on(run(c))
         })),
+        #[cfg(feature = "demo")]
         Command::Demo { config } => report(
             demo::ensure_certificates(&config)
                 .map_err(anyhow::Error::from)
@@ -88,6 +107,7 @@ fn main() -> ExitCode {
                     runtime(&c)?.block_on(run_demo(c, cas))
                 }),
         ),
+        #[cfg(feature = "demo")]
         Command::Client { url, ca } => report(
             init_logging(flag, &config::LogConfig::default())
                 .and_then(|()| {
@@ -98,6 +118,14 @@ fn main() -> ExitCode {
                 })
                 .and_then(|rt| Ok(rt.block_on(demo::client(&url, ca.as_deref()))?)),
         ),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } | Command::Client { .. } => {
+            eprintln!(
+                "wsgate: this build has no `demo` or `client` command: \
+                 it was built without the `demo` cargo feature"
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -273,6 +301,7 @@ async fn bind_admin(config: &Config) -> anyhow::Result<Option<tokio::net::TcpLis
     }
 }
 
+#[cfg(feature = "demo")]
 async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
