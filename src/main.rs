@@ -1,6 +1,7 @@
 //! The `wsgate` binary: command line, logging, runtime, signals. Everything
 //! else is the library; this is the only place `anyhow` appears.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -145,7 +146,9 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 
 /// Logs go to stdout; access lines (`wsgate::access`) go with them, nowhere,
 /// or to their own file, per `[log] access`. `RUST_LOG` beats `[log] level`;
-/// the `--log-format` flag beats `[log] format`.
+/// the `--log-format` flag beats `[log] format`. Text lines are coloured only
+/// on a terminal, and not even there when `NO_COLOR` is set (no-color.org):
+/// escape codes in a file or a log collector are noise to grep and to people.
 fn init_logging(flag: Option<LogFormat>, log: &config::LogConfig) -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -167,18 +170,22 @@ fn init_logging(flag: Option<LogFormat>, log: &config::LogConfig) -> anyhow::Res
         main_filter =
             main_filter.add_directive("wsgate::access=off".parse().context("log filter")?);
     }
-    fn layer<W>(json: bool, writer: W) -> Boxed
+    fn layer<W>(json: bool, ansi: bool, writer: W) -> Boxed
     where
         W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
     {
-        let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer);
         if json {
             fmt.json().flatten_event(true).boxed()
         } else {
             fmt.boxed()
         }
     }
-    let mut layers: Vec<Boxed> = vec![layer(json, std::io::stdout)
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let mut layers: Vec<Boxed> = vec![layer(json, colour, std::io::stdout)
         .with_filter(main_filter)
         .boxed()];
     if let config::AccessLog::File(path) = &log.access {
@@ -190,7 +197,7 @@ fn init_logging(flag: Option<LogFormat>, log: &config::LogConfig) -> anyhow::Res
         let only_access = tracing_subscriber::filter::Targets::new()
             .with_target("wsgate::access", tracing::Level::INFO);
         layers.push(
-            layer(json, std::sync::Mutex::new(file))
+            layer(json, false, std::sync::Mutex::new(file))
                 .with_filter(only_access)
                 .boxed(),
         );

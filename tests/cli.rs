@@ -23,7 +23,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 
 fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
+    // NO_COLOR is removed so that what the tests see of colour does not
+    // depend on the environment they run in.
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -833,4 +838,48 @@ async fn run_logs_one_access_line_per_plain_request() {
     assert!(backend.connection_count() >= 1);
     let status = wsgate.terminate().await;
     assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_pipe_or_a_file_carry_no_colour_codes() {
+    let dead = dead_addr().await;
+    let port = free_port().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = dir.path().join("access.log");
+    // Text lines (the default format), the access lines in their own file.
+    let config = format!(
+        "[log]\naccess = \"access.log\"\n\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:{port}\"\n\n[[routes]]\nupstream = \"dead\"\n\n[upstreams.dead]\nservers = [\"{dead}\"]\n"
+    );
+    let path = write(dir.path(), "text.toml", &config);
+    let mut wsgate = Running::spawn(&["run", "--config", &path]);
+    wsgate
+        .line_until("the listening line", |l| l.contains("listening"))
+        .await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut tcp, handshake_request("/x", "a").as_bytes()).await;
+    assert_eq!(status, 502);
+    let access_line = within("the access line in its file", async {
+        loop {
+            let text = std::fs::read_to_string(&access).unwrap_or_default();
+            if text.ends_with('\n') {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let status = wsgate.terminate().await;
+    assert!(status.success(), "{status}");
+    wsgate.drain().await;
+    let stdout = wsgate.seen.iter().map(String::as_str);
+    for line in stdout.chain(access_line.lines()) {
+        assert!(!line.contains('\u{1b}'), "an ESC byte in {line:?}");
+    }
+    assert!(
+        wsgate.seen.iter().any(|l| l.contains(" INFO ")),
+        "text lines on stdout: {:?}",
+        wsgate.seen
+    );
 }
