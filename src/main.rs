@@ -217,34 +217,50 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("starting the runtime")
 }
 
+/// SIGINT and SIGTERM, watched from before anything is bound: a signal
+/// that arrives before its handler exists kills the process at once,
+/// without the drain.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("watching SIGINT")?,
+            term: signal(SignalKind::terminate()).context("watching SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// On SIGINT or SIGTERM, drains (Close 1001 to every tunnel); on a second
 /// signal, or once the closing handshakes have had `close` plus a margin,
 /// cuts what is left.
 fn on_signals(
+    mut signals: StopSignals,
     drain: CancellationToken,
     shutdown: CancellationToken,
     close: std::time::Duration,
     tasks: &TaskTracker,
 ) {
     tasks.spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot watch SIGTERM");
-                    return;
-                }
-            };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = signals.recv() => {}
             _ = drain.cancelled() => return,
         }
         tracing::info!("draining: closing every tunnel with 1001; signal again to stop at once");
         drain.cancel();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = signals.recv() => {}
             _ = tokio::time::sleep(close + std::time::Duration::from_secs(1)) => {}
             _ = shutdown.cancelled() => return,
         }
@@ -254,6 +270,7 @@ fn on_signals(
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let signals = StopSignals::watch()?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("watching SIGHUP")?;
     let shutdown = CancellationToken::new();
@@ -267,7 +284,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The signal watcher is not the gateway's task: the gateway must be able
     // to finish draining without waiting for the watcher's fallback timer.
     let tasks = TaskTracker::new();
-    on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
+    on_signals(
+        signals,
+        gateway.drain_token(),
+        shutdown.clone(),
+        close,
+        &tasks,
+    );
     on_hangup(gateway.shared().clone(), hup, &tasks);
     gateway.wait().await;
     shutdown.cancel();
@@ -310,6 +333,7 @@ async fn bind_admin(config: &Config) -> anyhow::Result<Option<tokio::net::TcpLis
 
 #[cfg(feature = "demo")]
 async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
+    let signals = StopSignals::watch()?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let servers: Vec<_> = config
@@ -337,7 +361,13 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
         }
         gateway.serve_admin(l);
     }
-    on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
+    on_signals(
+        signals,
+        gateway.drain_token(),
+        shutdown.clone(),
+        close,
+        &tasks,
+    );
     println!(
         "demo: backends (a page and WebSocket echo) on {}",
         servers
