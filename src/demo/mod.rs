@@ -15,6 +15,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -422,11 +423,124 @@ pub async fn client(url: &str, ca: Option<&Path>) -> Result<(), DemoError> {
             msg = rx.next() => match msg {
                 Some(Ok(Message::Text(t))) => println!("< {t}"),
                 Some(Ok(Message::Binary(b))) => println!("< ({} bytes binary)", b.len()),
-                Some(Ok(Message::Close(c))) => { println!("< close {c:?}"); return Ok(()); }
+                Some(Ok(Message::Close(c))) => {
+                    // With stdin closed, our Close went first and this one answers it.
+                    println!("< {}", close_line(c.as_ref(), !stdin_open));
+                    return Ok(());
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// How the client reports the server's Close frame, for a person to read:
+/// `closed by server: 1001 (going away) "bye"`, or, when it answers the
+/// Close we sent first, `server answered our close: 1000 (normal closure)`.
+/// The reason is quoted and escaped, so control bytes a server sends cannot
+/// reach the terminal.
+pub fn close_line(frame: Option<&CloseFrame>, answering_ours: bool) -> String {
+    let who = if answering_ours {
+        "server answered our close"
+    } else {
+        "closed by server"
+    };
+    let Some(frame) = frame else {
+        return format!("{who} without a close code");
+    };
+    let code = u16::from(frame.code);
+    let mut line = match close_code_name(code) {
+        Some(name) => format!("{who}: {code} ({name})"),
+        None => format!("{who}: {code}"),
+    };
+    if !frame.reason.is_empty() {
+        line.push_str(&format!(" {:?}", frame.reason.as_str()));
+    }
+    line
+}
+
+/// The name of a close code defined by RFC 6455 section 7.4.1 or the IANA
+/// WebSocket close code registry it set up; `None` for the rest (reserved,
+/// or chosen by an application).
+pub fn close_code_name(code: u16) -> Option<&'static str> {
+    Some(match code {
+        1000 => "normal closure",
+        1001 => "going away",
+        1002 => "protocol error",
+        1003 => "unsupported data",
+        1007 => "invalid payload data",
+        1008 => "policy violation",
+        1009 => "message too big",
+        1010 => "mandatory extension",
+        1011 => "internal error",
+        1012 => "service restart",
+        1013 => "try again later",
+        1014 => "bad gateway",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    fn frame(code: u16, reason: &str) -> CloseFrame {
+        CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_close_names_its_code_and_quotes_its_reason() {
+        assert_eq!(
+            close_line(Some(&frame(1000, "done")), false),
+            r#"closed by server: 1000 (normal closure) "done""#
+        );
+        assert_eq!(
+            close_line(Some(&frame(1013, "")), false),
+            "closed by server: 1013 (try again later)"
+        );
+    }
+
+    #[test]
+    fn every_code_of_the_registry_has_a_name_and_others_do_not() {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+        ] {
+            assert!(close_code_name(code).is_some(), "{code}");
+        }
+        for code in [999, 1004, 1005, 1006, 1015, 3000, 4000] {
+            assert_eq!(close_code_name(code), None, "{code}");
+        }
+        assert_eq!(
+            close_line(Some(&frame(4001, "kicked")), false),
+            r#"closed by server: 4001 "kicked""#
+        );
+    }
+
+    #[test]
+    fn a_close_without_a_code_says_so() {
+        assert_eq!(
+            close_line(None, false),
+            "closed by server without a close code"
+        );
+        assert_eq!(
+            close_line(None, true),
+            "server answered our close without a close code"
+        );
+    }
+
+    #[test]
+    fn a_reason_cannot_write_control_bytes_to_the_terminal() {
+        let line = close_line(Some(&frame(1008, "a\u{1b}[31m\"b\"")), false);
+        assert!(!line.contains('\u{1b}'), "{line}");
+        assert_eq!(
+            line,
+            r#"closed by server: 1008 (policy violation) "a\u{1b}[31m\"b\"""#
+        );
     }
 }
