@@ -117,7 +117,14 @@ fn main() -> ExitCode {
                         .build()
                         .context("starting the runtime")
                 })
-                .and_then(|rt| Ok(rt.block_on(demo::client(&url, ca.as_deref()))?)),
+                .and_then(|rt| {
+                    let done = rt.block_on(demo::client(&url, ca.as_deref()));
+                    // A read of stdin still waiting on its blocking thread would
+                    // hold a normal shutdown until the user pressed Enter, after
+                    // the server had already closed.
+                    rt.shutdown_background();
+                    Ok(done?)
+                }),
         ),
         #[cfg(not(feature = "demo"))]
         Command::Demo { .. } | Command::Client { .. } => {

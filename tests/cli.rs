@@ -501,6 +501,55 @@ async fn client_sends_stdin_lines_and_prints_replies() {
     gw.wait_idle().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_prints_a_close_from_the_server_with_its_code_name_and_reason() {
+    let cases = [
+        (
+            Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "bye \"now\"".into(),
+            }),
+            r#"< closed by server: 1001 (going away) "bye \"now\"""#,
+        ),
+        (
+            Some(CloseFrame {
+                code: CloseCode::from(4000),
+                reason: "".into(),
+            }),
+            "< closed by server: 4000",
+        ),
+        (None, "< closed by server without a close code"),
+    ];
+    for (close, want) in cases {
+        let mut backend = WsBackend::start().await;
+        let url = format!("ws://{}/chat", backend.addr);
+        let mut child = command(&["client", &url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wsgate client");
+        // Stdin stays open, so the server's Close is the first one.
+        let stdin = child.stdin.take().expect("stdin");
+        let mut accepted = backend.next().await;
+        accepted.ws.close(close).await.expect("send the Close");
+        within("the client to leave", async {
+            while let Some(Ok(_)) = accepted.ws.next().await {}
+        })
+        .await;
+        let out = within(
+            "wsgate client to exit",
+            tokio::task::spawn_blocking(move || child.wait_with_output()),
+        )
+        .await
+        .expect("join")
+        .expect("wait");
+        drop(stdin);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{want}\n"));
+    }
+}
+
 /// The only test that uses the demo's fixed ports (8080, 8443, 9001, 9002, 9101).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_the_example_config() {
