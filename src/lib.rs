@@ -38,7 +38,8 @@
 //! - [`proxy`]: one request's lifecycle, routing, plain HTTP.
 //! - [`front`]: listeners and the accept loop.
 //! - [`control`]: admin API, reload, drain.
-//! - [`demo`]: demo backends and the `client` subcommand.
+//! - `demo`: demo backends and the `client` subcommand (the default
+//!   `demo` cargo feature; the proxy never uses it).
 //!
 //! Established tunnels own their two streams, their counters and the `Arc`s
 //! of what they use: replacing the snapshot never reaches into them.
@@ -47,6 +48,7 @@
 
 pub mod config;
 pub mod control;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod front;
 pub mod net;

@@ -1,6 +1,7 @@
 //! The `wsgate` binary: command line, logging, runtime, signals. Everything
 //! else is the library; this is the only place `anyhow` appears.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,8 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate::config::{self, Config};
+#[cfg(feature = "demo")]
+use wsgate::demo;
 use wsgate::front::listener;
-use wsgate::{demo, Gateway};
+use wsgate::Gateway;
 
 /// A reverse proxy and load balancer built for WebSocket traffic.
 #[derive(Parser)]
@@ -46,18 +49,34 @@ enum Command {
         config: PathBuf,
     },
     /// Run a config together with local echo backends on the addresses it names.
+    #[cfg(feature = "demo")]
     Demo {
         /// Config file (TOML).
         #[arg(long, short, default_value = "config.example.toml")]
         config: PathBuf,
     },
     /// Connect to a WebSocket URL; send stdin lines, print what comes back.
+    #[cfg(feature = "demo")]
     Client {
         /// ws:// or wss:// URL.
         url: String,
         /// PEM CA certificate to trust for wss://.
         #[arg(long)]
         ca: Option<PathBuf>,
+    },
+    // Hidden stand-ins, so that a build without the feature says why these
+    // commands are missing instead of calling them unknown.
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        _args: Vec<String>,
+    },
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Client {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        _args: Vec<String>,
     },
 }
 
@@ -79,6 +98,7 @@ fn main() -> ExitCode {
             init_logging(flag, &c.log)?;
             runtime(&c)?.block_on(run(c))
         })),
+        #[cfg(feature = "demo")]
         Command::Demo { config } => report(
             demo::ensure_certificates(&config)
                 .map_err(anyhow::Error::from)
@@ -88,6 +108,7 @@ fn main() -> ExitCode {
                     runtime(&c)?.block_on(run_demo(c, cas))
                 }),
         ),
+        #[cfg(feature = "demo")]
         Command::Client { url, ca } => report(
             init_logging(flag, &config::LogConfig::default())
                 .and_then(|()| {
@@ -96,8 +117,23 @@ fn main() -> ExitCode {
                         .build()
                         .context("starting the runtime")
                 })
-                .and_then(|rt| Ok(rt.block_on(demo::client(&url, ca.as_deref()))?)),
+                .and_then(|rt| {
+                    let done = rt.block_on(demo::client(&url, ca.as_deref()));
+                    // A read of stdin still waiting on its blocking thread would
+                    // hold a normal shutdown until the user pressed Enter, after
+                    // the server had already closed.
+                    rt.shutdown_background();
+                    Ok(done?)
+                }),
         ),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } | Command::Client { .. } => {
+            eprintln!(
+                "wsgate: this build has no `demo` or `client` command: \
+                 it was built without the `demo` cargo feature"
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -117,7 +153,9 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 
 /// Logs go to stdout; access lines (`wsgate::access`) go with them, nowhere,
 /// or to their own file, per `[log] access`. `RUST_LOG` beats `[log] level`;
-/// the `--log-format` flag beats `[log] format`.
+/// the `--log-format` flag beats `[log] format`. Text lines are coloured only
+/// on a terminal, and not even there when `NO_COLOR` is set (no-color.org):
+/// escape codes in a file or a log collector are noise to grep and to people.
 fn init_logging(flag: Option<LogFormat>, log: &config::LogConfig) -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -139,18 +177,22 @@ fn init_logging(flag: Option<LogFormat>, log: &config::LogConfig) -> anyhow::Res
         main_filter =
             main_filter.add_directive("wsgate::access=off".parse().context("log filter")?);
     }
-    fn layer<W>(json: bool, writer: W) -> Boxed
+    fn layer<W>(json: bool, ansi: bool, writer: W) -> Boxed
     where
         W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
     {
-        let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer);
         if json {
             fmt.json().flatten_event(true).boxed()
         } else {
             fmt.boxed()
         }
     }
-    let mut layers: Vec<Boxed> = vec![layer(json, std::io::stdout)
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let mut layers: Vec<Boxed> = vec![layer(json, colour, std::io::stdout)
         .with_filter(main_filter)
         .boxed()];
     if let config::AccessLog::File(path) = &log.access {
@@ -162,7 +204,7 @@ fn init_logging(flag: Option<LogFormat>, log: &config::LogConfig) -> anyhow::Res
         let only_access = tracing_subscriber::filter::Targets::new()
             .with_target("wsgate::access", tracing::Level::INFO);
         layers.push(
-            layer(json, std::sync::Mutex::new(file))
+            layer(json, false, std::sync::Mutex::new(file))
                 .with_filter(only_access)
                 .boxed(),
         );
@@ -182,34 +224,50 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("starting the runtime")
 }
 
+/// SIGINT and SIGTERM, watched from before anything is bound: a signal
+/// that arrives before its handler exists kills the process at once,
+/// without the drain.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("watching SIGINT")?,
+            term: signal(SignalKind::terminate()).context("watching SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// On SIGINT or SIGTERM, drains (Close 1001 to every tunnel); on a second
 /// signal, or once the closing handshakes have had `close` plus a margin,
 /// cuts what is left.
 fn on_signals(
+    mut signals: StopSignals,
     drain: CancellationToken,
     shutdown: CancellationToken,
     close: std::time::Duration,
     tasks: &TaskTracker,
 ) {
     tasks.spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot watch SIGTERM");
-                    return;
-                }
-            };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = signals.recv() => {}
             _ = drain.cancelled() => return,
         }
         tracing::info!("draining: closing every tunnel with 1001; signal again to stop at once");
         drain.cancel();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = signals.recv() => {}
             _ = tokio::time::sleep(close + std::time::Duration::from_secs(1)) => {}
             _ = shutdown.cancelled() => return,
         }
@@ -219,6 +277,7 @@ fn on_signals(
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let signals = StopSignals::watch()?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("watching SIGHUP")?;
     let shutdown = CancellationToken::new();
@@ -232,7 +291,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The signal watcher is not the gateway's task: the gateway must be able
     // to finish draining without waiting for the watcher's fallback timer.
     let tasks = TaskTracker::new();
-    on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
+    on_signals(
+        signals,
+        gateway.drain_token(),
+        shutdown.clone(),
+        close,
+        &tasks,
+    );
     on_hangup(gateway.shared().clone(), hup, &tasks);
     gateway.wait().await;
     shutdown.cancel();
@@ -273,7 +338,9 @@ async fn bind_admin(config: &Config) -> anyhow::Result<Option<tokio::net::TcpLis
     }
 }
 
+#[cfg(feature = "demo")]
 async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
+    let signals = StopSignals::watch()?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let servers: Vec<_> = config
@@ -301,7 +368,13 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
         }
         gateway.serve_admin(l);
     }
-    on_signals(gateway.drain_token(), shutdown.clone(), close, &tasks);
+    on_signals(
+        signals,
+        gateway.drain_token(),
+        shutdown.clone(),
+        close,
+        &tasks,
+    );
     println!(
         "demo: backends (a page and WebSocket echo) on {}",
         servers

@@ -23,7 +23,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 
 fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
+    // NO_COLOR is removed so that what the tests see of colour does not
+    // depend on the environment they run in.
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -508,9 +513,59 @@ async fn client_sends_stdin_lines_and_prints_replies() {
     assert_eq!(lines.len(), 3, "{stdout}");
     assert_eq!(lines[0], "< first line");
     assert_eq!(lines[1], "< second line");
-    assert!(lines[2].starts_with("< close"), "{stdout}");
+    // The client closed first, without a code, and the echo answered alike.
+    assert_eq!(lines[2], "< server answered our close without a close code");
     assert!(text(&out.stderr).contains(&format!("connected to {url}")));
     gw.wait_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_prints_a_close_from_the_server_with_its_code_name_and_reason() {
+    let cases = [
+        (
+            Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "bye \"now\"".into(),
+            }),
+            r#"< closed by server: 1001 (going away) "bye \"now\"""#,
+        ),
+        (
+            Some(CloseFrame {
+                code: CloseCode::from(4000),
+                reason: "".into(),
+            }),
+            "< closed by server: 4000",
+        ),
+        (None, "< closed by server without a close code"),
+    ];
+    for (close, want) in cases {
+        let mut backend = WsBackend::start().await;
+        let url = format!("ws://{}/chat", backend.addr);
+        let mut child = command(&["client", &url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wsgate client");
+        // Stdin stays open, so the server's Close is the first one.
+        let stdin = child.stdin.take().expect("stdin");
+        let mut accepted = backend.next().await;
+        accepted.ws.close(close).await.expect("send the Close");
+        within("the client to leave", async {
+            while let Some(Ok(_)) = accepted.ws.next().await {}
+        })
+        .await;
+        let out = within(
+            "wsgate client to exit",
+            tokio::task::spawn_blocking(move || child.wait_with_output()),
+        )
+        .await
+        .expect("join")
+        .expect("wait");
+        drop(stdin);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{want}\n"));
+    }
 }
 
 /// The only test that uses the demo's fixed ports (8080, 8443, 9001, 9002, 9101).
@@ -850,4 +905,48 @@ async fn run_logs_one_access_line_per_plain_request() {
     assert!(backend.connection_count() >= 1);
     let status = wsgate.terminate().await;
     assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_pipe_or_a_file_carry_no_colour_codes() {
+    let dead = dead_addr().await;
+    let port = free_port().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = dir.path().join("access.log");
+    // Text lines (the default format), the access lines in their own file.
+    let config = format!(
+        "[log]\naccess = \"access.log\"\n\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:{port}\"\n\n[[routes]]\nupstream = \"dead\"\n\n[upstreams.dead]\nservers = [\"{dead}\"]\n"
+    );
+    let path = write(dir.path(), "text.toml", &config);
+    let mut wsgate = Running::spawn(&["run", "--config", &path]);
+    wsgate
+        .line_until("the listening line", |l| l.contains("listening"))
+        .await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut tcp, handshake_request("/x", "a").as_bytes()).await;
+    assert_eq!(status, 502);
+    let access_line = within("the access line in its file", async {
+        loop {
+            let text = std::fs::read_to_string(&access).unwrap_or_default();
+            if text.ends_with('\n') {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let status = wsgate.terminate().await;
+    assert!(status.success(), "{status}");
+    wsgate.drain().await;
+    let stdout = wsgate.seen.iter().map(String::as_str);
+    for line in stdout.chain(access_line.lines()) {
+        assert!(!line.contains('\u{1b}'), "an ESC byte in {line:?}");
+    }
+    assert!(
+        wsgate.seen.iter().any(|l| l.contains(" INFO ")),
+        "text lines on stdout: {:?}",
+        wsgate.seen
+    );
 }

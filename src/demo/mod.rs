@@ -7,17 +7,25 @@
 //! WebSocket client for trying it by hand.
 //!
 //! Must not: be used by the data path. Nothing here runs in `wsgate run`.
+//!
+//! - `certs.rs`: the self-made CA and server certificate.
+//! - `backend.rs`: the demo application (a page and WebSocket echo).
+//! - `client.rs`: connecting as a WebSocket client, and `wsgate client`.
+//! - here: [`DemoError`] and the self-check.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod backend;
+mod certs;
+mod client;
+
+use std::path::Path;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+pub use backend::{echo_backend, start_echo_backends};
+pub use certs::{ensure_certificates, make_certificates};
+pub use client::{client, close_code_name, close_line, connect, Io};
 
 /// Errors of the demo helpers; they run at the top of the binary only.
 #[derive(Debug, thiserror::Error)]
@@ -49,286 +57,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
     let what = what.into();
     move |source| DemoError::Io { what, source }
 }
-
-/// Creates a CA (`ca.pem` beside the certificate) and a server certificate
-/// for `localhost` and `127.0.0.1` at each TLS listener path of the config
-/// text that does not exist yet. Returns the CA paths written.
-///
-/// # Errors
-/// [`DemoError`] if the config cannot be read or a file cannot be written.
-pub fn ensure_certificates(config_path: &Path) -> Result<Vec<PathBuf>, DemoError> {
-    let text = std::fs::read_to_string(config_path)
-        .map_err(io_err(format!("reading {}", config_path.display())))?;
-    let Ok(value) = text.parse::<toml::Table>() else {
-        // Let the real loader report the syntax error with its position.
-        return Ok(Vec::new());
-    };
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let mut written = Vec::new();
-    let listeners = value
-        .get("listeners")
-        .and_then(|l| l.as_array())
-        .cloned()
-        .unwrap_or_default();
-    for l in listeners {
-        let Some(tls) = l.get("tls") else { continue };
-        let (Some(cert), Some(key)) = (
-            tls.get("cert").and_then(|c| c.as_str()),
-            tls.get("key").and_then(|k| k.as_str()),
-        ) else {
-            continue;
-        };
-        let (cert, key) = (base.join(cert), base.join(key));
-        if cert.exists() && key.exists() {
-            continue;
-        }
-        let (ca_pem, cert_pem, key_pem) = make_certificates(&["localhost", "127.0.0.1"])?;
-        let dir = cert.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let ca = dir.join("ca.pem");
-        std::fs::write(&ca, ca_pem).map_err(io_err(format!("writing {}", ca.display())))?;
-        std::fs::write(&cert, cert_pem).map_err(io_err(format!("writing {}", cert.display())))?;
-        std::fs::write(&key, key_pem).map_err(io_err(format!("writing {}", key.display())))?;
-        written.push(ca);
-    }
-    Ok(written)
-}
-
-/// A fresh CA and a server certificate signed by it for `names`, as PEM:
-/// `(ca_cert, server_cert, server_key)`.
-///
-/// # Errors
-/// [`DemoError::Cert`] if rcgen fails.
-pub fn make_certificates(names: &[&str]) -> Result<(String, String, String), DemoError> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "wsgate demo CA");
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
-}
-
-/// Serves a small application on `listener` until `shutdown`, as a real
-/// backend would behind wsgate: WebSocket echo on any path (every text or
-/// binary message comes back unchanged; pings are answered; a Close is
-/// returned), and for any plain request a page whose script opens that
-/// WebSocket, so a browser shows pages and WebSockets through one route.
-pub async fn echo_backend(listener: TcpListener, tasks: TaskTracker, shutdown: CancellationToken) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                // Out of descriptors, say: do not spin.
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let token = shutdown.clone();
-        let upgrades = tasks.clone();
-        tasks.spawn(async move {
-            let stop = token.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let (upgrades, token) = (upgrades.clone(), token.clone());
-                async move {
-                    Ok::<_, std::convert::Infallible>(app_answer(req, &upgrades, &token).await)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
-}
-
-/// The demo page: a tiny chat box over a WebSocket to the same path.
-const PAGE: &str = r#"<!doctype html>
-<meta charset="utf-8"><title>wsgate demo</title>
-<h1>wsgate demo</h1>
-<p>This page and its WebSocket come through wsgate, on the same route, to the same backend.</p>
-<form id="f"><input id="m" autocomplete="off" placeholder="a message"> <button>send</button></form>
-<pre id="log"></pre>
-<script>
-const log = t => document.getElementById('log').textContent += t + '\n';
-const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + location.pathname + location.search);
-ws.onopen = () => log('connected to ' + ws.url);
-ws.onmessage = e => log('< ' + e.data);
-ws.onclose = e => log('closed: ' + e.code + ' ' + e.reason);
-document.getElementById('f').onsubmit = e => {
-  e.preventDefault();
-  const m = document.getElementById('m');
-  if (ws.readyState !== WebSocket.OPEN) { log('not connected'); return; }
-  ws.send(m.value); log('> ' + m.value); m.value = '';
-};
-</script>
-"#;
-
-type DemoBody = http_body_util::Full<bytes::Bytes>;
-
-async fn app_answer(
-    mut req: hyper::Request<hyper::body::Incoming>,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> hyper::Response<DemoBody> {
-    use http::header;
-    use http_body_util::BodyExt;
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-    let Some(key) = key.filter(|_| {
-        crate::proxy::handshake::classify(&req) == crate::proxy::handshake::RequestKind::WebSocket
-    }) else {
-        // Read what was sent (up to 1 MiB) before answering, as a well-behaved
-        // server does: closing on an unread body resets the connection, and
-        // the answer is lost with it.
-        let _ = http_body_util::Limited::new(req.into_body(), 1 << 20)
-            .collect()
-            .await;
-        let mut res = hyper::Response::new(DemoBody::from(PAGE));
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        return res;
-    };
-    let accept = crate::proxy::handshake::accept_key(key.as_bytes());
-    let upgrade = hyper::upgrade::on(&mut req);
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            hyper_util::rt::TokioIo::new(upgraded),
-            tokio_tungstenite::tungstenite::protocol::Role::Server,
-            None,
-        )
-        .await;
-        loop {
-            let msg = tokio::select! {
-                _ = token.cancelled() => return,
-                m = ws.next() => m,
-            };
-            match msg {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return,
-            }
-        }
-    });
-    let mut res = hyper::Response::new(DemoBody::default());
-    *res.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-    let h = res.headers_mut();
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    res
-}
-
-/// Binds an echo backend on every address.
-///
-/// # Errors
-/// [`DemoError::Io`] naming the address that could not be bound.
-pub async fn start_echo_backends(
-    addrs: &[SocketAddr],
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<(), DemoError> {
-    for addr in addrs {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(io_err(format!("binding demo backend {addr}")))?;
-        tasks.spawn(echo_backend(l, tasks.clone(), shutdown.clone()));
-    }
-    Ok(())
-}
-
-/// Opens a WebSocket to `url` (`ws://` or `wss://`, trusting `ca` for wss).
-///
-/// # Errors
-/// [`DemoError`] if the connection, TLS or handshake fails.
-pub async fn connect(
-    url: &str,
-    ca: Option<&Path>,
-) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, DemoError> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| DemoError::Check(format!("bad URL {url}: {e}")))?;
-    let tls = match uri.scheme_str() {
-        Some("ws") => false,
-        Some("wss") => true,
-        _ => {
-            return Err(DemoError::Check(format!(
-                "URL must start with ws:// or wss://: {url}"
-            )))
-        }
-    };
-    let host = uri
-        .host()
-        .unwrap_or("localhost")
-        .trim_matches(['[', ']'])
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(io_err(format!("connecting to {host}:{port}")))?;
-    let stream: Box<dyn Io> = if tls {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = ca {
-            use rustls::pki_types::pem::PemObject;
-            for c in rustls::pki_types::CertificateDer::pem_file_iter(ca)
-                .map_err(|e| DemoError::Tls(e.to_string()))?
-            {
-                roots
-                    .add(c.map_err(|e| DemoError::Tls(e.to_string()))?)
-                    .map_err(|e| DemoError::Tls(e.to_string()))?;
-            }
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| DemoError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| DemoError::Tls(e.to_string()))?;
-        let s = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(io_err("TLS handshake"))?;
-        Box::new(s)
-    } else {
-        Box::new(tcp)
-    };
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    Ok(ws)
-}
-
-/// A byte stream the demo client can run WebSocket over.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Fetches the page at `url` (for `ws://`), then sends one text message to
 /// `url` and checks it comes back.
@@ -395,38 +123,5 @@ async fn page_check(url: &str) -> Result<(), DemoError> {
     tokio::select! {
         r = exchange => r,
         r = conn => Err(DemoError::Check(format!("page connection ended early: {r:?}"))),
-    }
-}
-
-/// Line-based client: each stdin line is sent as a text message; every
-/// message received is printed.
-///
-/// # Errors
-/// [`DemoError`] if the connection fails.
-pub async fn client(url: &str, ca: Option<&Path>) -> Result<(), DemoError> {
-    use tokio::io::AsyncBufReadExt;
-    let ws = connect(url, ca).await?;
-    eprintln!("connected to {url}; type a line to send it, Ctrl-D to close");
-    let (mut tx, mut rx) = ws.split();
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut stdin_open = true;
-    loop {
-        tokio::select! {
-            line = lines.next_line(), if stdin_open => match line.map_err(io_err("reading stdin"))? {
-                Some(l) => tx.send(Message::text(l)).await?,
-                None => {
-                    stdin_open = false;
-                    tx.send(Message::Close(None)).await?;
-                }
-            },
-            msg = rx.next() => match msg {
-                Some(Ok(Message::Text(t))) => println!("< {t}"),
-                Some(Ok(Message::Binary(b))) => println!("< ({} bytes binary)", b.len()),
-                Some(Ok(Message::Close(c))) => { println!("< close {c:?}"); return Ok(()); }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => return Ok(()),
-            },
-        }
     }
 }

@@ -10,108 +10,38 @@
 //! Must not: be touched per frame or per read. Label values come only from
 //! the config (listener, route, upstream, server) or small fixed sets
 //! (status codes, close-code classes): never a client address or a path.
+//!
+//! - `labels.rs`: the label sets, and the bucketing of statuses and close
+//!   codes into few values.
+//! - `traffic.rs`: the traffic-totals collector.
+//! - `process.rs`: the `/proc` collector.
+//! - `config_version.rs`: the running config's version.
+
+mod config_version;
+mod labels;
+mod process;
+mod traffic;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::observe::access::{AccessRecord, DirectionTotals};
+use crate::observe::access::AccessRecord;
 use crate::observe::registry::{ConnInfo, Registry};
-
-/// Where a tunnel runs: listener, route, upstream and server.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TunnelLabels {
-    /// Listener name.
-    pub listener: String,
-    /// Route label.
-    pub route: String,
-    /// Upstream name.
-    pub upstream: String,
-    /// Server address.
-    pub server: String,
-}
-
-impl TunnelLabels {
-    /// Labels of a tunnel.
-    pub fn of(info: &ConnInfo) -> Self {
-        Self {
-            listener: info.listener.to_string(),
-            route: info.route.to_string(),
-            upstream: info.upstream.to_string(),
-            server: info.backend.to_string(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HandshakeLabels {
-    listener: String,
-    outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DurationLabels {
-    listener: String,
-    route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndLabels {
-    listener: String,
-    route: String,
-    closed_by: &'static str,
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CloseLabels {
-    code: String,
-    from: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TrafficLabels {
-    listener: String,
-    route: String,
-    upstream: String,
-    server: String,
-    direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HttpBytesLabels {
-    listener: String,
-    direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MalformedLabels {
-    listener: String,
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VersionLabels {
-    version: String,
-}
+use config_version::InfoCollector;
+pub use labels::TunnelLabels;
+use labels::{
+    close_code_class, outcome_label, CloseLabels, DurationLabels, EndLabels, HandshakeLabels,
+    HttpBytesLabels, ListenerLabels, MalformedLabels, ResultLabels,
+};
+use process::ProcessCollector;
+use traffic::TrafficCollector;
 
 fn handshake_histogram() -> Histogram {
     // 1 ms to about 33 s.
@@ -422,206 +352,9 @@ impl Metrics {
     }
 }
 
-/// Statuses wsgate itself answers, plus the common ones a backend may
-/// relay, keep their own series; any other becomes its class (`2xx`...), so
-/// a backend cannot create hundreds of series.
-fn outcome_label(status: u16) -> String {
-    const KNOWN: [u16; 22] = [
-        101, 200, 204, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 421, 426, 429, 431, 499,
-        500, 502, 503, 504,
-    ];
-    if KNOWN.contains(&status) {
-        status.to_string()
-    } else {
-        format!("{}xx", status / 100)
-    }
-}
-
-/// Keeps the code label to a few dozen values: a client cycling through
-/// 3000-4999 must not create thousands of series.
-fn close_code_class(code: u16) -> String {
-    match code {
-        1000..=1015 => code.to_string(),
-        3000..=3999 => "3xxx".to_string(),
-        4000..=4999 => "4xxx".to_string(),
-        _ => "other".to_string(),
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Sums {
-    bytes: u64,
-    frames: u64,
-    messages: u64,
-}
-
-impl Sums {
-    fn add(&mut self, t: &DirectionTotals) {
-        self.bytes += t.bytes;
-        self.frames += t.frames;
-        self.messages += t.messages;
-    }
-}
-
-/// Traffic totals: closed tunnels' sums plus open tunnels' live counters.
-#[derive(Debug)]
-struct TrafficCollector {
-    live: Arc<Registry>,
-    closed: Mutex<HashMap<TunnelLabels, (Sums, Sums)>>,
-}
-
-impl prometheus_client::collector::Collector for TrafficCollector {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        // Lock order: closed sums, then the live registry, as in tunnel_closed.
-        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
-        let live = self.live.live();
-        let mut all: HashMap<TunnelLabels, (Sums, Sums)> = closed.clone();
-        drop(closed);
-        for conn in live {
-            let t = all.entry(TunnelLabels::of(&conn.info)).or_default();
-            t.0.add(&conn.to_backend.totals());
-            t.1.add(&conn.to_client.totals());
-        }
-        let series = [
-            ("wsgate_traffic_bytes", "Bytes relayed through tunnels", 0),
-            ("wsgate_traffic_frames", "WebSocket frames relayed", 1),
-            (
-                "wsgate_traffic_messages",
-                "WebSocket data messages relayed",
-                2,
-            ),
-        ];
-        for (name, help, which) in series {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (labels, (up, down)) in &all {
-                for (direction, sums) in [("to_backend", up), ("to_client", down)] {
-                    let value = match which {
-                        0 => sums.bytes,
-                        1 => sums.frames,
-                        _ => sums.messages,
-                    };
-                    let l = TrafficLabels {
-                        listener: labels.listener.clone(),
-                        route: labels.route.clone(),
-                        upstream: labels.upstream.clone(),
-                        server: labels.server.clone(),
-                        direction,
-                    };
-                    ConstCounter::new(value).encode(family.encode_family(&l)?)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `wsgate_config_info{version}`: which config is running.
-#[derive(Debug)]
-struct InfoCollector {
-    version: Mutex<String>,
-}
-
-impl prometheus_client::collector::Collector for InfoCollector {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        let version = self
-            .version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut family = encoder.encode_descriptor(
-            "wsgate_config_version",
-            "Always 1; the label is a hash of the running config file",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(1i64).encode(family.encode_family(&VersionLabels { version })?)
-    }
-}
-
-/// Process figures from `/proc/self`, the names Prometheus' own clients use.
-#[derive(Debug)]
-struct ProcessCollector;
-
-/// `/proc` reports CPU time in USER_HZ, which Linux fixes at 100 for userspace.
-const USER_HZ: f64 = 100.0;
-
-impl prometheus_client::collector::Collector for ProcessCollector {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        if let Some(kib) = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-            })
-        {
-            let g = encoder.encode_descriptor(
-                "process_resident_memory_bytes",
-                "Resident memory",
-                None,
-                MetricType::Gauge,
-            )?;
-            ConstGauge::new(kib * 1024).encode(g)?;
-        }
-        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-            let n = i64::try_from(dir.count()).unwrap_or(i64::MAX);
-            let g = encoder.encode_descriptor(
-                "process_open_fds",
-                "Open file descriptors",
-                None,
-                MetricType::Gauge,
-            )?;
-            ConstGauge::new(n).encode(g)?;
-        }
-        if let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|s| {
-                // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-                let rest = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-            })
-        {
-            let c = encoder.encode_descriptor(
-                "process_cpu_seconds",
-                "CPU time used",
-                None,
-                MetricType::Counter,
-            )?;
-            ConstCounter::new(ticks as f64 / USER_HZ).encode(c)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unusual_statuses_are_bucketed() {
-        assert_eq!(outcome_label(101), "101");
-        assert_eq!(outcome_label(418), "4xx");
-        assert_eq!(outcome_label(299), "2xx");
-        assert_eq!(outcome_label(504), "504");
-    }
-
-    #[test]
-    fn close_codes_are_bucketed() {
-        assert_eq!(close_code_class(1001), "1001");
-        assert_eq!(close_code_class(3123), "3xxx");
-        assert_eq!(close_code_class(4999), "4xxx");
-        assert_eq!(close_code_class(2000), "other");
-    }
 
     #[test]
     fn exposition_has_every_family() {

@@ -1,99 +1,14 @@
-//! The request-framing guard: a check of the client's raw bytes before
-//! hyper parses them, so wsgate and its backends can never disagree on where
-//! one request ends and the next begins (request smuggling).
-//!
-//! Owns: [`Scanner`], a byte-by-byte state machine over the request stream
-//! (head, `Content-Length` body, chunked body, trailers) that refuses what
-//! hyper would accept or silently repair: a bare LF or CR, obs-fold, control
-//! bytes, `Content-Length` together with `Transfer-Encoding`, a repeated or
-//! non-numeric `Content-Length`, a `Transfer-Encoding` other than one
-//! `chunked`, an overflowing chunk size; and [`Guarded`], the I/O wrapper
-//! that runs it on every read of a client connection.
-//!
-//! How a refusal reaches the client: the scanner overwrites the offending
-//! byte with one hyper's parser rejects at that position (NUL, or LF inside
-//! a chunk extension). hyper then answers 400 and closes the connection
-//! through its own error path, before any service code runs, so nothing of
-//! that request can reach a backend. The reason is kept for the log line.
-//!
-//! Legal transitions: `Head` → (`Length` | `Chunk` → `Trailer`) → `Head`;
-//! any state → `Stopped` at a refusal. After a request that carries an
-//! `Upgrade` header (any protocol, so that no spelling of `websocket` can
-//! slip past) and no body, the scanner is *paused* until that request is
-//! answered: what follows a 101 is frames, which must pass untouched, and
-//! what follows any other answer is the next request. So while paused the
-//! bytes are still scanned as HTTP, but a refusal only marks the connection:
-//! [`Scanner::answered`], called for every response in order, then says it
-//! must close. A 101 hands the inner stream to the tunnel and drops the
-//! guard.
-//!
-//! A refusal also cancels [`Scanner::refused`], so that code waiting on a
-//! request body (which hyper may never finish, e.g. after a bad trailer)
-//! learns of it at once.
+//! [`Scanner`]: the byte-by-byte state machine over one client
+//! connection's request stream (heads, bodies, trailers), its pause around
+//! upgrade requests, and the facts it reads from each head.
 //!
 //! Must not: change a byte of a well-formed request, or buffer anything but
 //! the current header line.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-/// Why a client's raw request bytes were refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Malformed {
-    /// A line ended by LF alone: some servers split lines there, some do not.
-    #[error("bare LF in a request line, header or trailer")]
-    BareLf,
-    /// A CR not followed by LF.
-    #[error("bare CR in a request line, header or trailer")]
-    BareCr,
-    /// A header line continued on the next line (RFC 9112 section 5.2).
-    #[error("obsolete line folding in a header")]
-    ObsFold,
-    /// NUL or another control byte in the request line, a header or a trailer.
-    #[error("control byte in a request line, header or trailer")]
-    Control,
-    /// Both framings at once: the classic desync.
-    #[error("both Content-Length and Transfer-Encoding")]
-    LengthAndChunked,
-    /// More than one `Content-Length`, even with equal values.
-    #[error("repeated Content-Length")]
-    RepeatedLength,
-    /// A `Content-Length` that is not one decimal number.
-    #[error("Content-Length is not a number")]
-    BadLength,
-    /// `Transfer-Encoding` other than exactly one `chunked`, or on HTTP/1.0.
-    #[error("Transfer-Encoding other than a single chunked")]
-    TransferEncoding,
-    /// A chunk size larger than 64 bits.
-    #[error("chunk size too large")]
-    ChunkSize,
-    /// A chunk size line or chunk end that is not well formed.
-    #[error("malformed chunked body")]
-    Chunked,
-}
-
-impl Malformed {
-    /// A short fixed name, for metric labels.
-    pub fn label(self) -> &'static str {
-        match self {
-            Malformed::BareLf => "bare_lf",
-            Malformed::BareCr => "bare_cr",
-            Malformed::ObsFold => "obs_fold",
-            Malformed::Control => "control_byte",
-            Malformed::LengthAndChunked => "length_and_chunked",
-            Malformed::RepeatedLength => "repeated_length",
-            Malformed::BadLength => "bad_length",
-            Malformed::TransferEncoding => "transfer_encoding",
-            Malformed::ChunkSize => "chunk_size",
-            Malformed::Chunked => "chunked",
-        }
-    }
-}
+use super::chunked::{chunk_byte, Chunk};
+use super::Malformed;
 
 /// Where in the request stream the scanner is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,22 +23,6 @@ enum State {
     Trailer,
     /// After a refusal: hyper closes the connection.
     Stopped,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Hex digits of the size so far, and whether there was one.
-    Size(u64, bool),
-    /// Whitespace after the size.
-    Space(u64),
-    /// A chunk extension, ignored up to its CR.
-    Extension(u64),
-    /// The LF ending the size line.
-    SizeLf(u64),
-    /// Data bytes left.
-    Data(u64),
-    DataCr,
-    DataLf,
 }
 
 /// Facts gathered from one request head.
@@ -434,35 +333,6 @@ impl Scanner {
     }
 }
 
-fn chunk_byte(state: Chunk, b: u8) -> Result<Chunk, Malformed> {
-    let next = match (state, b) {
-        (Chunk::Size(n, _), b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
-            let digit = u64::from(match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                _ => b - b'A' + 10,
-            });
-            let n = n
-                .checked_mul(16)
-                .and_then(|n| n.checked_add(digit))
-                .ok_or(Malformed::ChunkSize)?;
-            Chunk::Size(n, true)
-        }
-        (Chunk::Size(n, true) | Chunk::Space(n), b' ' | b'\t') => Chunk::Space(n),
-        (Chunk::Size(n, true) | Chunk::Space(n), b';') => Chunk::Extension(n),
-        (Chunk::Size(n, true) | Chunk::Space(n) | Chunk::Extension(n), b'\r') => Chunk::SizeLf(n),
-        (Chunk::Extension(_), b'\n' | 0..=0x08 | 0x0a..=0x1f | 0x7f) => {
-            return Err(Malformed::Chunked)
-        }
-        (Chunk::Extension(n), _) => Chunk::Extension(n),
-        (Chunk::SizeLf(n), b'\n') => Chunk::Data(n),
-        (Chunk::DataCr, b'\r') => Chunk::DataLf,
-        (Chunk::DataLf, b'\n') => Chunk::Size(0, false),
-        _ => return Err(Malformed::Chunked),
-    };
-    Ok(next)
-}
-
 fn trim(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
@@ -482,73 +352,6 @@ fn parse_length(v: &[u8]) -> Result<u64, Malformed> {
             .and_then(|n| n.checked_add(u64::from(d - b'0')))
             .ok_or(Malformed::BadLength)
     })
-}
-
-// === impl Guarded ===
-
-/// A client stream whose reads pass through a [`Scanner`] shared with the
-/// connection's request handler (which tells it of every answer
-/// and reads its verdict).
-pub struct Guarded<S> {
-    inner: S,
-    scanner: Arc<Mutex<Scanner>>,
-}
-
-impl<S> Guarded<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S, scanner: Arc<Mutex<Scanner>>) -> Self {
-        Self { inner, scanner }
-    }
-
-    /// The stream underneath: after a 101, the tunnel reads it unchecked.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        // A panic elsewhere cannot leave the scanner half-updated.
-        let mut scanner = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
-        scanner.scan(&mut buf.filled_mut()[before..]);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -1,95 +1,19 @@
-//! Incremental RFC 6455 frame-header tracking for one direction of a tunnel.
+//! [`FrameTracker`]: follows the frame headers of one direction of a
+//! WebSocket stream, byte by byte, as the tunnel passes them.
 //!
-//! The tunnel copies bytes between peers itself; it hands every chunk to a
-//! [`FrameTracker`] as it passes so the proxy knows where frames and messages
-//! begin and end, which Close code a peer sent, and when the stream breaks the
-//! protocol. This module owns only that bookkeeping.
-//!
-//! What it must not do: no I/O and no async (it is a pure state machine), no
-//! allocation per frame or per call to [`FrameTracker::feed`], and it never
-//! buffers, unmasks or rewrites payload. The one exception to "never looks at
-//! payload" is the first two bytes of a Close frame, unmasked in a local copy
-//! (the caller's bytes are never touched) to learn the close code. Everything
-//! else is header bytes, parsed one at a time so a header split across any
-//! number of reads costs no buffer.
+//! Must not: do I/O, allocate, or keep payload; it keeps a few header fields
+//! and the remaining payload length.
 
-/// Which peer sends the frames this tracker sees: client frames must be masked, server frames must not (RFC 6455 5.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sender {
-    /// The WebSocket client; every frame it sends carries a mask key.
-    Client,
-    /// The WebSocket server; its frames are never masked.
-    Server,
-}
-
-/// What the peer said in its Close frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseInfo {
-    /// The status code, or `None` when the Close frame had an empty payload.
-    pub code: Option<u16>,
-}
-
-/// A protocol violation found in a stream's frame headers (or Close code).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    /// An opcode RFC 6455 reserves: 3-7 (data) or 0xB-0xF (control).
-    #[error("reserved opcode {0:#x}")]
-    ReservedOpcode(u8),
-    /// A control frame announced a payload longer than 125 bytes.
-    #[error("control frame payload of {0} bytes exceeds 125")]
-    ControlTooLong(u64),
-    /// A control frame had FIN clear; control frames cannot be fragmented.
-    #[error("control frame without FIN")]
-    FragmentedControl,
-    /// A continuation frame arrived with no fragmented message in progress.
-    #[error("continuation frame with no message in progress")]
-    UnexpectedContinuation,
-    /// A text or binary frame arrived while a fragmented message was unfinished.
-    #[error("new data frame while a fragmented message is in progress")]
-    MessageInterrupted,
-    /// A client frame was unmasked or a server frame was masked.
-    #[error("{}", if *.expected_masked { "client frame is not masked" } else { "server frame is masked" })]
-    Masking {
-        /// Whether the frame should have been masked (true for client frames).
-        expected_masked: bool,
-    },
-    /// A 64-bit payload length had its most significant bit set.
-    #[error("64-bit payload length has its most significant bit set")]
-    LengthOverflow,
-    /// A Close frame carried exactly one payload byte, half a close code.
-    #[error("close frame payload of 1 byte")]
-    CloseTooShort,
-    /// A Close frame carried a code that must not appear on the wire.
-    #[error("close code {0} is not allowed on the wire")]
-    InvalidCloseCode(u16),
-    /// A frame followed this sender's own Close frame.
-    #[error("frame after close frame")]
-    FrameAfterClose,
-}
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-const FIN_BIT: u8 = 0x80;
-const MASK_BIT: u8 = 0x80;
+use super::{
+    close_code_allowed, CloseInfo, FrameError, Sender, FIN_BIT, MASK_BIT, OP_BINARY, OP_CLOSE,
+    OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+};
 
 // Flag bits packed into one byte so the tracker stays within a cache line.
 const IN_PAYLOAD: u8 = 1 << 0;
 const IN_MESSAGE: u8 = 1 << 1;
 const CLOSED: u8 = 1 << 2;
 const CLOSE_HAS_CODE: u8 = 1 << 3;
-
-/// Whether `code` may appear in a Close frame on the wire (RFC 6455 7.4).
-///
-/// 1004-1006 and 1015 are reserved for local reporting only, the rest of
-/// 1000-2999 is unassigned, and nothing outside 1000-4999 is defined.
-pub fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
 
 /// Tracks frame boundaries, message counts and Close state of one direction of a WebSocket stream.
 ///
@@ -381,146 +305,12 @@ impl FrameTracker {
     }
 }
 
-/// Encodes a whole Close frame (FIN, opcode 8) with the code and a UTF-8 reason (truncated at a char boundary so the payload stays <= 125 bytes). `mask` Some => masked frame with that key (client-to-server), None => unmasked.
-///
-/// The code is written as given; callers pick one that
-/// [`close_code_allowed`] accepts if the peer is to accept the frame.
-pub fn encode_close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
-    // 125 bytes of control payload minus the 2-byte code.
-    const MAX_REASON: usize = 123;
-    let mut end = reason.len().min(MAX_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let reason = &reason.as_bytes()[..end];
-    // end <= 123, so the payload length fits the 7-bit length field.
-    let len = (2 + end) as u8;
-
-    let mut out = Vec::with_capacity(2 + 4 + 2 + end);
-    out.push(FIN_BIT | OP_CLOSE);
-    match mask {
-        Some(key) => {
-            out.push(MASK_BIT | len);
-            out.extend_from_slice(&key);
-            let payload = code.to_be_bytes().into_iter().chain(reason.iter().copied());
-            out.extend(payload.enumerate().map(|(i, b)| b ^ key[i % 4]));
-        }
-        None => {
-            out.push(len);
-            out.extend_from_slice(&code.to_be_bytes());
-            out.extend_from_slice(reason);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tunnel::frames::test_support::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-
-    const KEY: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
-
-    /// How the test encoder writes the payload length.
-    #[derive(Clone, Copy, Debug)]
-    enum Len {
-        Min,
-        L16,
-        L64,
-    }
-
-    fn header(b0: u8, n: u64, mask: Option<[u8; 4]>, form: Len) -> Vec<u8> {
-        let mbit = if mask.is_some() { 0x80 } else { 0 };
-        let mut out = vec![b0];
-        match form {
-            Len::Min if n < 126 => out.push(mbit | n as u8),
-            Len::Min if n <= 0xFFFF => {
-                out.push(mbit | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            Len::L16 => {
-                assert!(n <= 0xFFFF, "test bug: {n} does not fit 16 bits");
-                out.push(mbit | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            Len::Min | Len::L64 => {
-                out.push(mbit | 127);
-                out.extend_from_slice(&n.to_be_bytes());
-            }
-        }
-        if let Some(k) = mask {
-            out.extend_from_slice(&k);
-        }
-        out
-    }
-
-    fn enc(b0: u8, payload: &[u8], mask: Option<[u8; 4]>, form: Len) -> Vec<u8> {
-        let mut out = header(b0, payload.len() as u64, mask, form);
-        let key = mask.unwrap_or([0; 4]);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        out
-    }
-
-    fn key_for(sender: Sender) -> Option<[u8; 4]> {
-        match sender {
-            Sender::Client => Some(KEY),
-            Sender::Server => None,
-        }
-    }
-
-    fn close_payload(code: u16, reason: &str) -> Vec<u8> {
-        let mut p = code.to_be_bytes().to_vec();
-        p.extend_from_slice(reason.as_bytes());
-        p
-    }
-
-    #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-    struct Snap {
-        frames: u64,
-        messages: u64,
-        control: u64,
-        boundary: bool,
-        in_message: bool,
-        close: Option<CloseInfo>,
-        error: Option<FrameError>,
-    }
-
-    fn snap(t: &FrameTracker) -> Snap {
-        Snap {
-            frames: t.frames(),
-            messages: t.messages(),
-            control: t.control_frames(),
-            boundary: t.at_boundary(),
-            in_message: t.in_message(),
-            close: t.close(),
-            error: t.error(),
-        }
-    }
-
-    fn feed_chunks<'a>(sender: Sender, chunks: impl IntoIterator<Item = &'a [u8]>) -> Snap {
-        let mut t = FrameTracker::new(sender);
-        for c in chunks {
-            if t.feed(c).is_err() {
-                break;
-            }
-        }
-        snap(&t)
-    }
-
-    fn whole(sender: Sender, bytes: &[u8]) -> Snap {
-        feed_chunks(sender, [bytes])
-    }
-
-    fn bytewise(sender: Sender, bytes: &[u8]) -> Snap {
-        feed_chunks(sender, bytes.chunks(1))
-    }
-
-    fn err_of(sender: Sender, bytes: &[u8]) -> Option<FrameError> {
-        let e = whole(sender, bytes).error;
-        assert_eq!(bytewise(sender, bytes).error, e, "bytewise disagrees");
-        e
-    }
 
     #[test]
     fn struct_is_compact() {
@@ -908,105 +698,6 @@ mod tests {
         assert_eq!(t.feed(&good), Err(FrameError::ReservedOpcode(3)));
         assert_eq!(t.error(), Some(FrameError::ReservedOpcode(3)));
         assert_eq!(snap(&t), before);
-    }
-
-    #[test]
-    fn error_messages_are_one_line() {
-        let all = [
-            FrameError::ReservedOpcode(0xB),
-            FrameError::ControlTooLong(300),
-            FrameError::FragmentedControl,
-            FrameError::UnexpectedContinuation,
-            FrameError::MessageInterrupted,
-            FrameError::Masking {
-                expected_masked: true,
-            },
-            FrameError::Masking {
-                expected_masked: false,
-            },
-            FrameError::LengthOverflow,
-            FrameError::CloseTooShort,
-            FrameError::InvalidCloseCode(1005),
-            FrameError::FrameAfterClose,
-        ];
-        for e in all {
-            let s = e.to_string();
-            assert!(!s.is_empty() && !s.contains('\n'), "{e:?}: {s:?}");
-        }
-        assert_eq!(
-            FrameError::ReservedOpcode(0xB).to_string(),
-            "reserved opcode 0xb"
-        );
-        assert!(FrameError::ControlTooLong(300).to_string().contains("300"));
-        assert!(FrameError::InvalidCloseCode(1005)
-            .to_string()
-            .contains("1005"));
-        assert_ne!(
-            FrameError::Masking {
-                expected_masked: true
-            }
-            .to_string(),
-            FrameError::Masking {
-                expected_masked: false
-            }
-            .to_string()
-        );
-    }
-
-    #[test]
-    fn encode_close_round_trips() {
-        for (sender, mask) in [(Sender::Client, Some(KEY)), (Sender::Server, None)] {
-            for (code, reason) in [(1000u16, ""), (1001, "going away"), (4000, "ünïcode ✓")] {
-                let f = encode_close(code, reason, mask);
-                assert_eq!(f[0], 0x88);
-                assert_eq!(f[1] & 0x80 != 0, mask.is_some());
-                assert_eq!(usize::from(f[1] & 0x7F), 2 + reason.len());
-                let payload_at = if mask.is_some() { 6 } else { 2 };
-                assert_eq!(f.len(), payload_at + 2 + reason.len());
-                let key = mask.unwrap_or([0; 4]);
-                let plain: Vec<u8> = f[payload_at..]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| b ^ key[i % 4])
-                    .collect();
-                assert_eq!(plain, close_payload(code, reason));
-                for s in [whole(sender, &f), bytewise(sender, &f)] {
-                    assert_eq!(s.close, Some(CloseInfo { code: Some(code) }));
-                    assert_eq!((s.frames, s.control, s.error), (1, 1, None));
-                    assert!(s.boundary);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn encode_close_truncates_reason_at_char_boundary() {
-        // 62 two-byte chars: 124 bytes, and byte 123 falls inside a char.
-        let reason = "é".repeat(62);
-        for mask in [None, Some(KEY)] {
-            let f = encode_close(1000, &reason, mask);
-            assert_eq!(usize::from(f[1] & 0x7F), 2 + 122);
-            let payload_at = if mask.is_some() { 6 } else { 2 };
-            let key = mask.unwrap_or([0; 4]);
-            let plain: Vec<u8> = f[payload_at..]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ key[i % 4])
-                .collect();
-            let text = std::str::from_utf8(&plain[2..]).unwrap();
-            assert_eq!(text, "é".repeat(61));
-        }
-        // Exactly 123 bytes fit untouched; longer ASCII stops at 123.
-        let f = encode_close(1000, &"a".repeat(123), None);
-        assert_eq!(f[1], 125);
-        let f = encode_close(1000, &"a".repeat(500), None);
-        assert_eq!((f[1], f.len()), (125, 127));
-        // A four-byte char straddling the limit is dropped whole.
-        let reason = format!("{}😀", "a".repeat(121));
-        let f = encode_close(3000, &reason, Some(KEY));
-        assert_eq!(f[1], 0x80 | (2 + 121));
-        let s = whole(Sender::Client, &f);
-        assert_eq!(s.close, Some(CloseInfo { code: Some(3000) }));
     }
 
     /// A random valid stream, plus the offsets at which each counter must tick.
