@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::net::tls::{BackendStream, ClientStream, MaybeTls, OverTcp};
+use crate::net::tls::{MaybeTls, OverTcp};
 use crate::observe::registry::{CloseOrder, ConnStats, DirectionCounters, Side, TunnelEnd};
 use crate::tunnel::direction::{Half, HalfError};
 use crate::tunnel::frames::{encode_close, FrameError, Sender};
@@ -156,10 +156,15 @@ pub struct TunnelTimeouts {
 /// deadline, a close ordered through `stats.close`, or a hard `shutdown`.
 /// `*_leftover` are bytes each side sent that hyper read past the
 /// handshake; they are delivered first.
-pub async fn run(
-    mut client: ClientStream,
+///
+/// Generic over the streams so the tunnel can also be driven over
+/// in-memory pipes in unit tests; the proxy's `ClientStream` and
+/// `BackendStream` each get their own monomorphised copy, so a read costs
+/// no dynamic dispatch.
+pub async fn run<C: Splice, B: Splice>(
+    mut client: C,
     client_leftover: Bytes,
-    mut backend: BackendStream,
+    mut backend: B,
     backend_leftover: Bytes,
     stats: &ConnStats,
     timeouts: TunnelTimeouts,
