@@ -43,6 +43,8 @@ use crate::tunnel::frames::{encode_close, FrameError, Sender};
 
 mod direction;
 pub mod frames;
+#[cfg(test)]
+mod tests;
 
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
