@@ -492,6 +492,7 @@ async fn a_close_asked_mid_frame_lands_after_that_frames_last_byte_each_way() {
         let out = t.outcome().await;
         assert!(out.error.is_none(), "{what}: {:?}", out.error);
         assert_eq!(out.closed_by, Side::Proxy, "{what}");
+        assert_eq!(out.first_close, Some((Side::Proxy, Some(code))), "{what}");
         assert_eq!(out.proxy_close.map(|o| o.code), Some(code), "{what}");
         // What was cut off at a boundary and discarded counts nowhere.
         let passed = u64::from(split > 0);
@@ -506,6 +507,41 @@ async fn a_close_asked_mid_frame_lands_after_that_frames_last_byte_each_way() {
             "{what}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_senders_close_discarded_after_wsgates_is_not_the_first_to_pass() {
+    // Both peers' Close frames are in the pipes before the tunnel's first
+    // poll, where the order is already waiting: wsgate's Close goes out
+    // first each way and the peers' are discarded, so the record must not
+    // name a peer as the sender of the first Close.
+    let mut t = Setup {
+        order: Some(order(4000, "maintenance")),
+        ..Setup::default()
+    }
+    .start();
+    send(
+        &mut t.client,
+        &from_client(FIN | CLOSE, &close_payload(1000)),
+    )
+    .await;
+    send(
+        &mut t.backend,
+        &from_backend(FIN | CLOSE, &close_payload(1000)),
+    )
+    .await;
+    let at_backend = decode(&read_all(&mut t.backend, "the backend's EOF").await);
+    assert_eq!(at_backend.len(), 1, "{at_backend:?}");
+    at_backend[0].assert_close(true, 4000, "maintenance");
+    let at_client = decode(&read_all(&mut t.client, "the client's EOF").await);
+    assert_eq!(at_client.len(), 1, "{at_client:?}");
+    at_client[0].assert_close(false, 4000, "maintenance");
+    let out = t.outcome().await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.closed_by, Side::Proxy);
+    assert_eq!(out.first_close, Some((Side::Proxy, Some(4000))));
+    assert_eq!(t.stats.to_backend.totals(), totals(0, 0, 0));
+    assert_eq!(t.stats.to_client.totals(), totals(0, 0, 0));
 }
 
 #[tokio::test]
