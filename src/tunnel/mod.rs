@@ -363,7 +363,9 @@ pub fn mask_key(id: u64) -> [u8; 4] {
 }
 
 fn note_close(half: &Half, side: Side, first: &mut Option<(Side, Option<u16>)>) {
-    if first.is_none() {
+    // Once wsgate's own Close went out this way, the sender's is discarded,
+    // not passed: wsgate's is the one to record, at the end of the poll.
+    if first.is_none() && !half.injected() {
         if let Some(c) = half.tracker.close() {
             *first = Some((side, c.code));
         }
