@@ -41,11 +41,35 @@ struct Ahead {
     stream: DuplexStream,
     /// The byte read to learn readiness, not yet handed out.
     byte: Option<u8>,
+    /// A read that would return EOF fails with this instead: rustls says
+    /// `UnexpectedEof` for a peer gone without close_notify, a socket says
+    /// `ConnectionReset`.
+    eof_as: Option<io::ErrorKind>,
+    /// Set, writes wait here until a flush, as in a TLS stream: what the
+    /// tunnel never flushes never arrives.
+    held: Option<Vec<u8>>,
 }
 
 impl Mem {
     fn new(stream: DuplexStream) -> Self {
-        Mem(Mutex::new(Ahead { stream, byte: None }))
+        Mem(Mutex::new(Ahead {
+            stream,
+            byte: None,
+            eof_as: None,
+            held: None,
+        }))
+    }
+
+    fn eof_as(self, kind: Option<io::ErrorKind>) -> Self {
+        let mut ahead = self.0.into_inner().expect("no test panics holding it");
+        ahead.eof_as = kind;
+        Mem(Mutex::new(ahead))
+    }
+
+    fn buffered(self, yes: bool) -> Self {
+        let mut ahead = self.0.into_inner().expect("no test panics holding it");
+        ahead.held = yes.then(Vec::new);
+        Mem(Mutex::new(ahead))
     }
 
     fn ahead(self: Pin<&mut Self>) -> &mut Ahead {
@@ -53,6 +77,17 @@ impl Mem {
             .0
             .get_mut()
             .expect("no test panics holding it")
+    }
+}
+
+impl Ahead {
+    /// Moves what writes left waiting into the pipe.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(held) = self.held.as_mut().filter(|h| !h.is_empty()) {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, held))?;
+            held.drain(..n);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -78,13 +113,17 @@ impl AsyncRead for Mem {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let ahead = self.ahead();
-        let Some(byte) = ahead.byte else {
-            return Pin::new(&mut ahead.stream).poll_read(cx, buf);
-        };
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        ahead.byte = None;
+        let Some(byte) = ahead.byte.take() else {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut ahead.stream).poll_read(cx, buf))?;
+            return match ahead.eof_as {
+                Some(kind) if buf.filled().len() == before => Poll::Ready(Err(kind.into())),
+                _ => Poll::Ready(Ok(())),
+            };
+        };
         buf.put_slice(&[byte]);
         // Whatever else is already there comes along, as from a socket, so
         // a frame written at once is read at once. A pipe never fails a
@@ -100,15 +139,26 @@ impl AsyncWrite for Mem {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.ahead().stream).poll_write(cx, buf)
+        let ahead = self.ahead();
+        match ahead.held.as_mut() {
+            Some(held) => {
+                held.extend_from_slice(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+            None => Pin::new(&mut ahead.stream).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ahead().stream).poll_flush(cx)
+        let ahead = self.ahead();
+        ready!(ahead.poll_release(cx))?;
+        Pin::new(&mut ahead.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ahead().stream).poll_shutdown(cx)
+        let ahead = self.ahead();
+        ready!(ahead.poll_release(cx))?;
+        Pin::new(&mut ahead.stream).poll_shutdown(cx)
     }
 }
 
@@ -280,6 +330,10 @@ struct Setup {
     timeouts: TunnelTimeouts,
     /// A close ordered before the tunnel's first poll.
     order: Option<CloseOrder>,
+    /// What the client's stream says instead of EOF (see `Ahead::eof_as`).
+    client_eof_as: Option<io::ErrorKind>,
+    /// Both of the tunnel's streams hold writes until flushed.
+    buffered: bool,
 }
 
 impl Default for Setup {
@@ -293,6 +347,8 @@ impl Default for Setup {
                 close: Duration::from_secs(3600),
             },
             order: None,
+            client_eof_as: None,
+            buffered: false,
         }
     }
 }
@@ -319,6 +375,8 @@ impl Setup {
             backend_pipe,
             timeouts,
             order,
+            client_eof_as,
+            buffered,
         } = self;
         let (client, client_side) = tokio::io::duplex(64 * 1024);
         let (backend, backend_side) = tokio::io::duplex(backend_pipe);
@@ -332,9 +390,11 @@ impl Setup {
             let (stats, shutdown) = (stats.clone(), shutdown.clone());
             async move {
                 super::run(
-                    Mem::new(client_side),
+                    Mem::new(client_side)
+                        .eof_as(client_eof_as)
+                        .buffered(buffered),
                     client_leftover,
-                    Mem::new(backend_side),
+                    Mem::new(backend_side).buffered(buffered),
                     backend_leftover,
                     &stats,
                     timeouts,
@@ -997,6 +1057,93 @@ async fn leftover_bytes_are_delivered_first_and_counted() {
     );
     assert_eq!(t.stats.to_backend.totals(), totals(up.len(), 2, 2));
     assert_eq!(t.stats.to_client.totals(), totals(down.len(), 2, 2));
+}
+
+#[tokio::test]
+async fn what_a_direction_writes_is_flushed_when_its_sender_goes_quiet() {
+    // Over streams that deliver only what is flushed (as TLS does), frames
+    // and wsgate's own Close must still arrive without anything further
+    // from the sender to push them along, even when a flush must wait for
+    // a slow backend to read.
+    let mut t = Setup {
+        buffered: true,
+        backend_pipe: 64,
+        ..Setup::default()
+    }
+    .start();
+    let up = from_client(FIN | TEXT, &payload(1000));
+    let down = from_backend(FIN | BINARY, &payload(500));
+    send(&mut t.client, &up).await;
+    assert_eq!(read_n(&mut t.backend, up.len(), "the client's").await, up);
+    send(&mut t.backend, &down).await;
+    assert_eq!(
+        read_n(&mut t.client, down.len(), "the backend's").await,
+        down
+    );
+    let (code, reason) = Ask::Order.apply(&t);
+    // Each peer reads wsgate's Close before answering it.
+    let close = read_n(&mut t.backend, 2 + 4 + 2 + reason.len(), "the Close").await;
+    decode(&close)[0].assert_close(true, code, reason);
+    let close = read_n(&mut t.client, 2 + 2 + reason.len(), "the Close").await;
+    decode(&close)[0].assert_close(false, code, reason);
+    send(
+        &mut t.client,
+        &from_client(FIN | CLOSE, &close_payload(code)),
+    )
+    .await;
+    send(
+        &mut t.backend,
+        &from_backend(FIN | CLOSE, &close_payload(code)),
+    )
+    .await;
+    assert!(read_all(&mut t.backend, "EOF at the backend")
+        .await
+        .is_empty());
+    assert!(read_all(&mut t.client, "EOF at the client")
+        .await
+        .is_empty());
+    let out = t.outcome().await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.closed_by, Side::Proxy);
+}
+
+#[tokio::test]
+async fn an_unexpected_eof_ends_a_direction_like_eof_and_a_reset_is_a_read_failure() {
+    // rustls reports a peer gone without close_notify as UnexpectedEof:
+    // frames carry their lengths, so that is an EOF. A reset is not.
+    for (kind, clean) in [
+        (io::ErrorKind::UnexpectedEof, true),
+        (io::ErrorKind::ConnectionReset, false),
+    ] {
+        let mut t = Setup {
+            client_eof_as: Some(kind),
+            ..Setup::default()
+        }
+        .start();
+        let hello = from_client(FIN | TEXT, b"hello");
+        send(&mut t.client, &hello).await;
+        t.client.shutdown().await.expect("client EOF");
+        if clean {
+            // Passed on as a half-close: the backend may still answer.
+            assert_eq!(read_all(&mut t.backend, "EOF at the backend").await, hello);
+            let reply = from_backend(FIN | TEXT, b"bye");
+            send(&mut t.backend, &reply).await;
+            assert_eq!(read_n(&mut t.client, reply.len(), "the reply").await, reply);
+            t.backend.shutdown().await.expect("backend EOF");
+        }
+        let out = t.outcome().await;
+        if clean {
+            assert!(out.error.is_none(), "{kind:?}: {:?}", out.error);
+        } else {
+            assert!(
+                matches!(out.error, Some(TunnelError::Read { .. })),
+                "{kind:?}: {:?}",
+                out.error
+            );
+            assert_eq!(read_all(&mut t.backend, "EOF at the backend").await, hello);
+        }
+        assert_eq!(out.closed_by, Side::Client, "{kind:?}");
+    }
 }
 
 // === one direction's buffer ===
