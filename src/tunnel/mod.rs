@@ -160,9 +160,9 @@ pub struct TunnelTimeouts {
 /// handshake; they are delivered first.
 ///
 /// Generic over the streams so the tunnel can also be driven over
-/// in-memory pipes in unit tests; the proxy's `ClientStream` and
-/// `BackendStream` each get their own monomorphised copy, so a read costs
-/// no dynamic dispatch.
+/// in-memory pipes in unit tests; the proxy's instance, with
+/// `ClientStream` and `BackendStream`, is monomorphised, so a read costs no
+/// dynamic dispatch.
 pub async fn run<C: Splice, B: Splice>(
     mut client: C,
     client_leftover: Bytes,
