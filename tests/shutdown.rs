@@ -334,7 +334,7 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
         tunnel::run(
             client,
             bytes::Bytes::new(),
-            wsgate::net::tls::MaybeTls::Plain(proxy_backend),
+            wsgate::net::tls::BackendStream::Plain(proxy_backend),
             bytes::Bytes::new(),
             &stats,
             timeouts,

@@ -141,6 +141,12 @@ impl Half {
         Ok(())
     }
 
+    /// Whether this direction holds a buffer now; an idle one must not.
+    #[cfg(test)]
+    pub(crate) fn holds_buffer(&self) -> bool {
+        matches!(self.phase, Phase::Reading(_) | Phase::Writing { .. })
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done)
     }

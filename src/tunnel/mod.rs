@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::net::tls::{BackendStream, ClientStream, MaybeTls, OverTcp};
+use crate::net::tls::{MaybeTls, OverTcp};
 use crate::observe::access::{CloseOrder, EndReason, Side, TunnelEnd};
 use crate::observe::registry::{ConnStats, DirectionCounters};
 use crate::tunnel::direction::{Half, HalfError};
@@ -45,6 +45,8 @@ use crate::tunnel::frames::{encode_close, FrameError, Sender};
 mod direction;
 pub mod frames;
 pub mod session;
+#[cfg(test)]
+mod tests;
 
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
@@ -174,10 +176,15 @@ pub struct TunnelTimeouts {
 /// deadline, a close ordered through `stats.close`, or a hard `shutdown`.
 /// `*_leftover` are bytes each side sent that hyper read past the
 /// handshake; they are delivered first.
-pub async fn run(
-    mut client: ClientStream,
+///
+/// Generic over the streams so the tunnel can also be driven over
+/// in-memory pipes in unit tests; the proxy's instance, with
+/// `ClientStream` and `BackendStream`, is monomorphised, so a read costs no
+/// dynamic dispatch.
+pub async fn run<C: Splice, B: Splice>(
+    mut client: C,
     client_leftover: Bytes,
-    mut backend: BackendStream,
+    mut backend: B,
     backend_leftover: Bytes,
     stats: &ConnStats,
     timeouts: TunnelTimeouts,
@@ -374,7 +381,9 @@ pub fn mask_key(id: u64) -> [u8; 4] {
 }
 
 fn note_close(half: &Half, side: Side, first: &mut Option<(Side, Option<u16>)>) {
-    if first.is_none() {
+    // Once wsgate's own Close went out this way, the sender's is discarded,
+    // not passed: wsgate's is the one to record, at the end of the poll.
+    if first.is_none() && !half.injected() {
         if let Some(c) = half.tracker.close() {
             *first = Some((side, c.code));
         }

@@ -1,0 +1,367 @@
+//! What passes and what ends a tunnel without wsgate's initiative: a
+//! peer's own Close, EOF and half-close, framing violations, I/O failures;
+//! and what is counted and flushed on the way.
+
+use super::*;
+
+#[tokio::test]
+async fn frames_a_peer_sends_after_its_own_close_are_not_forwarded() {
+    for sender in [Side::Client, Side::Backend] {
+        let mut t = start();
+        let (close, late) = match sender {
+            Side::Client => (
+                from_client(FIN | CLOSE, &close_payload(1000)),
+                from_client(FIN | TEXT, b"late"),
+            ),
+            _ => (
+                from_backend(FIN | CLOSE, &close_payload(1000)),
+                from_backend(FIN | TEXT, b"late"),
+            ),
+        };
+        let (from, to) = match sender {
+            Side::Client => (&mut t.client, &mut t.backend),
+            _ => (&mut t.backend, &mut t.client),
+        };
+        send(from, &close).await;
+        assert_eq!(read_n(to, close.len(), "the Close").await, close);
+        send(from, &late).await;
+        assert!(
+            read_all(to, "the receiver's EOF").await.is_empty(),
+            "{sender:?}"
+        );
+        let out = t.outcome().await;
+        assert!(
+            matches!(
+                out.error,
+                Some(TunnelError::Protocol {
+                    source: FrameError::FrameAfterClose,
+                    ..
+                })
+            ),
+            "{sender:?}: {:?}",
+            out.error
+        );
+        assert_eq!(out.closed_by, sender);
+        assert_eq!(out.first_close, Some((sender, Some(1000))));
+    }
+}
+
+#[tokio::test]
+async fn a_half_close_is_passed_on_while_the_other_direction_flows() {
+    let mut t = start();
+    let hello = from_client(FIN | TEXT, b"hello");
+    send(&mut t.client, &hello).await;
+    t.client.shutdown().await.expect("client half-close");
+    // The backend gets the frame, then EOF...
+    assert_eq!(read_all(&mut t.backend, "EOF at the backend").await, hello);
+    // ...and can still talk to the client, which still listens.
+    let replies = [
+        from_backend(FIN | TEXT, b"still here"),
+        from_backend(FIN | BINARY, &payload(3000)),
+    ];
+    for r in &replies {
+        send(&mut t.backend, r).await;
+        assert_eq!(&read_n(&mut t.client, r.len(), "a reply").await, r);
+    }
+    t.backend.shutdown().await.expect("backend half-close");
+    assert!(read_all(&mut t.client, "EOF at the client")
+        .await
+        .is_empty());
+    let out = t.outcome().await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.closed_by, Side::Client);
+    assert_eq!(out.first_close, None);
+    assert_eq!(t.stats.to_backend.totals(), totals(hello.len(), 1, 1));
+    assert_eq!(
+        t.stats.to_client.totals(),
+        totals(replies.iter().map(Vec::len).sum(), 2, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_half_closed_tunnel_is_cut_at_the_half_close_deadline() {
+    tokio::time::pause();
+    let mut t = Setup {
+        timeouts: TunnelTimeouts {
+            half_close: Duration::from_secs(5),
+            close: Duration::from_secs(3600),
+        },
+        ..Setup::default()
+    }
+    .start();
+    t.backend.shutdown().await.expect("backend half-close");
+    assert!(read_all(&mut t.client, "EOF at the client")
+        .await
+        .is_empty());
+    // The client never finishes.
+    let out = t.outcome().await;
+    assert!(
+        matches!(out.error, Some(TunnelError::HalfCloseTimeout(_))),
+        "{:?}",
+        out.error
+    );
+    assert_eq!(out.closed_by, Side::Backend);
+}
+
+#[tokio::test]
+async fn a_framing_violation_ends_the_tunnel_and_the_bad_frame_never_passes_whole() {
+    let cases: [(Side, Vec<u8>, FrameError); 6] = [
+        (
+            Side::Client,
+            from_backend(FIN | TEXT, b"bare"),
+            FrameError::Masking {
+                expected_masked: true,
+            },
+        ),
+        (
+            Side::Backend,
+            from_client(FIN | TEXT, b"masked"),
+            FrameError::Masking {
+                expected_masked: false,
+            },
+        ),
+        (
+            Side::Client,
+            from_client(FIN | 0x3, b"x"),
+            FrameError::ReservedOpcode(0x3),
+        ),
+        (
+            Side::Backend,
+            from_backend(FIN | CONT, b"x"),
+            FrameError::UnexpectedContinuation,
+        ),
+        (
+            Side::Client,
+            from_client(FIN | PING, &payload(126)),
+            FrameError::ControlTooLong(126),
+        ),
+        (
+            Side::Backend,
+            from_backend(FIN | CLOSE, &close_payload(1005)),
+            FrameError::InvalidCloseCode(1005),
+        ),
+    ];
+    for (sender, bad, error) in cases {
+        let mut t = start();
+        // A good frame first, which must pass.
+        let good = match sender {
+            Side::Client => from_client(FIN | TEXT, b"ok"),
+            _ => from_backend(FIN | TEXT, b"ok"),
+        };
+        let (from, to) = match sender {
+            Side::Client => (&mut t.client, &mut t.backend),
+            _ => (&mut t.backend, &mut t.client),
+        };
+        send(from, &good).await;
+        assert_eq!(read_n(to, good.len(), "the good frame").await, good);
+        send(from, &bad).await;
+        let got = read_all(to, "the receiver's EOF").await;
+        assert!(
+            got.len() < bad.len() && bad.starts_with(&got),
+            "{error:?}: {got:?}"
+        );
+        let out = t.outcome().await;
+        assert!(
+            matches!(out.error, Some(TunnelError::Protocol { source, .. }) if source == error),
+            "{error:?}: {:?}",
+            out.error
+        );
+        assert_eq!(out.closed_by, sender, "{error:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_write_to_a_vanished_backend_ends_the_tunnel_blaming_it() {
+    let mut t = start();
+    let backend = std::mem::replace(&mut t.backend, tokio::io::duplex(1).0);
+    drop(backend);
+    // The backend's going is passed on as EOF to the client first.
+    assert!(read_all(&mut t.client, "EOF at the client")
+        .await
+        .is_empty());
+    // Writes toward the backend can fail now; the client's next frame finds out.
+    let _ = t
+        .client
+        .write_all(&from_client(FIN | TEXT, b"anyone?"))
+        .await;
+    let out = t.outcome().await;
+    assert!(
+        matches!(out.error, Some(TunnelError::Write { .. })),
+        "{:?}",
+        out.error
+    );
+    assert_eq!(out.closed_by, Side::Backend);
+}
+
+#[tokio::test]
+async fn counters_equal_what_moved_with_fragments_and_control_frames_interleaved() {
+    let mut t = start();
+    // Client: a text message in three fragments with a Ping and a Pong
+    // between them, a binary message with a 16-bit length, then a Close.
+    let up = [
+        from_client(TEXT, b"he"),
+        from_client(FIN | PING, b"p"),
+        from_client(CONT, b"ll"),
+        from_client(FIN | PONG, b""),
+        from_client(FIN | CONT, b"o"),
+        from_client(FIN | BINARY, &payload(300)),
+        from_client(FIN | CLOSE, &close_payload(1000)),
+    ]
+    .concat();
+    // Sent in uneven pieces, so headers and payloads are cut anywhere.
+    let mut rest = &up[..];
+    for n in [1, 2, 5, 9, 17, 33, 65, 129].iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at((*n).min(rest.len()));
+        send(&mut t.client, piece).await;
+        rest = tail;
+    }
+    assert_eq!(
+        read_n(&mut t.backend, up.len(), "the client's frames").await,
+        up
+    );
+    // Backend: a Ping, a binary message in two fragments around a Pong,
+    // then its Close.
+    let down = [
+        from_backend(FIN | PING, b"are you there"),
+        from_backend(BINARY, &payload(200)),
+        from_backend(FIN | PONG, b"p"),
+        from_backend(FIN | CONT, &payload(20)),
+        from_backend(FIN | CLOSE, &close_payload(1000)),
+    ]
+    .concat();
+    send(&mut t.backend, &down).await;
+    assert_eq!(
+        read_n(&mut t.client, down.len(), "the backend's frames").await,
+        down
+    );
+    t.client.shutdown().await.expect("client EOF");
+    t.backend.shutdown().await.expect("backend EOF");
+    assert!(read_all(&mut t.backend, "EOF at the backend")
+        .await
+        .is_empty());
+    assert!(read_all(&mut t.client, "EOF at the client")
+        .await
+        .is_empty());
+    let out = t.outcome().await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.first_close, Some((Side::Client, Some(1000))));
+    assert_eq!(t.stats.to_backend.totals(), totals(up.len(), 7, 2));
+    assert_eq!(t.stats.to_client.totals(), totals(down.len(), 5, 1));
+}
+
+#[tokio::test]
+async fn leftover_bytes_are_delivered_first_and_counted() {
+    let up_early = from_client(FIN | TEXT, b"read past the handshake");
+    let up_late = from_client(FIN | TEXT, b"after");
+    let down_early = from_backend(FIN | BINARY, &payload(40));
+    let down_late = from_backend(FIN | TEXT, b"after");
+    // The client's leftover ends inside its second frame.
+    let cut = 3;
+    let mut t = Setup {
+        client_leftover: Bytes::from([&up_early[..], &up_late[..cut]].concat()),
+        backend_leftover: Bytes::from(down_early.clone()),
+        ..Setup::default()
+    }
+    .start();
+    send(&mut t.client, &up_late[cut..]).await;
+    send(&mut t.backend, &down_late).await;
+    let up = [up_early, up_late].concat();
+    let down = [down_early, down_late].concat();
+    assert_eq!(read_n(&mut t.backend, up.len(), "the client's").await, up);
+    assert_eq!(
+        read_n(&mut t.client, down.len(), "the backend's").await,
+        down
+    );
+    assert_eq!(t.stats.to_backend.totals(), totals(up.len(), 2, 2));
+    assert_eq!(t.stats.to_client.totals(), totals(down.len(), 2, 2));
+}
+
+#[tokio::test]
+async fn what_a_direction_writes_is_flushed_when_its_sender_goes_quiet() {
+    // Over streams that deliver only what is flushed (as TLS does), frames
+    // and wsgate's own Close must still arrive without anything further
+    // from the sender to push them along, even when a flush must wait for
+    // a slow backend to read.
+    let mut t = Setup {
+        buffered: true,
+        backend_pipe: 64,
+        ..Setup::default()
+    }
+    .start();
+    let up = from_client(FIN | TEXT, &payload(1000));
+    let down = from_backend(FIN | BINARY, &payload(500));
+    send(&mut t.client, &up).await;
+    assert_eq!(read_n(&mut t.backend, up.len(), "the client's").await, up);
+    send(&mut t.backend, &down).await;
+    assert_eq!(
+        read_n(&mut t.client, down.len(), "the backend's").await,
+        down
+    );
+    let (code, reason) = Ask::Order.apply(&t);
+    // Each peer reads wsgate's Close before answering it.
+    let close = read_n(&mut t.backend, 2 + 4 + 2 + reason.len(), "the Close").await;
+    decode(&close)[0].assert_close(true, code, reason);
+    let close = read_n(&mut t.client, 2 + 2 + reason.len(), "the Close").await;
+    decode(&close)[0].assert_close(false, code, reason);
+    send(
+        &mut t.client,
+        &from_client(FIN | CLOSE, &close_payload(code)),
+    )
+    .await;
+    send(
+        &mut t.backend,
+        &from_backend(FIN | CLOSE, &close_payload(code)),
+    )
+    .await;
+    assert!(read_all(&mut t.backend, "EOF at the backend")
+        .await
+        .is_empty());
+    assert!(read_all(&mut t.client, "EOF at the client")
+        .await
+        .is_empty());
+    let out = t.outcome().await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.closed_by, Side::Proxy);
+}
+
+#[tokio::test]
+async fn an_unexpected_eof_ends_a_direction_like_eof_and_a_reset_is_a_read_failure() {
+    // rustls reports a peer gone without close_notify as UnexpectedEof:
+    // frames carry their lengths, so that is an EOF. A reset is not.
+    for (kind, clean) in [
+        (io::ErrorKind::UnexpectedEof, true),
+        (io::ErrorKind::ConnectionReset, false),
+    ] {
+        let mut t = Setup {
+            client_eof_as: Some(kind),
+            ..Setup::default()
+        }
+        .start();
+        let hello = from_client(FIN | TEXT, b"hello");
+        send(&mut t.client, &hello).await;
+        t.client.shutdown().await.expect("client EOF");
+        if clean {
+            // Passed on as a half-close: the backend may still answer.
+            assert_eq!(read_all(&mut t.backend, "EOF at the backend").await, hello);
+            let reply = from_backend(FIN | TEXT, b"bye");
+            send(&mut t.backend, &reply).await;
+            assert_eq!(read_n(&mut t.client, reply.len(), "the reply").await, reply);
+            t.backend.shutdown().await.expect("backend EOF");
+        }
+        let out = t.outcome().await;
+        if clean {
+            assert!(out.error.is_none(), "{kind:?}: {:?}", out.error);
+        } else {
+            assert!(
+                matches!(out.error, Some(TunnelError::Read { .. })),
+                "{kind:?}: {:?}",
+                out.error
+            );
+            assert_eq!(read_all(&mut t.backend, "EOF at the backend").await, hello);
+        }
+        assert_eq!(out.closed_by, Side::Client, "{kind:?}");
+    }
+}
