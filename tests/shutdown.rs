@@ -207,6 +207,135 @@ async fn the_close_waits_for_the_frame_boundary_in_both_directions() {
 }
 
 #[tokio::test]
+async fn a_frame_sent_after_the_boundary_the_close_waited_for_is_not_relayed() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend", accepted.recv())
+        .await
+        .expect("backend socket");
+
+    // Each side starts a 200-byte binary frame and sends only its first 50 bytes.
+    let payload: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
+    let mask = [1u8, 2, 3, 4];
+    let mut client_frame = vec![0x82, 0x80 | 126, 0, 200];
+    client_frame.extend_from_slice(&mask);
+    client_frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut server_frame = vec![0x82, 126, 0, 200];
+    server_frame.extend_from_slice(&payload);
+    client
+        .write_all(&client_frame[..50])
+        .await
+        .expect("client part");
+    server
+        .write_all(&server_frame[..50])
+        .await
+        .expect("server part");
+    let mut first = vec![0u8; 50];
+    within(
+        "the client's part at the backend",
+        server.read_exact(&mut first),
+    )
+    .await
+    .expect("read");
+    assert_eq!(first, client_frame[..50]);
+    within(
+        "the backend's part at the client",
+        client.read_exact(&mut first),
+    )
+    .await
+    .expect("read");
+    assert_eq!(first, server_frame[..50]);
+
+    gw.gateway.drain();
+    // Each sends the rest of its frame and, in the same write, a whole next
+    // frame: wsgate must stop reading at the boundary and put its Close there.
+    let client_next = [
+        0x81,
+        0x84,
+        9,
+        9,
+        9,
+        9,
+        b'n' ^ 9,
+        b'e' ^ 9,
+        b'x' ^ 9,
+        b't' ^ 9,
+    ];
+    let server_next = [0x81, 4, b'n', b'e', b'x', b't'];
+    client
+        .write_all(&[&client_frame[50..], &client_next[..]].concat())
+        .await
+        .expect("client rest and next");
+    server
+        .write_all(&[&server_frame[50..], &server_next[..]].concat())
+        .await
+        .expect("server rest and next");
+
+    let mut rest = vec![0u8; client_frame.len() - 50];
+    within(
+        "the client's rest at the backend",
+        server.read_exact(&mut rest),
+    )
+    .await
+    .expect("read");
+    assert_eq!(rest, client_frame[50..]);
+    let (op, body) = read_frame(&mut server).await;
+    assert_eq!(
+        (op, &body[..2]),
+        (0x88, &1001u16.to_be_bytes()[..]),
+        "right after the boundary the backend must get wsgate's Close, not the next frame"
+    );
+    let mut rest = vec![0u8; server_frame.len() - 50];
+    within(
+        "the backend's rest at the client",
+        client.read_exact(&mut rest),
+    )
+    .await
+    .expect("read");
+    assert_eq!(rest, server_frame[50..]);
+    let (op, body) = read_frame(&mut client).await;
+    assert_eq!(
+        (op, &body[..2]),
+        (0x88, &1001u16.to_be_bytes()[..]),
+        "right after the boundary the client must get wsgate's Close, not the next frame"
+    );
+
+    // Both answer the Close; the next frames are never delivered.
+    client
+        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9])
+        .await
+        .expect("client reply");
+    server
+        .write_all(&[0x88, 2, 0x03, 0xe9])
+        .await
+        .expect("server reply");
+    server.shutdown().await.expect("server closes");
+    let mut extra = Vec::new();
+    within("backend EOF", server.read_to_end(&mut extra))
+        .await
+        .expect("read");
+    assert!(
+        extra.is_empty(),
+        "the backend got more after the Close: {extra:?}"
+    );
+    let mut extra = Vec::new();
+    within("client EOF", client.read_to_end(&mut extra))
+        .await
+        .expect("read");
+    assert!(
+        extra.is_empty(),
+        "the client got more after the Close: {extra:?}"
+    );
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.to_backend.bytes, client_frame.len() as u64);
+    assert_eq!(r.to_client.bytes, server_frame.len() as u64);
+    assert_eq!(r.close_frame_from, Some(Side::Proxy));
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
 async fn a_peer_that_never_answers_the_close_is_cut() {
     let (addr, mut accepted) = raw_ws_backend(b"").await;
     let toml = simple_config(&[addr]).replace("[timeouts]\n", "[timeouts]\nclose = \"300ms\"\n");
