@@ -682,3 +682,59 @@ async fn whoami(
         .to_bytes();
     String::from_utf8_lossy(&body).into_owned()
 }
+
+#[tokio::test]
+async fn reloads_do_not_drain_the_servers_they_keep() {
+    let kept = echo_backend().await;
+    let removed = echo_backend().await;
+    // A short drain_timeout on the kept server: a reload that wrongly
+    // drained it would close its tunnels long before the removed server's
+    // (longer) drain closes its own, which the test waits for.
+    let config = |i: usize| {
+        let extra_route = format!("[[routes]]\npath_prefix = \"/v{i}\"\nupstream = \"u\"\n");
+        let gone = if i < 4 {
+            format!("[[routes]]\npath_prefix = \"/g\"\nupstream = \"g\"\n[upstreams.g]\nservers = [\"{removed}\"]\ndrain_timeout = \"300ms\"\ndrain_spread = \"1ms\"\n")
+        } else {
+            String::new()
+        };
+        base(
+            PUBLIC,
+            &format!("[[routes]]\nupstream = \"u\"\n{extra_route}"),
+            &format!("[upstreams.u]\nservers = [\"{kept}\"]\ndrain_timeout = \"50ms\"\ndrain_spread = \"1ms\"\n{gone}"),
+        )
+    };
+    let gw = TestGateway::start(&config(0)).await;
+    let mut on_kept = Vec::new();
+    for _ in 0..3 {
+        on_kept.push(ws_connect(gw.addr("public"), "/ws").await);
+    }
+    let mut on_removed = ws_connect(gw.addr("public"), "/g").await;
+    echo_once(&mut on_removed, "on the removed server").await;
+    for i in 1..=3 {
+        write_config(&gw, &config(i));
+        let report = gw.gateway.reload().await.expect("reload");
+        assert!(report.servers_removed.is_empty(), "reload {i}: {report:?}");
+        for ws in &mut on_kept {
+            echo_once(ws, &format!("after reload {i}")).await;
+        }
+    }
+    write_config(&gw, &config(4));
+    let report = gw.gateway.reload().await.expect("reload removing g");
+    assert_eq!(report.servers_removed, [format!("g/{removed}")]);
+    match within(
+        "Close 1001 from the removed server's drain",
+        on_removed.next(),
+    )
+    .await
+    {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+    while let Some(Ok(_)) = within("the closing handshake", on_removed.next()).await {}
+    // Every drain these reloads started has run by now: the kept server's
+    // tunnels are open and still echo.
+    for ws in &mut on_kept {
+        echo_once(ws, "after the removed server's drain").await;
+    }
+    assert_eq!(gw.gateway.registry().live_count(), 3);
+}
