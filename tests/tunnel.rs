@@ -321,6 +321,50 @@ async fn an_unmasked_client_frame_ends_the_tunnel() {
 }
 
 #[tokio::test]
+async fn an_unmasked_client_frame_never_reaches_the_backend() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    // A good frame first, so the backend's side is known to be relayed.
+    let good = masked_text(b"ok");
+    client.write_all(&good).await.expect("write good frame");
+    let mut got = vec![0u8; good.len()];
+    within("the good frame", server.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, good);
+    // Then an unmasked one (RFC 6455 section 5.1) and a good one after it.
+    let mut bad = vec![0x81, 2, b'h', b'i'];
+    bad.extend_from_slice(&masked_text(b"after"));
+    client.write_all(&bad).await.expect("write bad frame");
+    let mut rest = Vec::new();
+    within("backend EOF", server.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(
+        rest.is_empty(),
+        "bytes of or after the unmasked frame reached the backend: {rest:?}"
+    );
+    // The client gets no Close frame, and no byte at all: the connection ends.
+    let mut to_client = Vec::new();
+    within("client EOF", async {
+        let _ = client.read_to_end(&mut to_client).await;
+    })
+    .await;
+    assert!(to_client.is_empty(), "the client got {to_client:?}");
+    let record = next_record(&mut rx).await;
+    assert_eq!(record.closed_by, Side::Client);
+    assert_eq!(record.close_code, None);
+    assert_eq!(record.to_backend.bytes, good.len() as u64);
+    assert_eq!(record.to_backend.messages, 1);
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
 async fn stats_and_access_record_match_what_was_sent() {
     let mut backend = WsBackend::start().await;
     let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
