@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate::control::reload::ReloadError;
 
@@ -25,14 +24,6 @@ fn base(listeners: &str, routes: &str, upstreams: &str) -> String {
 }
 
 const PUBLIC: &str = "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n";
-
-async fn echo_once(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) {
-    ws.send(Message::text(text)).await.expect("send");
-    match within("an echo", ws.next()).await {
-        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), text),
-        other => panic!("expected the echo of {text}, got {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn a_bad_config_is_rejected_and_the_old_one_keeps_serving() {
@@ -214,12 +205,12 @@ async fn a_removed_server_is_drained_with_spread_1001_and_others_are_untouched()
     // New connections go to A only; B's clients get Close 1001, spread out.
     let mut times = Vec::new();
     for mut ws in on_b {
-        match within("Close 1001 from the drain", ws.next()).await {
-            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
-            other => panic!("expected Close 1001, got {other:?}"),
-        }
+        assert_eq!(
+            expect_close(&mut ws, "Close 1001 from the drain").await.0,
+            1001
+        );
         times.push(Instant::now());
-        while let Some(Ok(_)) = within("close", ws.next()).await {}
+        finish(ws).await;
     }
     let spread = times.iter().max().copied().unwrap_or_else(Instant::now)
         - times.iter().min().copied().unwrap_or_else(Instant::now);
@@ -484,10 +475,10 @@ async fn a_name_that_resolves_differently_moves_new_connections_and_drains_the_o
     let _fresh = ws_connect(gw.addr("public"), "/ws").await;
     assert_eq!(new.next().await.path, "/ws");
     // The old address's tunnel drains with 1001.
-    match within("the drain's Close", established.next()).await {
-        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
-        other => panic!("expected Close 1001, got {other:?}"),
-    }
+    assert_eq!(
+        expect_close(&mut established, "the drain's Close").await.0,
+        1001
+    );
 }
 
 #[tokio::test]
@@ -721,16 +712,13 @@ async fn reloads_do_not_drain_the_servers_they_keep() {
     write_config(&gw, &config(4));
     let report = gw.gateway.reload().await.expect("reload removing g");
     assert_eq!(report.servers_removed, [format!("g/{removed}")]);
-    match within(
+    let (code, _) = expect_close(
+        &mut on_removed,
         "Close 1001 from the removed server's drain",
-        on_removed.next(),
     )
-    .await
-    {
-        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
-        other => panic!("expected Close 1001, got {other:?}"),
-    }
-    while let Some(Ok(_)) = within("the closing handshake", on_removed.next()).await {}
+    .await;
+    assert_eq!(code, 1001);
+    finish(on_removed).await;
     // Every drain these reloads started has run by now: the kept server's
     // tunnels are open and still echo.
     for ws in &mut on_kept {

@@ -5,11 +5,8 @@
 mod common;
 
 use common::*;
-use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
 use wsgate::observe::registry::Side;
 
 #[tokio::test]
@@ -27,30 +24,16 @@ async fn drain_closes_every_tunnel_with_1001_on_both_sides() {
     for (mut client, mut server) in pairs {
         // tungstenite checks masking and the close code's validity, as real peers do.
         let (c, s) = tokio::join!(
-            within("client close", client.next()),
-            within("server close", server.next())
+            expect_close(&mut client, "client close"),
+            expect_close(&mut server, "server close")
         );
-        for got in [c, s] {
-            match got {
-                Some(Ok(Message::Close(Some(f)))) => {
-                    assert_eq!(f.code, CloseCode::Away);
-                    assert_eq!(f.reason.as_str(), "going away");
-                }
-                other => panic!("expected Close 1001, got {other:?}"),
-            }
-        }
+        assert_eq!(c, (1001, "going away".to_string()));
+        assert_eq!(s, (1001, "going away".to_string()));
         // Both answer the Close, as libraries do; the tunnel then ends.
-        let finish = |mut ws: tokio_tungstenite::WebSocketStream<TcpStream>| async move {
-            while let Some(Ok(_)) = within("closing handshake", ws.next()).await {}
-        };
         tokio::join!(finish(client), finish(server));
     }
     for _ in 0..10 {
-        let r = next_record(&mut rx).await;
-        assert_eq!(r.closed_by, Side::Proxy);
-        assert_eq!(r.close_code, Some(1001));
-        assert_eq!(r.close_frame_from, Some(Side::Proxy));
-        assert_eq!(r.reason, "closed by proxy with 1001 going away");
+        assert_closed_by_proxy(&*next_record(&mut rx).await, 1001, "going away");
     }
     gw.wait_idle().await;
     // No new connection is accepted once draining.
@@ -70,39 +53,6 @@ async fn drain_closes_every_tunnel_with_1001_on_both_sides() {
             );
         }
     }
-}
-
-/// Reads one whole frame: (first byte, payload unmasked).
-async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    within("a frame", async {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).await.expect("frame header");
-        let mut len = u64::from(h[1] & 0x7f);
-        if len == 126 {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).await.expect("len16");
-            len = u64::from(u16::from_be_bytes(l));
-        } else if len == 127 {
-            let mut l = [0u8; 8];
-            s.read_exact(&mut l).await.expect("len64");
-            len = u64::from_be_bytes(l);
-        }
-        let mut mask = [0u8; 4];
-        if h[1] & 0x80 != 0 {
-            s.read_exact(&mut mask).await.expect("mask");
-        }
-        let mut payload = vec![0u8; usize::try_from(len).expect("len")];
-        s.read_exact(&mut payload).await.expect("payload");
-        if h[1] & 0x80 != 0 {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= mask[i % 4];
-            }
-        } else {
-            assert_eq!(h[1] & 0x80, 0);
-        }
-        (h[0], payload)
-    })
-    .await
 }
 
 #[tokio::test]

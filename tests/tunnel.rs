@@ -182,13 +182,10 @@ async fn close_codes_reach_the_other_side_both_ways() {
         }))
         .await
         .expect("close");
-    match within("backend to see the close", server.next()).await {
-        Some(Ok(Message::Close(Some(f)))) => {
-            assert_eq!(u16::from(f.code), 4001);
-            assert_eq!(f.reason.as_str(), "bye");
-        }
-        other => panic!("expected a close frame, got {other:?}"),
-    }
+    assert_eq!(
+        expect_close(&mut server, "backend to see the close").await,
+        (4001, "bye".to_string())
+    );
     tokio::join!(finish(server), finish(client));
     let record = next_record(&mut rx).await;
     assert_eq!(record.close_code, Some(4001));
@@ -204,32 +201,15 @@ async fn close_codes_reach_the_other_side_both_ways() {
         }))
         .await
         .expect("close");
-    match within("client to see the close", client.next()).await {
-        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Error),
-        other => panic!("expected a close frame, got {other:?}"),
-    }
+    assert_eq!(
+        expect_close(&mut client, "client to see the close").await,
+        (1011, "oops".to_string())
+    );
     tokio::join!(finish(client), finish(server));
     let record = next_record(&mut rx).await;
     assert_eq!(record.close_code, Some(1011));
     assert_eq!(record.close_frame_from, Some(Side::Backend));
     gw.wait_idle().await;
-}
-
-/// Reads until the peer's close completes, then drops the socket, as a real
-/// endpoint does once the closing handshake is over.
-async fn finish<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    while let Some(Ok(_)) = within("the closing handshake", ws.next()).await {}
-}
-
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let mask = [7u8, 1, 9, 3];
-    let mut f = vec![0x81, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
 }
 
 #[tokio::test]

@@ -91,6 +91,16 @@ impl TestGateway {
         self.gateway.registry().subscribe()
     }
 
+    /// Waits until the registry holds exactly `n` live tunnels.
+    pub async fn wait_live(&self, n: usize) {
+        within(&format!("{n} live tunnels"), async {
+            while self.gateway.registry().live_count() != n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+
     /// Waits until no tunnel is live.
     pub async fn wait_idle(&self) {
         within("live tunnels to return to zero", async {
@@ -408,6 +418,100 @@ pub async fn wait_closed(stream: &mut TcpStream) {
         }
     })
     .await;
+}
+
+// === WebSocket peers ===
+
+/// Reads until the peer's close completes, then drops the stream, as a real
+/// endpoint does once the closing handshake is over.
+pub async fn finish<S>(mut ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(_)) = within("the closing handshake", ws.next()).await {}
+}
+
+/// The next message must be a Close frame with a code; returns its code
+/// and reason. (tungstenite has already checked its masking and validity.)
+pub async fn expect_close<S>(ws: &mut WebSocketStream<S>, what: &str) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match within(what, ws.next()).await {
+        Some(Ok(Message::Close(Some(f)))) => (u16::from(f.code), f.reason.to_string()),
+        other => panic!("{what}: expected a Close frame, got {other:?}"),
+    }
+}
+
+/// Sends `text` to an echo backend and asserts the next message is its echo.
+pub async fn echo_once<S>(ws: &mut WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::SinkExt;
+    ws.send(Message::text(text)).await.expect("send");
+    match within("an echo", ws.next()).await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), text),
+        other => panic!("expected the echo of {text:?}, got {other:?}"),
+    }
+}
+
+/// A whole masked text frame of fewer than 126 bytes, as a client sends it.
+pub fn masked_text(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126, "a short frame");
+    let mask = [7u8, 1, 9, 3];
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one whole frame from a raw socket: (first byte, payload unmasked).
+pub async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    within("a frame", async {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await.expect("frame header");
+        let mut len = u64::from(h[1] & 0x7f);
+        if len == 126 {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.expect("len16");
+            len = u64::from(u16::from_be_bytes(l));
+        } else if len == 127 {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).await.expect("len64");
+            len = u64::from_be_bytes(l);
+        }
+        let mut mask = [0u8; 4];
+        if h[1] & 0x80 != 0 {
+            s.read_exact(&mut mask).await.expect("mask");
+        }
+        let mut payload = vec![0u8; usize::try_from(len).expect("len")];
+        s.read_exact(&mut payload).await.expect("payload");
+        if h[1] & 0x80 != 0 {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        }
+        (h[0], payload)
+    })
+    .await
+}
+
+/// Asserts a record is of a tunnel wsgate itself closed with `code` and
+/// `reason`, its Close being the first to pass.
+pub fn assert_closed_by_proxy(r: &AccessRecord, code: u16, reason: &str) {
+    use wsgate::observe::registry::Side;
+    assert_eq!(r.closed_by, Side::Proxy, "{r:?}");
+    assert_eq!(r.close_code, Some(code), "{r:?}");
+    assert_eq!(r.close_frame_from, Some(Side::Proxy), "{r:?}");
+    assert_eq!(r.reason, format!("closed by proxy with {code} {reason}"));
+}
+
+/// Asserts each `(key, value)` of a JSON object, naming the key that differs.
+pub fn assert_json_fields(v: &serde_json::Value, fields: &[(&str, serde_json::Value)]) {
+    for (key, want) in fields {
+        assert_eq!(&v[key], want, "{key} in {v}");
+    }
 }
 
 /// Connects a WebSocket client to `ws://addr{path}`.
