@@ -44,7 +44,8 @@ pub struct TestGateway {
 
 impl TestGateway {
     /// Starts wsgate from TOML text (written to a temp dir, so relative
-    /// paths resolve there); each listener is bound on `127.0.0.1:0`.
+    /// paths resolve there); each listener is bound on port 0 of its
+    /// configured address (`127.0.0.1` or `[::1]` in tests).
     pub async fn start(toml: &str) -> Self {
         Self::start_in(tempfile::tempdir().expect("tempdir"), toml).await
     }
@@ -59,7 +60,9 @@ impl TestGateway {
         for l in &config.listeners {
             bound.push(BoundListener {
                 name: l.name.clone(),
-                socket: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+                socket: TcpListener::bind(SocketAddr::new(l.bind.ip(), 0))
+                    .await
+                    .expect("bind"),
             });
         }
         let has_admin = config.admin.is_some();
@@ -315,6 +318,27 @@ pub async fn dead_addr() -> SocketAddr {
 pub async fn raw_ws_backend(
     first: &'static [u8],
 ) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<TcpStream>) {
+    let (addr, mut heads) = raw_ws_backend_with(first, "").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some((tcp, _)) = heads.recv().await {
+            if tx.send(tcp).await.is_err() {
+                break;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// Like [`raw_ws_backend`], with `extra` header lines (each ending in
+/// CRLF) in its 101; hands the test each socket with the request head it read.
+pub async fn raw_ws_backend_with(
+    first: &'static [u8],
+    extra: &'static str,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::Receiver<(TcpStream, String)>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -328,12 +352,16 @@ pub async fn raw_ws_backend(
                 }
                 head.push(byte[0]);
             }
-            let Some(mut answer) = good_101(&String::from_utf8_lossy(&head)) else {
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let Some(mut answer) = good_101(&head) else {
                 continue;
             };
+            answer.truncate(answer.len() - 2);
+            answer.extend_from_slice(extra.as_bytes());
+            answer.extend_from_slice(b"\r\n");
             answer.extend_from_slice(first);
             if tcp.write_all(&answer).await.is_ok() {
-                let _ = tx.send(tcp).await;
+                let _ = tx.send((tcp, head)).await;
             }
         }
     });
