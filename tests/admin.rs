@@ -8,12 +8,14 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -190,19 +192,6 @@ impl Scraped {
 
 // === WebSocket helpers ===
 
-/// Reads until the peer's close completes, as a real endpoint does.
-async fn finish(mut ws: Ws) {
-    while let Some(Ok(_)) = within("the closing handshake", ws.next()).await {}
-}
-
-/// The next message must be a Close frame; returns its code and reason.
-async fn expect_close(ws: &mut Ws, what: &str) -> (u16, String) {
-    match within(what, ws.next()).await {
-        Some(Ok(Message::Close(Some(f)))) => (u16::from(f.code), f.reason.to_string()),
-        other => panic!("{what}: expected a Close frame, got {other:?}"),
-    }
-}
-
 /// Client sends `text`, the backend echoes it by hand, the client reads it back.
 async fn roundtrip(client: &mut Ws, server: &mut Ws, text: &str) {
     client.send(Message::text(text)).await.expect("send");
@@ -219,32 +208,12 @@ async fn roundtrip(client: &mut Ws, server: &mut Ws, text: &str) {
     assert_eq!(back, Message::text(text), "client got something else");
 }
 
-/// Client sends `text` to an echo backend and reads it back.
-async fn echo_roundtrip(client: &mut Ws, text: &str) {
-    client.send(Message::text(text)).await.expect("send");
-    let back = within("the echo", client.next())
-        .await
-        .expect("stream open")
-        .expect("read");
-    assert_eq!(back, Message::text(text));
-}
-
-/// Waits until the registry holds exactly `n` live tunnels.
-async fn wait_live(gw: &TestGateway, n: usize) {
-    within(&format!("{n} live tunnels"), async {
-        while gw.gateway.registry().live_count() != n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
-
 /// Connects a client and waits for its tunnel to be registered, so ids
 /// (and "oldest first") follow the order of the calls.
 async fn open(gw: &TestGateway, listener: &str, path: &str) -> Ws {
     let before = gw.gateway.registry().live_count();
     let ws = ws_connect(gw.addr(listener), path).await;
-    wait_live(gw, before + 1).await;
+    gw.wait_live(before + 1).await;
     ws
 }
 
@@ -255,29 +224,6 @@ async fn accept_either(a: &mut WsBackend, b: &mut WsBackend) -> (usize, Ws) {
             Some(x) = a.accepted.recv() => (0, x.ws),
             Some(x) = b.accepted.recv() => (1, x.ws),
         }
-    })
-    .await
-}
-
-/// Reads one whole frame from a raw socket: (first byte, unmasked payload).
-async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    within("a frame", async {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).await.expect("frame header");
-        let len = usize::from(h[1] & 0x7f);
-        assert!(len < 126, "a short control frame was expected");
-        let mut mask = [0u8; 4];
-        if h[1] & 0x80 != 0 {
-            s.read_exact(&mut mask).await.expect("mask");
-        }
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).await.expect("payload");
-        if h[1] & 0x80 != 0 {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= mask[i % 4];
-            }
-        }
-        (h[0], payload)
     })
     .await
 }
@@ -495,7 +441,7 @@ async fn metrics_count_real_traffic_exactly() {
         let mut ws = open(&gw, "public", "/ws/chat").await;
         ports.push(ws.get_ref().local_addr().expect("addr").port());
         for m in msgs.iter() {
-            echo_roundtrip(&mut ws, m).await;
+            echo_once(&mut ws, m).await;
             up_bytes += 6 + m.len() as u64;
             down_bytes += 2 + m.len() as u64;
             count += 1;
@@ -686,7 +632,7 @@ async fn connections_are_listed_oldest_first_with_live_totals_and_filters() {
     for (listener, path, _, _, _, msgs) in plan {
         let mut ws = open(&gw, listener, path).await;
         for m in msgs {
-            echo_roundtrip(&mut ws, m).await;
+            echo_once(&mut ws, m).await;
         }
         clients.push(ws);
     }
@@ -983,7 +929,7 @@ async fn a_second_delete_on_a_closing_connection_is_a_conflict() {
     let (status, _, _) = raw_exchange(&mut client, handshake_request("/ws", "a").as_bytes()).await;
     assert_eq!(status, 101);
     let server = backend.next().await.ws;
-    wait_live(&gw, 1).await;
+    gw.wait_live(1).await;
     let id = gw.gateway.registry().live()[0].id;
 
     let r = admin
@@ -1088,7 +1034,7 @@ async fn upstreams_show_settings_and_active_tunnels_per_server() {
     admin.wait_active("u", a.addr, per[0]).await;
     admin.wait_active("u", b.addr, per[1]).await;
 
-    echo_roundtrip(&mut on_v, "v").await;
+    echo_once(&mut on_v, "v").await;
     on_v.close(None).await.expect("close");
     finish(on_v).await;
     for (mut client, server, _) in pairs {
@@ -1154,33 +1100,27 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
         on_b.push((client, server));
     }
 
-    // After the drain timeout, A's tunnels get 1001, one at a time.
+    // After the drain timeout, A's tunnels get 1001, one at a time, oldest
+    // first (when each falls in the window is the schedule's unit tests'
+    // business, in src/control/drain.rs).
+    let arrivals = Arc::new(AtomicUsize::new(0));
     let mut waits = Vec::new();
-    for (mut client, mut server) in on_a {
+    for (age, (mut client, mut server)) in on_a.into_iter().enumerate() {
+        let arrivals = arrivals.clone();
         waits.push(tokio::spawn(async move {
             let got = expect_close(&mut client, "the client's Close from the drain").await;
-            let at = Instant::now();
+            let rank = arrivals.fetch_add(1, Ordering::SeqCst);
             let s = expect_close(&mut server, "the backend's Close from the drain").await;
             tokio::join!(finish(client), finish(server));
-            (at, got, s)
+            (age, rank, got, s)
         }));
     }
-    let mut times = Vec::new();
     for w in waits {
-        let (at, c, s) = within("a drained tunnel", w).await.expect("task");
+        let (age, rank, c, s) = within("a drained tunnel", w).await.expect("task");
         assert_eq!(c, (1001, "server draining".to_string()));
         assert_eq!(s, (1001, "server draining".to_string()));
-        times.push(at);
+        assert_eq!(rank, age, "the drain closes the oldest tunnel first");
     }
-    let spread = times
-        .iter()
-        .max()
-        .unwrap()
-        .duration_since(*times.iter().min().unwrap());
-    assert!(
-        spread >= Duration::from_millis(100),
-        "the closes were not spread over the window: {spread:?}"
-    );
     for _ in 0..2 {
         let rec = next_record(&mut rx).await;
         assert_eq!(rec.backend, a.addr);
@@ -1297,7 +1237,7 @@ async fn rebalance_closes_the_oldest_tunnels_of_the_loaded_server() {
     let c = echo_backend().await;
     let d = echo_backend().await;
     let toml = format!(
-        "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[routes]]\npath_prefix = \"/u\"\nupstream = \"u\"\n[[routes]]\npath_prefix = \"/v\"\nupstream = \"v\"\n\n[upstreams.u]\nservers = [\"{}\", \"{}\"]\ndrain_timeout = \"1h\"\ndrain_spread = \"500ms\"\n[upstreams.v]\nservers = [\"{c}\", \"{d}\"]\n\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[routes]]\npath_prefix = \"/u\"\nupstream = \"u\"\n[[routes]]\npath_prefix = \"/v\"\nupstream = \"v\"\n\n[upstreams.u]\nservers = [\"{}\", \"{}\"]\ndrain_timeout = \"1h\"\ndrain_spread = \"1200ms\"\n[upstreams.v]\nservers = [\"{c}\", \"{d}\"]\n\n[admin]\nbind = \"127.0.0.1:0\"\n",
         a.addr, b.addr
     );
     let gw = TestGateway::start(&toml).await;
@@ -1362,34 +1302,31 @@ async fn rebalance_closes_the_oldest_tunnels_of_the_loaded_server() {
         "{v}"
     );
     assert_eq!(v["code"], 1012);
+    assert_eq!(
+        v["window_ms"], 1200,
+        "the closes are spread over drain_spread"
+    );
 
     let newest = pairs.split_off(3);
+    // One at a time over the window, oldest first.
+    let arrivals = Arc::new(AtomicUsize::new(0));
     let mut waits = Vec::new();
-    for (mut client, mut server) in pairs {
+    for (age, (mut client, mut server)) in pairs.into_iter().enumerate() {
+        let arrivals = arrivals.clone();
         waits.push(tokio::spawn(async move {
             let got = expect_close(&mut client, "the client's Close from the rebalance").await;
-            let at = Instant::now();
+            let rank = arrivals.fetch_add(1, Ordering::SeqCst);
             let s = expect_close(&mut server, "the backend's Close from the rebalance").await;
             tokio::join!(finish(client), finish(server));
-            (at, got, s)
+            (age, rank, got, s)
         }));
     }
-    let mut times = Vec::new();
     for w in waits {
-        let (at, c, s) = within("a rebalanced tunnel", w).await.expect("task");
+        let (age, rank, c, s) = within("a rebalanced tunnel", w).await.expect("task");
         assert_eq!(c, (1012, "rebalancing".to_string()));
         assert_eq!(s, (1012, "rebalancing".to_string()));
-        times.push(at);
+        assert_eq!(rank, age, "the rebalance closes the oldest tunnel first");
     }
-    let spread = times
-        .iter()
-        .max()
-        .unwrap()
-        .duration_since(*times.iter().min().unwrap());
-    assert!(
-        spread >= Duration::from_millis(100),
-        "the closes were not spread over the window: {spread:?}"
-    );
     let mut closed: Vec<u64> = Vec::new();
     for _ in 0..3 {
         let rec = next_record(&mut rx).await;
@@ -1422,7 +1359,7 @@ async fn rebalance_closes_the_oldest_tunnels_of_the_loaded_server() {
     assert_eq!(r.json()["closing"], 0);
     assert_eq!(r.json()["per_server"], serde_json::json!({}));
     for ws in &mut v_clients {
-        echo_roundtrip(ws, "balanced").await;
+        echo_once(ws, "balanced").await;
     }
 
     for mut ws in v_clients {
@@ -1565,7 +1502,7 @@ async fn traffic_totals_never_go_down_while_tunnels_close() {
         let mut clients = Vec::new();
         for _ in 0..100 {
             let mut ws = ws_connect(gw.addr("public"), "/ws").await;
-            echo_roundtrip(&mut ws, &payload).await;
+            echo_once(&mut ws, &payload).await;
             clients.push(ws);
         }
         let closing: Vec<_> = clients

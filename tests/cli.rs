@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -281,6 +281,15 @@ impl Running {
         serde_json::from_str(&line).expect("JSON")
     }
 
+    /// Waits for the "listening" event and returns the address it names.
+    async fn listening_addr(&mut self) -> std::net::SocketAddr {
+        let listening = self.json_event("listening").await;
+        listening["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no socket address in {listening}"))
+    }
+
     /// Waits for the child to exit.
     async fn wait_exit(&mut self) -> ExitStatus {
         within("wsgate to exit", async {
@@ -368,11 +377,7 @@ servers = ["{backend}"]
     let mut ws = ws_connect(addr, "/chat/room").await;
     let client_addr = ws.get_ref().local_addr().expect("local addr");
     for m in ["one", "two", "three"] {
-        ws.send(Message::text(m)).await.expect("send");
-        match within("an echo", ws.next()).await {
-            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), m),
-            other => panic!("expected the echo of {m}, got {other:?}"),
-        }
+        echo_once(&mut ws, m).await;
     }
     ws.close(Some(CloseFrame {
         code: CloseCode::Normal,
@@ -389,35 +394,30 @@ servers = ["{backend}"]
     drop(ws);
 
     let closed = wsgate.json_event("websocket closed").await;
-    let expect_str = [
-        ("target", "wsgate::access"),
-        ("listener", "edge"),
-        ("route", "*/chat"),
-        ("upstream", "echo"),
-        ("path", "/chat/room"),
-        ("closed_by", "backend"),
-        ("close_frame_from", "client"),
-        ("reason", "closed"),
-    ];
-    for (key, want) in expect_str {
-        assert_eq!(closed[key], want, "{key} in {closed}");
-    }
-    assert_eq!(closed["client"], client_addr.to_string(), "{closed}");
-    assert_eq!(closed["backend"], backend.to_string(), "{closed}");
     // Masked client frames: 3 texts (2+4+len) and a Close with a code (2+4+2);
     // unmasked echoes (2+len) and the echoed Close (2+2).
-    let expect_num = [
-        ("messages_to_backend", 3),
-        ("messages_to_client", 3),
-        ("frames_to_backend", 4),
-        ("frames_to_client", 4),
-        ("bytes_to_backend", 9 + 9 + 11 + 8),
-        ("bytes_to_client", 5 + 5 + 7 + 4),
-        ("close_code", 1000),
-    ];
-    for (key, want) in expect_num {
-        assert_eq!(closed[key].as_i64(), Some(want), "{key} in {closed}");
-    }
+    assert_json_fields(
+        &closed,
+        &[
+            ("target", json!("wsgate::access")),
+            ("listener", json!("edge")),
+            ("route", json!("*/chat")),
+            ("upstream", json!("echo")),
+            ("path", json!("/chat/room")),
+            ("closed_by", json!("backend")),
+            ("close_frame_from", json!("client")),
+            ("reason", json!("closed")),
+            ("client", json!(client_addr.to_string())),
+            ("backend", json!(backend.to_string())),
+            ("messages_to_backend", json!(3)),
+            ("messages_to_client", json!(3)),
+            ("frames_to_backend", json!(4)),
+            ("frames_to_client", json!(4)),
+            ("bytes_to_backend", json!(9 + 9 + 11 + 8)),
+            ("bytes_to_client", json!(5 + 5 + 7 + 4)),
+            ("close_code", json!(1000)),
+        ],
+    );
     assert!(closed["id"].is_u64(), "{closed}");
     assert!(closed["duration_ms"].is_u64(), "{closed}");
     assert!(
@@ -664,25 +664,14 @@ async fn sigterm_closes_live_tunnels_with_1001_then_exits_0() {
     );
     let path = write(dir.path(), "term.toml", &config);
     let mut wsgate = Running::spawn(&["run", "--config", &path, "--log-format", "json"]);
-    let listening = wsgate.json_event("listening").await;
-    let addr: std::net::SocketAddr = listening["addr"]
-        .as_str()
-        .expect("addr")
-        .parse()
-        .expect("addr");
+    let addr = wsgate.listening_addr().await;
     let mut ws = ws_connect(addr, "/live").await;
-    ws.send(Message::text("before")).await.expect("send");
-    match within("an echo", ws.next()).await {
-        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "before"),
-        other => panic!("expected the echo, got {other:?}"),
-    }
+    echo_once(&mut ws, "before").await;
     let client = async {
-        match within("the Close from wsgate", ws.next()).await {
-            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
-            other => panic!("expected Close 1001, got {other:?}"),
-        }
+        let (code, _) = expect_close(&mut ws, "the Close from wsgate").await;
+        assert_eq!(code, 1001);
         // tungstenite answers the Close; then the connection ends.
-        while let Some(Ok(_)) = within("the end of the connection", ws.next()).await {}
+        finish(ws).await;
     };
     let (status, ()) = tokio::join!(wsgate.terminate(), client);
     assert!(status.success(), "exit after SIGTERM: {status}");
@@ -707,12 +696,7 @@ async fn access_log_goes_to_its_own_file_and_repeated_backend_errors_are_folded(
     let path = write(dir.path(), "log.toml", &config);
     // No --log-format flag: the JSON format comes from [log].
     let mut wsgate = Running::spawn(&["run", "--config", &path]);
-    let listening = wsgate.json_event("listening").await;
-    let addr: std::net::SocketAddr = listening["addr"]
-        .as_str()
-        .expect("addr")
-        .parse()
-        .expect("addr");
+    let addr = wsgate.listening_addr().await;
     for _ in 0..5 {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
         let (status, _, _) =
@@ -795,12 +779,7 @@ async fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
     );
     let path = write(dir.path(), "hup.toml", &first);
     let mut wsgate = Running::spawn(&["run", "--config", &path, "--log-format", "json"]);
-    let listening = wsgate.json_event("listening").await;
-    let addr: std::net::SocketAddr = listening["addr"]
-        .as_str()
-        .expect("addr")
-        .parse()
-        .expect("addr");
+    let addr = wsgate.listening_addr().await;
     let mut established = ws_connect(addr, "/a").await;
     let hup = |pid: u32| {
         let status = Command::new("kill")
@@ -862,32 +841,23 @@ async fn run_logs_one_access_line_per_plain_request() {
     );
     let path = write(dir.path(), "http.toml", &config);
     let mut wsgate = Running::spawn(&["run", "--config", &path, "--log-format", "json"]);
-    let listening = wsgate.json_event("listening").await;
-    let addr: std::net::SocketAddr = listening["addr"]
-        .as_str()
-        .expect("addr field")
-        .parse()
-        .expect("addr");
+    let addr = wsgate.listening_addr().await;
     let (status, body) = http_send(addr, "POST", "/count?x=1", PatternBody::new(1234, false)).await;
     assert_eq!((status, body.as_str()), (200, "1234 0"));
     let line = wsgate.json_event("http request").await;
-    let expect_str = [
-        ("target", "wsgate::access"),
-        ("listener", "edge"),
-        ("upstream", "app"),
-        ("method", "POST"),
-        ("path", "/count?x=1"),
-    ];
-    for (key, want) in expect_str {
-        assert_eq!(line[key], want, "{key} in {line}");
-    }
-    assert_eq!(line["backend"], backend.addr.to_string(), "{line}");
-    assert_eq!(line["status"].as_u64(), Some(200), "{line}");
-    assert_eq!(line["bytes_to_backend"].as_u64(), Some(1234), "{line}");
-    assert_eq!(
-        line["bytes_to_client"].as_u64(),
-        Some(body.len() as u64),
-        "{line}"
+    assert_json_fields(
+        &line,
+        &[
+            ("target", json!("wsgate::access")),
+            ("listener", json!("edge")),
+            ("upstream", json!("app")),
+            ("method", json!("POST")),
+            ("path", json!("/count?x=1")),
+            ("backend", json!(backend.addr.to_string())),
+            ("status", json!(200)),
+            ("bytes_to_backend", json!(1234)),
+            ("bytes_to_client", json!(body.len())),
+        ],
     );
     assert!(line["duration_ms"].is_u64(), "{line}");
     // A refused request has its line too, with its reason.

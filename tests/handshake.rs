@@ -571,3 +571,114 @@ async fn subprotocol_chosen_by_the_backend_reaches_the_client() {
         "superchat, chat"
     );
 }
+
+#[tokio::test]
+async fn a_101_without_an_accept_key_opens_no_tunnel() {
+    fn no_accept(head: &str) -> Option<Vec<u8>> {
+        let ok = String::from_utf8(good_101(head)?).ok()?;
+        let without: String = ok
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with("Sec-WebSocket-Accept:"))
+            .collect();
+        Some(without.into_bytes())
+    }
+    let backend = RawBackend::start(no_accept).await;
+    let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
+    let mut rx = gw.access_log();
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, head, body) =
+        raw_exchange(&mut tcp, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 502, "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("invalid 101"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // A masked text frame a client would send on an open tunnel: the
+    // connection is still HTTP, so it is refused as a request, never relayed.
+    tcp.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .await
+        .expect("write frame");
+    wait_closed(&mut tcp).await;
+    let seen = backend.received.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one backend connection");
+    assert!(
+        seen[0].starts_with(b"GET /ws HTTP/1.1\r\n") && seen[0].ends_with(b"\r\n\r\n"),
+        "the backend got something past the request head: {:?}",
+        String::from_utf8_lossy(&seen[0])
+    );
+    assert_eq!(gw.gateway.registry().live_count(), 0);
+    assert!(rx.try_recv().is_err(), "no tunnel may have been recorded");
+}
+
+#[tokio::test]
+async fn upgrade_h2c_not_named_in_connection_is_still_not_forwarded() {
+    let backend = RawBackend::start(ok).await;
+    let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
+    // Upgrade is hop-by-hop whether or not Connection names it (RFC 9110
+    // section 7.6.1), and HTTP2-Settings belongs to the h2c upgrade of this
+    // hop only (RFC 7540 section 3.2.1; h2c is deprecated by RFC 9113): the
+    // request goes on as HTTP/1.1 without either, whether Connection is
+    // absent or names something else.
+    for connection in [None, Some("Connection: keep-alive")] {
+        let mut lines = vec![
+            "GET / HTTP/1.1",
+            "Host: a",
+            "Upgrade: h2c",
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+        ];
+        lines.extend(connection);
+        let mut tcp = TcpStream::connect(gw.addr("public"))
+            .await
+            .expect("connect");
+        let (status, head, body) = raw_exchange(&mut tcp, request(&lines).as_bytes()).await;
+        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "{head}");
+        assert!(header_value(&head, "upgrade").is_none(), "{head}");
+    }
+    let seen = backend.received.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one backend connection per request");
+    for head in seen {
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("get / http/1.1\r\n"), "{head}");
+        for gone in ["upgrade", "http2-settings"] {
+            assert!(
+                header_value(&head, gone).is_none(),
+                "{gone} forwarded: {head}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn headers_sent_in_pieces_within_the_deadline_are_served() {
+    let echo = echo_backend().await;
+    // A deadline far above the pauses below: only a timeout that is wildly
+    // too short (or measured per read wrongly) can cut this client.
+    let toml =
+        simple_config(&[echo]).replace("client_handshake = \"2s\"", "client_handshake = \"10s\"");
+    let gw = TestGateway::start(&toml).await;
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let req = handshake_request("/ws", "a");
+    for piece in req.as_bytes().chunks(12) {
+        tcp.write_all(piece).await.expect("write a piece");
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    let (status, head, _) = read_response(&mut tcp).await;
+    assert_eq!(status, 101, "{head}");
+    // The tunnel is open: a masked text frame comes back as the echo.
+    tcp.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .await
+        .expect("write frame");
+    let mut echo = [0u8; 4];
+    within(
+        "the echo",
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut echo),
+    )
+    .await
+    .expect("read echo");
+    assert_eq!(echo, [0x81, 2, b'h', b'i']);
+}

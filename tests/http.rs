@@ -1097,3 +1097,77 @@ async fn trailers_pass_both_ways() {
         "the client got the response's trailer: {answer_trailers:?}"
     );
 }
+
+#[tokio::test]
+async fn an_http_1_0_request_is_served_and_its_connection_closed_unless_kept_alive() {
+    let backend = AppBackend::start().await;
+    let gw = start(&backend).await;
+    // HTTP/1.0 without Host (allowed there) and without keep-alive: one
+    // answer, then the connection ends.
+    let mut tcp = raw_client_of(&gw).await;
+    let (status, head, body) = raw_exchange(&mut tcp, b"GET /whoami HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, backend.addr.to_string().as_bytes());
+    let mut rest = Vec::new();
+    within("the connection to close", tcp.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+
+    // With keep-alive asked, the connection serves a second request.
+    let mut tcp = raw_client_of(&gw).await;
+    let ask = b"GET /whoami HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n";
+    for round in 0..2 {
+        let (status, head, body) = raw_exchange(&mut tcp, ask).await;
+        assert_eq!(status, 200, "round {round}: {head}");
+        assert_eq!(body, backend.addr.to_string().as_bytes());
+        assert!(
+            header_value(&head, "connection").is_some_and(|c| c.eq_ignore_ascii_case("keep-alive")),
+            "round {round}: {head}"
+        );
+    }
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen
+        .iter()
+        .all(|s| s.method == http::Method::GET && s.target == "/whoami"));
+}
+
+/// A plain GET whose head is exactly `size` bytes, padded by one header.
+fn head_of_size(size: usize) -> String {
+    let bare = "GET /headers HTTP/1.1\r\nHost: a\r\nX-Pad: \r\n\r\n".len();
+    format!(
+        "GET /headers HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(size - bare)
+    )
+}
+
+#[tokio::test]
+async fn a_head_just_under_max_request_headers_is_served_and_one_just_over_gets_431() {
+    let backend = AppBackend::start().await;
+    let toml = format!(
+        "[limits]\nmax_request_headers = 16384\n{}",
+        config(&[backend.addr], "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let under = head_of_size(16384 - 64);
+    assert_eq!(under.len(), 16384 - 64);
+    let mut tcp = raw_client_of(&gw).await;
+    let (status, head, body) = raw_exchange(&mut tcp, under.as_bytes()).await;
+    assert_eq!(status, 200, "{head}");
+    let pad = "p".repeat(under.len() - "GET /headers HTTP/1.1\r\nHost: a\r\nX-Pad: \r\n\r\n".len());
+    assert!(
+        String::from_utf8_lossy(&body).contains(&format!("x-pad: {pad}\n")),
+        "the backend did not get the whole header"
+    );
+
+    let over = head_of_size(16384 + 64);
+    let mut tcp = raw_client_of(&gw).await;
+    let (status, head, _) = raw_exchange(&mut tcp, over.as_bytes()).await;
+    assert_eq!(status, 431, "{head}");
+    assert_eq!(
+        backend.seen().len(),
+        1,
+        "only the request under the limit reached the backend"
+    );
+}

@@ -5,11 +5,8 @@
 mod common;
 
 use common::*;
-use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
 use wsgate::observe::access::{EndReason, Side};
 
 #[tokio::test]
@@ -27,31 +24,16 @@ async fn drain_closes_every_tunnel_with_1001_on_both_sides() {
     for (mut client, mut server) in pairs {
         // tungstenite checks masking and the close code's validity, as real peers do.
         let (c, s) = tokio::join!(
-            within("client close", client.next()),
-            within("server close", server.next())
+            expect_close(&mut client, "client close"),
+            expect_close(&mut server, "server close")
         );
-        for got in [c, s] {
-            match got {
-                Some(Ok(Message::Close(Some(f)))) => {
-                    assert_eq!(f.code, CloseCode::Away);
-                    assert_eq!(f.reason.as_str(), "going away");
-                }
-                other => panic!("expected Close 1001, got {other:?}"),
-            }
-        }
+        assert_eq!(c, (1001, "going away".to_string()));
+        assert_eq!(s, (1001, "going away".to_string()));
         // Both answer the Close, as libraries do; the tunnel then ends.
-        let finish = |mut ws: tokio_tungstenite::WebSocketStream<TcpStream>| async move {
-            while let Some(Ok(_)) = within("closing handshake", ws.next()).await {}
-        };
         tokio::join!(finish(client), finish(server));
     }
     for _ in 0..10 {
-        let r = next_record(&mut rx).await;
-        assert_eq!(r.closed_by, Side::Proxy);
-        assert_eq!(r.close_code, Some(1001));
-        assert_eq!(r.close_frame_from, Some(Side::Proxy));
-        assert_eq!(r.reason, EndReason::ProxyClose);
-        assert_eq!(r.proxy_close, Some(order(1001, "going away")));
+        assert_closed_by_proxy(&*next_record(&mut rx).await, 1001, "going away");
     }
     gw.wait_idle().await;
     // No new connection is accepted once draining.
@@ -71,39 +53,6 @@ async fn drain_closes_every_tunnel_with_1001_on_both_sides() {
             );
         }
     }
-}
-
-/// Reads one whole frame: (first byte, payload unmasked).
-async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    within("a frame", async {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).await.expect("frame header");
-        let mut len = u64::from(h[1] & 0x7f);
-        if len == 126 {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).await.expect("len16");
-            len = u64::from(u16::from_be_bytes(l));
-        } else if len == 127 {
-            let mut l = [0u8; 8];
-            s.read_exact(&mut l).await.expect("len64");
-            len = u64::from_be_bytes(l);
-        }
-        let mut mask = [0u8; 4];
-        if h[1] & 0x80 != 0 {
-            s.read_exact(&mut mask).await.expect("mask");
-        }
-        let mut payload = vec![0u8; usize::try_from(len).expect("len")];
-        s.read_exact(&mut payload).await.expect("payload");
-        if h[1] & 0x80 != 0 {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= mask[i % 4];
-            }
-        } else {
-            assert_eq!(h[1] & 0x80, 0);
-        }
-        (h[0], payload)
-    })
-    .await
 }
 
 #[tokio::test]
@@ -205,6 +154,135 @@ async fn the_close_waits_for_the_frame_boundary_in_both_directions() {
     assert_eq!(r.proxy_close, Some(order(1001, "going away")));
     assert_eq!(r.to_backend.bytes, client_frame.len() as u64);
     assert_eq!(r.to_client.bytes, server_frame.len() as u64);
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn a_frame_sent_after_the_boundary_the_close_waited_for_is_not_relayed() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend", accepted.recv())
+        .await
+        .expect("backend socket");
+
+    // Each side starts a 200-byte binary frame and sends only its first 50 bytes.
+    let payload: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
+    let mask = [1u8, 2, 3, 4];
+    let mut client_frame = vec![0x82, 0x80 | 126, 0, 200];
+    client_frame.extend_from_slice(&mask);
+    client_frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut server_frame = vec![0x82, 126, 0, 200];
+    server_frame.extend_from_slice(&payload);
+    client
+        .write_all(&client_frame[..50])
+        .await
+        .expect("client part");
+    server
+        .write_all(&server_frame[..50])
+        .await
+        .expect("server part");
+    let mut first = vec![0u8; 50];
+    within(
+        "the client's part at the backend",
+        server.read_exact(&mut first),
+    )
+    .await
+    .expect("read");
+    assert_eq!(first, client_frame[..50]);
+    within(
+        "the backend's part at the client",
+        client.read_exact(&mut first),
+    )
+    .await
+    .expect("read");
+    assert_eq!(first, server_frame[..50]);
+
+    gw.gateway.drain();
+    // Each sends the rest of its frame and, in the same write, a whole next
+    // frame: wsgate must stop reading at the boundary and put its Close there.
+    let client_next = [
+        0x81,
+        0x84,
+        9,
+        9,
+        9,
+        9,
+        b'n' ^ 9,
+        b'e' ^ 9,
+        b'x' ^ 9,
+        b't' ^ 9,
+    ];
+    let server_next = [0x81, 4, b'n', b'e', b'x', b't'];
+    client
+        .write_all(&[&client_frame[50..], &client_next[..]].concat())
+        .await
+        .expect("client rest and next");
+    server
+        .write_all(&[&server_frame[50..], &server_next[..]].concat())
+        .await
+        .expect("server rest and next");
+
+    let mut rest = vec![0u8; client_frame.len() - 50];
+    within(
+        "the client's rest at the backend",
+        server.read_exact(&mut rest),
+    )
+    .await
+    .expect("read");
+    assert_eq!(rest, client_frame[50..]);
+    let (op, body) = read_frame(&mut server).await;
+    assert_eq!(
+        (op, &body[..2]),
+        (0x88, &1001u16.to_be_bytes()[..]),
+        "right after the boundary the backend must get wsgate's Close, not the next frame"
+    );
+    let mut rest = vec![0u8; server_frame.len() - 50];
+    within(
+        "the backend's rest at the client",
+        client.read_exact(&mut rest),
+    )
+    .await
+    .expect("read");
+    assert_eq!(rest, server_frame[50..]);
+    let (op, body) = read_frame(&mut client).await;
+    assert_eq!(
+        (op, &body[..2]),
+        (0x88, &1001u16.to_be_bytes()[..]),
+        "right after the boundary the client must get wsgate's Close, not the next frame"
+    );
+
+    // Both answer the Close; the next frames are never delivered.
+    client
+        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9])
+        .await
+        .expect("client reply");
+    server
+        .write_all(&[0x88, 2, 0x03, 0xe9])
+        .await
+        .expect("server reply");
+    server.shutdown().await.expect("server closes");
+    let mut extra = Vec::new();
+    within("backend EOF", server.read_to_end(&mut extra))
+        .await
+        .expect("read");
+    assert!(
+        extra.is_empty(),
+        "the backend got more after the Close: {extra:?}"
+    );
+    let mut extra = Vec::new();
+    within("client EOF", client.read_to_end(&mut extra))
+        .await
+        .expect("read");
+    assert!(
+        extra.is_empty(),
+        "the client got more after the Close: {extra:?}"
+    );
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.to_backend.bytes, client_frame.len() as u64);
+    assert_eq!(r.to_client.bytes, server_frame.len() as u64);
+    assert_eq!(r.close_frame_from, Some(Side::Proxy));
     gw.wait_idle().await;
 }
 

@@ -182,13 +182,10 @@ async fn close_codes_reach_the_other_side_both_ways() {
         }))
         .await
         .expect("close");
-    match within("backend to see the close", server.next()).await {
-        Some(Ok(Message::Close(Some(f)))) => {
-            assert_eq!(u16::from(f.code), 4001);
-            assert_eq!(f.reason.as_str(), "bye");
-        }
-        other => panic!("expected a close frame, got {other:?}"),
-    }
+    assert_eq!(
+        expect_close(&mut server, "backend to see the close").await,
+        (4001, "bye".to_string())
+    );
     tokio::join!(finish(server), finish(client));
     let record = next_record(&mut rx).await;
     assert_eq!(record.close_code, Some(4001));
@@ -204,32 +201,15 @@ async fn close_codes_reach_the_other_side_both_ways() {
         }))
         .await
         .expect("close");
-    match within("client to see the close", client.next()).await {
-        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Error),
-        other => panic!("expected a close frame, got {other:?}"),
-    }
+    assert_eq!(
+        expect_close(&mut client, "client to see the close").await,
+        (1011, "oops".to_string())
+    );
     tokio::join!(finish(client), finish(server));
     let record = next_record(&mut rx).await;
     assert_eq!(record.close_code, Some(1011));
     assert_eq!(record.close_frame_from, Some(Side::Backend));
     gw.wait_idle().await;
-}
-
-/// Reads until the peer's close completes, then drops the socket, as a real
-/// endpoint does once the closing handshake is over.
-async fn finish<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    while let Some(Ok(_)) = within("the closing handshake", ws.next()).await {}
-}
-
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let mask = [7u8, 1, 9, 3];
-    let mut f = vec![0x81, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
 }
 
 #[tokio::test]
@@ -313,6 +293,50 @@ async fn an_unmasked_client_frame_ends_the_tunnel() {
     assert_eq!(record.reason, EndReason::ProtocolError, "{record:?}");
     wait_closed(&mut client).await;
     wait_closed(&mut server).await;
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn an_unmasked_client_frame_never_reaches_the_backend() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    // A good frame first, so the backend's side is known to be relayed.
+    let good = masked_text(b"ok");
+    client.write_all(&good).await.expect("write good frame");
+    let mut got = vec![0u8; good.len()];
+    within("the good frame", server.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, good);
+    // Then an unmasked one (RFC 6455 section 5.1) and a good one after it.
+    let mut bad = vec![0x81, 2, b'h', b'i'];
+    bad.extend_from_slice(&masked_text(b"after"));
+    client.write_all(&bad).await.expect("write bad frame");
+    let mut rest = Vec::new();
+    within("backend EOF", server.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(
+        rest.is_empty(),
+        "bytes of or after the unmasked frame reached the backend: {rest:?}"
+    );
+    // The client gets no Close frame, and no byte at all: the connection ends.
+    let mut to_client = Vec::new();
+    within("client EOF", async {
+        let _ = client.read_to_end(&mut to_client).await;
+    })
+    .await;
+    assert!(to_client.is_empty(), "the client got {to_client:?}");
+    let record = next_record(&mut rx).await;
+    assert_eq!(record.closed_by, Side::Client);
+    assert_eq!(record.close_code, None);
+    assert_eq!(record.to_backend.bytes, good.len() as u64);
+    assert_eq!(record.to_backend.messages, 1);
     gw.wait_idle().await;
 }
 
@@ -409,4 +433,120 @@ async fn a_bad_client_does_not_disturb_others_and_counters_return_to_zero() {
         finish(c).await;
     }
     gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn permessage_deflate_is_negotiated_end_to_end_and_compressed_frames_pass_unchanged() {
+    let (addr, mut accepted) =
+        raw_ws_backend_with(b"", "Sec-WebSocket-Extensions: permessage-deflate\r\n").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let offer = handshake_request("/ws", "a").replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+    );
+    let (status, head, _) = raw_exchange(&mut client, offer.as_bytes()).await;
+    assert_eq!(status, 101, "{head}");
+    assert_eq!(
+        header_value(&head, "sec-websocket-extensions").as_deref(),
+        Some("permessage-deflate"),
+        "{head}"
+    );
+    let (mut server, seen) = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    assert_eq!(
+        header_value(&seen, "sec-websocket-extensions").as_deref(),
+        Some("permessage-deflate; client_max_window_bits"),
+        "{seen}"
+    );
+
+    // "Hello" compressed (RFC 7692 section 7.2.3.1), RSV1 set: client to
+    // backend masked, in one frame.
+    let deflated = [0xf2u8, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut up = vec![0xc1, 0x80 | deflated.len() as u8];
+    up.extend_from_slice(&mask);
+    up.extend(deflated.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    client.write_all(&up).await.expect("client frame");
+    let mut got = vec![0u8; up.len()];
+    within(
+        "the compressed frame at the backend",
+        server.read_exact(&mut got),
+    )
+    .await
+    .expect("read");
+    assert_eq!(got, up, "wsgate changed a compressed frame");
+    // Backend to client, in two fragments: RSV1 on the first only.
+    let down = [&[0x41u8, 3][..], &deflated[..3], &[0x80, 4], &deflated[3..]].concat();
+    server.write_all(&down).await.expect("server frames");
+    let mut got = vec![0u8; down.len()];
+    within(
+        "the compressed fragments at the client",
+        client.read_exact(&mut got),
+    )
+    .await
+    .expect("read");
+    assert_eq!(got, down, "wsgate changed compressed fragments");
+
+    client.shutdown().await.expect("client done");
+    let mut rest = Vec::new();
+    within("backend EOF", server.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(rest.is_empty());
+    server.shutdown().await.expect("server done");
+    let record = next_record(&mut rx).await;
+    assert_eq!(record.closed_by, Side::Client);
+    assert_eq!(record.to_backend.messages, 1);
+    assert_eq!((record.to_client.frames, record.to_client.messages), (2, 1));
+    gw.wait_idle().await;
+}
+
+#[tokio::test]
+async fn a_tunnel_through_an_ipv6_listener_reaches_an_ipv4_backend() {
+    if tokio::net::TcpListener::bind("[::1]:0").await.is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback (::1)");
+        return;
+    }
+    let mut backend = WsBackend::start().await;
+    let toml =
+        simple_config(&[backend.addr]).replace("bind = \"127.0.0.1:0\"", "bind = \"[::1]:0\"");
+    let gw = TestGateway::start(&toml).await;
+    let mut rx = gw.access_log();
+    let addr = gw.addr("public");
+    assert!(addr.is_ipv6(), "{addr}");
+    let mut client = ws_connect(addr, "/ws").await;
+    let accepted = backend.next().await;
+    let mut server = accepted.ws;
+    assert_eq!(accepted.headers["x-forwarded-for"], "::1");
+    assert_eq!(
+        accepted.headers["forwarded"],
+        format!("for=\"[::1]\";proto=http;host=\"{addr}\"")
+    );
+    client.send(Message::text("over v6")).await.expect("send");
+    let got = within("backend read", server.next())
+        .await
+        .expect("message")
+        .expect("ok");
+    assert_eq!(got, Message::text("over v6"));
+    server.send(got).await.expect("echo");
+    echo_back(&mut client, "over v6").await;
+    client.close(None).await.expect("close");
+    tokio::join!(finish(server), finish(client));
+    let record = next_record(&mut rx).await;
+    assert_eq!(record.client.ip(), std::net::Ipv6Addr::LOCALHOST);
+    assert_eq!(record.backend, backend.addr);
+    gw.wait_idle().await;
+}
+
+/// The client's next message must be the text `text`.
+async fn echo_back(client: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) {
+    match within("the echo", client.next()).await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), text),
+        other => panic!("expected {text:?}, got {other:?}"),
+    }
 }

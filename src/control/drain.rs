@@ -109,8 +109,8 @@ pub fn rebalance_victims(
     victims
 }
 
-/// Asks each tunnel in `conns` to close with `order`, the i-th at
-/// `window × i / n` plus jitter within its slot. Returns early on `stop` or `drain`.
+/// Asks each tunnel in `conns` to close with `order`, at the offsets
+/// [`close_schedule`] plans from now. Returns early on `stop` or `drain`.
 pub async fn spread_close(
     conns: &[Arc<ConnStats>],
     window: Duration,
@@ -118,21 +118,30 @@ pub async fn spread_close(
     stop: &CancellationToken,
     drain: &CancellationToken,
 ) {
-    let n = conns.len();
-    if n == 0 {
-        return;
-    }
+    let ids: Vec<u64> = conns.iter().map(|c| c.id).collect();
+    let schedule = close_schedule(window, &ids);
     let start = Instant::now();
-    let slot = window / u32::try_from(n).unwrap_or(u32::MAX);
-    for (i, conn) in conns.iter().enumerate() {
-        let at = start + slot * u32::try_from(i).unwrap_or(u32::MAX) + jitter(slot, conn.id);
+    for (conn, offset) in conns.iter().zip(schedule) {
         tokio::select! {
-            _ = tokio::time::sleep_until(at) => {}
+            _ = tokio::time::sleep_until(start + offset) => {}
             _ = stop.cancelled() => return,
             _ = drain.cancelled() => return,
         }
         conn.close.request(order.clone());
     }
+}
+
+/// When each of the tunnels `ids` (in closing order) is closed, counted
+/// from the start of the `window`: the i-th of n at `window × i / n` plus
+/// a jitter within the first half of its slot, so the closes spread over
+/// the window, keep their order, and do not fall on a regular beat.
+pub fn close_schedule(window: Duration, ids: &[u64]) -> Vec<Duration> {
+    let n = u32::try_from(ids.len()).unwrap_or(u32::MAX).max(1);
+    let slot = window / n;
+    ids.iter()
+        .zip(0u32..)
+        .map(|(&id, i)| slot * i + jitter(slot, id))
+        .collect()
 }
 
 /// A random offset within `slot`, so closes do not fall on a regular beat.
@@ -153,5 +162,119 @@ mod tests {
         for seed in 0..200 {
             assert!(jitter(slot, seed) < slot / 2);
         }
+    }
+
+    #[test]
+    fn the_schedule_spreads_closes_over_the_window_in_order() {
+        let window = Duration::from_secs(1);
+        for n in [1u64, 2, 3, 7, 100] {
+            let ids: Vec<u64> = (100..100 + n).collect();
+            let plan = close_schedule(window, &ids);
+            assert_eq!(plan.len(), ids.len());
+            let slot = window / u32::try_from(n).unwrap();
+            for (i, at) in (0u32..).zip(&plan) {
+                // The i-th close falls in the first half of the i-th slot.
+                assert!(
+                    *at >= slot * i && *at < slot * i + slot / 2,
+                    "{n}: {i} at {at:?}"
+                );
+            }
+            assert!(
+                plan.windows(2).all(|w| w[0] < w[1]),
+                "{n}: order kept: {plan:?}"
+            );
+            assert!(plan.iter().all(|at| *at < window), "{n}: {plan:?}");
+        }
+        assert!(close_schedule(window, &[]).is_empty());
+    }
+
+    #[test]
+    fn the_last_close_comes_at_least_half_the_window_after_the_first() {
+        let window = Duration::from_millis(800);
+        for _ in 0..50 {
+            let plan = close_schedule(window, &[1, 2]);
+            assert!(plan[1] - plan[0] >= window / 4, "{plan:?}");
+            assert!(plan[1] >= window / 2, "{plan:?}");
+        }
+    }
+
+    /// Tunnels in a registry, as the drain sees them; no socket involved.
+    fn tunnels(
+        n: usize,
+    ) -> (
+        Vec<crate::observe::registry::RegistryGuard>,
+        CancellationToken,
+    ) {
+        let registry = Arc::new(crate::observe::registry::Registry::default());
+        let drain = CancellationToken::new();
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let guards = (0..n)
+            .map(|_| {
+                registry.open(
+                    crate::observe::registry::ConnInfo {
+                        client: addr,
+                        listener: Arc::from("l"),
+                        route: Arc::from("r"),
+                        upstream: Arc::from("u"),
+                        backend: addr,
+                        server: Arc::new(Server::new(addr, 1)),
+                        path: "/".to_string(),
+                    },
+                    &drain,
+                )
+            })
+            .collect();
+        (guards, drain)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spread_close_asks_each_tunnel_to_close_in_its_own_slot() {
+        let (guards, drain) = tunnels(4);
+        let conns: Vec<Arc<ConnStats>> = guards.iter().map(|g| g.stats.clone()).collect();
+        let window = Duration::from_secs(8);
+        let slot = window / 4;
+        let order = CloseOrder {
+            code: CLOSE_SERVICE_RESTART,
+            reason: "test".to_string(),
+        };
+        let start = Instant::now();
+        let stop = CancellationToken::new();
+        let closer = spread_close(&conns, window, &order, &stop, &drain);
+        let watch = async {
+            let mut fired = Vec::new();
+            for c in &conns {
+                c.close.token().cancelled().await;
+                fired.push(Instant::now() - start);
+            }
+            fired
+        };
+        let ((), fired) = tokio::join!(closer, watch);
+        for (i, at) in (0u32..).zip(&fired) {
+            assert!(
+                *at >= slot * i && *at < slot * i + slot / 2,
+                "{i} at {at:?}: {fired:?}"
+            );
+        }
+        assert!(conns.iter().all(|c| c.close.order() == order));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spread_close_stops_when_told() {
+        let (guards, drain) = tunnels(3);
+        let conns: Vec<Arc<ConnStats>> = guards.iter().map(|g| g.stats.clone()).collect();
+        let order = CloseOrder {
+            code: CLOSE_SERVICE_RESTART,
+            reason: "test".to_string(),
+        };
+        let stop = CancellationToken::new();
+        let closer = spread_close(&conns, Duration::from_secs(9), &order, &stop, &drain);
+        let stopper = async {
+            conns[0].close.token().cancelled().await;
+            stop.cancel();
+        };
+        tokio::join!(closer, stopper);
+        assert!(conns[0].close.token().is_cancelled());
+        assert!(!conns[1].close.token().is_cancelled());
+        assert!(!conns[2].close.token().is_cancelled());
     }
 }

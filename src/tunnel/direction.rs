@@ -151,14 +151,16 @@ impl Half {
         matches!(self.phase, Phase::Done)
     }
 
-    /// Feeds bytes that are about to be written to the frame tracker and counters.
+    /// Feeds bytes that are about to be written to the frame tracker and
+    /// counters. Bytes that break framing are never written, so they are
+    /// not counted: the counters say what the receiver got.
     fn account(
         &mut self,
         data: &[u8],
         counters: &DirectionCounters,
         stats: &ConnStats,
     ) -> Result<(), HalfError> {
-        let result = self.tracker.feed(data).map_err(HalfError::Protocol);
+        self.tracker.feed(data).map_err(HalfError::Protocol)?;
         counters
             .bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -169,7 +171,7 @@ impl Half {
             .messages
             .store(self.tracker.messages(), Ordering::Relaxed);
         stats.last_activity_ms.store(now_ms(), Ordering::Relaxed);
-        result
+        Ok(())
     }
 
     fn start_injection(&mut self, frame: Vec<u8>) {

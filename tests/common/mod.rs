@@ -52,7 +52,8 @@ pub struct TestGateway {
 
 impl TestGateway {
     /// Starts wsgate from TOML text (written to a temp dir, so relative
-    /// paths resolve there); each listener is bound on `127.0.0.1:0`.
+    /// paths resolve there); each listener is bound on port 0 of its
+    /// configured address (`127.0.0.1` or `[::1]` in tests).
     pub async fn start(toml: &str) -> Self {
         Self::start_in(tempfile::tempdir().expect("tempdir"), toml).await
     }
@@ -67,7 +68,9 @@ impl TestGateway {
         for l in &config.listeners {
             bound.push(BoundListener {
                 name: l.name.clone(),
-                socket: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+                socket: TcpListener::bind(SocketAddr::new(l.bind.ip(), 0))
+                    .await
+                    .expect("bind"),
             });
         }
         let has_admin = config.admin.is_some();
@@ -97,6 +100,16 @@ impl TestGateway {
     /// Subscribes to finished-connection records.
     pub fn access_log(&self) -> tokio::sync::broadcast::Receiver<Arc<AccessRecord>> {
         self.gateway.registry().subscribe()
+    }
+
+    /// Waits until the registry holds exactly `n` live tunnels.
+    pub async fn wait_live(&self, n: usize) {
+        within(&format!("{n} live tunnels"), async {
+            while self.gateway.registry().live_count() != n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
     }
 
     /// Waits until no tunnel is live.
@@ -313,6 +326,27 @@ pub async fn dead_addr() -> SocketAddr {
 pub async fn raw_ws_backend(
     first: &'static [u8],
 ) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<TcpStream>) {
+    let (addr, mut heads) = raw_ws_backend_with(first, "").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some((tcp, _)) = heads.recv().await {
+            if tx.send(tcp).await.is_err() {
+                break;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// Like [`raw_ws_backend`], with `extra` header lines (each ending in
+/// CRLF) in its 101; hands the test each socket with the request head it read.
+pub async fn raw_ws_backend_with(
+    first: &'static [u8],
+    extra: &'static str,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::Receiver<(TcpStream, String)>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -326,12 +360,16 @@ pub async fn raw_ws_backend(
                 }
                 head.push(byte[0]);
             }
-            let Some(mut answer) = good_101(&String::from_utf8_lossy(&head)) else {
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let Some(mut answer) = good_101(&head) else {
                 continue;
             };
+            answer.truncate(answer.len() - 2);
+            answer.extend_from_slice(extra.as_bytes());
+            answer.extend_from_slice(b"\r\n");
             answer.extend_from_slice(first);
             if tcp.write_all(&answer).await.is_ok() {
-                let _ = tx.send(tcp).await;
+                let _ = tx.send((tcp, head)).await;
             }
         }
     });
@@ -416,6 +454,101 @@ pub async fn wait_closed(stream: &mut TcpStream) {
         }
     })
     .await;
+}
+
+// === WebSocket peers ===
+
+/// Reads until the peer's close completes, then drops the stream, as a real
+/// endpoint does once the closing handshake is over.
+pub async fn finish<S>(mut ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(_)) = within("the closing handshake", ws.next()).await {}
+}
+
+/// The next message must be a Close frame with a code; returns its code
+/// and reason. (tungstenite has already checked its masking and validity.)
+pub async fn expect_close<S>(ws: &mut WebSocketStream<S>, what: &str) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match within(what, ws.next()).await {
+        Some(Ok(Message::Close(Some(f)))) => (u16::from(f.code), f.reason.to_string()),
+        other => panic!("{what}: expected a Close frame, got {other:?}"),
+    }
+}
+
+/// Sends `text` to an echo backend and asserts the next message is its echo.
+pub async fn echo_once<S>(ws: &mut WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::SinkExt;
+    ws.send(Message::text(text)).await.expect("send");
+    match within("an echo", ws.next()).await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), text),
+        other => panic!("expected the echo of {text:?}, got {other:?}"),
+    }
+}
+
+/// A whole masked text frame of fewer than 126 bytes, as a client sends it.
+pub fn masked_text(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126, "a short frame");
+    let mask = [7u8, 1, 9, 3];
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one whole frame from a raw socket: (first byte, payload unmasked).
+pub async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    within("a frame", async {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await.expect("frame header");
+        let mut len = u64::from(h[1] & 0x7f);
+        if len == 126 {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.expect("len16");
+            len = u64::from(u16::from_be_bytes(l));
+        } else if len == 127 {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).await.expect("len64");
+            len = u64::from_be_bytes(l);
+        }
+        let mut mask = [0u8; 4];
+        if h[1] & 0x80 != 0 {
+            s.read_exact(&mut mask).await.expect("mask");
+        }
+        let mut payload = vec![0u8; usize::try_from(len).expect("len")];
+        s.read_exact(&mut payload).await.expect("payload");
+        if h[1] & 0x80 != 0 {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        }
+        (h[0], payload)
+    })
+    .await
+}
+
+/// Asserts a record is of a tunnel wsgate itself closed with `code` and
+/// `reason`, its Close being the first to pass.
+pub fn assert_closed_by_proxy(r: &AccessRecord, code: u16, reason: &str) {
+    use wsgate::observe::access::{EndReason, Side};
+    assert_eq!(r.closed_by, Side::Proxy, "{r:?}");
+    assert_eq!(r.close_code, Some(code), "{r:?}");
+    assert_eq!(r.close_frame_from, Some(Side::Proxy), "{r:?}");
+    assert_eq!(r.reason, EndReason::ProxyClose, "{r:?}");
+    assert_eq!(r.proxy_close, Some(order(code, reason)), "{r:?}");
+}
+
+/// Asserts each `(key, value)` of a JSON object, naming the key that differs.
+pub fn assert_json_fields(v: &serde_json::Value, fields: &[(&str, serde_json::Value)]) {
+    for (key, want) in fields {
+        assert_eq!(&v[key], want, "{key} in {v}");
+    }
 }
 
 /// Connects a WebSocket client to `ws://addr{path}`.
