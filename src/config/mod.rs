@@ -258,21 +258,31 @@ pub struct RouteConfig {
     pub upstream: String,
 }
 
-/// One `[upstreams.NAME]` table.
+/// One `[upstreams.NAME]` table: its servers, and every other setting in
+/// one shared [`UpstreamSettings`].
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     /// Non-empty and without duplicate addresses; host names already resolved.
     pub servers: Vec<ServerConfig>,
     /// Servers given by name, resolved again every `resolve_interval`.
     pub names: Vec<NamedServer>,
-    /// How often names are resolved again.
-    pub resolve_interval: Duration,
-    /// TLS to the servers; `None` for plain TCP.
-    pub tls: Option<UpstreamTls>,
+    /// Everything else about the upstream. Shared, not copied: the
+    /// balancer's `Upstream`, its keep-alive pool, drains and the admin API
+    /// all read this one struct, so a new upstream key is added here once.
+    pub settings: Arc<UpstreamSettings>,
+}
+
+/// The settings of an upstream besides its servers, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
     /// The balancing algorithm.
     pub balance: Balance,
     /// Further servers tried when a connect fails or times out.
     pub retries: usize,
+    /// How often names are resolved again.
+    pub resolve_interval: Duration,
+    /// TLS to the servers; `None` for plain TCP.
+    pub tls: Option<UpstreamTls>,
     /// How long a draining server's tunnels may go on before wsgate closes them.
     pub drain_timeout: Duration,
     /// Window over which those closes are spread, so clients do not all reconnect at once.
@@ -281,6 +291,22 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
+}
+
+impl Default for UpstreamSettings {
+    /// Every key's documented default, as an upstream table with only `servers` gets.
+    fn default() -> Self {
+        Self {
+            balance: Balance::LeastConn,
+            retries: DEFAULT_RETRIES,
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+            tls: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_spread: DEFAULT_DRAIN_TIMEOUT / 10,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// A server given by host name, kept so it can be resolved again.
@@ -514,8 +540,8 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         assert_eq!(c.routes[1].host, HostPattern::Any);
         assert_eq!(c.routes[1].path_prefix, "/");
         assert_eq!(c.upstreams["chat"].servers.len(), 2);
-        assert_eq!(c.upstreams["chat"].balance, Balance::LeastConn);
-        assert_eq!(c.upstreams["chat"].retries, DEFAULT_RETRIES);
+        assert_eq!(c.upstreams["chat"].settings.balance, Balance::LeastConn);
+        assert_eq!(c.upstreams["chat"].settings.retries, DEFAULT_RETRIES);
     }
 
     #[test]
@@ -638,9 +664,12 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             c.log.access,
             AccessLog::File(dir.path().join("logs/access.log"))
         );
-        assert_eq!(c.upstreams["u"].drain_timeout, Duration::from_secs(20));
         assert_eq!(
-            c.upstreams["u"].drain_spread,
+            c.upstreams["u"].settings.drain_timeout,
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            c.upstreams["u"].settings.drain_spread,
             Duration::from_secs(2),
             "a tenth of drain_timeout"
         );
@@ -673,9 +702,9 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
                 host: None,
             }
         );
-        assert_eq!(u.retries, 2);
+        assert_eq!(u.settings.retries, 2);
         assert_eq!(
-            u.balance,
+            u.settings.balance,
             Balance::Hash {
                 key: HashKey::Header(http::HeaderName::from_static("x-user")),
                 load_factor: 1.5
@@ -710,7 +739,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         assert_eq!(c.timeouts.linger, Duration::from_secs(1));
         let u = &c.upstreams["u"];
         assert_eq!(
-            (u.pool_max_idle, u.pool_idle_timeout),
+            (u.settings.pool_max_idle, u.settings.pool_idle_timeout),
             (0, Duration::from_secs(2))
         );
         let c = parse(
@@ -723,7 +752,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         assert_eq!(c.timeouts.linger, DEFAULT_LINGER);
         let u = &c.upstreams["u"];
         assert_eq!(
-            (u.pool_max_idle, u.pool_idle_timeout),
+            (u.settings.pool_max_idle, u.settings.pool_idle_timeout),
             (DEFAULT_POOL_MAX_IDLE, DEFAULT_POOL_IDLE_TIMEOUT)
         );
         for (body, key) in [
@@ -805,7 +834,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             .servers
             .iter()
             .any(|s| s.host.is_none() && s.addr.port() == 9002));
-        assert_eq!(u.resolve_interval, Duration::from_secs(5));
+        assert_eq!(u.settings.resolve_interval, Duration::from_secs(5));
         let p = problems(&format!("{base}servers = [\"bad host:80\"]\n"));
         assert_eq!(
             p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
@@ -821,7 +850,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             Path::new("c.toml"),
         )
         .expect("valid");
-        let tls = c.upstreams["u"].tls.as_ref().expect("tls");
+        let tls = c.upstreams["u"].settings.tls.as_ref().expect("tls");
         assert_eq!(
             tls.sni.as_ref().map(|n| n.to_str().into_owned()).as_deref(),
             Some("backend.internal")

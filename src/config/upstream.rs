@@ -1,7 +1,8 @@
 //! Validation of `[upstreams.NAME]`: servers and their weights, host names
 //! (resolved once here; `reload` resolves them again every
 //! `resolve_interval`), balancing and hash keys, retries, and the drain and
-//! pool settings, each turned into its typed value in [`UpstreamConfig`].
+//! pool settings, each turned into its typed value in [`UpstreamConfig`]
+//! and its [`UpstreamSettings`].
 //! An upstream's backend TLS is checked in `validate_tls.rs`.
 //!
 //! Must not: run outside `validate::parse` (these are methods of its
@@ -11,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use toml::Spanned;
 
@@ -142,14 +144,16 @@ impl Validator<'_> {
                 UpstreamConfig {
                     servers,
                     names,
-                    resolve_interval,
-                    tls,
-                    balance,
-                    retries,
-                    drain_timeout,
-                    drain_spread,
-                    pool_max_idle,
-                    pool_idle_timeout,
+                    settings: Arc::new(UpstreamSettings {
+                        balance,
+                        retries,
+                        resolve_interval,
+                        tls,
+                        drain_timeout,
+                        drain_spread,
+                        pool_max_idle,
+                        pool_idle_timeout,
+                    }),
                 },
             );
         }

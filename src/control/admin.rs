@@ -364,8 +364,8 @@ fn list_upstreams(shared: &Shared) -> AdminResponse {
                 .collect();
             json!({
                 "name": &*u.name,
-                "drain_timeout_ms": u.drain_timeout.as_millis() as u64,
-                "drain_spread_ms": u.drain_spread.as_millis() as u64,
+                "drain_timeout_ms": u.settings.drain_timeout.as_millis() as u64,
+                "drain_spread_ms": u.settings.drain_spread.as_millis() as u64,
                 "servers": servers,
             })
         })
@@ -413,8 +413,8 @@ fn server_action(shared: &Arc<Shared>, name: &str, addr: &str, action: &str) -> 
             "upstream": name,
             "server": addr,
             "state": "draining",
-            "drain_timeout_ms": up.drain_timeout.as_millis() as u64,
-            "drain_spread_ms": up.drain_spread.as_millis() as u64,
+            "drain_timeout_ms": up.settings.drain_timeout.as_millis() as u64,
+            "drain_spread_ms": up.settings.drain_spread.as_millis() as u64,
         }),
     )
 }
@@ -443,7 +443,7 @@ fn rebalance(shared: &Arc<Shared>, name: &str, q: &HashMap<String, String>) -> A
         code: drain::CLOSE_SERVICE_RESTART,
         reason: "rebalancing".to_string(),
     };
-    let window = up.drain_spread;
+    let window = up.settings.drain_spread;
     let closing = victims.len();
     let shared_arc = shared.clone();
     shared.tasks.spawn(async move {
@@ -482,7 +482,7 @@ fn config_view(shared: &Shared) -> AdminResponse {
         .map(|(n, u)| {
             (
                 n,
-                json!({"servers": u.servers.iter().map(|s| json!({"addr": s.addr, "weight": s.weight})).collect::<Vec<_>>(), "balance": format!("{:?}", u.balance), "retries": u.retries, "drain_timeout_ms": u.drain_timeout.as_millis() as u64, "drain_spread_ms": u.drain_spread.as_millis() as u64, "pool_max_idle": u.pool_max_idle, "pool_idle_timeout_ms": u.pool_idle_timeout.as_millis() as u64}),
+                json!({"servers": u.servers.iter().map(|s| json!({"addr": s.addr, "weight": s.weight})).collect::<Vec<_>>(), "balance": format!("{:?}", u.settings.balance), "retries": u.settings.retries, "drain_timeout_ms": u.settings.drain_timeout.as_millis() as u64, "drain_spread_ms": u.settings.drain_spread.as_millis() as u64, "pool_max_idle": u.settings.pool_max_idle, "pool_idle_timeout_ms": u.settings.pool_idle_timeout.as_millis() as u64}),
             )
         })
         .collect();

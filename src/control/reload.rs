@@ -223,7 +223,11 @@ async fn apply_config(
 /// certificates are not verified: such a setting must not go unnoticed.
 pub fn warn_insecure(config: &config::Config) {
     for (name, u) in &config.upstreams {
-        if u.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+        if u.settings
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.insecure_skip_verify)
+        {
             tracing::warn!(
                 upstream = %name,
                 "insecure_skip_verify = true: backend certificates are NOT verified; anyone on the path can impersonate these servers"
@@ -386,7 +390,7 @@ pub async fn resolve_loop(shared: Arc<Shared>, stop: CancellationToken) {
             .upstreams
             .values()
             .filter(|u| !u.names.is_empty())
-            .map(|u| u.resolve_interval)
+            .map(|u| u.settings.resolve_interval)
             .min()
             .unwrap_or(config::DEFAULT_RESOLVE_INTERVAL);
         tokio::select! {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts};
 use crate::net::tls::TlsSettings;
-use crate::upstream::balancer::{PoolSettings, Server, Upstream};
+use crate::upstream::balancer::{Server, Upstream};
 
 /// Everything a new connection needs, compiled once per config load.
 pub struct Snapshot {
@@ -125,22 +125,8 @@ impl Snapshot {
                         )),
                     })
                     .collect();
-                let settings = PoolSettings {
-                    balance: u.balance.clone(),
-                    retries: u.retries,
-                    drain_timeout: u.drain_timeout,
-                    drain_spread: u.drain_spread,
-                    pool_max_idle: u.pool_max_idle,
-                    pool_idle_timeout: u.pool_idle_timeout,
-                    tls: u.tls.as_ref().map(|t| {
-                        Arc::new(crate::net::tls::BackendTls::new(
-                            t.client.clone(),
-                            t.sni.clone(),
-                        ))
-                    }),
-                };
                 let weights: Vec<u32> = u.servers.iter().map(|s| s.weight).collect();
-                let pool = Upstream::new(name, servers, &weights, settings);
+                let pool = Upstream::new(name, servers, &weights, u.settings.clone());
                 (name.as_str(), Arc::new(pool))
             })
             .collect();
