@@ -17,10 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
+use serde::Serialize;
 
 pub mod tls;
 pub mod upstream;
 pub mod validate;
+pub mod view;
 
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
 pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -75,7 +77,7 @@ pub struct Config {
 }
 
 /// `[runtime]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RuntimeConfig {
     /// Tokio worker threads; `None` means one per CPU.
     pub workers: Option<usize>,
@@ -129,25 +131,34 @@ pub enum AccessLog {
     File(PathBuf),
 }
 
-/// `[timeouts]`: every deadline the proxy enforces.
-#[derive(Debug, Clone, Copy)]
+/// `[timeouts]`: every deadline the proxy enforces. Serialized for
+/// `/api/config` as the humantime strings the config accepts.
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Timeouts {
     /// TLS handshake and request headers from the client.
+    #[serde(serialize_with = "view::humantime")]
     pub client_handshake: Duration,
     /// TCP connect to one backend.
+    #[serde(serialize_with = "view::humantime")]
     pub connect: Duration,
     /// From sending the upgrade request to the backend's response headers.
+    #[serde(serialize_with = "view::humantime")]
     pub upstream_handshake: Duration,
     /// From sending a plain HTTP request to the backend's response headers.
+    #[serde(serialize_with = "view::humantime")]
     pub upstream_response: Duration,
     /// Longest pause in a client's request body (nginx's `client_body_timeout`).
+    #[serde(serialize_with = "view::humantime")]
     pub client_body: Duration,
     /// How long a connection wsgate closed is still read and discarded, so
     /// a client still sending can read the answer (see linger.rs).
+    #[serde(serialize_with = "view::humantime")]
     pub linger: Duration,
     /// How long a tunnel stays up after one side has finished sending.
+    #[serde(serialize_with = "view::humantime")]
     pub half_close: Duration,
     /// How long a closing handshake started by wsgate (shutdown, drain) may take.
+    #[serde(serialize_with = "view::humantime")]
     pub close: Duration,
 }
 
@@ -167,7 +178,7 @@ impl Default for Timeouts {
 }
 
 /// `[limits]`: sizes the proxy refuses to exceed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Limits {
     /// Largest request head (request line and headers) read from a client, in bytes.
     pub max_request_headers: usize,
@@ -273,23 +284,31 @@ pub struct UpstreamConfig {
 }
 
 /// The settings of an upstream besides its servers, with defaults filled in.
-#[derive(Debug, Clone)]
+/// Serialized for `/api/config` under the config's keys (`tls` and its
+/// files are shown by the upstream's view, as they need redacting).
+#[derive(Debug, Clone, Serialize)]
 pub struct UpstreamSettings {
-    /// The balancing algorithm.
+    /// The balancing algorithm (`balance`, `hash_key`, `hash_load_factor`).
+    #[serde(flatten)]
     pub balance: Balance,
     /// Further servers tried when a connect fails or times out.
     pub retries: usize,
     /// How often names are resolved again.
+    #[serde(serialize_with = "view::humantime")]
     pub resolve_interval: Duration,
     /// TLS to the servers; `None` for plain TCP.
+    #[serde(skip)]
     pub tls: Option<UpstreamTls>,
     /// How long a draining server's tunnels may go on before wsgate closes them.
+    #[serde(serialize_with = "view::humantime")]
     pub drain_timeout: Duration,
     /// Window over which those closes are spread, so clients do not all reconnect at once.
+    #[serde(serialize_with = "view::humantime")]
     pub drain_spread: Duration,
     /// Idle keep-alive connections kept per server for plain HTTP.
     pub pool_max_idle: usize,
     /// How long an idle pooled connection is kept.
+    #[serde(serialize_with = "view::humantime")]
     pub pool_idle_timeout: Duration,
 }
 
@@ -344,6 +363,12 @@ pub struct UpstreamTls {
     pub sni: Option<rustls::pki_types::ServerName<'static>>,
     /// No certificate verification (warned about loudly at start and reload).
     pub insecure_skip_verify: bool,
+    /// `ca_file`, for `/api/config`: the trust roots were read from it.
+    pub ca_file: Option<PathBuf>,
+    /// `client_cert`, for `/api/config`.
+    pub client_cert: Option<PathBuf>,
+    /// `client_key`, for `/api/config`: the path only; the key is in `client`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// One server of an upstream.
@@ -491,6 +516,18 @@ pub enum HashKey {
     Query(String),
     /// `ip`, the client address.
     Ip,
+}
+
+impl fmt::Display for HashKey {
+    /// As the config writes it: `header:NAME`, `cookie:NAME`, `query:NAME`, `ip`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+            HashKey::Query(name) => write!(f, "query:{name}"),
+            HashKey::Ip => f.write_str("ip"),
+        }
+    }
 }
 
 #[cfg(test)]
