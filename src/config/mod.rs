@@ -7,7 +7,10 @@
 //! file, line, column and key, and all problems are collected before failing,
 //! so `wsgate check` shows an operator the whole list at once.
 //!
-//! Must not: keep raw strings for the hot path, or know about sockets.
+//! Must not: keep raw strings for the hot path, know about sockets, or
+//! resolve host names: a server given by name stays a name here, with where
+//! it was written, and is looked up when a snapshot is compiled
+//! (`control::reload::resolve_names`), so `wsgate check` needs no DNS.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -273,9 +276,11 @@ pub struct RouteConfig {
 /// one shared [`UpstreamSettings`].
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// Non-empty and without duplicate addresses; host names already resolved.
+    /// Servers given by IP address, in file order, without duplicates.
+    /// With `names`, at least one entry (validated).
     pub servers: Vec<ServerConfig>,
-    /// Servers given by name, resolved again every `resolve_interval`.
+    /// Servers given by host name, in file order, unresolved: looked up
+    /// when a snapshot is compiled, and again every `resolve_interval`.
     pub names: Vec<NamedServer>,
     /// Everything else about the upstream. Shared, not copied: the
     /// balancer's `Upstream`, its keep-alive pool, drains and the admin API
@@ -328,31 +333,47 @@ impl Default for UpstreamSettings {
     }
 }
 
-/// A server given by host name, kept so it can be resolved again.
+/// A server given by host name, kept unresolved so that validation needs
+/// no DNS, and so that it can be resolved again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedServer {
-    /// The DNS name.
+    /// The DNS name, lowercase.
     pub host: String,
     /// The port.
     pub port: u16,
     /// Weight of every address it resolves to.
     pub weight: u32,
+    /// Where it was written: a name that does not resolve is reported
+    /// there, as a validation problem would be.
+    pub at: Location,
+}
+
+/// Where a value was written, kept past validation for the mistakes only
+/// found later (a host name that does not resolve).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// Dotted key path such as `upstreams.chat.servers[0]`.
+    pub key: String,
+}
+
+impl Location {
+    /// A problem with the value written here.
+    pub fn problem(&self, message: impl Into<String>) -> Problem {
+        Problem {
+            line: self.line,
+            column: self.column,
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
 }
 
 /// Default for `upstreams.NAME.resolve_interval`.
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Resolves a host name with the system resolver (blocking).
-///
-/// # Errors
-/// The resolver's error.
-pub fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    use std::net::ToSocketAddrs;
-    let mut addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-    addrs.sort();
-    addrs.dedup();
-    Ok(addrs)
-}
 
 /// TLS to an upstream's servers, ready to use.
 #[derive(Debug, Clone)]
@@ -371,16 +392,13 @@ pub struct UpstreamTls {
     pub client_key: Option<PathBuf>,
 }
 
-/// One server of an upstream.
+/// One server of an upstream given by its IP address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Where to connect.
     pub addr: SocketAddr,
     /// Relative share of connections, 1-1000.
     pub weight: u32,
-    /// The host name it was resolved from, if any: replaced when the name
-    /// resolves differently, and the default TLS name for the server.
-    pub host: Option<String>,
 }
 
 /// Default for `upstreams.NAME.hash_load_factor`.
@@ -445,7 +463,8 @@ impl ConfigError {
     }
 }
 
-fn render_problems(path: &Path, problems: &[Problem]) -> String {
+/// Problems as `wsgate check` prints them, one `file:line:column: key: message` a line.
+pub fn render_problems(path: &Path, problems: &[Problem]) -> String {
     problems
         .iter()
         .map(|p| {
@@ -736,7 +755,6 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             ServerConfig {
                 addr: "127.0.0.1:3".parse().unwrap(),
                 weight: 3,
-                host: None,
             }
         );
         assert_eq!(u.settings.retries, 2);
@@ -857,25 +875,47 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             [NamedServer {
                 host: "localhost".into(),
                 port: 9001,
+                weight: 1,
+                at: Location {
+                    line: 7,
+                    column: 12,
+                    key: "upstreams.u.servers[0]".into()
+                },
+            }]
+        );
+        assert_eq!(
+            u.servers,
+            [ServerConfig {
+                addr: "127.0.0.1:9002".parse().unwrap(),
                 weight: 1
             }]
         );
-        assert!(
-            u.servers
-                .iter()
-                .any(|s| s.host.as_deref() == Some("localhost") && s.addr.port() == 9001),
-            "{:?}",
-            u.servers
-        );
-        assert!(u
-            .servers
-            .iter()
-            .any(|s| s.host.is_none() && s.addr.port() == 9002));
         assert_eq!(u.settings.resolve_interval, Duration::from_secs(5));
         let p = problems(&format!("{base}servers = [\"bad host:80\"]\n"));
         assert_eq!(
             p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
             ["upstreams.u.servers[0]"]
+        );
+    }
+
+    #[test]
+    fn validation_resolves_no_host_name() {
+        // A name under `.invalid` never resolves (RFC 6761): validation
+        // passes only because it does not try.
+        let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\n";
+        let c = parse(
+            &format!("{base}servers = [\"backend.invalid:9001\"]\n"),
+            Path::new("c.toml"),
+        )
+        .expect("valid without DNS");
+        let u = &c.upstreams["u"];
+        assert!(u.servers.is_empty());
+        assert_eq!(
+            u.names
+                .iter()
+                .map(|n| (n.host.as_str(), n.port, n.at.line, n.at.key.as_str()))
+                .collect::<Vec<_>>(),
+            [("backend.invalid", 9001, 7, "upstreams.u.servers[0]")]
         );
     }
 

@@ -265,6 +265,16 @@ impl<'a> Validator<'a> {
         self.problem_at(at.span(), key, message);
     }
 
+    /// Where `span` is, for a value whose mistakes may only show later.
+    pub(crate) fn location(&self, span: Range<usize>, key: &str) -> Location {
+        let (line, column) = line_column(self.text, span.start);
+        Location {
+            line,
+            column,
+            key: key.to_string(),
+        }
+    }
+
     /// A whole number from 0 to `max`; `default` when absent or refused.
     pub(crate) fn count(
         &mut self,

@@ -174,8 +174,9 @@ impl<'a> From<&'a RouteConfig> for RouteView<'a> {
 /// One `[upstreams.NAME]`: its servers as written, then every setting.
 #[derive(Serialize)]
 struct UpstreamView<'a> {
-    /// `{ addr, weight }` in the file's order; a host name is shown as
-    /// written (what it resolves to is in `/api/upstreams`).
+    /// `{ addr, weight }`: those given by address, then those given by
+    /// host name, each in file order; a name is shown as written (what it
+    /// resolves to is in `/api/upstreams`).
     servers: Vec<ServerView>,
     #[serde(flatten)]
     settings: &'a UpstreamSettings,
@@ -202,14 +203,10 @@ struct UpstreamTlsView<'a> {
 
 impl<'a> From<&'a UpstreamConfig> for UpstreamView<'a> {
     fn from(u: &'a UpstreamConfig) -> Self {
-        let literal = u
-            .servers
-            .iter()
-            .filter(|s| s.host.is_none())
-            .map(|s| ServerView {
-                addr: s.addr.to_string(),
-                weight: s.weight,
-            });
+        let literal = u.servers.iter().map(|s| ServerView {
+            addr: s.addr.to_string(),
+            weight: s.weight,
+        });
         let named = u.names.iter().map(|n| ServerView {
             addr: format!("{}:{}", n.host, n.port),
             weight: n.weight,
