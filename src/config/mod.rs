@@ -276,7 +276,7 @@ pub struct RouteConfig {
 /// one shared [`UpstreamSettings`].
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// Servers given by IP address, in file order, without duplicates.
+    /// Servers given by IP address, in file order, each address once.
     /// With `names`, at least one entry (validated).
     pub servers: Vec<ServerConfig>,
     /// Servers given by host name, in file order, unresolved: looked up

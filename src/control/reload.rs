@@ -325,7 +325,7 @@ pub struct ResolveError {
     pub problems: Vec<Problem>,
 }
 
-/// One name's addresses, sorted and without duplicates; an empty answer is
+/// One name's addresses, sorted, each once; an empty answer is
 /// an error too, since a server must have an address.
 fn lookup(resolver: Resolver, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     match resolver(host, port) {

@@ -16,7 +16,7 @@ use crate::net::tls::TlsSettings;
 use crate::upstream::balancer::{Server, Upstream};
 
 /// What every host-named server resolved to, by name and port, each list
-/// sorted and without duplicates: looked up before a snapshot is compiled
+/// sorted, each address once: looked up before a snapshot is compiled
 /// (see `control::reload::resolve_names`), since compiling does no I/O.
 pub type Answers = BTreeMap<(String, u16), Vec<SocketAddr>>;
 
