@@ -563,6 +563,30 @@ servers = ["127.0.0.1:6"]
     }
 
     #[test]
+    fn a_names_addresses_follow_the_listed_ones_and_none_is_added_twice() {
+        let text = "[[listeners]]\nname=\"l\"\nbind=\"127.0.0.1:0\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers=[\"chat.internal:9\", { addr = \"127.0.0.1:9\", weight = 2 }]\n";
+        let config = crate::config::parse(text, Path::new("t.toml")).expect("valid");
+        let (listed, other): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.2:9".parse().unwrap(),
+        );
+        let answers = Answers::from([(("chat.internal".to_string(), 9), vec![listed, other])]);
+        let snap = Snapshot::compile(Arc::new(config), answers, None, &[]).expect("compiles");
+        let servers: Vec<(SocketAddr, u32, Option<&str>)> = snap
+            .upstream("u")
+            .expect("u")
+            .servers
+            .iter()
+            .map(|s| (s.addr, s.weight(), s.host.as_deref()))
+            .collect();
+        // The listed address keeps its weight and has no name to verify.
+        assert_eq!(
+            servers,
+            [(listed, 2, None), (other, 1, Some("chat.internal"))]
+        );
+    }
+
+    #[test]
     fn servers_are_carried_over_only_under_the_same_name() {
         let cfg = |servers: &str| {
             let text = format!("[[listeners]]\nname=\"l\"\nbind=\"127.0.0.1:0\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers={servers}\n");
