@@ -138,6 +138,9 @@ impl Shared {
 /// Why wsgate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A server's host name does not resolve.
+    #[error(transparent)]
+    Resolve(#[from] reload::ResolveError),
     /// The config could not be compiled into a routing table.
     #[error(transparent)]
     Compile(#[from] CompileError),
@@ -157,9 +160,12 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts serving on already-bound listeners (tests bind `127.0.0.1:0`).
+    /// Servers' host names are resolved here, with the system resolver,
+    /// blocking: nothing is served yet.
     ///
     /// # Errors
-    /// [`StartError`] if the config does not compile or a listener is unknown.
+    /// [`StartError`] if a host name does not resolve, the config does not
+    /// compile or a listener is unknown.
     pub fn start(
         config: Config,
         listeners: Vec<BoundListener>,
@@ -167,7 +173,8 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         let admin = config.admin.clone();
         reload::warn_insecure(&config);
-        let snapshot = Snapshot::compile(Arc::new(config), None, &[])?;
+        let answers = reload::resolve_names(&config, reload::system_resolver)?;
+        let snapshot = Snapshot::compile(Arc::new(config), answers, None, &[])?;
         for l in &listeners {
             if !snapshot.listeners.contains_key(&l.name) {
                 return Err(StartError::UnknownListener(l.name.clone()));
@@ -190,7 +197,7 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             admin,
             draining: std::sync::Mutex::new(Vec::new()),
-            resolver: std::sync::Mutex::new(config::resolve),
+            resolver: std::sync::Mutex::new(reload::system_resolver),
             tasks: TaskTracker::new(),
             pool_tasks: TaskTracker::new(),
             pool_stop: shutdown.child_token(),

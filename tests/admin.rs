@@ -2,7 +2,8 @@
 //! bearer token, exact Prometheus values after known WebSocket exchanges,
 //! the connection list and its filters, closing one connection, the
 //! upstream view, draining and re-enabling a server, rebalancing, and the
-//! redacted config view.
+//! config view: in the config's own spelling, every key of the README's
+//! reference, and no secret.
 
 mod common;
 
@@ -1375,23 +1376,37 @@ async fn rebalance_closes_the_oldest_tunnels_of_the_loaded_server() {
 
 // === 8. /api/config ===
 
-#[tokio::test]
-async fn config_view_redacts_the_token_and_key_paths() {
+/// A gateway whose config sets a key of every table: `[admin]` with a
+/// token file, a TLS listener, a hash upstream with backend TLS.
+async fn full_config_gateway() -> (TestGateway, SocketAddr, String) {
     let echo = echo_backend().await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("token"), TOKEN).expect("token file");
-    make_cert(dir.path(), "site", &["a.example.test"]);
+    let (_, key, ca) = make_cert(dir.path(), "site", &["a.example.test"]);
+    let key_pem = std::fs::read_to_string(key).expect("key");
+    assert!(ca.exists());
     let toml = format!(
-        "[timeouts]\nconnect = \"2s\"\nclose = \"7s\"\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"site.pem\", key = \"site.key\" }}\n\n[[routes]]\nhost = \"a.example.test\"\npath_prefix = \"/chat\"\nupstream = \"u\"\n\n[upstreams.u]\nservers = [\"{echo}\"]\ndrain_timeout = \"30s\"\n\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"token\"\n"
+        "[runtime]\nwatch_config = false\n\n[log]\nformat = \"json\"\n\n[timeouts]\nconnect = \"2s\"\nclose = \"1m 30s\"\n\n[limits]\nmax_request_body = 1024\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"site.pem\", key = \"site.key\" }}\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n[[routes]]\nhost = \"a.example.test\"\npath_prefix = \"/chat\"\nupstream = \"u\"\n[[routes]]\nupstream = \"t\"\n\n[upstreams.u]\nservers = [\"{echo}\", {{ addr = \"127.0.0.1:1\", weight = 3 }}]\ndrain_timeout = \"30s\"\nbalance = \"hash\"\nhash_key = \"header:X-User\"\n\n[upstreams.t]\nservers = [\"127.0.0.1:2\"]\ntls = true\nca_file = \"site-ca.pem\"\nsni = \"backend.test\"\n\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"token\"\n"
     );
     let gw = TestGateway::start_in(dir, &toml).await;
+    (gw, echo, key_pem)
+}
+
+#[tokio::test]
+async fn config_view_is_in_the_configs_own_spelling_and_shows_no_secret() {
+    let (gw, echo, key_pem) = full_config_gateway().await;
     let admin = Admin::of(&gw, Some(TOKEN));
     let r = admin.get("/api/config").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(!r.body.contains(TOKEN), "the token is in /api/config");
+    let key_body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!key_body.is_empty());
     assert!(
-        !r.body.contains("site.key"),
-        "a key path is in /api/config:\n{}",
+        !r.body.contains("PRIVATE KEY") && !r.body.contains(&key_body[..32]),
+        "key material is in /api/config:\n{}",
         r.body
     );
     let v = r.json();
@@ -1409,46 +1424,161 @@ async fn config_view_redacts_the_token_and_key_paths() {
         .collect();
     assert_eq!(names, ["public", "secure"]);
     assert!(listeners[0]["tls"].is_null(), "{}", listeners[0]);
-    let tls = listeners[1]["tls"].as_array().expect("tls list");
-    assert_eq!(tls.len(), 1);
-    assert_eq!(tls[0]["key"], "<redacted>");
-    assert!(
-        tls[0]["cert"]
-            .as_str()
-            .is_some_and(|c| c.ends_with("site.pem")),
-        "{}",
-        tls[0]
+    let certs = listeners[1]["tls"]["certificates"]
+        .as_array()
+        .expect("certificates");
+    assert_eq!(certs.len(), 1);
+    // Paths are shown, so an operator sees which files are in use.
+    let ends = |v: &Value, tail: &str| v.as_str().is_some_and(|p| p.ends_with(tail));
+    assert!(ends(&certs[0]["cert"], "site.pem"), "{}", certs[0]);
+    assert!(ends(&certs[0]["key"], "site.key"), "{}", certs[0]);
+    assert_eq!(
+        listeners[1]["trusted_proxies"],
+        serde_json::json!(["10.0.0.0/8"])
     );
 
     let routes = v["routes"].as_array().expect("routes");
-    assert_eq!(routes.len(), 1);
+    assert_eq!(routes.len(), 2);
     assert_eq!(routes[0]["host"], "a.example.test");
     assert_eq!(routes[0]["path_prefix"], "/chat");
     assert_eq!(routes[0]["upstream"], "u");
+    assert!(routes[1]["host"].is_null(), "any host: {}", routes[1]);
+    assert_eq!(routes[1]["path_prefix"], "/");
 
     let u = &v["upstreams"]["u"];
-    // A server is shown as its address, or as a table with its address.
-    let servers: Vec<&str> = u["servers"]
-        .as_array()
-        .expect("servers")
-        .iter()
-        .map(|s| s.as_str().or(s["addr"].as_str()).expect("an address"))
-        .collect();
-    assert_eq!(servers, [echo.to_string()], "{u}");
-    assert_eq!(u["drain_timeout_ms"], 30_000);
-    assert_eq!(u["drain_spread_ms"], 3_000);
+    assert_eq!(
+        u["servers"],
+        serde_json::json!([
+            {"addr": echo.to_string(), "weight": 1},
+            {"addr": "127.0.0.1:1", "weight": 3},
+        ]),
+        "{u}"
+    );
+    // Durations as the config writes them, enums in the config's words.
+    assert_eq!(u["drain_timeout"], "30s");
+    assert_eq!(u["drain_spread"], "3s", "a tenth of drain_timeout");
+    assert_eq!(u["pool_idle_timeout"], "4s");
+    assert_eq!(u["resolve_interval"], "30s");
+    assert_eq!(u["balance"], "hash");
+    assert_eq!(u["hash_key"], "header:x-user");
+    assert_eq!(u["hash_load_factor"], 1.25);
+    assert_eq!(u["tls"], false);
+    let t = &v["upstreams"]["t"];
+    assert_eq!(t["balance"], "least_conn");
+    assert!(t["hash_key"].is_null(), "{t}");
+    assert_eq!(t["tls"], true);
+    assert_eq!(t["sni"], "backend.test");
+    assert!(ends(&t["ca_file"], "site-ca.pem"), "{t}");
+    assert!(t["client_key"].is_null(), "{t}");
 
-    let t = &v["timeouts"];
-    assert_eq!(t["connect_ms"], 2000);
-    assert_eq!(t["close_ms"], 7000);
-    for key in [
-        "client_handshake_ms",
-        "upstream_handshake_ms",
-        "half_close_ms",
-    ] {
-        assert!(t[key].as_u64().is_some_and(|n| n > 0), "{key}: {t}");
+    let timeouts = &v["timeouts"];
+    assert_eq!(timeouts["connect"], "2s");
+    assert_eq!(timeouts["close"], "1m 30s");
+    assert_eq!(timeouts["linger"], "2s", "the default");
+    assert_eq!(v["limits"]["max_request_body"], 1024);
+    assert_eq!(v["limits"]["max_request_headers"], 16384);
+    assert_eq!(v["log"]["format"], "json");
+    assert_eq!(v["log"]["access"], "stdout");
+    assert!(v["runtime"]["workers"].is_null(), "{}", v["runtime"]);
+    assert!(ends(&v["admin"]["token_file"], "token"), "{}", v["admin"]);
+    assert_eq!(v["admin"]["metrics_public"], false);
+}
+
+/// The tables of the README's "Configuration reference": each `### `
+/// heading's table name as written (`[timeouts]`, `[[listeners]]`,
+/// `[upstreams.NAME]`) and the keys named in the first cell of its rows
+/// (`servers[].weight`; `client_cert`, `client_key` share a row).
+fn reference_tables() -> Vec<(String, Vec<String>)> {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("\n## Configuration reference\n")
+        .expect("the README has a configuration reference");
+    let section = &readme[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
+    let mut tables: Vec<(String, Vec<String>)> = Vec::new();
+    for line in section[..end].lines() {
+        if let Some(heading) = line.strip_prefix("### ") {
+            let name = heading
+                .split('`')
+                .nth(1)
+                .expect("a table name in backticks");
+            tables.push((name.to_string(), Vec::new()));
+        } else if let (Some(row), Some((_, keys))) = (line.strip_prefix("| "), tables.last_mut()) {
+            let first = row.split(" | ").next().unwrap_or("");
+            // The header row (`key`) and the separator have no backticks.
+            keys.extend(first.split('`').skip(1).step_by(2).map(str::to_string));
+        }
     }
-    assert_eq!(v["admin"]["token_file"], "<redacted>");
+    assert!(tables.len() >= 8, "{tables:?}");
+    assert!(tables.iter().all(|(_, k)| !k.is_empty()), "{tables:?}");
+    tables
+}
+
+/// The JSON object a reference table is shown as: `[[x]]` by its first
+/// entry, `[x.NAME]` by every entry.
+fn shown_as<'v>(v: &'v Value, table: &str) -> Vec<&'v serde_json::Map<String, Value>> {
+    let name = table.trim_matches(|c| c == '[' || c == ']');
+    let (top, by_name) = match name.split_once('.') {
+        Some((top, _)) => (top, true),
+        None => (name, false),
+    };
+    let at = &v[top];
+    let objects: Vec<&Value> = if table.starts_with("[[") {
+        at.as_array().expect(top).iter().take(1).collect()
+    } else if by_name {
+        at.as_object().expect(top).values().collect()
+    } else {
+        vec![at]
+    };
+    objects
+        .into_iter()
+        .map(|o| {
+            o.as_object()
+                .unwrap_or_else(|| panic!("{table} is not an object: {o}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn config_view_has_every_key_of_the_readme_reference_and_no_other() {
+    let (gw, _, _) = full_config_gateway().await;
+    let v = Admin::of(&gw, Some(TOKEN)).get_json("/api/config").await;
+    let tables = reference_tables();
+    let mut top: Vec<&str> = Vec::new();
+    for (table, keys) in &tables {
+        for object in shown_as(&v, table) {
+            for key in keys {
+                // `servers[].weight`: the key of every entry of `servers`.
+                let found = match key.split_once("[].") {
+                    Some((list, inner)) => object[list]
+                        .as_array()
+                        .is_some_and(|l| !l.is_empty() && l.iter().all(|e| e.get(inner).is_some())),
+                    None => object.contains_key(key),
+                };
+                assert!(found, "{table} {key} is not in /api/config: {object:?}");
+            }
+            for shown in object.keys() {
+                assert!(
+                    keys.iter()
+                        .any(|k| k == shown || k.starts_with(&format!("{shown}[]."))),
+                    "/api/config shows {table} {shown}, which the README does not list"
+                );
+            }
+        }
+        top.push(
+            table
+                .trim_matches(|c| c == '[' || c == ']')
+                .split('.')
+                .next()
+                .unwrap_or(""),
+        );
+    }
+    for shown in v.as_object().expect("an object").keys() {
+        assert!(
+            top.contains(&shown.as_str()) || ["version", "source"].contains(&shown.as_str()),
+            "/api/config shows a table {shown} the README does not list"
+        );
+    }
 }
 
 // === counters never go down ===

@@ -1,4 +1,4 @@
-//! The `wsgate` binary: `check` and its error report, `--help` and
+//! The `wsgate` binary: `check` and its error report (without DNS), `--help` and
 //! `--version`, `run` with JSON logs, its access-log line, its refusals and
 //! SIGTERM, the line-based `client`, and the demo on its fixed ports.
 
@@ -127,6 +127,36 @@ async fn check_reports_a_syntax_error_with_its_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with(&format!("{path}:2:")), "{stderr}");
     assert!(stderr.contains("name"), "the key is named: {stderr}");
+}
+
+/// `GOOD` with its server given by a name under `.invalid`, which never
+/// resolves (RFC 6761): no network is needed to see it fail.
+fn unresolvable() -> String {
+    GOOD.replace("\"127.0.0.1:9\"", "\"backend.invalid:9\"")
+}
+
+#[tokio::test]
+async fn check_does_not_resolve_host_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "names.toml", &unresolvable());
+    let out = wsgate(&["check", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{path}: ok\n"));
+}
+
+#[tokio::test]
+async fn run_refuses_a_host_name_that_does_not_resolve_naming_where_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "names.toml", &unresolvable());
+    let out = wsgate(&["run", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{path}:12:12: upstreams.u.servers[0]: cannot resolve backend.invalid"
+        )),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

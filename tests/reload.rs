@@ -1,7 +1,8 @@
 //! Live reload: new connections see the new config at once, established
-//! ones never notice, a bad config or an unbindable listener changes
-//! nothing, removed servers drain with spread Close 1001, certificates
-//! rotate, and the file watcher triggers reloads.
+//! ones never notice, a bad config, a host name that does not resolve or
+//! an unbindable listener changes nothing, removed servers drain with
+//! spread Close 1001, certificates rotate, and the file watcher triggers
+//! reloads.
 
 mod common;
 
@@ -43,6 +44,46 @@ async fn a_bad_config_is_rejected_and_the_old_one_keeps_serving() {
     echo_once(&mut ws, "still here").await;
     let mut fresh = ws_connect(gw.addr("public"), "/ws").await;
     echo_once(&mut fresh, "new connections too").await;
+    let metrics = gw.gateway.shared().metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains("wsgate_reloads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_to_a_host_name_that_does_not_resolve_is_refused_and_the_old_routes_keep_serving()
+{
+    let echo = echo_backend().await;
+    let good = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"u\"",
+        &format!("[upstreams.u]\nservers = [\"{echo}\"]"),
+    );
+    let gw = TestGateway::start(&good).await;
+    let mut ws = ws_connect(gw.addr("public"), "/ws").await;
+    // `.invalid` never resolves (RFC 6761): no network is needed to see it fail.
+    let bad = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"v\"",
+        "[upstreams.v]\nservers = [\"backend.invalid:9001\"]",
+    );
+    write_config(&gw, &bad);
+    match gw.gateway.reload().await {
+        Err(ReloadError::Resolve(e)) => {
+            let path = gw.dir.path().join("wsgate.toml");
+            let want = format!(
+                "{}:10:12: upstreams.v.servers[0]: cannot resolve backend.invalid",
+                path.display()
+            );
+            assert!(e.to_string().starts_with(&want), "{e}");
+            assert_eq!(e.problems.len(), 1, "{e}");
+        }
+        other => panic!("expected a resolution error, got {other:?}"),
+    }
+    echo_once(&mut ws, "still here").await;
+    let mut fresh = ws_connect(gw.addr("public"), "/ws").await;
+    echo_once(&mut fresh, "the old route still serves").await;
     let metrics = gw.gateway.shared().metrics.encode().expect("metrics");
     assert!(
         metrics.contains("wsgate_reloads_total{result=\"failed\"} 1"),

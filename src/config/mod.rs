@@ -7,7 +7,10 @@
 //! file, line, column and key, and all problems are collected before failing,
 //! so `wsgate check` shows an operator the whole list at once.
 //!
-//! Must not: keep raw strings for the hot path, or know about sockets.
+//! Must not: keep raw strings for the hot path, know about sockets, or
+//! resolve host names: a server given by name stays a name here, with where
+//! it was written, and is looked up when a snapshot is compiled
+//! (`control::reload::resolve_names`), so `wsgate check` needs no DNS.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,10 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
+use serde::Serialize;
 
 pub mod tls;
 pub mod upstream;
 pub mod validate;
+pub mod view;
 
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
 pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -75,7 +80,7 @@ pub struct Config {
 }
 
 /// `[runtime]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RuntimeConfig {
     /// Tokio worker threads; `None` means one per CPU.
     pub workers: Option<usize>,
@@ -129,25 +134,34 @@ pub enum AccessLog {
     File(PathBuf),
 }
 
-/// `[timeouts]`: every deadline the proxy enforces.
-#[derive(Debug, Clone, Copy)]
+/// `[timeouts]`: every deadline the proxy enforces. Serialized for
+/// `/api/config` as the humantime strings the config accepts.
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Timeouts {
     /// TLS handshake and request headers from the client.
+    #[serde(serialize_with = "view::humantime")]
     pub client_handshake: Duration,
     /// TCP connect to one backend.
+    #[serde(serialize_with = "view::humantime")]
     pub connect: Duration,
     /// From sending the upgrade request to the backend's response headers.
+    #[serde(serialize_with = "view::humantime")]
     pub upstream_handshake: Duration,
     /// From sending a plain HTTP request to the backend's response headers.
+    #[serde(serialize_with = "view::humantime")]
     pub upstream_response: Duration,
     /// Longest pause in a client's request body (nginx's `client_body_timeout`).
+    #[serde(serialize_with = "view::humantime")]
     pub client_body: Duration,
     /// How long a connection wsgate closed is still read and discarded, so
     /// a client still sending can read the answer (see linger.rs).
+    #[serde(serialize_with = "view::humantime")]
     pub linger: Duration,
     /// How long a tunnel stays up after one side has finished sending.
+    #[serde(serialize_with = "view::humantime")]
     pub half_close: Duration,
     /// How long a closing handshake started by wsgate (shutdown, drain) may take.
+    #[serde(serialize_with = "view::humantime")]
     pub close: Duration,
 }
 
@@ -167,7 +181,7 @@ impl Default for Timeouts {
 }
 
 /// `[limits]`: sizes the proxy refuses to exceed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Limits {
     /// Largest request head (request line and headers) read from a client, in bytes.
     pub max_request_headers: usize,
@@ -258,56 +272,108 @@ pub struct RouteConfig {
     pub upstream: String,
 }
 
-/// One `[upstreams.NAME]` table.
+/// One `[upstreams.NAME]` table: its servers, and every other setting in
+/// one shared [`UpstreamSettings`].
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// Non-empty and without duplicate addresses; host names already resolved.
+    /// Servers given by IP address, in file order, each address once.
+    /// With `names`, at least one entry (validated).
     pub servers: Vec<ServerConfig>,
-    /// Servers given by name, resolved again every `resolve_interval`.
+    /// Servers given by host name, in file order, unresolved: looked up
+    /// when a snapshot is compiled, and again every `resolve_interval`.
     pub names: Vec<NamedServer>,
-    /// How often names are resolved again.
-    pub resolve_interval: Duration,
-    /// TLS to the servers; `None` for plain TCP.
-    pub tls: Option<UpstreamTls>,
-    /// The balancing algorithm.
+    /// Everything else about the upstream. Shared, not copied: the
+    /// balancer's `Upstream`, its keep-alive pool, drains and the admin API
+    /// all read this one struct, so a new upstream key is added here once.
+    pub settings: Arc<UpstreamSettings>,
+}
+
+/// The settings of an upstream besides its servers, with defaults filled in.
+/// Serialized for `/api/config` under the config's keys (`tls` and its
+/// files are shown by the upstream's view, as they need redacting).
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamSettings {
+    /// The balancing algorithm (`balance`, `hash_key`, `hash_load_factor`).
+    #[serde(flatten)]
     pub balance: Balance,
     /// Further servers tried when a connect fails or times out.
     pub retries: usize,
+    /// How often names are resolved again.
+    #[serde(serialize_with = "view::humantime")]
+    pub resolve_interval: Duration,
+    /// TLS to the servers; `None` for plain TCP.
+    #[serde(skip)]
+    pub tls: Option<UpstreamTls>,
     /// How long a draining server's tunnels may go on before wsgate closes them.
+    #[serde(serialize_with = "view::humantime")]
     pub drain_timeout: Duration,
     /// Window over which those closes are spread, so clients do not all reconnect at once.
+    #[serde(serialize_with = "view::humantime")]
     pub drain_spread: Duration,
     /// Idle keep-alive connections kept per server for plain HTTP.
     pub pool_max_idle: usize,
     /// How long an idle pooled connection is kept.
+    #[serde(serialize_with = "view::humantime")]
     pub pool_idle_timeout: Duration,
 }
 
-/// A server given by host name, kept so it can be resolved again.
+impl Default for UpstreamSettings {
+    /// Every key's documented default, as an upstream table with only `servers` gets.
+    fn default() -> Self {
+        Self {
+            balance: Balance::LeastConn,
+            retries: DEFAULT_RETRIES,
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+            tls: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_spread: DEFAULT_DRAIN_TIMEOUT / 10,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// A server given by host name, kept unresolved so that validation needs
+/// no DNS, and so that it can be resolved again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedServer {
-    /// The DNS name.
+    /// The DNS name, lowercase.
     pub host: String,
     /// The port.
     pub port: u16,
     /// Weight of every address it resolves to.
     pub weight: u32,
+    /// Where it was written: a name that does not resolve is reported
+    /// there, as a validation problem would be.
+    pub at: Location,
+}
+
+/// Where a value was written, kept past validation for the mistakes only
+/// found later (a host name that does not resolve).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// Dotted key path such as `upstreams.chat.servers[0]`.
+    pub key: String,
+}
+
+impl Location {
+    /// A problem with the value written here.
+    pub fn problem(&self, message: impl Into<String>) -> Problem {
+        Problem {
+            line: self.line,
+            column: self.column,
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
 }
 
 /// Default for `upstreams.NAME.resolve_interval`.
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Resolves a host name with the system resolver (blocking).
-///
-/// # Errors
-/// The resolver's error.
-pub fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    use std::net::ToSocketAddrs;
-    let mut addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-    addrs.sort();
-    addrs.dedup();
-    Ok(addrs)
-}
 
 /// TLS to an upstream's servers, ready to use.
 #[derive(Debug, Clone)]
@@ -318,18 +384,21 @@ pub struct UpstreamTls {
     pub sni: Option<rustls::pki_types::ServerName<'static>>,
     /// No certificate verification (warned about loudly at start and reload).
     pub insecure_skip_verify: bool,
+    /// `ca_file`, for `/api/config`: the trust roots were read from it.
+    pub ca_file: Option<PathBuf>,
+    /// `client_cert`, for `/api/config`.
+    pub client_cert: Option<PathBuf>,
+    /// `client_key`, for `/api/config`: the path only; the key is in `client`.
+    pub client_key: Option<PathBuf>,
 }
 
-/// One server of an upstream.
+/// One server of an upstream given by its IP address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Where to connect.
     pub addr: SocketAddr,
     /// Relative share of connections, 1-1000.
     pub weight: u32,
-    /// The host name it was resolved from, if any: replaced when the name
-    /// resolves differently, and the default TLS name for the server.
-    pub host: Option<String>,
 }
 
 /// Default for `upstreams.NAME.hash_load_factor`.
@@ -394,7 +463,8 @@ impl ConfigError {
     }
 }
 
-fn render_problems(path: &Path, problems: &[Problem]) -> String {
+/// Problems as `wsgate check` prints them, one `file:line:column: key: message` a line.
+pub fn render_problems(path: &Path, problems: &[Problem]) -> String {
     problems
         .iter()
         .map(|p| {
@@ -467,6 +537,18 @@ pub enum HashKey {
     Ip,
 }
 
+impl fmt::Display for HashKey {
+    /// As the config writes it: `header:NAME`, `cookie:NAME`, `query:NAME`, `ip`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+            HashKey::Query(name) => write!(f, "query:{name}"),
+            HashKey::Ip => f.write_str("ip"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,8 +596,8 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         assert_eq!(c.routes[1].host, HostPattern::Any);
         assert_eq!(c.routes[1].path_prefix, "/");
         assert_eq!(c.upstreams["chat"].servers.len(), 2);
-        assert_eq!(c.upstreams["chat"].balance, Balance::LeastConn);
-        assert_eq!(c.upstreams["chat"].retries, DEFAULT_RETRIES);
+        assert_eq!(c.upstreams["chat"].settings.balance, Balance::LeastConn);
+        assert_eq!(c.upstreams["chat"].settings.retries, DEFAULT_RETRIES);
     }
 
     #[test]
@@ -638,9 +720,12 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             c.log.access,
             AccessLog::File(dir.path().join("logs/access.log"))
         );
-        assert_eq!(c.upstreams["u"].drain_timeout, Duration::from_secs(20));
         assert_eq!(
-            c.upstreams["u"].drain_spread,
+            c.upstreams["u"].settings.drain_timeout,
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            c.upstreams["u"].settings.drain_spread,
             Duration::from_secs(2),
             "a tenth of drain_timeout"
         );
@@ -670,12 +755,11 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             ServerConfig {
                 addr: "127.0.0.1:3".parse().unwrap(),
                 weight: 3,
-                host: None,
             }
         );
-        assert_eq!(u.retries, 2);
+        assert_eq!(u.settings.retries, 2);
         assert_eq!(
-            u.balance,
+            u.settings.balance,
             Balance::Hash {
                 key: HashKey::Header(http::HeaderName::from_static("x-user")),
                 load_factor: 1.5
@@ -710,7 +794,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         assert_eq!(c.timeouts.linger, Duration::from_secs(1));
         let u = &c.upstreams["u"];
         assert_eq!(
-            (u.pool_max_idle, u.pool_idle_timeout),
+            (u.settings.pool_max_idle, u.settings.pool_idle_timeout),
             (0, Duration::from_secs(2))
         );
         let c = parse(
@@ -723,7 +807,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         assert_eq!(c.timeouts.linger, DEFAULT_LINGER);
         let u = &c.upstreams["u"];
         assert_eq!(
-            (u.pool_max_idle, u.pool_idle_timeout),
+            (u.settings.pool_max_idle, u.settings.pool_idle_timeout),
             (DEFAULT_POOL_MAX_IDLE, DEFAULT_POOL_IDLE_TIMEOUT)
         );
         for (body, key) in [
@@ -791,25 +875,47 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             [NamedServer {
                 host: "localhost".into(),
                 port: 9001,
+                weight: 1,
+                at: Location {
+                    line: 7,
+                    column: 12,
+                    key: "upstreams.u.servers[0]".into()
+                },
+            }]
+        );
+        assert_eq!(
+            u.servers,
+            [ServerConfig {
+                addr: "127.0.0.1:9002".parse().unwrap(),
                 weight: 1
             }]
         );
-        assert!(
-            u.servers
-                .iter()
-                .any(|s| s.host.as_deref() == Some("localhost") && s.addr.port() == 9001),
-            "{:?}",
-            u.servers
-        );
-        assert!(u
-            .servers
-            .iter()
-            .any(|s| s.host.is_none() && s.addr.port() == 9002));
-        assert_eq!(u.resolve_interval, Duration::from_secs(5));
+        assert_eq!(u.settings.resolve_interval, Duration::from_secs(5));
         let p = problems(&format!("{base}servers = [\"bad host:80\"]\n"));
         assert_eq!(
             p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
             ["upstreams.u.servers[0]"]
+        );
+    }
+
+    #[test]
+    fn validation_resolves_no_host_name() {
+        // A name under `.invalid` never resolves (RFC 6761): validation
+        // passes only because it does not try.
+        let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\n";
+        let c = parse(
+            &format!("{base}servers = [\"backend.invalid:9001\"]\n"),
+            Path::new("c.toml"),
+        )
+        .expect("valid without DNS");
+        let u = &c.upstreams["u"];
+        assert!(u.servers.is_empty());
+        assert_eq!(
+            u.names
+                .iter()
+                .map(|n| (n.host.as_str(), n.port, n.at.line, n.at.key.as_str()))
+                .collect::<Vec<_>>(),
+            [("backend.invalid", 9001, 7, "upstreams.u.servers[0]")]
         );
     }
 
@@ -821,7 +927,7 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             Path::new("c.toml"),
         )
         .expect("valid");
-        let tls = c.upstreams["u"].tls.as_ref().expect("tls");
+        let tls = c.upstreams["u"].settings.tls.as_ref().expect("tls");
         assert_eq!(
             tls.sni.as_ref().map(|n| n.to_str().into_owned()).as_deref(),
             Some("backend.internal")

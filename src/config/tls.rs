@@ -249,6 +249,9 @@ impl Validator<'_> {
                 client: Arc::new(client),
                 sni,
                 insecure_skip_verify: insecure,
+                ca_file: up.ca_file.as_ref().map(|f| self.base.join(f.get_ref())),
+                client_cert: up.client_cert.as_ref().map(|f| self.base.join(f.get_ref())),
+                client_key: up.client_key.as_ref().map(|f| self.base.join(f.get_ref())),
             }),
             Err(e) => {
                 let at = up.client_cert.as_ref().map_or(0..0, Spanned::span);

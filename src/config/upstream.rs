@@ -1,7 +1,8 @@
 //! Validation of `[upstreams.NAME]`: servers and their weights, host names
-//! (resolved once here; `reload` resolves them again every
-//! `resolve_interval`), balancing and hash keys, retries, and the drain and
-//! pool settings, each turned into its typed value in [`UpstreamConfig`].
+//! (checked for form only and kept with their location: they are resolved
+//! when a snapshot is compiled, and again every `resolve_interval`), balancing and hash keys, retries, and the drain and
+//! pool settings, each turned into its typed value in [`UpstreamConfig`]
+//! and its [`UpstreamSettings`].
 //! An upstream's backend TLS is checked in `validate_tls.rs`.
 //!
 //! Must not: run outside `validate::parse` (these are methods of its
@@ -11,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use toml::Spanned;
 
@@ -54,51 +56,25 @@ impl Validator<'_> {
                         1
                     }
                 };
-                let host_name = split_host_port(&addr).map(|(h, _)| h);
-                let addrs = match addr.parse::<SocketAddr>() {
-                    Ok(a) => vec![a],
-                    Err(_) => match split_host_port(&addr) {
-                        None => {
-                            self.problem(s, skey, format!("{addr:?} is not IP:port nor host:port, such as \"127.0.0.1:9001\" or \"chat-1.internal:9001\""));
-                            continue;
-                        }
-                        Some((host, port)) => {
-                            names.push(NamedServer {
-                                host: host.clone(),
-                                port,
-                                weight,
-                            });
-                            match resolve(&host, port) {
-                                Ok(a) if !a.is_empty() => a,
-                                Ok(_) => {
-                                    self.problem(s, skey, format!("{host} resolves to no address"));
-                                    continue;
-                                }
-                                Err(e) => {
-                                    self.problem(s, skey, format!("cannot resolve {host}: {e}"));
-                                    continue;
-                                }
-                            }
-                        }
-                    },
-                };
-                for addr in addrs {
+                if let Ok(addr) = addr.parse::<SocketAddr>() {
                     if servers.iter().any(|c: &ServerConfig| c.addr == addr) {
-                        // A name may resolve to an address listed too: once is
-                        // enough. An address written twice, in either form, is a
-                        // mistake (the second's weight would be lost).
-                        if addr_is_literal(s.get_ref()) {
-                            self.problem(s, skey.clone(), format!("{addr} is listed twice"));
-                        }
-                        continue;
-                    }
-                    // An IP literal never parses as host:port with a DNS name.
-                    let host = if addr_is_literal(s.get_ref()) {
-                        None
+                        // The second's weight would be lost.
+                        self.problem(s, skey, format!("{addr} is listed twice"));
                     } else {
-                        host_name.clone()
-                    };
-                    servers.push(ServerConfig { addr, weight, host });
+                        servers.push(ServerConfig { addr, weight });
+                    }
+                    continue;
+                }
+                match split_host_port(&addr) {
+                    // Not resolved here: `check` must not need DNS. An
+                    // address it resolves to that is listed too adds nothing.
+                    Some((host, port)) => names.push(NamedServer {
+                        host,
+                        port,
+                        weight,
+                        at: self.location(s.span(), &skey),
+                    }),
+                    None => self.problem(s, skey, format!("{addr:?} is not IP:port nor host:port, such as \"127.0.0.1:9001\" or \"chat-1.internal:9001\"")),
                 }
             }
             let up = up.into_inner();
@@ -142,14 +118,16 @@ impl Validator<'_> {
                 UpstreamConfig {
                     servers,
                     names,
-                    resolve_interval,
-                    tls,
-                    balance,
-                    retries,
-                    drain_timeout,
-                    drain_spread,
-                    pool_max_idle,
-                    pool_idle_timeout,
+                    settings: Arc::new(UpstreamSettings {
+                        balance,
+                        retries,
+                        resolve_interval,
+                        tls,
+                        drain_timeout,
+                        drain_spread,
+                        pool_max_idle,
+                        pool_idle_timeout,
+                    }),
                 },
             );
         }
@@ -248,13 +226,6 @@ impl Validator<'_> {
             );
         }
         parsed
-    }
-}
-
-fn addr_is_literal(s: &RawServer) -> bool {
-    match s {
-        RawServer::Addr(a) => a.parse::<SocketAddr>().is_ok(),
-        RawServer::Table(t) => t.addr.parse::<SocketAddr>().is_ok(),
     }
 }
 

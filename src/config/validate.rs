@@ -5,8 +5,9 @@
 //!
 //! Owns: the raw types, the `Validator` that collects problems, and the
 //! checks of `runtime`, `admin`, `log`, `timeouts`, `limits`, `listeners`
-//! and `routes`. Upstreams are checked in `validate_upstream.rs`, TLS files
-//! and settings in `validate_tls.rs`, both as more methods of `Validator`.
+//! and `routes`, one method (phase) each, called in turn by `validate`.
+//! Upstreams are checked in `upstream.rs`, TLS files and settings in
+//! `tls.rs`, both as more methods of `Validator`.
 //!
 //! Must not: be used outside `config::parse`; the rest of wsgate reads
 //! typed values only.
@@ -265,6 +266,16 @@ impl<'a> Validator<'a> {
         self.problem_at(at.span(), key, message);
     }
 
+    /// Where `span` is, for a value whose mistakes may only show later.
+    pub(crate) fn location(&self, span: Range<usize>, key: &str) -> Location {
+        let (line, column) = line_column(self.text, span.start);
+        Location {
+            line,
+            column,
+            key: key.to_string(),
+        }
+    }
+
     /// A whole number from 0 to `max`; `default` when absent or refused.
     pub(crate) fn count(
         &mut self,
@@ -283,10 +294,34 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// Every phase in file order of the tables, each collecting its own
+    /// problems; upstreams come before routes, which must name one.
     fn validate(&mut self, raw: RawConfig) -> Config {
-        let runtime = RuntimeConfig {
+        let runtime = self.runtime(raw.runtime);
+        let admin = raw.admin.and_then(|a| self.admin(a));
+        let log = self.log(raw.log);
+        let timeouts = self.timeouts(raw.timeouts);
+        let limits = self.limits(raw.limits);
+        let upstreams = self.upstreams(raw.upstreams);
+        let listeners = self.listeners(raw.listeners);
+        let routes = self.routes(raw.routes, &upstreams);
+        Config {
+            source: self.path.to_path_buf(),
+            runtime,
+            admin,
+            log,
+            version: version_of(self.text),
+            timeouts,
+            limits,
+            listeners,
+            routes,
+            upstreams,
+        }
+    }
+
+    fn runtime(&mut self, raw: RawRuntime) -> RuntimeConfig {
+        RuntimeConfig {
             workers: raw
-                .runtime
                 .workers
                 .and_then(|w| match usize::try_from(*w.get_ref()) {
                     Ok(n) if (1..=1024).contains(&n) => Some(n),
@@ -299,44 +334,47 @@ impl<'a> Validator<'a> {
                         None
                     }
                 }),
-            watch_config: raw.runtime.watch_config.unwrap_or(false),
+            watch_config: raw.watch_config.unwrap_or(false),
+        }
+    }
+
+    /// `[admin]`, its token read from `token_file` now.
+    fn admin(&mut self, a: RawAdmin) -> Option<AdminConfig> {
+        let token_file = a.token_file.as_ref().map(|f| self.base.join(f.get_ref()));
+        let token = match (&a.token_file, &token_file) {
+            (Some(at), Some(path)) => match std::fs::read_to_string(path) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                Ok(_) => {
+                    self.problem(
+                        at,
+                        "admin.token_file",
+                        format!("{} is empty", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        at,
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+            _ => None,
         };
-        let admin = raw.admin.and_then(|a| {
-            let token_file = a.token_file.as_ref().map(|f| self.base.join(f.get_ref()));
-            let token = match (&a.token_file, &token_file) {
-                (Some(at), Some(path)) => match std::fs::read_to_string(path) {
-                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-                    Ok(_) => {
-                        self.problem(
-                            at,
-                            "admin.token_file",
-                            format!("{} is empty", path.display()),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        self.problem(
-                            at,
-                            "admin.token_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        );
-                        None
-                    }
-                },
-                _ => None,
-            };
-            self.socket_addr(&a.bind, "admin.bind")
-                .map(|bind| AdminConfig {
-                    bind,
-                    token,
-                    token_file,
-                    metrics_public: a.metrics_public.unwrap_or(false),
-                })
-        });
-        let log = self.log(raw.log);
-        let t = raw.timeouts;
+        self.socket_addr(&a.bind, "admin.bind")
+            .map(|bind| AdminConfig {
+                bind,
+                token,
+                token_file,
+                metrics_public: a.metrics_public.unwrap_or(false),
+            })
+    }
+
+    fn timeouts(&mut self, t: RawTimeouts) -> Timeouts {
         let d = Timeouts::default();
-        let timeouts = Timeouts {
+        Timeouts {
             client_handshake: self.duration(
                 t.client_handshake,
                 "timeouts.client_handshake",
@@ -357,9 +395,12 @@ impl<'a> Validator<'a> {
             linger: self.duration(t.linger, "timeouts.linger", d.linger),
             half_close: self.duration(t.half_close, "timeouts.half_close", d.half_close),
             close: self.duration(t.close, "timeouts.close", d.close),
-        };
-        let limits = Limits {
-            max_request_headers: match raw.limits.max_request_headers {
+        }
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Limits {
+        Limits {
+            max_request_headers: match raw.max_request_headers {
                 None => DEFAULT_MAX_REQUEST_HEADERS,
                 Some(v) => match usize::try_from(*v.get_ref()) {
                     // hyper needs room for at least its own minimum read buffer.
@@ -374,7 +415,7 @@ impl<'a> Validator<'a> {
                     }
                 },
             },
-            max_request_body: raw.limits.max_request_body.and_then(|v| {
+            max_request_body: raw.max_request_body.and_then(|v| {
                 match u64::try_from(*v.get_ref()) {
                     Ok(n) if n >= 1 => Some(n),
                     _ => {
@@ -387,17 +428,18 @@ impl<'a> Validator<'a> {
                     }
                 }
             }),
-        };
+        }
+    }
 
-        let upstreams = self.upstreams(raw.upstreams);
-
+    /// Every `[[listeners]]`: names and (non-zero) ports unique.
+    fn listeners(&mut self, raw: Vec<Spanned<RawListener>>) -> Vec<ListenerConfig> {
         let mut listeners: Vec<ListenerConfig> = Vec::new();
-        if raw.listeners.is_empty() {
+        if raw.is_empty() {
             self.problem_at(0..0, "listeners", "at least one [[listeners]] is required");
         }
         let mut names = HashSet::new();
         let mut binds = HashSet::new();
-        for (i, l) in raw.listeners.into_iter().enumerate() {
+        for (i, l) in raw.into_iter().enumerate() {
             let key = format!("listeners[{i}]");
             let l = l.into_inner();
             let name = l.name.get_ref().trim().to_string();
@@ -422,22 +464,7 @@ impl<'a> Validator<'a> {
                 }
             }
             let tls = l.tls.and_then(|t| self.tls(t, &format!("{key}.tls")));
-            let mut trusted_proxies = Vec::new();
-            for (j, p) in l.trusted_proxies.iter().flatten().enumerate() {
-                // A bare address is a range of one.
-                let text = p.get_ref().trim();
-                let parsed = text
-                    .parse::<ipnet::IpNet>()
-                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-                match parsed {
-                    Ok(net) => trusted_proxies.push(net.trunc()),
-                    Err(_) => self.problem(
-                        p,
-                        format!("{key}.trusted_proxies[{j}]"),
-                        format!("{text:?} is not an address or CIDR range such as \"10.0.0.0/8\""),
-                    ),
-                }
-            }
+            let trusted_proxies = self.trusted_proxies(l.trusted_proxies, &key);
             if let Some(bind) = bind {
                 listeners.push(ListenerConfig {
                     name,
@@ -447,13 +474,45 @@ impl<'a> Validator<'a> {
                 });
             }
         }
+        listeners
+    }
 
+    /// A listener's `trusted_proxies`: CIDR ranges, a bare address being a range of one.
+    fn trusted_proxies(
+        &mut self,
+        raw: Option<Vec<Spanned<String>>>,
+        key: &str,
+    ) -> Vec<ipnet::IpNet> {
+        let mut trusted = Vec::new();
+        for (j, p) in raw.iter().flatten().enumerate() {
+            let text = p.get_ref().trim();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => trusted.push(net.trunc()),
+                Err(_) => self.problem(
+                    p,
+                    format!("{key}.trusted_proxies[{j}]"),
+                    format!("{text:?} is not an address or CIDR range such as \"10.0.0.0/8\""),
+                ),
+            }
+        }
+        trusted
+    }
+
+    /// Every `[[routes]]`: each names a defined upstream, no two share host and prefix.
+    fn routes(
+        &mut self,
+        raw: Vec<Spanned<RawRoute>>,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Vec<RouteConfig> {
         let mut routes = Vec::new();
-        if raw.routes.is_empty() {
+        if raw.is_empty() {
             self.problem_at(0..0, "routes", "at least one [[routes]] is required");
         }
         let mut seen_routes = HashSet::new();
-        for (i, r) in raw.routes.into_iter().enumerate() {
+        for (i, r) in raw.into_iter().enumerate() {
             let key = format!("routes[{i}]");
             let span = r.span();
             let r = r.into_inner();
@@ -484,19 +543,7 @@ impl<'a> Validator<'a> {
                 });
             }
         }
-
-        Config {
-            source: self.path.to_path_buf(),
-            runtime,
-            admin,
-            log,
-            version: version_of(self.text),
-            timeouts,
-            limits,
-            listeners,
-            routes,
-            upstreams,
-        }
+        routes
     }
 
     fn log(&mut self, raw: RawLog) -> LogConfig {

@@ -365,8 +365,8 @@ fn list_upstreams(shared: &Shared) -> AdminResponse {
                 .collect();
             json!({
                 "name": &*u.name,
-                "drain_timeout_ms": u.drain_timeout.as_millis() as u64,
-                "drain_spread_ms": u.drain_spread.as_millis() as u64,
+                "drain_timeout_ms": u.settings.drain_timeout.as_millis() as u64,
+                "drain_spread_ms": u.settings.drain_spread.as_millis() as u64,
                 "servers": servers,
             })
         })
@@ -414,8 +414,8 @@ fn server_action(shared: &Arc<Shared>, name: &str, addr: &str, action: &str) -> 
             "upstream": name,
             "server": addr,
             "state": "draining",
-            "drain_timeout_ms": up.drain_timeout.as_millis() as u64,
-            "drain_spread_ms": up.drain_spread.as_millis() as u64,
+            "drain_timeout_ms": up.settings.drain_timeout.as_millis() as u64,
+            "drain_spread_ms": up.settings.drain_spread.as_millis() as u64,
         }),
     )
 }
@@ -444,7 +444,7 @@ fn rebalance(shared: &Arc<Shared>, name: &str, q: &HashMap<String, String>) -> A
         code: drain::CLOSE_SERVICE_RESTART,
         reason: "rebalancing".to_string(),
     };
-    let window = up.drain_spread;
+    let window = up.settings.drain_spread;
     let closing = victims.len();
     let shared_arc = shared.clone();
     shared.tasks.spawn(async move {
@@ -457,56 +457,12 @@ fn rebalance(shared: &Arc<Shared>, name: &str, q: &HashMap<String, String>) -> A
     )
 }
 
+/// The running config, serialized from its typed form by the views in
+/// `config::view` (which leave out the token and any key material).
 fn config_view(shared: &Shared) -> AdminResponse {
     let snapshot = shared.snapshot.load();
-    let c = &snapshot.config;
-    let listeners: Vec<Value> = c
-        .listeners
-        .iter()
-        .map(|l| {
-            json!({
-                "name": l.name,
-                "bind": l.bind,
-                // Certificate paths are shown; key paths are redacted.
-                "tls": l.tls.as_ref().map(|t| t.certificates.iter().map(|k| json!({"cert": k.cert_path, "key": "<redacted>"})).collect::<Vec<_>>()),
-            })
-        })
-        .collect();
-    let routes: Vec<Value> = c
-        .routes
-        .iter()
-        .map(|r| json!({"host": r.host.to_string(), "path_prefix": r.path_prefix, "upstream": r.upstream}))
-        .collect();
-    let upstreams: HashMap<&String, Value> = c
-        .upstreams
-        .iter()
-        .map(|(n, u)| {
-            (
-                n,
-                json!({"servers": u.servers.iter().map(|s| json!({"addr": s.addr, "weight": s.weight})).collect::<Vec<_>>(), "balance": format!("{:?}", u.balance), "retries": u.retries, "drain_timeout_ms": u.drain_timeout.as_millis() as u64, "drain_spread_ms": u.drain_spread.as_millis() as u64, "pool_max_idle": u.pool_max_idle, "pool_idle_timeout_ms": u.pool_idle_timeout.as_millis() as u64}),
-            )
-        })
-        .collect();
-    let t = &c.timeouts;
     json_response(
         StatusCode::OK,
-        &json!({
-            "version": c.version,
-            "source": c.source,
-            "admin": c.admin.as_ref().map(|a| json!({"bind": a.bind, "token_file": a.token_file.as_ref().map(|_| "<redacted>"), "metrics_public": a.metrics_public})),
-            "timeouts": {
-                "client_handshake_ms": t.client_handshake.as_millis() as u64,
-                "connect_ms": t.connect.as_millis() as u64,
-                "upstream_handshake_ms": t.upstream_handshake.as_millis() as u64,
-                "upstream_response_ms": t.upstream_response.as_millis() as u64,
-                "client_body_ms": t.client_body.as_millis() as u64,
-                "half_close_ms": t.half_close.as_millis() as u64,
-                "close_ms": t.close.as_millis() as u64,
-            },
-            "limits": {"max_request_headers": c.limits.max_request_headers, "max_request_body": c.limits.max_request_body},
-            "listeners": listeners,
-            "routes": routes,
-            "upstreams": upstreams,
-        }),
+        &crate::config::view::ConfigView::from(&*snapshot.config),
     )
 }

@@ -46,7 +46,7 @@ pub async fn drain_server(
     stop: CancellationToken,
 ) {
     tokio::select! {
-        _ = tokio::time::sleep(upstream.drain_timeout) => {}
+        _ = tokio::time::sleep(upstream.settings.drain_timeout) => {}
         _ = stop.cancelled() => return,
         _ = shared.drain.cancelled() => return,
     }
@@ -68,7 +68,14 @@ pub async fn drain_server(
             }
         } else {
             tracing::info!(upstream = %upstream.name, server = %server.addr, tunnels = conns.len(), "closing a draining server's tunnels");
-            spread_close(&conns, upstream.drain_spread, &order, &stop, &shared.drain).await;
+            spread_close(
+                &conns,
+                upstream.settings.drain_spread,
+                &order,
+                &stop,
+                &shared.drain,
+            )
+            .await;
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}

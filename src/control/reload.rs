@@ -1,13 +1,15 @@
 //! Live reconfiguration: re-read the config, check it in full, and switch
 //! to it in one pointer swap, without touching an established connection.
 //!
-//! Owns: the reload procedure (all or nothing), listeners started and
-//! stopped by a reload, draining of servers a reload removed, the
-//! config-file watcher, and the report of what changed.
+//! Owns: the reload procedure (all or nothing), resolving servers' host
+//! names (at start, at reload, and again every `resolve_interval`),
+//! listeners started and stopped by a reload, draining of servers a reload
+//! removed, the config-file watcher, and the report of what changed.
 //!
 //! Order of a reload, so that a failure leaves everything as it was:
-//! parse and validate (any problem: reject), compile the snapshot (carrying
-//! over live servers), bind every new listener (any failure: reject, and the
+//! parse and validate (any problem: reject), resolve every host name (one
+//! that does not resolve: reject, naming where it was written), compile the
+//! snapshot (carrying over live servers), bind every new listener (any failure: reject, and the
 //! ones already bound are dropped), then swap the snapshot, stop removed
 //! listeners, start new ones, and drain removed servers. Established
 //! tunnels own their streams and the `Arc`s they use: none of this reaches them.
@@ -23,11 +25,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ConfigError};
+use crate::config::{self, ConfigError, Problem};
 use crate::control::drain;
 use crate::front::listener;
 use crate::front::listener::{BindError, BoundListener};
-use crate::proxy::routes::{CompileError, Snapshot};
+use crate::proxy::routes::{Answers, CompileError, Snapshot};
 use crate::Shared;
 
 /// A listener that is accepting, as the reload logic needs to know it.
@@ -47,6 +49,9 @@ pub enum ReloadError {
     /// The new file could not be read or has problems.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A host name in it does not resolve.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
     /// Its TLS material could not be used.
     #[error(transparent)]
     Compile(#[from] CompileError),
@@ -120,20 +125,28 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
 }
 
 async fn apply(shared: &Arc<Shared>, path: &Path) -> Result<ReloadReport, ReloadError> {
-    // Loading reads files and may resolve host names: blocking work.
+    // Loading reads files and resolving asks DNS: blocking work.
     let path = path.to_path_buf();
-    let config = match tokio::task::spawn_blocking(move || config::load(&path)).await {
+    let resolver = shared.resolver();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
+        let config = config::load(&path)?;
+        let answers = resolve_names(&config, resolver)?;
+        Ok((config, answers))
+    });
+    let (config, answers) = match loaded.await {
         Ok(r) => r?,
         Err(e) => return Err(ReloadError::Internal(e.to_string())),
     };
-    apply_config(shared, config).await
+    apply_config(shared, config, answers).await
 }
 
-/// Switches to `config`: compile, bind new listeners, swap, stop removed
-/// listeners, drain removed servers. Callers hold `reload_lock`.
+/// Switches to `config`, its host names resolved to `answers`: compile,
+/// bind new listeners, swap, stop removed listeners, drain removed servers.
+/// Callers hold `reload_lock`.
 async fn apply_config(
     shared: &Arc<Shared>,
     config: config::Config,
+    answers: Answers,
 ) -> Result<ReloadReport, ReloadError> {
     if shared.drain.is_cancelled() {
         return Err(ReloadError::Draining);
@@ -143,7 +156,7 @@ async fn apply_config(
     }
     let old = shared.snapshot.load_full();
     let draining = shared.draining_list().clone();
-    let new = Snapshot::compile(Arc::new(config), Some(&old), &draining)?;
+    let new = Snapshot::compile(Arc::new(config), answers, Some(&old), &draining)?;
 
     // Which listeners change: by name, and a new address counts as remove + add.
     let running: HashMap<String, SocketAddr> = shared
@@ -223,7 +236,11 @@ async fn apply_config(
 /// certificates are not verified: such a setting must not go unnoticed.
 pub fn warn_insecure(config: &config::Config) {
     for (name, u) in &config.upstreams {
-        if u.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+        if u.settings
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.insecure_skip_verify)
+        {
             tracing::warn!(
                 upstream = %name,
                 "insecure_skip_verify = true: backend certificates are NOT verified; anyone on the path can impersonate these servers"
@@ -276,94 +293,136 @@ fn diff(old: &Snapshot, new: &Snapshot) -> ReloadReport {
     }
 }
 
-/// Resolves a host name to addresses; the system resolver unless a test swaps it.
+/// Resolves a host name to addresses (blocking); [`system_resolver`]
+/// unless a test swaps it.
 pub type Resolver = fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
 
-/// Resolves every host-named server again and, where an upstream's
-/// addresses changed, switches to them as a reload would: servers that
-/// stay keep their tunnels and state, vanished ones drain. A failed lookup
-/// keeps that upstream as it is. Returns what changed, if anything.
+/// The system resolver (blocking). A name under `.invalid` fails at once
+/// without asking anyone, as RFC 6761 (6.4) asks of resolver libraries:
+/// such a name can never resolve.
+///
+/// # Errors
+/// The resolver's error.
+pub fn system_resolver(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    if host == "invalid" || host.ends_with(".invalid") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "a name under .invalid never resolves (RFC 6761)",
+        ));
+    }
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+/// Host names that did not resolve, each reported where it was written, in
+/// the shape of a validation problem: `file:line:column: key: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", config::render_problems(path, problems))]
+pub struct ResolveError {
+    /// The config file.
+    pub path: PathBuf,
+    /// One per server entry whose name did not resolve, in file order.
+    pub problems: Vec<Problem>,
+}
+
+/// One name's addresses, sorted, each once; an empty answer is
+/// an error too, since a server must have an address.
+fn lookup(resolver: Resolver, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    match resolver(host, port) {
+        Ok(mut addrs) if !addrs.is_empty() => {
+            addrs.sort();
+            addrs.dedup();
+            Ok(addrs)
+        }
+        Ok(_) => Err(format!("{host} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {host}: {e}")),
+    }
+}
+
+/// Looks up every host-named server of `config` with `resolver`, before
+/// its snapshot is compiled: at start and at every reload (blocking).
+///
+/// # Errors
+/// [`ResolveError`] with every server whose name does not resolve.
+pub fn resolve_names(config: &config::Config, resolver: Resolver) -> Result<Answers, ResolveError> {
+    let mut answers = Answers::new();
+    let mut failed: HashMap<(String, u16), String> = HashMap::new();
+    let mut problems = Vec::new();
+    for n in config.upstreams.values().flat_map(|u| &u.names) {
+        let key = (n.host.clone(), n.port);
+        if answers.contains_key(&key) {
+            continue;
+        }
+        // Each entry naming a failed name is reported, the lookup made once.
+        let result = match failed.get(&key) {
+            Some(message) => Err(message.clone()),
+            None => lookup(resolver, &n.host, n.port),
+        };
+        match result {
+            Ok(addrs) => {
+                answers.insert(key, addrs);
+            }
+            Err(message) => {
+                problems.push(n.at.problem(&message));
+                failed.insert(key, message);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(answers)
+    } else {
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(ResolveError {
+            path: config.source.clone(),
+            problems,
+        })
+    }
+}
+
+/// Resolves every host-named server again and, where a name's addresses
+/// changed, switches to them as a reload would: servers that stay keep
+/// their tunnels and state, vanished ones drain. A failed lookup keeps
+/// that name's last addresses. Returns what changed, if anything.
 pub async fn re_resolve(shared: &Arc<Shared>) -> Option<ReloadReport> {
     // Look every name up first, without the reload lock: slow DNS must not
     // hold up SIGHUP or POST /reload, and a drain interrupts it.
-    let mut wanted: Vec<(String, u16)> = shared
-        .snapshot
-        .load()
-        .config
-        .upstreams
-        .values()
-        .flat_map(|u| u.names.iter().map(|n| (n.host.clone(), n.port)))
-        .collect();
-    wanted.sort();
-    wanted.dedup();
+    let wanted: Vec<(String, u16)> = shared.snapshot.load().answers.keys().cloned().collect();
     if wanted.is_empty() {
         return None;
     }
     let resolver = shared.resolver();
-    let mut answers: HashMap<(String, u16), Vec<SocketAddr>> = HashMap::new();
+    let mut fresh: HashMap<(String, u16), Vec<SocketAddr>> = HashMap::new();
     for (host, port) in wanted {
-        let (h, p) = (host.clone(), port);
-        let lookup = tokio::task::spawn_blocking(move || resolver(&h, p));
+        let h = host.clone();
+        let lookup = tokio::task::spawn_blocking(move || lookup(resolver, &h, port));
         let result = tokio::select! {
             r = lookup => r,
             _ = shared.drain.cancelled() => return None,
         };
         match result {
-            Ok(Ok(addrs)) if !addrs.is_empty() => {
-                answers.insert((host, port), addrs);
+            Ok(Ok(addrs)) => {
+                fresh.insert((host, port), addrs);
             }
             other => {
-                tracing::warn!(host = %host, result = ?other.map(|r| r.map(|a| a.len())), "re-resolving failed; keeping the last addresses");
+                tracing::warn!(host = %host, result = ?other, "re-resolving failed; keeping the last addresses");
             }
         }
     }
 
     let _one_at_a_time = shared.reload_lock.lock().await;
+    // A reload may have run meanwhile: only names the running config still
+    // has are updated, the others keep their answers.
     let current = shared.snapshot.load_full();
-    let mut config = (*current.config).clone();
-    let mut changed = false;
-    for up in config.upstreams.values_mut() {
-        if up.names.is_empty() {
-            continue;
-        }
-        let mut fresh: Vec<config::ServerConfig> = up
-            .servers
-            .iter()
-            .filter(|s| s.host.is_none())
-            .cloned()
-            .collect();
-        // A name without an answer keeps the whole upstream as it is.
-        let mut failed = false;
-        for n in &up.names {
-            match answers.get(&(n.host.clone(), n.port)) {
-                Some(addrs) => {
-                    for &addr in addrs {
-                        if !fresh.iter().any(|s| s.addr == addr) {
-                            fresh.push(config::ServerConfig {
-                                addr,
-                                weight: n.weight,
-                                host: Some(n.host.clone()),
-                            });
-                        }
-                    }
-                }
-                None => failed = true,
-            }
-        }
-        let key = |v: &[config::ServerConfig]| {
-            let mut a: Vec<SocketAddr> = v.iter().map(|s| s.addr).collect();
-            a.sort();
-            a
-        };
-        if !failed && key(&fresh) != key(&up.servers) {
-            up.servers = fresh;
-            changed = true;
+    let mut answers = current.answers.clone();
+    for (name, addrs) in fresh {
+        if let Some(old) = answers.get_mut(&name) {
+            *old = addrs;
         }
     }
-    if !changed {
+    if answers == current.answers {
         return None;
     }
-    match apply_config(shared, config).await {
+    match apply_config(shared, (*current.config).clone(), answers).await {
         Ok(report) => {
             tracing::info!(servers_added = ?report.servers_added, servers_removed = ?report.servers_removed, "host names resolve differently: servers updated");
             Some(report)
@@ -386,7 +445,7 @@ pub async fn resolve_loop(shared: Arc<Shared>, stop: CancellationToken) {
             .upstreams
             .values()
             .filter(|u| !u.names.is_empty())
-            .map(|u| u.resolve_interval)
+            .map(|u| u.settings.resolve_interval)
             .min()
             .unwrap_or(config::DEFAULT_RESOLVE_INTERVAL);
         tokio::select! {

@@ -307,7 +307,7 @@ fn route(
     record.upstream = Some(route.upstream.name.clone());
     // Plain requests use the same key as upgrades, so a long-polling
     // client reaches the server its WebSocket will.
-    let hash = match &route.upstream.balance {
+    let hash = match &route.upstream.settings.balance {
         Balance::Hash { key, .. } => key.of(req.headers(), req.uri().query(), record.client.ip()),
         _ => None,
     };

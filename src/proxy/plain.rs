@@ -96,8 +96,7 @@ pub(crate) async fn forward(
         HttpPool::new(PoolParts {
             servers: &upstream.servers,
             tls: upstream.tls.clone(),
-            max_idle: upstream.pool_max_idle,
-            idle_timeout: upstream.pool_idle_timeout,
+            settings: &upstream.settings,
             connect_timeout: timeouts.connect,
             tasks: ctx.shared.pool_tasks.clone(),
             stop: ctx.shared.pool_stop.clone(),

@@ -8,16 +8,25 @@
 //! Must not: do I/O or hold mutable state other than the balancer's counters.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts};
+use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts, UpstreamConfig};
 use crate::net::tls::TlsSettings;
-use crate::upstream::balancer::{PoolSettings, Server, Upstream};
+use crate::upstream::balancer::{Server, Upstream};
+
+/// What every host-named server resolved to, by name and port, each list
+/// sorted, each address once: looked up before a snapshot is compiled
+/// (see `control::reload::resolve_names`), since compiling does no I/O.
+pub type Answers = BTreeMap<(String, u16), Vec<SocketAddr>>;
 
 /// Everything a new connection needs, compiled once per config load.
 pub struct Snapshot {
     /// The config this was compiled from.
     pub config: Arc<Config>,
+    /// The addresses its host names were compiled with, so that
+    /// re-resolution can tell whether they changed.
+    pub answers: Answers,
     /// Routes ordered most specific first, so the first match wins.
     routes: Vec<Arc<Route>>,
     /// Upstream pools by name.
@@ -76,8 +85,9 @@ pub enum CompileError {
 }
 
 impl Snapshot {
-    /// Compiles a validated config into a routing table. Servers that were
-    /// in `previous` (same upstream, same address) are carried over with
+    /// Compiles a validated config into a routing table, each host-named
+    /// server becoming the addresses `answers` gives for it. Servers that
+    /// were in `previous` (same upstream, same address) are carried over with
     /// their live state: active tunnels, enabled flag, drain in progress.
     ///
     /// # Errors
@@ -87,6 +97,7 @@ impl Snapshot {
     /// upstream name: one added back is carried over too, tunnels and all.
     pub fn compile(
         config: Arc<Config>,
+        answers: Answers,
         previous: Option<&Snapshot>,
         draining: &[(Arc<str>, Arc<Server>)],
     ) -> Result<Self, CompileError> {
@@ -97,8 +108,8 @@ impl Snapshot {
             .map(|(name, u)| {
                 let old = previous.and_then(|p| p.upstream(name));
                 let pending = &mut pending_weights;
-                let servers = u
-                    .servers
+                let resolved = resolved_servers(u, &answers);
+                let servers = resolved
                     .iter()
                     .map(|s| {
                         let back = || {
@@ -110,7 +121,7 @@ impl Snapshot {
                         let kept = old.and_then(|o| o.server(s.addr)).or_else(back);
                         // Same address under another name is another server to
                         // TLS: carrying it over would keep verifying the old name.
-                        let same_name = |k: &&Arc<Server>| k.host.as_deref() == s.host.as_deref();
+                        let same_name = |k: &&Arc<Server>| k.host.as_deref() == s.host;
                         (s, kept.filter(same_name))
                     })
                     .map(|(s, kept)| match kept {
@@ -118,29 +129,11 @@ impl Snapshot {
                             pending.push((kept.clone(), s.weight));
                             kept.clone()
                         }
-                        None => Arc::new(Server::named(
-                            s.addr,
-                            s.weight,
-                            s.host.as_deref().map(Arc::from),
-                        )),
+                        None => Arc::new(Server::named(s.addr, s.weight, s.host.map(Arc::from))),
                     })
                     .collect();
-                let settings = PoolSettings {
-                    balance: u.balance.clone(),
-                    retries: u.retries,
-                    drain_timeout: u.drain_timeout,
-                    drain_spread: u.drain_spread,
-                    pool_max_idle: u.pool_max_idle,
-                    pool_idle_timeout: u.pool_idle_timeout,
-                    tls: u.tls.as_ref().map(|t| {
-                        Arc::new(crate::net::tls::BackendTls::new(
-                            t.client.clone(),
-                            t.sni.clone(),
-                        ))
-                    }),
-                };
-                let weights: Vec<u32> = u.servers.iter().map(|s| s.weight).collect();
-                let pool = Upstream::new(name, servers, &weights, settings);
+                let weights: Vec<u32> = resolved.iter().map(|s| s.weight).collect();
+                let pool = Upstream::new(name, servers, &weights, u.settings.clone());
                 (name.as_str(), Arc::new(pool))
             })
             .collect();
@@ -177,6 +170,7 @@ impl Snapshot {
             .collect();
         Ok(Self {
             upstreams,
+            answers,
             pending_weights,
             timeouts: config.timeouts,
             limits: config.limits,
@@ -235,6 +229,45 @@ impl Snapshot {
             host_ok && prefix_matches(&r.prefix, path)
         })
     }
+}
+
+/// One server of a compiled upstream: given by address, or one of the
+/// addresses its name resolved to.
+struct Resolved<'a> {
+    addr: SocketAddr,
+    weight: u32,
+    /// The name it came from: the default TLS name for the server.
+    host: Option<&'a str>,
+}
+
+/// An upstream's servers: those given by address, in file order, then each
+/// name's addresses. An address already there adds nothing (a name may
+/// resolve to an address that is listed too). A name without an answer
+/// adds nothing either: resolution reported it before compiling.
+fn resolved_servers<'a>(u: &'a UpstreamConfig, answers: &Answers) -> Vec<Resolved<'a>> {
+    let mut servers: Vec<Resolved<'a>> = u
+        .servers
+        .iter()
+        .map(|s| Resolved {
+            addr: s.addr,
+            weight: s.weight,
+            host: None,
+        })
+        .collect();
+    for n in &u.names {
+        let addrs = answers.get(&(n.host.clone(), n.port));
+        debug_assert!(addrs.is_some(), "{} was not resolved", n.host);
+        for &addr in addrs.into_iter().flatten() {
+            if !servers.iter().any(|s| s.addr == addr) {
+                servers.push(Resolved {
+                    addr,
+                    weight: n.weight,
+                    host: Some(&n.host),
+                });
+            }
+        }
+    }
+    servers
 }
 
 fn listener_settings(l: &ListenerConfig) -> Result<ListenerSettings, CompileError> {
@@ -507,7 +540,8 @@ servers = ["127.0.0.1:5"]
 servers = ["127.0.0.1:6"]
 "#;
         let config = crate::config::parse(text, Path::new("t.toml")).expect("valid");
-        let snap = Snapshot::compile(Arc::new(config), None, &[]).expect("compiles");
+        let snap =
+            Snapshot::compile(Arc::new(config), Answers::new(), None, &[]).expect("compiles");
         let pick = |h: &str, p: &str| snap.route(h, p).map(|r| r.upstream.name.to_string());
         assert_eq!(
             pick("chat.example.com", "/ws/admin/x").as_deref(),
@@ -529,15 +563,41 @@ servers = ["127.0.0.1:6"]
     }
 
     #[test]
+    fn a_names_addresses_follow_the_listed_ones_and_none_is_added_twice() {
+        let text = "[[listeners]]\nname=\"l\"\nbind=\"127.0.0.1:0\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers=[\"chat.internal:9\", { addr = \"127.0.0.1:9\", weight = 2 }]\n";
+        let config = crate::config::parse(text, Path::new("t.toml")).expect("valid");
+        let (listed, other): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.2:9".parse().unwrap(),
+        );
+        let answers = Answers::from([(("chat.internal".to_string(), 9), vec![listed, other])]);
+        let snap = Snapshot::compile(Arc::new(config), answers, None, &[]).expect("compiles");
+        let servers: Vec<(SocketAddr, u32, Option<&str>)> = snap
+            .upstream("u")
+            .expect("u")
+            .servers
+            .iter()
+            .map(|s| (s.addr, s.weight(), s.host.as_deref()))
+            .collect();
+        // The listed address keeps its weight and has no name to verify.
+        assert_eq!(
+            servers,
+            [(listed, 2, None), (other, 1, Some("chat.internal"))]
+        );
+    }
+
+    #[test]
     fn servers_are_carried_over_only_under_the_same_name() {
         let cfg = |servers: &str| {
             let text = format!("[[listeners]]\nname=\"l\"\nbind=\"127.0.0.1:0\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers={servers}\n");
             Arc::new(crate::config::parse(&text, Path::new("t.toml")).expect("valid"))
         };
         let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let first = Snapshot::compile(cfg("[\"127.0.0.1:9\"]"), None, &[]).expect("compiles");
+        let first = Snapshot::compile(cfg("[\"127.0.0.1:9\"]"), Answers::new(), None, &[])
+            .expect("compiles");
         let same = Snapshot::compile(
             cfg("[{ addr = \"127.0.0.1:9\", weight = 2 }]"),
+            Answers::new(),
             Some(&first),
             &[],
         )
@@ -554,9 +614,10 @@ servers = ["127.0.0.1:6"]
             Arc::ptr_eq(old, kept),
             "same address, same name: the same server"
         );
-        // localhost resolves to 127.0.0.1 (among others): same address, now by name.
-        let named =
-            Snapshot::compile(cfg("[\"localhost:9\"]"), Some(&first), &[]).expect("compiles");
+        // The name resolves to 127.0.0.1: same address, now by name.
+        let answers = Answers::from([(("localhost".to_string(), 9), vec![addr])]);
+        let named = Snapshot::compile(cfg("[\"localhost:9\"]"), answers, Some(&first), &[])
+            .expect("compiles");
         let renamed = named
             .upstream("u")
             .and_then(|u| u.server(addr))

@@ -13,11 +13,10 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::{Balance, HashKey};
+pub use crate::config::{Balance, HashKey, UpstreamSettings};
 
 impl HashKey {
     /// The key of a request, hashed; `None` when the request lacks it (the
@@ -161,25 +160,6 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Settings of a pool besides its servers.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    /// The algorithm.
-    pub balance: Balance,
-    /// Further servers tried when a connect fails.
-    pub retries: usize,
-    /// How long a draining server's tunnels may go on.
-    pub drain_timeout: Duration,
-    /// Window over which a drain's closes are spread.
-    pub drain_spread: Duration,
-    /// TLS to the servers, if the upstream asks for it.
-    pub tls: Option<Arc<crate::net::tls::BackendTls>>,
-    /// Idle keep-alive connections kept per server for plain HTTP.
-    pub pool_max_idle: usize,
-    /// How long an idle pooled connection is kept.
-    pub pool_idle_timeout: Duration,
-}
-
 /// A named pool of servers.
 #[derive(Debug)]
 pub struct Upstream {
@@ -187,20 +167,12 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// Non-empty (validated), in config order.
     pub servers: Vec<Arc<Server>>,
-    /// The algorithm.
-    pub balance: Balance,
-    /// Further servers tried when a connect fails.
-    pub retries: usize,
-    /// How long a draining server's tunnels may go on.
-    pub drain_timeout: Duration,
-    /// Window over which a drain's closes are spread.
-    pub drain_spread: Duration,
-    /// TLS to the servers, if the upstream asks for it.
+    /// The upstream's settings, shared with the config it came from: the
+    /// algorithm, retries, drain and pool settings are read from here.
+    pub settings: Arc<UpstreamSettings>,
+    /// The connector built from `settings.tls`, once per snapshot, so that
+    /// connecting does not rebuild it; `None` for plain TCP.
     pub tls: Option<Arc<crate::net::tls::BackendTls>>,
-    /// Idle keep-alive connections kept per server for plain HTTP.
-    pub pool_max_idle: usize,
-    /// How long an idle pooled connection is kept.
-    pub pool_idle_timeout: Duration,
     /// Keep-alive connections for plain HTTP, made on the first plain
     /// request: an upstream that only serves WebSockets never has one.
     http: OnceLock<crate::upstream::pool::HttpPool>,
@@ -222,7 +194,7 @@ impl Upstream {
         name: &str,
         servers: Vec<Arc<Server>>,
         weights: &[u32],
-        settings: PoolSettings,
+        settings: Arc<UpstreamSettings>,
     ) -> Self {
         debug_assert_eq!(servers.len(), weights.len());
         let mut ring = Vec::new();
@@ -246,13 +218,13 @@ impl Upstream {
             name: name.into(),
             rr: Mutex::new(vec![0; servers.len()]),
             servers,
-            balance: settings.balance,
-            retries: settings.retries,
-            drain_timeout: settings.drain_timeout,
-            drain_spread: settings.drain_spread,
-            tls: settings.tls,
-            pool_max_idle: settings.pool_max_idle,
-            pool_idle_timeout: settings.pool_idle_timeout,
+            tls: settings.tls.as_ref().map(|t| {
+                Arc::new(crate::net::tls::BackendTls::new(
+                    t.client.clone(),
+                    t.sni.clone(),
+                ))
+            }),
+            settings,
             http: OnceLock::new(),
             next: AtomicUsize::new(0),
             ring,
@@ -283,7 +255,7 @@ impl Upstream {
         if usable.is_empty() {
             return Vec::new();
         }
-        let order = match (&self.balance, key) {
+        let order = match (&self.settings.balance, key) {
             (Balance::LeastConn, _) | (Balance::Hash { .. }, None) => self.least_conn(&usable),
             (Balance::RoundRobin, _) => self.with_first(self.round_robin(&usable), &usable),
             (Balance::RandomTwo, _) => self.with_first(self.random_two(&usable), &usable),
@@ -293,7 +265,7 @@ impl Upstream {
         };
         order
             .into_iter()
-            .take(self.retries + 1)
+            .take(self.settings.retries + 1)
             .map(|i| self.servers[i].clone())
             .collect()
     }
@@ -439,15 +411,11 @@ mod tests {
             "u",
             servers,
             &weights,
-            PoolSettings {
+            Arc::new(UpstreamSettings {
                 balance,
                 retries: 1,
-                drain_timeout: Duration::from_secs(1),
-                drain_spread: Duration::from_secs(1),
-                tls: None,
-                pool_max_idle: 1,
-                pool_idle_timeout: Duration::from_secs(1),
-            },
+                ..UpstreamSettings::default()
+            }),
         )
     }
 

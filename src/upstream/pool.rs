@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::tls::{BackendStream, BackendTls, MaybeTls};
-use crate::upstream::balancer::Server;
+use crate::upstream::balancer::{Server, UpstreamSettings};
 use crate::upstream::{self, UpstreamError};
 
 /// A request body on its way to a backend. Boxed so that the pool does not
@@ -61,10 +61,9 @@ pub struct PoolParts<'a> {
     pub servers: &'a [Arc<Server>],
     /// TLS to them, if the upstream asks for it.
     pub tls: Option<Arc<BackendTls>>,
-    /// Idle connections kept per server.
-    pub max_idle: usize,
-    /// How long an idle connection is kept.
-    pub idle_timeout: Duration,
+    /// The upstream's settings: idle connections kept per server
+    /// (`pool_max_idle`) and for how long (`pool_idle_timeout`).
+    pub settings: &'a UpstreamSettings,
     /// TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
     /// Where connection tasks are tracked.
@@ -87,8 +86,8 @@ impl HttpPool {
             stop: parts.stop,
         };
         let client = Client::builder(executor)
-            .pool_max_idle_per_host(parts.max_idle)
-            .pool_idle_timeout(parts.idle_timeout)
+            .pool_max_idle_per_host(parts.settings.pool_max_idle)
+            .pool_idle_timeout(parts.settings.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
             .build(connector);
         Self { client, scheme }
