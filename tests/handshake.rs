@@ -682,3 +682,30 @@ async fn headers_sent_in_pieces_within_the_deadline_are_served() {
     .expect("read echo");
     assert_eq!(echo, [0x81, 2, b'h', b'i']);
 }
+
+#[tokio::test]
+async fn hop_by_hop_headers_of_an_upgrade_never_reach_the_backend() {
+    let mut backend = WsBackend::start().await;
+    let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
+    // Connection-specific fields (RFC 9110 section 7.6.1), none of them named
+    // in Connection: the fixed list alone must stop them. HTTP2-Settings
+    // belongs to an h2c upgrade of this hop (RFC 7540 section 3.2.1).
+    let mut tcp = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let req = handshake_request("/ws", "a").replace(
+        "\r\n\r\n",
+        "\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nX-End-To-End: kept\r\n\r\n",
+    );
+    let (status, head, _) = raw_exchange(&mut tcp, req.as_bytes()).await;
+    assert_eq!(status, 101, "{head}");
+    let accepted = backend.next().await;
+    for gone in ["keep-alive", "proxy-connection", "te", "http2-settings"] {
+        assert!(
+            accepted.headers.get(gone).is_none(),
+            "{gone} reached the backend: {:?}",
+            accepted.headers
+        );
+    }
+    assert_eq!(accepted.headers["x-end-to-end"], "kept");
+}

@@ -167,8 +167,11 @@ pub fn check_client_request<B>(req: &Request<B>) -> Result<HeaderValue, Handshak
 /// forwarded. `Trailer` is not among them (RFC 9110 section 6.6.2): it is
 /// end to end, and hyper writes a chunked message's trailer fields only
 /// when it names them, so keeping it is what passes trailers on.
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
+    // The h2c upgrade's settings are for this hop's connection only (RFC
+    // 7540 section 3.2.1), and this hop never takes the h2c upgrade.
+    "http2-settings",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",

@@ -74,14 +74,13 @@ pub(crate) async fn forward(
     // TE is this hop's: a client that accepts trailers gets them only if
     // wsgate asks the backend for them on its own hop (RFC 9110 10.1.4).
     let te_trailers = crate::upstream::answer::header_has_token(&headers, &header::TE, "trailers");
-    // Also drops an `Upgrade: h2c` and its HTTP2-Settings (named in
-    // Connection): the request goes on as HTTP/1.1.
+    // Also drops an `Upgrade: h2c` and its HTTP2-Settings: the request goes
+    // on as HTTP/1.1.
     handshake::strip_hop_by_hop(&mut headers);
     if te_trailers {
         headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
         headers.insert(header::CONNECTION, http::HeaderValue::from_static("TE"));
     }
-    headers.remove("http2-settings");
     // hyper frames the body from its size: a length when known, else chunked.
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
