@@ -18,11 +18,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::Config;
+use crate::config::{Config, Limits, Timeouts};
 use crate::net;
+use crate::net::client::ServedStream;
 use crate::net::guard::Scanner;
 use crate::net::linger::LingerPlan;
-use crate::net::tls::MaybeTls;
+use crate::net::tls::{ClientStream, MaybeTls};
+use crate::proxy::routes::ListenerSettings;
 use crate::proxy::{self, ConnContext};
 use crate::Shared;
 
@@ -106,6 +108,9 @@ pub async fn accept_loop(
     }
 }
 
+/// One client connection, in phases: terminate TLS, serve HTTP/1.1 with
+/// hyper until the connection ends or a drain closes it, then log a request
+/// that hyper refused before wsgate's handler saw it.
 async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>) {
     let (settings, timeouts, limits) = {
         let snapshot = shared.snapshot.load();
@@ -115,23 +120,8 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         (settings, snapshot.timeouts, snapshot.limits)
     };
     let _ = tcp.set_nodelay(true);
-    let stream = match &settings.tls {
-        None => MaybeTls::Plain(tcp),
-        Some(tls) => match tokio::select! {
-            r = tokio::time::timeout(timeouts.client_handshake, tls.accept(tcp)) => r,
-            // A handshake in progress must not hold up a drain.
-            _ = shared.drain.cancelled() => return,
-        } {
-            Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
-            Ok(Err(e)) => {
-                tracing::debug!(client = %peer, listener = name, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(client = %peer, listener = name, "TLS handshake timed out");
-                return;
-            }
-        },
+    let Some(stream) = terminate_tls(tcp, peer, name, &settings, timeouts, &shared).await else {
+        return;
     };
     let sni_cert = settings.tls.as_ref().and_then(|t| t.matching(stream.sni()));
     let scanner = Arc::new(Mutex::new(Scanner::new(limits.max_request_headers)));
@@ -149,6 +139,53 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         scanner,
     });
+    let Some(result) = serve_http(stream, &ctx, timeouts, limits).await else {
+        return;
+    };
+    log_refused(&ctx, name, result);
+}
+
+/// The TLS handshake on a TLS listener, within `client_handshake`; a plain
+/// listener's stream as it is. `None` when the handshake failed, timed out,
+/// or a drain began during it.
+async fn terminate_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    settings: &ListenerSettings,
+    timeouts: Timeouts,
+    shared: &Shared,
+) -> Option<ClientStream> {
+    let Some(tls) = &settings.tls else {
+        return Some(MaybeTls::Plain(tcp));
+    };
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(timeouts.client_handshake, tls.accept(tcp)) => r,
+        // A handshake in progress must not hold up a drain.
+        _ = shared.drain.cancelled() => return None,
+    };
+    match handshake {
+        Ok(Ok(s)) => Some(MaybeTls::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, listener = name, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, listener = name, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serves the connection with hyper (HTTP/1.1, upgrades on) until it ends.
+/// `None` when a drain or shutdown closed it: nothing is left to log.
+async fn serve_http(
+    stream: ServedStream,
+    ctx: &Arc<ConnContext>,
+    timeouts: Timeouts,
+    limits: Limits,
+) -> Option<hyper::Result<()>> {
+    let shared = &ctx.shared;
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| proxy::handle(req, service_ctx.clone()));
     let conn = http1::Builder::new()
@@ -159,23 +196,31 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         .with_upgrades();
     tokio::pin!(conn);
     let mut draining = false;
-    let result = loop {
+    loop {
         tokio::select! {
-            r = conn.as_mut() => break r,
+            r = conn.as_mut() => return Some(r),
             // A drain lets a request in flight finish, then closes the
             // connection. hyper's graceful shutdown would also wait for a
             // first request that has not (fully) arrived; nothing is lost by
             // closing such a connection now.
             _ = shared.drain.cancelled(), if !draining => {
                 if ctx.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                    return;
+                    return None;
                 }
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => return None,
         }
-    };
+    }
+}
+
+/// Counts what the framing guard refused, and writes the access line of a
+/// request hyper refused (400, or 431 when too large) before it reached
+/// the handler.
+fn log_refused(ctx: &ConnContext, name: &str, result: hyper::Result<()>) {
+    let shared = &ctx.shared;
+    let peer = ctx.peer;
     let verdict = ctx.scanner().verdict();
     if let Some(m) = verdict {
         shared.metrics.malformed(name, m.label());

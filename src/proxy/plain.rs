@@ -14,13 +14,14 @@
 //! Must not: answer a plain request with a 101, or pass on a response
 //! whose framing it cannot keep.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -32,8 +33,8 @@ use crate::proxy::handshake::{self, HandshakeError};
 use crate::proxy::routes::Route;
 use crate::proxy::upload::{BodyFailure, RequestBody, Upload};
 use crate::proxy::{ConnContext, ProxyBody, Refusal};
-use crate::upstream::balancer::Server;
-use crate::upstream::pool::{HttpPool, PoolParts};
+use crate::upstream::balancer::{Server, Upstream};
+use crate::upstream::pool::{HttpPool, PoolBody, PoolParts};
 use crate::upstream::{self, UpstreamError};
 
 /// What proxy.rs decided for a plain request.
@@ -69,8 +70,41 @@ pub(crate) async fn forward(
         max_body,
     } = routed;
     let (parts, body) = req.into_parts();
-    let host = parts.headers.get(header::HOST).cloned();
-    let mut headers = parts.headers;
+    let headers = backend_headers(parts.headers, ctx);
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|_| HandshakeError::Path(crate::proxy::routes::PathError::BadEncoding))?;
+    let upload = Upload::start(body, timeouts, max_body, ctx).await?;
+    let pool = pool_of(&route.upstream, ctx, timeouts);
+
+    let mut last = UpstreamError::NoServers;
+    let mut headers = Some(headers);
+    for (i, server) in candidates.iter().enumerate() {
+        record.backend = Some(server.addr);
+        let body = RequestBody::new(upload.clone(), timeouts.client_body);
+        let mut req = Request::new(body.boxed_unsync());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        // Copied only while another attempt may follow: usually one server.
+        *req.headers_mut() = if i + 1 == candidates.len() {
+            headers.take().unwrap_or_default()
+        } else {
+            headers.clone().unwrap_or_default()
+        };
+        match attempt(pool, server, req, &upload, timeouts, record).await {
+            Ok(response) => return relay(response, server.addr, ctx, record, upload),
+            Err(Attempt::Next(e)) => last = e,
+            Err(Attempt::Refused(refusal)) => return Err(refusal),
+        }
+    }
+    Err(last.into())
+}
+
+/// The client's headers as the backend gets them: this hop's own removed,
+/// framing left to hyper, forwarding headers set.
+fn backend_headers(mut headers: HeaderMap, ctx: &ConnContext) -> HeaderMap {
+    let host = headers.get(header::HOST).cloned();
     // TE is this hop's: a client that accepts trailers gets them only if
     // wsgate asks the backend for them on its own hop (RFC 9110 10.1.4).
     let te_trailers = crate::upstream::answer::header_has_token(&headers, &header::TE, "trailers");
@@ -85,13 +119,12 @@ pub(crate) async fn forward(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
     ctx.set_forwarding_headers(&mut headers, host.as_ref());
-    let uri: http::Uri = target
-        .parse()
-        .map_err(|_| HandshakeError::Path(crate::proxy::routes::PathError::BadEncoding))?;
+    headers
+}
 
-    let upload = Upload::start(body, timeouts, max_body, ctx).await?;
-    let upstream = &route.upstream;
-    let pool = upstream.http_pool(|| {
+/// The upstream's keep-alive pool, made on its first plain request.
+fn pool_of<'a>(upstream: &'a Upstream, ctx: &ConnContext, timeouts: Timeouts) -> &'a HttpPool {
+    upstream.http_pool(|| {
         HttpPool::new(PoolParts {
             servers: &upstream.servers,
             tls: upstream.tls.clone(),
@@ -100,79 +133,90 @@ pub(crate) async fn forward(
             tasks: ctx.shared.pool_tasks.clone(),
             stop: ctx.shared.pool_stop.clone(),
         })
-    });
+    })
+}
 
-    let mut last = UpstreamError::NoServers;
-    let mut headers = Some(headers);
-    for (i, server) in candidates.iter().enumerate() {
-        let addr = server.addr;
-        record.backend = Some(addr);
-        let body = RequestBody::new(upload.clone(), timeouts.client_body);
-        let mut req = Request::new(body.boxed_unsync());
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri.clone();
-        *req.version_mut() = Version::HTTP_11;
-        // Copied only while another attempt may follow: usually one server.
-        *req.headers_mut() = if i + 1 == candidates.len() {
-            headers.take().unwrap_or_default()
-        } else {
-            headers.clone().unwrap_or_default()
-        };
-        upload.progress();
-        let sent = tokio::select! {
-            r = pool.send(server, req) => Ok(r),
-            _ = upload.backend_stalled(timeouts.upstream_response) => Err(()),
-        };
-        record.sent = upload.sent_bytes();
-        let response = match sent {
-            Err(()) => {
-                return Err(UpstreamError::ResponseTimeout {
-                    addr,
-                    after: timeouts.upstream_response,
-                }
-                .into())
-            }
-            Ok(Ok(r)) => r,
-            Ok(Err(source)) => {
-                match upload.failure() {
-                    Some(BodyFailure::Stalled) => return Err(HandshakeError::BodyTimeout.into()),
-                    Some(BodyFailure::TooLarge(n)) => {
-                        return Err(HandshakeError::BodyTooLarge(n).into())
-                    }
-                    Some(BodyFailure::Broken(e)) => return Err(HandshakeError::BadBody(e).into()),
-                    None => {}
-                }
-                let retry = source.is_connect() && upload.untouched();
-                let e = UpstreamError::Request { addr, source };
-                if !retry {
-                    return Err(e.into());
-                }
-                tracing::debug!(backend = %addr, error = %e, "backend connect failed");
-                last = e;
-                continue;
-            }
-        };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(UpstreamError::UnexpectedUpgrade { addr }.into());
+/// Why one attempt gave no response.
+enum Attempt {
+    /// The connect failed before any body byte left: the next server may try.
+    Next(UpstreamError),
+    /// The request is over: the client's body failed, or the backend did
+    /// after the request had started.
+    Refused(Refusal),
+}
+
+/// Sends the request to one server and waits for its response head, while
+/// the upload watches the client's body and the backend's stall.
+async fn attempt(
+    pool: &HttpPool,
+    server: &Server,
+    req: Request<PoolBody>,
+    upload: &Upload,
+    timeouts: Timeouts,
+    record: &mut RequestRecord,
+) -> Result<Response<Incoming>, Attempt> {
+    let addr = server.addr;
+    upload.progress();
+    let sent = tokio::select! {
+        r = pool.send(server, req) => Ok(r),
+        _ = upload.backend_stalled(timeouts.upstream_response) => Err(()),
+    };
+    record.sent = upload.sent_bytes();
+    let source = match sent {
+        Err(()) => {
+            let after = timeouts.upstream_response;
+            let e = UpstreamError::ResponseTimeout { addr, after };
+            return Err(Attempt::Refused(e.into()));
         }
-        // Dropping the unread body closes that backend connection.
-        upstream::check_framing(response.headers(), addr)?;
-        let (mut head, body) = response.into_parts();
-        handshake::strip_hop_by_hop(&mut head.headers);
-        let logged = Logged {
-            inner: body,
-            to_client: 0,
-            end: Some(End {
-                ctx: ctx.clone(),
-                record: record.clone(),
-                status: head.status,
-                upload,
-            }),
-        };
-        ctx.in_flight.fetch_add(1, Ordering::SeqCst);
-        return Ok(Response::from_parts(head, logged.boxed()));
+        Ok(Ok(r)) => return Ok(r),
+        Ok(Err(source)) => source,
+    };
+    let client_fault = match upload.failure() {
+        Some(BodyFailure::Stalled) => Some(HandshakeError::BodyTimeout),
+        Some(BodyFailure::TooLarge(n)) => Some(HandshakeError::BodyTooLarge(n)),
+        Some(BodyFailure::Broken(e)) => Some(HandshakeError::BadBody(e)),
+        None => None,
+    };
+    if let Some(e) = client_fault {
+        return Err(Attempt::Refused(e.into()));
     }
-    Err(last.into())
+    let retry = source.is_connect() && upload.untouched();
+    let e = UpstreamError::Request { addr, source };
+    if !retry {
+        return Err(Attempt::Refused(e.into()));
+    }
+    tracing::debug!(backend = %addr, error = %e, "backend connect failed");
+    Err(Attempt::Next(e))
+}
+
+/// The backend's response on its way to the client; its body writes the
+/// request's access line when it ends.
+fn relay(
+    response: Response<Incoming>,
+    addr: SocketAddr,
+    ctx: &Arc<ConnContext>,
+    record: &RequestRecord,
+    upload: Arc<Upload>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(UpstreamError::UnexpectedUpgrade { addr }.into());
+    }
+    // Dropping the unread body closes that backend connection.
+    upstream::check_framing(response.headers(), addr)?;
+    let (mut head, body) = response.into_parts();
+    handshake::strip_hop_by_hop(&mut head.headers);
+    let logged = Logged {
+        inner: body,
+        to_client: 0,
+        end: Some(End {
+            ctx: ctx.clone(),
+            record: record.clone(),
+            status: head.status,
+            upload,
+        }),
+    };
+    ctx.in_flight.fetch_add(1, Ordering::SeqCst);
+    Ok(Response::from_parts(head, logged.boxed()))
 }
 
 // === impl Logged ===
