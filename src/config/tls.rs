@@ -120,126 +120,12 @@ impl Validator<'_> {
     pub(crate) fn upstream_tls(&mut self, up: &RawUpstream, key: &str) -> Option<UpstreamTls> {
         let on = up.tls.as_ref().is_some_and(|t| *t.get_ref());
         if !on {
-            for (k, span) in [
-                ("sni", up.sni.as_ref().map(Spanned::span)),
-                ("ca_file", up.ca_file.as_ref().map(Spanned::span)),
-                ("client_cert", up.client_cert.as_ref().map(Spanned::span)),
-                ("client_key", up.client_key.as_ref().map(Spanned::span)),
-                (
-                    "insecure_skip_verify",
-                    up.insecure_skip_verify.as_ref().map(Spanned::span),
-                ),
-            ] {
-                if let Some(span) = span {
-                    self.problem_at(
-                        span,
-                        format!("{key}.{k}"),
-                        "only meaningful with tls = true",
-                    );
-                }
-            }
+            self.tls_keys_without_tls(up, key);
             return None;
         }
-        let sni = up.sni.as_ref().and_then(|n| {
-            match rustls::pki_types::ServerName::try_from(n.get_ref().clone()) {
-                Ok(name) => Some(name),
-                Err(_) => {
-                    self.problem(
-                        n,
-                        format!("{key}.sni"),
-                        format!("{:?} is not a valid TLS server name", n.get_ref()),
-                    );
-                    None
-                }
-            }
-        });
-        let roots = up.ca_file.as_ref().and_then(|f| {
-            let path = self.base.join(f.get_ref());
-            let certs = CertificateDer::pem_file_iter(&path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>());
-            let mut store = rustls::RootCertStore::empty();
-            match certs {
-                Ok(c) if !c.is_empty() => {
-                    let (added, _) = store.add_parsable_certificates(c);
-                    if added == 0 {
-                        self.problem(
-                            f,
-                            format!("{key}.ca_file"),
-                            format!("{} holds no usable CA certificate", path.display()),
-                        );
-                        return None;
-                    }
-                    Some(store)
-                }
-                Ok(_) => {
-                    self.problem(
-                        f,
-                        format!("{key}.ca_file"),
-                        format!("{} holds no PEM certificate", path.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    self.problem(
-                        f,
-                        format!("{key}.ca_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        });
-        let client_auth = match (&up.client_cert, &up.client_key) {
-            (None, None) => None,
-            (Some(c), Some(k)) => {
-                let (cp, kp) = (self.base.join(c.get_ref()), self.base.join(k.get_ref()));
-                let chain = CertificateDer::pem_file_iter(&cp)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>());
-                match (chain, PrivateKeyDer::from_pem_file(&kp)) {
-                    (Ok(chain), Ok(key_der)) if !chain.is_empty() => Some((chain, key_der)),
-                    (Ok(_), Ok(_)) => {
-                        self.problem(
-                            c,
-                            format!("{key}.client_cert"),
-                            format!("{} holds no PEM certificate", cp.display()),
-                        );
-                        return None;
-                    }
-                    (Err(e), _) => {
-                        self.problem(
-                            c,
-                            format!("{key}.client_cert"),
-                            format!("cannot read {}: {e}", cp.display()),
-                        );
-                        return None;
-                    }
-                    (_, Err(e)) => {
-                        self.problem(
-                            k,
-                            format!("{key}.client_key"),
-                            format!("cannot read {}: {e}", kp.display()),
-                        );
-                        return None;
-                    }
-                }
-            }
-            (Some(c), None) => {
-                self.problem(
-                    c,
-                    format!("{key}.client_key"),
-                    "client_cert needs client_key",
-                );
-                return None;
-            }
-            (None, Some(k)) => {
-                self.problem(
-                    k,
-                    format!("{key}.client_cert"),
-                    "client_key needs client_cert",
-                );
-                return None;
-            }
-        };
+        let sni = self.backend_sni(up, key);
+        let roots = self.backend_roots(up, key);
+        let client_auth = self.backend_client_auth(up, key).ok()?;
         let insecure = up
             .insecure_skip_verify
             .as_ref()
@@ -264,7 +150,153 @@ impl Validator<'_> {
             }
         }
     }
+
+    /// With `tls` off, every other TLS key is a mistake worth naming.
+    fn tls_keys_without_tls(&mut self, up: &RawUpstream, key: &str) {
+        for (k, span) in [
+            ("sni", up.sni.as_ref().map(Spanned::span)),
+            ("ca_file", up.ca_file.as_ref().map(Spanned::span)),
+            ("client_cert", up.client_cert.as_ref().map(Spanned::span)),
+            ("client_key", up.client_key.as_ref().map(Spanned::span)),
+            (
+                "insecure_skip_verify",
+                up.insecure_skip_verify.as_ref().map(Spanned::span),
+            ),
+        ] {
+            if let Some(span) = span {
+                self.problem_at(
+                    span,
+                    format!("{key}.{k}"),
+                    "only meaningful with tls = true",
+                );
+            }
+        }
+    }
+
+    /// `sni =`, checked to be a valid TLS server name.
+    fn backend_sni(
+        &mut self,
+        up: &RawUpstream,
+        key: &str,
+    ) -> Option<rustls::pki_types::ServerName<'static>> {
+        let n = up.sni.as_ref()?;
+        match rustls::pki_types::ServerName::try_from(n.get_ref().clone()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                self.problem(
+                    n,
+                    format!("{key}.sni"),
+                    format!("{:?} is not a valid TLS server name", n.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    /// `ca_file =`: the roots to trust instead of the bundled ones; `None`
+    /// when unset, or when the file is refused (a problem is then recorded,
+    /// so the config fails to load).
+    fn backend_roots(&mut self, up: &RawUpstream, key: &str) -> Option<rustls::RootCertStore> {
+        let f = up.ca_file.as_ref()?;
+        let path = self.base.join(f.get_ref());
+        let certs =
+            CertificateDer::pem_file_iter(&path).and_then(|it| it.collect::<Result<Vec<_>, _>>());
+        let mut store = rustls::RootCertStore::empty();
+        match certs {
+            Ok(c) if !c.is_empty() => {
+                let (added, _) = store.add_parsable_certificates(c);
+                if added == 0 {
+                    self.problem(
+                        f,
+                        format!("{key}.ca_file"),
+                        format!("{} holds no usable CA certificate", path.display()),
+                    );
+                    return None;
+                }
+                Some(store)
+            }
+            Ok(_) => {
+                self.problem(
+                    f,
+                    format!("{key}.ca_file"),
+                    format!("{} holds no PEM certificate", path.display()),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    f,
+                    format!("{key}.ca_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    }
+
+    /// `client_cert =` and `client_key =` for mutual TLS: `Ok(None)` when
+    /// neither is set, `Err(())` when a problem was recorded.
+    fn backend_client_auth(
+        &mut self,
+        up: &RawUpstream,
+        key: &str,
+    ) -> Result<Option<ClientAuth>, ()> {
+        match (&up.client_cert, &up.client_key) {
+            (None, None) => Ok(None),
+            (Some(c), Some(k)) => {
+                let (cp, kp) = (self.base.join(c.get_ref()), self.base.join(k.get_ref()));
+                let chain = CertificateDer::pem_file_iter(&cp)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>());
+                match (chain, PrivateKeyDer::from_pem_file(&kp)) {
+                    (Ok(chain), Ok(key_der)) if !chain.is_empty() => Ok(Some((chain, key_der))),
+                    (Ok(_), Ok(_)) => {
+                        self.problem(
+                            c,
+                            format!("{key}.client_cert"),
+                            format!("{} holds no PEM certificate", cp.display()),
+                        );
+                        Err(())
+                    }
+                    (Err(e), _) => {
+                        self.problem(
+                            c,
+                            format!("{key}.client_cert"),
+                            format!("cannot read {}: {e}", cp.display()),
+                        );
+                        Err(())
+                    }
+                    (_, Err(e)) => {
+                        self.problem(
+                            k,
+                            format!("{key}.client_key"),
+                            format!("cannot read {}: {e}", kp.display()),
+                        );
+                        Err(())
+                    }
+                }
+            }
+            (Some(c), None) => {
+                self.problem(
+                    c,
+                    format!("{key}.client_key"),
+                    "client_cert needs client_key",
+                );
+                Err(())
+            }
+            (None, Some(k)) => {
+                self.problem(
+                    k,
+                    format!("{key}.client_cert"),
+                    "client_key needs client_cert",
+                );
+                Err(())
+            }
+        }
+    }
 }
+
+/// A certificate chain and its key, presented to backends for mutual TLS.
+type ClientAuth = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 /// A client config for backends: TLS 1.2 and 1.3, ALPN `http/1.1`, trusting
 /// `roots` (the bundled Mozilla roots when `None`), presenting `client_auth`
@@ -274,10 +306,7 @@ impl Validator<'_> {
 /// A rustls error for an unusable client certificate or key.
 pub fn client_config(
     roots: Option<rustls::RootCertStore>,
-    client_auth: Option<(
-        Vec<rustls::pki_types::CertificateDer<'static>>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    )>,
+    client_auth: Option<ClientAuth>,
     insecure: bool,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
