@@ -29,8 +29,6 @@ impl Validator<'_> {
         let mut upstreams = BTreeMap::new();
         for (name, up) in raw {
             let key = format!("upstreams.{name}");
-            let mut names: Vec<NamedServer> = Vec::new();
-            let mut servers = Vec::new();
             if up.get_ref().servers.get_ref().is_empty() {
                 self.problem(
                     &up.get_ref().servers,
@@ -38,100 +36,114 @@ impl Validator<'_> {
                     "must name at least one server",
                 );
             }
-            for (i, s) in up.get_ref().servers.get_ref().iter().enumerate() {
-                let skey = format!("{key}.servers[{i}]");
-                let (addr, weight) = match s.get_ref() {
-                    RawServer::Addr(a) => (a.clone(), None),
-                    RawServer::Table(t) => (t.addr.clone(), t.weight),
-                };
-                let weight = match weight.map(u32::try_from) {
-                    None => 1,
-                    Some(Ok(w)) if (1..=1000).contains(&w) => w,
-                    Some(_) => {
-                        self.problem(
-                            s,
-                            format!("{skey}.weight"),
-                            "must be a whole number from 1 to 1000",
-                        );
-                        1
-                    }
-                };
-                if let Ok(addr) = addr.parse::<SocketAddr>() {
-                    if servers.iter().any(|c: &ServerConfig| c.addr == addr) {
-                        // The second's weight would be lost.
-                        self.problem(s, skey, format!("{addr} is listed twice"));
-                    } else {
-                        servers.push(ServerConfig { addr, weight });
-                    }
-                    continue;
-                }
-                match split_host_port(&addr) {
-                    // Not resolved here: `check` must not need DNS. An
-                    // address it resolves to that is listed too adds nothing.
-                    Some((host, port)) => names.push(NamedServer {
-                        host,
-                        port,
-                        weight,
-                        at: self.location(s.span(), &skey),
-                    }),
-                    None => self.problem(s, skey, format!("{addr:?} is not IP:port nor host:port, such as \"127.0.0.1:9001\" or \"chat-1.internal:9001\"")),
-                }
-            }
-            let up = up.into_inner();
-            let balance = self.balance(&up, &key);
-            let tls = self.upstream_tls(&up, &key);
-            let resolve_interval = self.duration(
-                up.resolve_interval.clone(),
-                &format!("{key}.resolve_interval"),
-                DEFAULT_RESOLVE_INTERVAL,
-            );
-            let retries = self.count(
-                up.retries.as_ref(),
-                &format!("{key}.retries"),
-                10,
-                DEFAULT_RETRIES,
-            );
-            let drain_timeout = self.duration(
-                up.drain_timeout,
-                &format!("{key}.drain_timeout"),
-                DEFAULT_DRAIN_TIMEOUT,
-            );
-            // Default: a tenth of the drain timeout, as operators expect a short tail.
-            let drain_spread = self.duration(
-                up.drain_spread,
-                &format!("{key}.drain_spread"),
-                drain_timeout / 10,
-            );
-            let pool_max_idle = self.count(
-                up.pool_max_idle.as_ref(),
-                &format!("{key}.pool_max_idle"),
-                10_000,
-                DEFAULT_POOL_MAX_IDLE,
-            );
-            let pool_idle_timeout = self.duration(
-                up.pool_idle_timeout,
-                &format!("{key}.pool_idle_timeout"),
-                DEFAULT_POOL_IDLE_TIMEOUT,
-            );
+            let (servers, names) = self.servers(up.get_ref(), &key);
+            let settings = self.upstream_settings(up.into_inner(), &key);
             upstreams.insert(
                 name,
                 UpstreamConfig {
                     servers,
                     names,
-                    settings: Arc::new(UpstreamSettings {
-                        balance,
-                        retries,
-                        resolve_interval,
-                        tls,
-                        drain_timeout,
-                        drain_spread,
-                        pool_max_idle,
-                        pool_idle_timeout,
-                    }),
+                    settings: Arc::new(settings),
                 },
             );
         }
         upstreams
+    }
+
+    /// `servers =`: those given by address, and the host names to resolve
+    /// later (not here: `check` must not need DNS).
+    fn servers(&mut self, up: &RawUpstream, key: &str) -> (Vec<ServerConfig>, Vec<NamedServer>) {
+        let mut names: Vec<NamedServer> = Vec::new();
+        let mut servers = Vec::new();
+        for (i, s) in up.servers.get_ref().iter().enumerate() {
+            let skey = format!("{key}.servers[{i}]");
+            let (addr, weight) = match s.get_ref() {
+                RawServer::Addr(a) => (a.clone(), None),
+                RawServer::Table(t) => (t.addr.clone(), t.weight),
+            };
+            let weight = match weight.map(u32::try_from) {
+                None => 1,
+                Some(Ok(w)) if (1..=1000).contains(&w) => w,
+                Some(_) => {
+                    self.problem(
+                        s,
+                        format!("{skey}.weight"),
+                        "must be a whole number from 1 to 1000",
+                    );
+                    1
+                }
+            };
+            if let Ok(addr) = addr.parse::<SocketAddr>() {
+                if servers.iter().any(|c: &ServerConfig| c.addr == addr) {
+                    // The second's weight would be lost.
+                    self.problem(s, skey, format!("{addr} is listed twice"));
+                } else {
+                    servers.push(ServerConfig { addr, weight });
+                }
+                continue;
+            }
+            match split_host_port(&addr) {
+                // Not resolved here: `check` must not need DNS. An
+                // address it resolves to that is listed too adds nothing.
+                Some((host, port)) => names.push(NamedServer {
+                    host,
+                    port,
+                    weight,
+                    at: self.location(s.span(), &skey),
+                }),
+                None => self.problem(s, skey, format!("{addr:?} is not IP:port nor host:port, such as \"127.0.0.1:9001\" or \"chat-1.internal:9001\"")),
+            }
+        }
+        (servers, names)
+    }
+
+    /// Everything of an upstream besides its servers, with defaults.
+    fn upstream_settings(&mut self, up: RawUpstream, key: &str) -> UpstreamSettings {
+        let balance = self.balance(&up, key);
+        let tls = self.upstream_tls(&up, key);
+        let resolve_interval = self.duration(
+            up.resolve_interval.clone(),
+            &format!("{key}.resolve_interval"),
+            DEFAULT_RESOLVE_INTERVAL,
+        );
+        let retries = self.count(
+            up.retries.as_ref(),
+            &format!("{key}.retries"),
+            10,
+            DEFAULT_RETRIES,
+        );
+        let drain_timeout = self.duration(
+            up.drain_timeout,
+            &format!("{key}.drain_timeout"),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        // Default: a tenth of the drain timeout, as operators expect a short tail.
+        let drain_spread = self.duration(
+            up.drain_spread,
+            &format!("{key}.drain_spread"),
+            drain_timeout / 10,
+        );
+        let pool_max_idle = self.count(
+            up.pool_max_idle.as_ref(),
+            &format!("{key}.pool_max_idle"),
+            10_000,
+            DEFAULT_POOL_MAX_IDLE,
+        );
+        let pool_idle_timeout = self.duration(
+            up.pool_idle_timeout,
+            &format!("{key}.pool_idle_timeout"),
+            DEFAULT_POOL_IDLE_TIMEOUT,
+        );
+        UpstreamSettings {
+            balance,
+            retries,
+            resolve_interval,
+            tls,
+            drain_timeout,
+            drain_spread,
+            pool_max_idle,
+            pool_idle_timeout,
+        }
     }
 
     fn balance(&mut self, up: &RawUpstream, key: &str) -> Balance {
