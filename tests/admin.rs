@@ -857,11 +857,11 @@ async fn deleting_a_connection_closes_both_sides_with_the_code_given() {
     tokio::join!(finish(client), finish(server));
     let rec = next_record(&mut rx).await;
     assert_eq!(rec.id, id);
-    assert_eq!(rec.closed_by, Side::Proxy);
-    assert_eq!(rec.close_code, Some(4000));
-    assert_eq!(rec.close_frame_from, Some(Side::Proxy));
-    assert_eq!(rec.reason, EndReason::ProxyClose);
-    assert_eq!(rec.proxy_close, Some(order(4000, "bye")));
+    assert_eq!(rec.end.closed_by, Side::Proxy);
+    assert_eq!(rec.end.close_code, Some(4000));
+    assert_eq!(rec.end.close_frame_from, Some(Side::Proxy));
+    assert_eq!(rec.end.reason, EndReason::ProxyClose);
+    assert_eq!(rec.end.proxy_close, Some(order(4000, "bye")));
     gw.wait_idle().await;
     admin
         .call("DELETE", &format!("/api/connections/{id}"))
@@ -886,9 +886,9 @@ async fn deleting_a_connection_closes_both_sides_with_the_code_given() {
     assert_eq!(c.1, s.1);
     tokio::join!(finish(client), finish(server));
     let rec = next_record(&mut rx).await;
-    assert_eq!(rec.close_code, Some(1008));
-    assert_eq!(rec.reason, EndReason::ProxyClose);
-    assert_eq!(rec.proxy_close, Some(order(1008, &c.1)));
+    assert_eq!(rec.end.close_code, Some(1008));
+    assert_eq!(rec.end.reason, EndReason::ProxyClose);
+    assert_eq!(rec.end.proxy_close, Some(order(1008, &c.1)));
     gw.wait_idle().await;
 
     // The longest reason that fits a Close frame: 123 bytes, delivered whole.
@@ -967,9 +967,9 @@ async fn a_second_delete_on_a_closing_connection_is_a_conflict() {
     finish(server).await;
     wait_closed(&mut client).await;
     let rec = next_record(&mut rx).await;
-    assert_eq!(rec.closed_by, Side::Proxy);
-    assert_eq!(rec.reason, EndReason::ProxyClose);
-    assert_eq!(rec.proxy_close, Some(order(4001, "first")));
+    assert_eq!(rec.end.closed_by, Side::Proxy);
+    assert_eq!(rec.end.reason, EndReason::ProxyClose);
+    assert_eq!(rec.end.proxy_close, Some(order(4001, "first")));
     gw.wait_idle().await;
 }
 
@@ -1125,9 +1125,9 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
     for _ in 0..2 {
         let rec = next_record(&mut rx).await;
         assert_eq!(rec.backend, a.addr);
-        assert_eq!(rec.closed_by, Side::Proxy);
-        assert_eq!(rec.reason, EndReason::ProxyClose);
-        assert_eq!(rec.proxy_close, Some(order(1001, "server draining")));
+        assert_eq!(rec.end.closed_by, Side::Proxy);
+        assert_eq!(rec.end.reason, EndReason::ProxyClose);
+        assert_eq!(rec.end.proxy_close, Some(order(1001, "server draining")));
     }
     admin.wait_active("u", a.addr, 0).await;
     admin.wait_active("u", b.addr, 5).await;
@@ -1331,8 +1331,8 @@ async fn rebalance_closes_the_oldest_tunnels_of_the_loaded_server() {
     let mut closed: Vec<u64> = Vec::new();
     for _ in 0..3 {
         let rec = next_record(&mut rx).await;
-        assert_eq!(rec.reason, EndReason::ProxyClose);
-        assert_eq!(rec.proxy_close, Some(order(1012, "rebalancing")));
+        assert_eq!(rec.end.reason, EndReason::ProxyClose);
+        assert_eq!(rec.end.proxy_close, Some(order(1012, "rebalancing")));
         closed.push(rec.id);
     }
     closed.sort_unstable();

@@ -150,8 +150,8 @@ async fn the_close_waits_for_the_frame_boundary_in_both_directions() {
         "the client's reply reached the backend after wsgate's Close: {extra:?}"
     );
     let r = next_record(&mut rx).await;
-    assert_eq!(r.reason, EndReason::ProxyClose);
-    assert_eq!(r.proxy_close, Some(order(1001, "going away")));
+    assert_eq!(r.end.reason, EndReason::ProxyClose);
+    assert_eq!(r.end.proxy_close, Some(order(1001, "going away")));
     assert_eq!(r.to_backend.bytes, client_frame.len() as u64);
     assert_eq!(r.to_client.bytes, server_frame.len() as u64);
     gw.wait_idle().await;
@@ -282,7 +282,7 @@ async fn a_frame_sent_after_the_boundary_the_close_waited_for_is_not_relayed() {
     let r = next_record(&mut rx).await;
     assert_eq!(r.to_backend.bytes, client_frame.len() as u64);
     assert_eq!(r.to_client.bytes, server_frame.len() as u64);
-    assert_eq!(r.close_frame_from, Some(Side::Proxy));
+    assert_eq!(r.end.close_frame_from, Some(Side::Proxy));
     gw.wait_idle().await;
 }
 
@@ -305,9 +305,9 @@ async fn a_peer_that_never_answers_the_close_is_cut() {
     assert_eq!(op, 0x88);
     // Neither side answers.
     let r = next_record(&mut rx).await;
-    assert_eq!(r.closed_by, Side::Proxy);
-    assert_eq!(r.reason, EndReason::CloseTimeout, "{r:?}");
-    assert_eq!(r.proxy_close, Some(order(1001, "going away")));
+    assert_eq!(r.end.closed_by, Side::Proxy);
+    assert_eq!(r.end.reason, EndReason::CloseTimeout, "{r:?}");
+    assert_eq!(r.end.proxy_close, Some(order(1001, "going away")));
     wait_closed(&mut client).await;
     gw.wait_idle().await;
 }
@@ -349,10 +349,10 @@ async fn a_side_that_already_sent_its_close_gets_no_second_one() {
         .await
         .expect("client reply");
     let r = next_record(&mut rx).await;
-    assert_eq!(r.reason, EndReason::ProxyClose);
-    assert_eq!(r.proxy_close, Some(order(1001, "going away")));
-    assert_eq!(r.close_code, Some(4000));
-    assert_eq!(r.close_frame_from, Some(Side::Backend));
+    assert_eq!(r.end.reason, EndReason::ProxyClose);
+    assert_eq!(r.end.proxy_close, Some(order(1001, "going away")));
+    assert_eq!(r.end.close_code, Some(4000));
+    assert_eq!(r.end.close_frame_from, Some(Side::Backend));
     gw.wait_idle().await;
 }
 

@@ -246,10 +246,14 @@ async fn wss_echoes_text_and_binary() {
     assert_eq!(record.backend, backend);
     assert_eq!(record.to_backend.messages, 2);
     assert_eq!(record.to_client.messages, 2);
-    assert_eq!(record.close_code, Some(1000), "{record:?}");
-    assert_eq!(record.close_frame_from, Some(Side::Client), "{record:?}");
-    assert_eq!(record.closed_by, Side::Backend, "{record:?}");
-    assert_eq!(record.reason, EndReason::Closed, "{record:?}");
+    assert_eq!(record.end.close_code, Some(1000), "{record:?}");
+    assert_eq!(
+        record.end.close_frame_from,
+        Some(Side::Client),
+        "{record:?}"
+    );
+    assert_eq!(record.end.closed_by, Side::Backend, "{record:?}");
+    assert_eq!(record.end.reason, EndReason::Closed, "{record:?}");
     gw.wait_idle().await;
 }
 

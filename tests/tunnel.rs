@@ -64,7 +64,7 @@ async fn text_and_binary_echo_up_to_16_mib() {
     assert_eq!(record.to_backend.messages, n);
     assert_eq!(record.to_client.messages, n);
     assert!(record.to_backend.bytes > 2 * (16 << 20), "{record:?}");
-    assert_eq!(record.reason, EndReason::Closed);
+    assert_eq!(record.end.reason, EndReason::Closed);
     gw.wait_idle().await;
 }
 
@@ -188,8 +188,8 @@ async fn close_codes_reach_the_other_side_both_ways() {
     );
     tokio::join!(finish(server), finish(client));
     let record = next_record(&mut rx).await;
-    assert_eq!(record.close_code, Some(4001));
-    assert_eq!(record.close_frame_from, Some(Side::Client));
+    assert_eq!(record.end.close_code, Some(4001));
+    assert_eq!(record.end.close_frame_from, Some(Side::Client));
 
     // Backend closes with 1011.
     let mut client = ws_connect(gw.addr("public"), "/ws").await;
@@ -207,8 +207,8 @@ async fn close_codes_reach_the_other_side_both_ways() {
     );
     tokio::join!(finish(client), finish(server));
     let record = next_record(&mut rx).await;
-    assert_eq!(record.close_code, Some(1011));
-    assert_eq!(record.close_frame_from, Some(Side::Backend));
+    assert_eq!(record.end.close_code, Some(1011));
+    assert_eq!(record.end.close_frame_from, Some(Side::Backend));
     gw.wait_idle().await;
 }
 
@@ -244,8 +244,8 @@ async fn half_close_is_passed_on_and_the_other_side_keeps_sending() {
     .expect("read");
     assert_eq!(got, reply);
     let record = next_record(&mut rx).await;
-    assert_eq!(record.closed_by, Side::Client);
-    assert_eq!(record.reason, EndReason::Closed);
+    assert_eq!(record.end.closed_by, Side::Client);
+    assert_eq!(record.end.reason, EndReason::Closed);
     assert_eq!(record.to_backend.messages, 1);
     assert_eq!(record.to_client.messages, 1);
     gw.wait_idle().await;
@@ -289,8 +289,8 @@ async fn an_unmasked_client_frame_ends_the_tunnel() {
         .await
         .expect("write");
     let record = next_record(&mut rx).await;
-    assert_eq!(record.closed_by, Side::Client);
-    assert_eq!(record.reason, EndReason::ProtocolError, "{record:?}");
+    assert_eq!(record.end.closed_by, Side::Client);
+    assert_eq!(record.end.reason, EndReason::ProtocolError, "{record:?}");
     wait_closed(&mut client).await;
     wait_closed(&mut server).await;
     gw.wait_idle().await;
@@ -333,8 +333,8 @@ async fn an_unmasked_client_frame_never_reaches_the_backend() {
     .await;
     assert!(to_client.is_empty(), "the client got {to_client:?}");
     let record = next_record(&mut rx).await;
-    assert_eq!(record.closed_by, Side::Client);
-    assert_eq!(record.close_code, None);
+    assert_eq!(record.end.closed_by, Side::Client);
+    assert_eq!(record.end.close_code, None);
     assert_eq!(record.to_backend.bytes, good.len() as u64);
     assert_eq!(record.to_backend.messages, 1);
     gw.wait_idle().await;
@@ -391,10 +391,10 @@ async fn stats_and_access_record_match_what_was_sent() {
     assert_eq!(r.to_client.bytes, 3 + 4 + 5 + 4);
     assert_eq!((r.to_backend.frames, r.to_backend.messages), (4, 3));
     assert_eq!((r.to_client.frames, r.to_client.messages), (4, 3));
-    assert_eq!(r.close_code, Some(1000));
-    assert_eq!(r.close_frame_from, Some(Side::Client));
+    assert_eq!(r.end.close_code, Some(1000));
+    assert_eq!(r.end.close_frame_from, Some(Side::Client));
     assert_eq!(r.path, "/chat/room?id=7");
-    assert_eq!(r.reason, EndReason::Closed);
+    assert_eq!(r.end.reason, EndReason::Closed);
     gw.wait_idle().await;
 }
 
@@ -500,7 +500,7 @@ async fn permessage_deflate_is_negotiated_end_to_end_and_compressed_frames_pass_
     assert!(rest.is_empty());
     server.shutdown().await.expect("server done");
     let record = next_record(&mut rx).await;
-    assert_eq!(record.closed_by, Side::Client);
+    assert_eq!(record.end.closed_by, Side::Client);
     assert_eq!(record.to_backend.messages, 1);
     assert_eq!((record.to_client.frames, record.to_client.messages), (2, 1));
     gw.wait_idle().await;

@@ -102,8 +102,9 @@ impl EndReason {
     }
 }
 
-/// How a tunnel ended, as the tunnel reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a tunnel ended, as the tunnel reports it; the access record carries
+/// it whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TunnelEnd {
     /// The side that stopped first: sent EOF, errored, or (proxy) was cut.
     pub closed_by: Side,
@@ -158,19 +159,9 @@ pub struct AccessRecord {
     pub to_backend: DirectionTotals,
     /// Backend-to-client totals.
     pub to_client: DirectionTotals,
-    /// Who stopped first.
-    pub closed_by: Side,
-    /// First Close frame's code; absent when no Close frame passed or it
-    /// had no code.
-    pub close_code: Option<u16>,
-    /// Sender of that Close frame.
-    pub close_frame_from: Option<Side>,
-    /// Why it ended.
-    pub reason: EndReason,
-    /// The closing handshake wsgate started, if any: its code and reason.
-    pub proxy_close: Option<CloseOrder>,
-    /// The error behind `reason`, for people.
-    pub detail: Option<String>,
+    /// How it ended (flattened into the record's JSON).
+    #[serde(flatten)]
+    pub end: TunnelEnd,
 }
 
 impl AccessRecord {
@@ -193,14 +184,14 @@ impl AccessRecord {
             frames_to_client = self.to_client.frames,
             messages_to_backend = self.to_backend.messages,
             messages_to_client = self.to_client.messages,
-            closed_by = self.closed_by.as_str(),
+            closed_by = self.end.closed_by.as_str(),
             // Absent, not a sentinel, when there was none: `None` records nothing.
-            close_code = self.close_code,
-            close_frame_from = self.close_frame_from.map(Side::as_str),
-            reason = self.reason.as_str(),
-            proxy_close_code = self.proxy_close.as_ref().map(|o| o.code),
-            proxy_close_reason = self.proxy_close.as_ref().map(|o| o.reason.as_str()),
-            error = self.detail.as_deref(),
+            close_code = self.end.close_code,
+            close_frame_from = self.end.close_frame_from.map(Side::as_str),
+            reason = self.end.reason.as_str(),
+            proxy_close_code = self.end.proxy_close.as_ref().map(|o| o.code),
+            proxy_close_reason = self.end.proxy_close.as_ref().map(|o| o.reason.as_str()),
+            error = self.end.detail.as_deref(),
             "websocket closed"
         );
     }

@@ -241,12 +241,7 @@ impl RegistryGuard {
             duration_ms: u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             to_backend: s.to_backend.totals(),
             to_client: s.to_client.totals(),
-            closed_by: end.closed_by,
-            close_code: end.close_code,
-            close_frame_from: end.close_frame_from,
-            reason: end.reason,
-            proxy_close: end.proxy_close,
-            detail: end.detail,
+            end,
         });
         record.emit();
         let _ = self.registry.finished.send(record.clone());

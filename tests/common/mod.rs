@@ -537,11 +537,11 @@ pub async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
 /// `reason`, its Close being the first to pass.
 pub fn assert_closed_by_proxy(r: &AccessRecord, code: u16, reason: &str) {
     use wsgate::observe::access::{EndReason, Side};
-    assert_eq!(r.closed_by, Side::Proxy, "{r:?}");
-    assert_eq!(r.close_code, Some(code), "{r:?}");
-    assert_eq!(r.close_frame_from, Some(Side::Proxy), "{r:?}");
-    assert_eq!(r.reason, EndReason::ProxyClose, "{r:?}");
-    assert_eq!(r.proxy_close, Some(order(code, reason)), "{r:?}");
+    assert_eq!(r.end.closed_by, Side::Proxy, "{r:?}");
+    assert_eq!(r.end.close_code, Some(code), "{r:?}");
+    assert_eq!(r.end.close_frame_from, Some(Side::Proxy), "{r:?}");
+    assert_eq!(r.end.reason, EndReason::ProxyClose, "{r:?}");
+    assert_eq!(r.end.proxy_close, Some(order(code, reason)), "{r:?}");
 }
 
 /// Asserts each `(key, value)` of a JSON object, naming the key that differs.

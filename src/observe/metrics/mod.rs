@@ -302,11 +302,11 @@ impl Metrics {
             .get_or_create(&EndLabels {
                 listener: labels.listener.clone(),
                 route: labels.route.clone(),
-                closed_by: record.closed_by.as_str(),
-                reason: record.reason.as_str(),
+                closed_by: record.end.closed_by.as_str(),
+                reason: record.end.reason.as_str(),
             })
             .inc();
-        if let (Some(code), Some(from)) = (record.close_code, record.close_frame_from) {
+        if let (Some(code), Some(from)) = (record.end.close_code, record.end.close_frame_from) {
             self.close_codes
                 .get_or_create(&CloseLabels {
                     code: close_code_class(code),
