@@ -1,43 +1,63 @@
 //! wsgate: a reverse proxy and load balancer built for WebSocket traffic.
 //!
-//! # Data path, one client connection
+//! # Data path, one WebSocket from accept to close
 //! 1. [`front::listener`] accepts, terminates TLS ([`net::tls`]), wraps the
-//!    stream in the raw-byte framing guard ([`net::guard`]) and lingering
-//!    close ([`net::linger`]), and serves it with hyper.
-//! 2. [`proxy`] runs one request's phases in order: classify and check it
-//!    against RFC 6455 ([`proxy::handshake`]), normalise and route it in the
-//!    snapshot loaded once ([`proxy::routes`]), then forward it.
+//!    stream for hyper ([`net::client`]: the raw-byte framing guard of
+//!    [`net::guard`] over the lingering close of [`net::linger`]) and
+//!    serves it with hyper into [`proxy::handle`].
+//! 2. [`proxy`] runs one request's phases in order: check it against RFC
+//!    6455 ([`proxy::handshake`]), route it in the snapshot loaded once
+//!    ([`proxy::routes`]), then `upgrade` it with this hop's forwarding
+//!    headers ([`proxy::forwarded`]). Any failure is one `Refusal`
+//!    ([`proxy::context`]) with its status and the side that caused it.
 //! 3. [`upstream`] orders the servers ([`upstream::balancer`]), connects
-//!    (with TLS when asked), sends the upgrade and verifies the backend's 101.
-//! 4. [`tunnel`] splices the two streams, one state machine per direction,
-//!    following frame headers ([`tunnel::frames`]) so that a Close can be
-//!    injected at a frame boundary.
-//! 5. [`observe::registry`] holds the live tunnel's counters and writes one
-//!    access-log line at its end; [`observe::metrics`] reads them.
+//!    (with TLS when asked), sends the upgrade and verifies the backend's
+//!    101 ([`upstream::answer`]).
+//! 4. [`tunnel::session`] takes the client stream back from hyper and runs
+//!    [`tunnel::run`]: one state machine per direction, following frame
+//!    headers ([`tunnel::frames`]) so that a Close can be injected at a
+//!    frame boundary.
+//! 5. [`observe::registry`] lists the live tunnel and its counters; at its
+//!    end the session writes one [`observe::access::AccessRecord`];
+//!    [`observe::metrics`] counts both.
 //!
 //! A request without an upgrade goes from [`proxy`] to [`proxy::plain`],
 //! which sends it (its body through [`proxy::upload`]) over the upstream's
 //! keep-alive pool ([`upstream::pool`]) and streams the answer back.
 //!
 //! # Control path
-//! [`config`] parses and validates TOML into typed values;
-//! [`proxy::routes`] compiles them into an immutable snapshot held behind
-//! one `ArcSwap` in [`Shared`]; [`control::reload`] swaps it;
-//! [`control::admin`] serves the admin API; [`control::drain`] closes
-//! tunnels with Close frames. Stopping has two stages: drain stops the
-//! accept loops, ends idle HTTP connections and asks every tunnel to close
-//! with 1001; shutdown cuts whatever is left. Every task is tracked.
+//! [`config`] parses and validates TOML into typed values, without DNS;
+//! [`control::reload`] resolves host names and [`proxy::routes`] compiles
+//! an immutable snapshot held behind one `ArcSwap` in [`Shared`], which a
+//! reload swaps; [`control::admin`] serves the admin API (its
+//! `/api/config` from [`config::view`]); [`control::drain`] closes tunnels
+//! with Close frames on a schedule. Stopping has two stages: drain stops
+//! the accept loops, ends idle HTTP connections and asks every tunnel to
+//! close with 1001; shutdown cuts whatever is left. Every task is tracked.
 //!
 //! # Modules, bottom to top
-//! Dependencies point one way, from the front towards what it uses:
-//! - [`config`]: raw TOML, validation, the typed `Config` and its errors.
-//! - [`net`]: plain-or-TLS streams, the framing guard, lingering close.
-//! - [`upstream`]: servers, balancing, connecting, the keep-alive pool.
-//! - [`observe`]: live connections, access records, metrics, error log.
-//! - [`tunnel`]: splicing two streams at frame boundaries.
-//! - [`proxy`]: one request's lifecycle, routing, plain HTTP.
-//! - [`front`]: listeners and the accept loop.
-//! - [`control`]: admin API, reload, drain.
+//! Dependencies point one way, from the front towards what it uses; no
+//! folder imports one above it.
+//! - [`config`]: raw TOML ([`config::validate`]), upstreams
+//!   ([`config::upstream`]), TLS files ([`config::tls`]), the typed
+//!   `Config` and its errors, the admin views ([`config::view`]).
+//! - [`net`]: plain-or-TLS streams ([`net::tls`]), the framing guard
+//!   ([`net::guard`]), lingering close ([`net::linger`]), a client stream
+//!   wrapped for hyper and unwrapped after an upgrade ([`net::client`]).
+//! - [`upstream`]: connecting and the upgrade exchange, servers and
+//!   balancing ([`upstream::balancer`]), the 101's rules
+//!   ([`upstream::answer`]), the keep-alive pool ([`upstream::pool`]).
+//! - [`observe`]: live tunnels ([`observe::registry`]), access records
+//!   ([`observe::access`]), metrics ([`observe::metrics`]), the backend
+//!   error throttle ([`observe::errorlog`]).
+//! - [`tunnel`]: splicing two streams at frame boundaries, frame headers
+//!   ([`tunnel::frames`]), one tunnel's task ([`tunnel::session`]).
+//! - [`proxy`]: one request's phases, the connection context
+//!   ([`proxy::context`]), handshake rules, routing, forwarding headers,
+//!   plain HTTP ([`proxy::plain`], [`proxy::upload`]).
+//! - [`front`]: listeners and the accept loop ([`front::listener`]).
+//! - [`control`]: admin API ([`control::admin`]), reload
+//!   ([`control::reload`]), drain ([`control::drain`]).
 //! - `demo`: demo backends and the `client` subcommand (the default
 //!   `demo` cargo feature; the proxy never uses it).
 //!
