@@ -22,6 +22,7 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 
+mod raw;
 pub mod tls;
 pub mod upstream;
 pub mod validate;

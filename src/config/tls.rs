@@ -15,7 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use toml::Spanned;
 
-use crate::config::validate::{RawTls, RawUpstream, Validator};
+use crate::config::raw::{RawTls, RawUpstream};
+use crate::config::validate::Validator;
 use crate::config::*;
 
 impl Validator<'_> {

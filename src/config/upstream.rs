@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use crate::config::validate::{RawServer, RawUpstream, Validator};
+use crate::config::raw::{RawServer, RawUpstream};
+use crate::config::validate::Validator;
 use crate::config::*;
 
 impl Validator<'_> {

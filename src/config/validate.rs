@@ -1,9 +1,9 @@
-//! Validation: the raw TOML shape (`deny_unknown_fields`, spans kept) and
-//! its checking into a typed [`Config`]. Every mistake becomes a
+//! Validation: the raw TOML shape (`raw.rs`) checked into a typed
+//! [`Config`]. Every mistake becomes a
 //! [`Problem`] with line, column and key, and all are collected before
 //! failing, so `wsgate check` shows an operator the whole list at once.
 //!
-//! Owns: the raw types, the `Validator` that collects problems, and the
+//! Owns: the `Validator` that collects problems, and the
 //! checks of `runtime`, `admin`, `log`, `timeouts`, `limits`, `listeners`
 //! and `routes`, one method (phase) each, called in turn by `validate`.
 //! Upstreams are checked in `upstream.rs`, TLS files and settings in
@@ -18,143 +18,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
 
+use crate::config::raw::*;
 use crate::config::*;
-
-// === raw shape, exactly as written in TOML ===
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    runtime: RawRuntime,
-    admin: Option<RawAdmin>,
-    #[serde(default)]
-    timeouts: RawTimeouts,
-    #[serde(default)]
-    limits: RawLimits,
-    #[serde(default)]
-    listeners: Vec<Spanned<RawListener>>,
-    #[serde(default)]
-    routes: Vec<Spanned<RawRoute>>,
-    #[serde(default)]
-    upstreams: BTreeMap<String, Spanned<RawUpstream>>,
-    #[serde(default)]
-    log: RawLog,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    level: Option<Spanned<String>>,
-    format: Option<Spanned<String>>,
-    access: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRuntime {
-    workers: Option<Spanned<i64>>,
-    watch_config: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    bind: Spanned<String>,
-    token_file: Option<Spanned<String>>,
-    metrics_public: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawTimeouts {
-    client_handshake: Option<Spanned<String>>,
-    connect: Option<Spanned<String>>,
-    upstream_handshake: Option<Spanned<String>>,
-    upstream_response: Option<Spanned<String>>,
-    client_body: Option<Spanned<String>>,
-    linger: Option<Spanned<String>>,
-    half_close: Option<Spanned<String>>,
-    close: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_request_headers: Option<Spanned<i64>>,
-    max_request_body: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    name: Spanned<String>,
-    bind: Spanned<String>,
-    tls: Option<Spanned<RawTls>>,
-    trusted_proxies: Option<Vec<Spanned<String>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawTls {
-    pub(crate) cert: Option<Spanned<String>>,
-    pub(crate) key: Option<Spanned<String>>,
-    pub(crate) certificates: Option<Vec<Spanned<RawCertPair>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawCertPair {
-    pub(crate) cert: Spanned<String>,
-    pub(crate) key: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    host: Option<Spanned<String>>,
-    path_prefix: Option<Spanned<String>>,
-    upstream: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawUpstream {
-    pub(crate) servers: Spanned<Vec<Spanned<RawServer>>>,
-    pub(crate) balance: Option<Spanned<String>>,
-    pub(crate) hash_key: Option<Spanned<String>>,
-    pub(crate) hash_load_factor: Option<Spanned<f64>>,
-    pub(crate) retries: Option<Spanned<i64>>,
-    pub(crate) drain_timeout: Option<Spanned<String>>,
-    pub(crate) drain_spread: Option<Spanned<String>>,
-    pub(crate) pool_max_idle: Option<Spanned<i64>>,
-    pub(crate) pool_idle_timeout: Option<Spanned<String>>,
-    pub(crate) resolve_interval: Option<Spanned<String>>,
-    pub(crate) tls: Option<Spanned<bool>>,
-    pub(crate) sni: Option<Spanned<String>>,
-    pub(crate) ca_file: Option<Spanned<String>>,
-    pub(crate) client_cert: Option<Spanned<String>>,
-    pub(crate) client_key: Option<Spanned<String>>,
-    pub(crate) insecure_skip_verify: Option<Spanned<bool>>,
-}
-
-/// `"10.0.0.1:9001"` or `{ addr = "10.0.0.1:9001", weight = 3 }`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum RawServer {
-    Addr(String),
-    Table(RawServerTable),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawServerTable {
-    pub(crate) addr: String,
-    pub(crate) weight: Option<i64>,
-}
 
 /// Parses and validates config text; see [`crate::config::parse`].
 pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
