@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 
 use crate::config::Timeouts;
@@ -38,12 +38,14 @@ use crate::upstream::{self, Answer, Deadlines};
 use context::InFlight;
 use forwarded::real_client;
 use handshake::{HandshakeError, RequestKind};
+use respond::{refuse, switching_protocols};
 use routes::Route;
 
 pub mod context;
 pub mod forwarded;
 pub mod handshake;
 pub mod plain;
+mod respond;
 pub mod routes;
 pub mod upload;
 
@@ -424,54 +426,4 @@ fn backend_request(
         .map_err(|_| HandshakeError::Path(routes::PathError::BadEncoding))?;
     *backend_req.headers_mut() = headers;
     Ok(backend_req)
-}
-
-/// The client's 101: the backend's end-to-end headers (accept key,
-/// subprotocol, extensions, cookies) with this hop's own Upgrade/Connection.
-fn switching_protocols(mut headers: HeaderMap) -> Response<ProxyBody> {
-    handshake::strip_hop_by_hop(&mut headers);
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    let mut res = Response::new(empty());
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *res.headers_mut() = headers;
-    res
-}
-
-fn refuse(refusal: &Refusal) -> Response<ProxyBody> {
-    let status = refusal.status();
-    let reason = refusal.to_string();
-    let mut res = Response::new(full(format!("{reason}\n")));
-    *res.status_mut() = status;
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if status == StatusCode::UPGRADE_REQUIRED {
-        h.insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-    }
-    if matches!(
-        status,
-        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
-    ) {
-        // A client that sends malformed requests gets no second chance on
-        // this connection, and after a stalled body nothing on it can be
-        // trusted to be the start of a request.
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    res
-}
-
-fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed()
-}
-
-fn full(text: String) -> ProxyBody {
-    Full::new(Bytes::from(text))
-        .map_err(|never| match never {})
-        .boxed()
 }
