@@ -228,6 +228,28 @@ async fn version_on_every_subcommand() {
     }
 }
 
+/// The README points readers at source files and folders (its Layout, the
+/// smuggling guard): every one it names exists, so moving code cannot
+/// leave the README pointing at files that are gone.
+#[test]
+fn every_source_path_the_readme_names_exists() {
+    let readme = include_str!("../README.md");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let named: Vec<&str> = readme
+        .match_indices("`src/")
+        .filter_map(|(at, _)| readme[at + 1..].split('`').next())
+        .collect();
+    assert!(
+        named.len() >= 10,
+        "the README names source files: {named:?}"
+    );
+    let missing: Vec<&&str> = named.iter().filter(|p| !root.join(p).exists()).collect();
+    assert!(
+        missing.is_empty(),
+        "the README names source paths that do not exist: {missing:?}"
+    );
+}
+
 // === running children ===
 
 /// A running wsgate whose stdout is read line by line; killed when dropped.
