@@ -343,11 +343,8 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
     let signals = StopSignals::watch()?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let servers: Vec<_> = config
-        .upstreams
-        .values()
-        .flat_map(|u| u.servers.iter().map(|s| s.addr))
-        .collect();
+    // Host-named servers too: validation leaves their names unresolved.
+    let servers = demo::backend_addrs(&config, wsgate::control::reload::system_resolver)?;
     demo::start_echo_backends(&servers, &tasks, &shutdown).await?;
     for ca in &cas {
         println!(

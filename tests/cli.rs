@@ -228,6 +228,48 @@ async fn version_on_every_subcommand() {
     }
 }
 
+/// The README points readers at source files and folders (its Layout, the
+/// smuggling guard): every one it names exists, so moving code cannot
+/// leave the README pointing at files that are gone.
+#[test]
+fn every_source_path_the_readme_names_exists() {
+    let readme = include_str!("../README.md");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Paths written out in full, anywhere.
+    let mut named: Vec<String> = readme
+        .match_indices("`src/")
+        .filter_map(|(at, _)| readme[at + 1..].split('`').next())
+        .map(str::to_string)
+        .collect();
+    // The layout table: `| `folder/` | ... `file.rs` ... `dir/` ... |`, each
+    // file or folder named inside its row's folder.
+    for row in readme.lines().filter(|l| l.starts_with("| `")) {
+        let mut cells = row.split('|').skip(1);
+        let (Some(first), Some(rest)) = (cells.next(), cells.next()) else {
+            continue;
+        };
+        let folder = first.trim().trim_matches('`');
+        if !folder.ends_with('/') || !root.join("src").join(folder).is_dir() {
+            continue;
+        }
+        named.push(format!("src/{folder}"));
+        for part in rest.split('`').skip(1).step_by(2) {
+            if part.ends_with(".rs") || (part.ends_with('/') && !part.contains(' ')) {
+                named.push(format!("src/{folder}{part}"));
+            }
+        }
+    }
+    assert!(
+        named.len() >= 30,
+        "the README names the source files: {named:?}"
+    );
+    let missing: Vec<&String> = named.iter().filter(|p| !root.join(p).exists()).collect();
+    assert!(
+        missing.is_empty(),
+        "the README names source paths that do not exist: {missing:?}"
+    );
+}
+
 // === running children ===
 
 /// A running wsgate whose stdout is read line by line; killed when dropped.

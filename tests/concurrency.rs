@@ -33,8 +33,12 @@ async fn a_thousand_concurrent_tunnels_each_echo_and_close_and_nothing_is_left()
             finish(ws).await;
         }));
     }
-    within("every client to open its tunnel", all_open.wait()).await;
+    // Every client holds its tunnel open at the barrier until this task
+    // joins it: count them first. Counting after the barrier raced the
+    // clients, which close as soon as it releases them, so the registry
+    // could be below a thousand before it was ever looked at.
     gw.wait_live(TUNNELS).await;
+    within("every client to open its tunnel", all_open.wait()).await;
     for c in clients {
         within("a client to finish", c).await.expect("client task");
     }

@@ -772,3 +772,81 @@ async fn reloads_do_not_drain_the_servers_they_keep() {
     }
     assert_eq!(gw.gateway.registry().live_count(), 3);
 }
+
+fn lookup_fails(host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Err(std::io::Error::other(format!("{host}: no answer")))
+}
+
+/// Resolving again is not a reload: a name whose lookup now fails keeps
+/// the addresses it had, and its servers stay the same servers (live
+/// count, enabled, weight), so their tunnels are neither drained nor cut.
+#[tokio::test]
+async fn a_name_whose_lookup_fails_when_resolved_again_keeps_its_servers_and_tunnels() {
+    let backend = echo_backend().await;
+    let toml = base(
+        PUBLIC,
+        "[[routes]]\nupstream = \"u\"",
+        &format!(
+            "[upstreams.u]\nservers = [{{ addr = \"localhost:{}\", weight = 3 }}]\ndrain_timeout = \"1ms\"\ndrain_spread = \"1ms\"\nresolve_interval = \"1h\"",
+            backend.port()
+        ),
+    );
+    let gw = TestGateway::start(&toml).await;
+    let shared = gw.gateway.shared().clone();
+    let mut ws = ws_connect(gw.addr("public"), "/ws").await;
+    echo_once(&mut ws, "before").await;
+    let before: Vec<Arc<wsgate::upstream::balancer::Server>> = shared
+        .snapshot
+        .load()
+        .upstream("u")
+        .expect("u")
+        .servers
+        .clone();
+    let serving = before
+        .iter()
+        .find(|s| s.addr == backend)
+        .expect("the name's 127.0.0.1 address is a server")
+        .clone();
+    assert_eq!(serving.active(), 1);
+
+    shared.set_resolver(lookup_fails);
+    assert!(
+        wsgate::control::reload::re_resolve(&shared).await.is_none(),
+        "a failed lookup changes nothing"
+    );
+    let after = shared
+        .snapshot
+        .load()
+        .upstream("u")
+        .expect("u")
+        .servers
+        .clone();
+    assert_eq!(after.len(), before.len());
+    for (a, b) in after.iter().zip(&before) {
+        assert!(Arc::ptr_eq(a, b), "{} is the same server", a.addr);
+        assert!(a.is_enabled(), "{} still takes connections", a.addr);
+        assert_eq!(a.weight(), 3);
+    }
+    assert!(shared.draining_list().is_empty(), "nothing drains");
+    assert_eq!(serving.active(), 1);
+    echo_once(&mut ws, "after").await;
+
+    // A reload meanwhile is refused, naming the server entry, and changes nothing either.
+    let refused = gw
+        .gateway
+        .reload()
+        .await
+        .expect_err("a name that does not resolve");
+    assert!(matches!(refused, ReloadError::Resolve(_)), "{refused}");
+    let again = shared
+        .snapshot
+        .load()
+        .upstream("u")
+        .expect("u")
+        .servers
+        .clone();
+    assert!(again.iter().zip(&before).all(|(a, b)| Arc::ptr_eq(a, b)));
+    echo_once(&mut ws, "after the refused reload").await;
+    ws.close(None).await.expect("close");
+    finish(ws).await;
+}

@@ -17,6 +17,7 @@ mod backend;
 mod certs;
 mod client;
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use futures_util::{SinkExt, StreamExt};
@@ -51,6 +52,32 @@ pub enum DemoError {
     /// The self-check got an unexpected answer.
     #[error("self-check: {0}")]
     Check(String),
+}
+
+/// Every server address `config` names, where the demo's backends listen:
+/// those given by address, then what each host name resolves to (with
+/// `resolver`, as `run` resolves them), each address once. Validation
+/// leaves names unresolved, so reading `servers` alone would leave a
+/// host-named server without a backend.
+///
+/// # Errors
+/// [`ResolveError`](crate::control::reload::ResolveError) when a name does not resolve.
+pub fn backend_addrs(
+    config: &crate::config::Config,
+    resolver: crate::control::reload::Resolver,
+) -> Result<Vec<SocketAddr>, crate::control::reload::ResolveError> {
+    let answers = crate::control::reload::resolve_names(config, resolver)?;
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let literal = config
+        .upstreams
+        .values()
+        .flat_map(|u| u.servers.iter().map(|s| s.addr));
+    for addr in literal.chain(answers.into_values().flatten()) {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    Ok(addrs)
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
@@ -123,5 +150,44 @@ async fn page_check(url: &str) -> Result<(), DemoError> {
     tokio::select! {
         r = exchange => r,
         r = conn => Err(DemoError::Check(format!("page connection ended early: {r:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pretend(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        assert_eq!(host, "chat.internal");
+        Ok(vec![
+            SocketAddr::from(([127, 0, 0, 7], port)),
+            SocketAddr::from(([127, 0, 0, 1], 9001)),
+        ])
+    }
+
+    #[test]
+    fn the_demo_serves_every_address_a_host_name_resolves_to() {
+        let config = crate::config::parse(
+            r#"
+[[listeners]]
+name = "plain"
+bind = "127.0.0.1:0"
+
+[[routes]]
+upstream = "chat"
+
+[upstreams.chat]
+servers = ["127.0.0.1:9001", "chat.internal:9005"]
+"#,
+            Path::new("demo.toml"),
+        )
+        .expect("a valid config");
+        assert_eq!(
+            backend_addrs(&config, pretend).expect("resolves"),
+            vec![
+                SocketAddr::from(([127, 0, 0, 1], 9001)),
+                SocketAddr::from(([127, 0, 0, 7], 9005)),
+            ]
+        );
     }
 }
