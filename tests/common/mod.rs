@@ -502,6 +502,63 @@ pub fn masked_text(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A binary frame with a 16-bit length (126 to 65535 bytes of `payload`),
+/// masked with `mask` as a client's must be, or unmasked as a server's.
+pub fn binary_frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let len = u16::try_from(payload.len()).expect("a 16-bit length");
+    assert!(len >= 126, "a frame with a 16-bit length");
+    let mut f = vec![0x82, 126];
+    f.extend_from_slice(&len.to_be_bytes());
+    match mask {
+        Some(m) => {
+            f[1] |= 0x80;
+            f.extend_from_slice(&m);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+/// Both peers of a tunnel start a binary frame of `len` payload bytes and
+/// send only its first `sent` bytes; returns (client's frame, backend's
+/// frame) once each part has reached the other side, so that whatever the
+/// test does next happens in the middle of both frames.
+pub async fn start_frames_both_ways(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    len: u16,
+    sent: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let payload: Vec<u8> = (0..u32::from(len)).map(|i| (i * 7) as u8).collect();
+    let client_frame = binary_frame(&payload, Some([9, 8, 7, 6]));
+    let server_frame = binary_frame(&payload, None);
+    client
+        .write_all(&client_frame[..sent])
+        .await
+        .expect("client part");
+    server
+        .write_all(&server_frame[..sent])
+        .await
+        .expect("server part");
+    let mut part = vec![0u8; sent];
+    within(
+        "the client's part at the backend",
+        server.read_exact(&mut part),
+    )
+    .await
+    .expect("read");
+    assert_eq!(part, client_frame[..sent]);
+    within(
+        "the backend's part at the client",
+        client.read_exact(&mut part),
+    )
+    .await
+    .expect("read");
+    assert_eq!(part, server_frame[..sent]);
+    (client_frame, server_frame)
+}
+
 /// Reads one whole frame from a raw socket: (first byte, payload unmasked).
 pub async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     within("a frame", async {
