@@ -27,7 +27,7 @@
 //!
 //! # Control path
 //! [`config`] parses and validates TOML into typed values, without DNS;
-//! [`control::reload`] resolves host names and [`proxy::routes`] compiles
+//! [`control::resolve`] looks up host names and [`proxy::routes`] compiles
 //! an immutable snapshot held behind one `ArcSwap` in [`Shared`], which a
 //! reload swaps; [`control::admin`] serves the admin API (its
 //! `/api/config` from [`config::view`]); [`control::drain`] closes tunnels
@@ -57,7 +57,8 @@
 //!   plain HTTP ([`proxy::plain`], [`proxy::upload`]).
 //! - [`front`]: listeners and the accept loop ([`front::listener`]).
 //! - [`control`]: admin API ([`control::admin`]), reload
-//!   ([`control::reload`]), drain ([`control::drain`]).
+//!   ([`control::reload`]), host-name lookups ([`control::resolve`]), drain
+//!   ([`control::drain`]).
 //! - `demo`: demo backends and the `client` subcommand (the default
 //!   `demo` cargo feature; the proxy never uses it).
 //!
@@ -85,7 +86,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::control::{admin, reload};
+use crate::control::{admin, reload, resolve};
 use crate::front::listener::BoundListener;
 use crate::observe::registry::Registry;
 use crate::observe::{errorlog, metrics};
@@ -121,7 +122,7 @@ pub struct Shared {
     /// name: a reload adding one back takes it over, tunnels and all.
     draining: std::sync::Mutex<Vec<(Arc<str>, Arc<balancer::Server>)>>,
     /// How host-named servers are resolved again.
-    resolver: std::sync::Mutex<reload::Resolver>,
+    resolver: std::sync::Mutex<resolve::Resolver>,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
     pub drain: CancellationToken,
     /// Cancelled to stop now; cancelling it also drains.
@@ -130,12 +131,12 @@ pub struct Shared {
 
 impl Shared {
     /// The resolver for host-named servers.
-    pub fn resolver(&self) -> reload::Resolver {
+    pub fn resolver(&self) -> resolve::Resolver {
         *self.resolver.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Replaces the resolver (tests do, to change what a name resolves to).
-    pub fn set_resolver(&self, r: reload::Resolver) {
+    pub fn set_resolver(&self, r: resolve::Resolver) {
         *self.resolver.lock().unwrap_or_else(|e| e.into_inner()) = r;
     }
 
@@ -160,7 +161,7 @@ impl Shared {
 pub enum StartError {
     /// A server's host name does not resolve.
     #[error(transparent)]
-    Resolve(#[from] reload::ResolveError),
+    Resolve(#[from] resolve::ResolveError),
     /// The config could not be compiled into a routing table.
     #[error(transparent)]
     Compile(#[from] CompileError),
@@ -193,7 +194,7 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         let admin = config.admin.clone();
         reload::warn_insecure(&config);
-        let answers = reload::resolve_names(&config, reload::system_resolver)?;
+        let answers = resolve::resolve_names(&config, resolve::system_resolver)?;
         let snapshot = Snapshot::compile(Arc::new(config), answers, None, &[])?;
         for l in &listeners {
             if !snapshot.listeners.contains_key(&l.name) {
@@ -217,7 +218,7 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             admin,
             draining: std::sync::Mutex::new(Vec::new()),
-            resolver: std::sync::Mutex::new(reload::system_resolver),
+            resolver: std::sync::Mutex::new(resolve::system_resolver),
             tasks: TaskTracker::new(),
             pool_tasks: TaskTracker::new(),
             pool_stop: shutdown.child_token(),

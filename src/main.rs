@@ -344,7 +344,7 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     // Host-named servers too: validation leaves their names unresolved.
-    let servers = demo::backend_addrs(&config, wsgate::control::reload::system_resolver)?;
+    let servers = demo::backend_addrs(&config, wsgate::control::resolve::system_resolver)?;
     demo::start_echo_backends(&servers, &tasks, &shutdown).await?;
     for ca in &cas {
         println!(

@@ -10,7 +10,7 @@
 //! Must not: keep raw strings for the hot path, know about sockets, or
 //! resolve host names: a server given by name stays a name here, with where
 //! it was written, and is looked up when a snapshot is compiled
-//! (`control::reload::resolve_names`), so `wsgate check` needs no DNS.
+//! (`control::resolve::resolve_names`), so `wsgate check` needs no DNS.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -3,8 +3,10 @@
 //! - [`admin`]: the HTTP admin API and its probes.
 //! - [`reload`]: re-reads the config, compiles a new snapshot and swaps it,
 //!   binding and closing listeners as needed.
+//! - [`resolve`]: looks up servers' host names, at start and for reloads.
 //! - [`drain`]: closes tunnels with Close frames, spread over a window.
 
 pub mod admin;
 pub mod drain;
 pub mod reload;
+pub mod resolve;

@@ -2,7 +2,7 @@
 //! to it in one pointer swap, without touching an established connection.
 //!
 //! Owns: the reload procedure (all or nothing), resolving servers' host
-//! names (at start, at reload, and again every `resolve_interval`),
+//! names again every `resolve_interval` (the lookups are in `resolve.rs`),
 //! listeners started and stopped by a reload, draining of servers a reload
 //! removed, the config-file watcher, and the report of what changed.
 //!
@@ -25,8 +25,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ConfigError, Problem};
+use crate::config::{self, ConfigError};
 use crate::control::drain;
+use crate::control::resolve::{lookup, resolve_names, ResolveError};
 use crate::front::listener;
 use crate::front::listener::{BindError, BoundListener};
 use crate::proxy::routes::{Answers, CompileError, Snapshot};
@@ -290,92 +291,6 @@ fn diff(old: &Snapshot, new: &Snapshot) -> ReloadReport {
         servers_added: sn.difference(&so).cloned().collect(),
         servers_removed: so.difference(&sn).cloned().collect(),
         ..ReloadReport::default()
-    }
-}
-
-/// Resolves a host name to addresses (blocking); [`system_resolver`]
-/// unless a test swaps it.
-pub type Resolver = fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
-
-/// The system resolver (blocking). A name under `.invalid` fails at once
-/// without asking anyone, as RFC 6761 (6.4) asks of resolver libraries:
-/// such a name can never resolve.
-///
-/// # Errors
-/// The resolver's error.
-pub fn system_resolver(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    use std::net::ToSocketAddrs;
-    if host == "invalid" || host.ends_with(".invalid") {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "a name under .invalid never resolves (RFC 6761)",
-        ));
-    }
-    Ok((host, port).to_socket_addrs()?.collect())
-}
-
-/// Host names that did not resolve, each reported where it was written, in
-/// the shape of a validation problem: `file:line:column: key: message`.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", config::render_problems(path, problems))]
-pub struct ResolveError {
-    /// The config file.
-    pub path: PathBuf,
-    /// One per server entry whose name did not resolve, in file order.
-    pub problems: Vec<Problem>,
-}
-
-/// One name's addresses, sorted, each once; an empty answer is
-/// an error too, since a server must have an address.
-fn lookup(resolver: Resolver, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    match resolver(host, port) {
-        Ok(mut addrs) if !addrs.is_empty() => {
-            addrs.sort();
-            addrs.dedup();
-            Ok(addrs)
-        }
-        Ok(_) => Err(format!("{host} resolves to no address")),
-        Err(e) => Err(format!("cannot resolve {host}: {e}")),
-    }
-}
-
-/// Looks up every host-named server of `config` with `resolver`, before
-/// its snapshot is compiled: at start and at every reload (blocking).
-///
-/// # Errors
-/// [`ResolveError`] with every server whose name does not resolve.
-pub fn resolve_names(config: &config::Config, resolver: Resolver) -> Result<Answers, ResolveError> {
-    let mut answers = Answers::new();
-    let mut failed: HashMap<(String, u16), String> = HashMap::new();
-    let mut problems = Vec::new();
-    for n in config.upstreams.values().flat_map(|u| &u.names) {
-        let key = (n.host.clone(), n.port);
-        if answers.contains_key(&key) {
-            continue;
-        }
-        // Each entry naming a failed name is reported, the lookup made once.
-        let result = match failed.get(&key) {
-            Some(message) => Err(message.clone()),
-            None => lookup(resolver, &n.host, n.port),
-        };
-        match result {
-            Ok(addrs) => {
-                answers.insert(key, addrs);
-            }
-            Err(message) => {
-                problems.push(n.at.problem(&message));
-                failed.insert(key, message);
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(answers)
-    } else {
-        problems.sort_by_key(|p| (p.line, p.column));
-        Err(ResolveError {
-            path: config.source.clone(),
-            problems,
-        })
     }
 }
 

@@ -61,12 +61,12 @@ pub enum DemoError {
 /// host-named server without a backend.
 ///
 /// # Errors
-/// [`ResolveError`](crate::control::reload::ResolveError) when a name does not resolve.
+/// [`ResolveError`](crate::control::resolve::ResolveError) when a name does not resolve.
 pub fn backend_addrs(
     config: &crate::config::Config,
-    resolver: crate::control::reload::Resolver,
-) -> Result<Vec<SocketAddr>, crate::control::reload::ResolveError> {
-    let answers = crate::control::reload::resolve_names(config, resolver)?;
+    resolver: crate::control::resolve::Resolver,
+) -> Result<Vec<SocketAddr>, crate::control::resolve::ResolveError> {
+    let answers = crate::control::resolve::resolve_names(config, resolver)?;
     let mut addrs: Vec<SocketAddr> = Vec::new();
     let literal = config
         .upstreams

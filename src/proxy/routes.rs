@@ -17,7 +17,7 @@ use crate::upstream::balancer::{Server, Upstream};
 
 /// What every host-named server resolved to, by name and port, each list
 /// sorted, each address once: looked up before a snapshot is compiled
-/// (see `control::reload::resolve_names`), since compiling does no I/O.
+/// (see `control::resolve::resolve_names`), since compiling does no I/O.
 pub type Answers = BTreeMap<(String, u16), Vec<SocketAddr>>;
 
 /// Everything a new connection needs, compiled once per config load.
