@@ -40,7 +40,8 @@
 //! folder imports one above it.
 //! - [`config`]: raw TOML ([`config::validate`]), upstreams
 //!   ([`config::upstream`]), TLS files ([`config::tls`]), the typed
-//!   `Config` and its errors, the admin views ([`config::view`]).
+//!   `Config`, its errors ([`config::error`]), the admin views
+//!   ([`config::view`]).
 //! - [`net`]: plain-or-TLS streams ([`net::tls`]), the framing guard
 //!   ([`net::guard`]), lingering close ([`net::linger`]), a client stream
 //!   wrapped for hyper and unwrapped after an upgrade ([`net::client`]).

@@ -22,11 +22,14 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 
+pub mod error;
 mod raw;
 pub mod tls;
 pub mod upstream;
 pub mod validate;
 pub mod view;
+
+pub use error::{render_problems, ConfigError, Location, Problem};
 
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
 pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -349,30 +352,6 @@ pub struct NamedServer {
     pub at: Location,
 }
 
-/// Where a value was written, kept past validation for the mistakes only
-/// found later (a host name that does not resolve).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column, in characters.
-    pub column: usize,
-    /// Dotted key path such as `upstreams.chat.servers[0]`.
-    pub key: String,
-}
-
-impl Location {
-    /// A problem with the value written here.
-    pub fn problem(&self, message: impl Into<String>) -> Problem {
-        Problem {
-            line: self.line,
-            column: self.column,
-            key: self.key.clone(),
-            message: message.into(),
-        }
-    }
-}
-
 /// Default for `upstreams.NAME.resolve_interval`.
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -416,71 +395,6 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Default for `upstreams.NAME.drain_timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-// === errors ===
-
-/// One mistake in a config file, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column, in characters.
-    pub column: usize,
-    /// Dotted key path such as `listeners[1].bind`.
-    pub key: String,
-    /// What is wrong, one line.
-    pub message: String,
-}
-
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read at all.
-    #[error("{path}: cannot read config: {source}")]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file was read, and has one or more problems.
-    #[error("{}", render_problems(path, problems))]
-    Invalid {
-        /// The config file.
-        path: PathBuf,
-        /// Every problem found, in file order.
-        problems: Vec<Problem>,
-    },
-}
-
-impl ConfigError {
-    /// The problems found, empty for a read error.
-    pub fn problems(&self) -> &[Problem] {
-        match self {
-            ConfigError::Read { .. } => &[],
-            ConfigError::Invalid { problems, .. } => problems,
-        }
-    }
-}
-
-/// Problems as `wsgate check` prints them, one `file:line:column: key: message` a line.
-pub fn render_problems(path: &Path, problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| {
-            format!(
-                "{}:{}:{}: {}: {}",
-                path.display(),
-                p.line,
-                p.column,
-                p.key,
-                p.message
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 // === loading ===
 
