@@ -27,6 +27,7 @@ mod raw;
 pub mod tls;
 pub mod upstream;
 pub mod validate;
+mod values;
 pub mod view;
 
 pub use error::{render_problems, ConfigError, Location, Problem};
