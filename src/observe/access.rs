@@ -10,11 +10,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// Which end of a tunnel did something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The WebSocket client.
     Client,
@@ -32,6 +31,13 @@ impl Side {
             Side::Backend => "backend",
             Side::Proxy => "proxy",
         }
+    }
+}
+
+/// JSON says what the log line says: one spelling, in `as_str`.
+impl Serialize for Side {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -57,8 +63,7 @@ pub struct CloseOrder {
 
 /// Why a tunnel ended: the access record's `reason` and the `reason` label
 /// of `wsgate_tunnels_closed_total`. Who did it is `closed_by`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndReason {
     /// Both sides finished (closing handshake, EOF) and nothing failed.
     Closed,
@@ -99,6 +104,14 @@ impl EndReason {
             EndReason::NotStarted => "not_started",
             EndReason::Aborted => "aborted",
         }
+    }
+}
+
+/// JSON says what the log line and the metric label say: one spelling, in
+/// `as_str`.
+impl Serialize for EndReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -241,5 +254,22 @@ impl RequestRecord {
             reason,
             "http request"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_spells_sides_and_reasons_as_the_log_line_does() {
+        for side in [Side::Client, Side::Backend, Side::Proxy] {
+            assert_eq!(serde_json::to_value(side).unwrap(), side.as_str());
+        }
+        assert_eq!(
+            serde_json::to_value(EndReason::HalfCloseTimeout).unwrap(),
+            "half_close_timeout"
+        );
+        assert_eq!(serde_json::to_value(Side::Backend).unwrap(), "backend");
     }
 }
