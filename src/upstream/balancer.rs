@@ -2,7 +2,7 @@
 //!
 //! Owns: per-server live state (active tunnels, weight, enabled) and the
 //! balancing algorithms as one enum. Selection yields an ordered list of
-//! candidates, usable servers only (enabled), at most `retries + 1` long;
+//! candidates, usable servers only (`Server::is_usable`), at most `retries + 1` long;
 //! the caller tries them in order, so retry policy stays visible in
 //! `upstream.rs`. Weights are honoured by every algorithm.
 //!
@@ -79,6 +79,9 @@ pub struct Server {
     active: AtomicU64,
     /// Whether new connections may go here (an operator's drain clears it).
     enabled: AtomicBool,
+    /// The active health check's verdict; true until checks say otherwise
+    /// (and always for an upstream without checks).
+    healthy: AtomicBool,
     /// The drain in progress, so that enabling the server again stops it.
     drain: Mutex<Option<CancellationToken>>,
 }
@@ -97,6 +100,7 @@ impl Server {
             weight: AtomicU32::new(weight.max(1)),
             active: AtomicU64::new(0),
             enabled: AtomicBool::new(true),
+            healthy: AtomicBool::new(true),
             drain: Mutex::new(None),
         }
     }
@@ -119,6 +123,23 @@ impl Server {
     /// Whether new connections may be sent here.
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// The active health check's verdict.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records the active health check's verdict; returns whether it changed,
+    /// so that the caller logs and counts each transition once.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// Whether new connections may go here now: enabled by the operator and
+    /// healthy by the active check.
+    pub fn is_usable(&self) -> bool {
+        self.is_enabled() && self.is_healthy()
     }
 
     /// Stops new connections; returns a token that cancels when the server
@@ -250,7 +271,7 @@ impl Upstream {
     /// connections decides).
     pub fn candidates(&self, key: Option<u64>) -> Vec<Arc<Server>> {
         let usable: Vec<usize> = (0..self.servers.len())
-            .filter(|&i| self.servers[i].is_enabled())
+            .filter(|&i| self.servers[i].is_usable())
             .collect();
         if usable.is_empty() {
             return Vec::new();
