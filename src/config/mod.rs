@@ -84,13 +84,46 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
 }
 
+/// Default for `runtime.shutdown_spread`: long enough that a few thousand
+/// clients told to reconnect do not land in the same second.
+pub const DEFAULT_SHUTDOWN_SPREAD: Duration = Duration::from_secs(5);
+/// Default for `runtime.shutdown_timeout`: the spread plus time for the
+/// closing handshakes and slow plain requests, well under the 90 s systemd
+/// and the 30 s Kubernetes give a stopping process by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+
 /// `[runtime]`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RuntimeConfig {
     /// Tokio worker threads; `None` means one per CPU.
     pub workers: Option<usize>,
     /// Reload when the config file changes.
     pub watch_config: bool,
+    /// On SIGTERM, how long wsgate goes on serving established connections
+    /// (not accepting, `/readyz` already 503) before closing tunnels: the
+    /// time an orchestrator needs to stop sending it traffic.
+    #[serde(serialize_with = "view::humantime")]
+    pub shutdown_delay: Duration,
+    /// The window over which every tunnel gets its Close 1001, so clients
+    /// do not all reconnect in the same second. Shorter than `shutdown_timeout`.
+    #[serde(serialize_with = "view::humantime")]
+    pub shutdown_spread: Duration,
+    /// From the end of `shutdown_delay`, how long tunnels and plain requests
+    /// have to finish before what remains is cut.
+    #[serde(serialize_with = "view::humantime")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            watch_config: false,
+            shutdown_delay: Duration::ZERO,
+            shutdown_spread: DEFAULT_SHUTDOWN_SPREAD,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
 }
 
 /// `[admin]`.
@@ -105,6 +138,9 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Whether `/metrics` is served without the token.
     pub metrics_public: bool,
+    /// `/readyz` answers 503 while a routed upstream has no usable server,
+    /// so an orchestrator sends traffic to a replica that can serve it.
+    pub ready_requires_healthy: bool,
 }
 
 /// `[log]`.
@@ -655,6 +691,40 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             Ok(_) => Vec::new(),
         };
         assert_eq!(keys, ["admin.token_file", "log.format"]);
+    }
+
+    #[test]
+    fn shutdown_keys_are_typed_and_the_spread_fits_in_the_timeout() {
+        let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n";
+        let c = parse(base, Path::new("x.toml")).expect("valid");
+        assert_eq!(c.runtime.shutdown_delay, Duration::ZERO);
+        assert_eq!(c.runtime.shutdown_spread, DEFAULT_SHUTDOWN_SPREAD);
+        assert_eq!(c.runtime.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        let c = parse(
+            &format!("[runtime]\nshutdown_delay = \"0s\"\nshutdown_spread = \"0s\"\nshutdown_timeout = \"1s\"\n[admin]\nbind = \"127.0.0.1:9\"\nready_requires_healthy = true\n{base}"),
+            Path::new("x.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.runtime.shutdown_spread, Duration::ZERO);
+        assert!(c.admin.expect("admin").ready_requires_healthy);
+        // Left out, the spread shrinks to fit a short timeout.
+        let c = parse(
+            &format!("[runtime]\nshutdown_delay = \"3s\"\nshutdown_timeout = \"2s\"\n{base}"),
+            Path::new("x.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.runtime.shutdown_delay, Duration::from_secs(3));
+        assert_eq!(c.runtime.shutdown_spread, Duration::from_secs(1));
+        let p = problems(&format!(
+            "[runtime]\nshutdown_spread = \"10s\"\nshutdown_timeout = \"10s\"\nshutdown_delay = \"soon\"\n{base}"
+        ));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["runtime.shutdown_spread", "runtime.shutdown_delay"],
+            "{p:?}"
+        );
+        assert_eq!(p[0].line, 2, "{p:?}");
     }
 
     #[test]

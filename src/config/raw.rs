@@ -43,6 +43,9 @@ pub(crate) struct RawLog {
 pub(crate) struct RawRuntime {
     pub(crate) workers: Option<Spanned<i64>>,
     pub(crate) watch_config: Option<bool>,
+    pub(crate) shutdown_delay: Option<Spanned<String>>,
+    pub(crate) shutdown_spread: Option<Spanned<String>>,
+    pub(crate) shutdown_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +54,7 @@ pub(crate) struct RawAdmin {
     pub(crate) bind: Spanned<String>,
     pub(crate) token_file: Option<Spanned<String>>,
     pub(crate) metrics_public: Option<bool>,
+    pub(crate) ready_requires_healthy: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

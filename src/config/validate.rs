@@ -186,6 +186,31 @@ impl<'a> Validator<'a> {
     }
 
     fn runtime(&mut self, raw: RawRuntime) -> RuntimeConfig {
+        let d = RuntimeConfig::default();
+        let shutdown_delay = self.duration_or_zero(
+            raw.shutdown_delay,
+            "runtime.shutdown_delay",
+            d.shutdown_delay,
+        );
+        let shutdown_timeout = self.duration(
+            raw.shutdown_timeout,
+            "runtime.shutdown_timeout",
+            d.shutdown_timeout,
+        );
+        let spread_at = raw.shutdown_spread.as_ref().map(|s| s.span());
+        let mut shutdown_spread = self.duration_or_zero(
+            raw.shutdown_spread,
+            "runtime.shutdown_spread",
+            d.shutdown_spread.min(shutdown_timeout / 2),
+        );
+        if shutdown_spread >= shutdown_timeout {
+            // The last closes would be cut before their handshake could run.
+            let message = "must be shorter than runtime.shutdown_timeout";
+            if let Some(span) = spread_at {
+                self.problem_at(span, "runtime.shutdown_spread", message);
+            }
+            shutdown_spread = shutdown_timeout / 2;
+        }
         RuntimeConfig {
             workers: raw
                 .workers
@@ -201,6 +226,9 @@ impl<'a> Validator<'a> {
                     }
                 }),
             watch_config: raw.watch_config.unwrap_or(false),
+            shutdown_delay,
+            shutdown_spread,
+            shutdown_timeout,
         }
     }
 
@@ -235,6 +263,7 @@ impl<'a> Validator<'a> {
                 token,
                 token_file,
                 metrics_public: a.metrics_public.unwrap_or(false),
+                ready_requires_healthy: a.ready_requires_healthy.unwrap_or(false),
             })
     }
 

@@ -54,6 +54,21 @@ impl Validator<'_> {
         }
     }
 
+    /// Like [`Self::duration`], for a wait where zero means "none".
+    pub(crate) fn duration_or_zero(
+        &mut self,
+        s: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        match &s {
+            Some(v) if humantime::parse_duration(v.get_ref()).is_ok_and(|d| d.is_zero()) => {
+                Duration::ZERO
+            }
+            _ => self.duration(s, key, default),
+        }
+    }
+
     pub(crate) fn host_pattern(&mut self, h: &Spanned<String>, key: &str) -> Option<HostPattern> {
         let raw = h.get_ref().trim().to_ascii_lowercase();
         let raw = raw.strip_suffix('.').unwrap_or(&raw).to_string();

@@ -72,6 +72,7 @@ struct AdminView<'a> {
     bind: std::net::SocketAddr,
     token_file: Option<&'a Path>,
     metrics_public: bool,
+    ready_requires_healthy: bool,
 }
 
 impl<'a> From<&'a AdminConfig> for AdminView<'a> {
@@ -80,6 +81,7 @@ impl<'a> From<&'a AdminConfig> for AdminView<'a> {
             bind: a.bind,
             token_file: a.token_file.as_deref(),
             metrics_public: a.metrics_public,
+            ready_requires_healthy: a.ready_requires_healthy,
         }
     }
 }
