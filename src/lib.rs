@@ -87,7 +87,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::control::{admin, reload, resolve};
+use crate::control::{admin, lifecycle, reload, resolve};
 use crate::front::listener::BoundListener;
 use crate::observe::registry::Registry;
 use crate::observe::{errorlog, metrics};
@@ -124,8 +124,17 @@ pub struct Shared {
     draining: std::sync::Mutex<Vec<(Arc<str>, Arc<balancer::Server>)>>,
     /// How host-named servers are resolved again.
     resolver: std::sync::Mutex<resolve::Resolver>,
-    /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
+    /// Cancelled to stop gracefully: no new connections, Close 1001 to
+    /// every tunnel at once. Cancelling it also cancels `winding` and
+    /// `stopping`.
     pub drain: CancellationToken,
+    /// Cancelled when HTTP connections should end: idle ones at once, one
+    /// with a request in flight once it is answered. Cancelling it also
+    /// cancels `stopping`.
+    pub winding: CancellationToken,
+    /// Cancelled when a stop begins: listeners stop accepting, `/readyz`
+    /// answers 503, reloads are refused; established connections go on.
+    pub stopping: CancellationToken,
     /// Cancelled to stop now; cancelling it also drains.
     pub shutdown: CancellationToken,
 }
@@ -210,6 +219,10 @@ impl Gateway {
         for l in &snapshot.config.listeners {
             metrics.prepare_listener(&l.name);
         }
+        // Each stage of a stop implies the ones before it.
+        let drain = shutdown.child_token();
+        let winding = drain.child_token();
+        let stopping = winding.child_token();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
@@ -223,7 +236,9 @@ impl Gateway {
             tasks: TaskTracker::new(),
             pool_tasks: TaskTracker::new(),
             pool_stop: shutdown.child_token(),
-            drain: shutdown.child_token(),
+            drain,
+            winding,
+            stopping,
             shutdown,
         });
         let binds: std::collections::HashMap<String, SocketAddr> = shared
@@ -306,6 +321,17 @@ impl Gateway {
     /// The token that starts a graceful stop when cancelled.
     pub fn drain_token(&self) -> CancellationToken {
         self.shared.drain.clone()
+    }
+
+    /// Stops in phases, with the timing of `plan` (see
+    /// [`lifecycle::stop`]); [`Gateway::wait`] then returns.
+    pub async fn stop(&self, plan: lifecycle::StopPlan) -> lifecycle::Stopped {
+        lifecycle::stop(self.shared.clone(), plan).await
+    }
+
+    /// The stop plan of the running config's `[runtime]`.
+    pub fn stop_plan(&self) -> lifecycle::StopPlan {
+        lifecycle::StopPlan::from(&self.shared.snapshot.load().config.runtime)
     }
 
     /// Waits for a drain (or shutdown) to be requested and every task to end.

@@ -7,13 +7,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate::config::{self, Config};
+use wsgate::control::lifecycle::{self, StopPlan};
 #[cfg(feature = "demo")]
 use wsgate::demo;
 use wsgate::front::listener;
-use wsgate::Gateway;
+use wsgate::{Gateway, Shared};
 
 /// A reverse proxy and load balancer built for WebSocket traffic.
 #[derive(Parser)]
@@ -249,30 +251,24 @@ impl StopSignals {
     }
 }
 
-/// On SIGINT or SIGTERM, drains (Close 1001 to every tunnel); on a second
-/// signal, or once the closing handshakes have had `close` plus a margin,
-/// cuts what is left.
-fn on_signals(
-    mut signals: StopSignals,
-    drain: CancellationToken,
-    shutdown: CancellationToken,
-    close: std::time::Duration,
-    tasks: &TaskTracker,
-) {
+/// On SIGINT or SIGTERM, stops gracefully in phases (see
+/// `control::lifecycle`) with the running config's `[runtime]` timing; a
+/// second signal cuts what is left at once. Either way the process then
+/// exits 0: the stop was asked for.
+fn on_signals(mut signals: StopSignals, shared: Arc<Shared>, tasks: &TaskTracker) {
     tasks.spawn(async move {
         tokio::select! {
             _ = signals.recv() => {}
-            _ = drain.cancelled() => return,
+            _ = shared.stopping.cancelled() => return,
         }
-        tracing::info!("draining: closing every tunnel with 1001; signal again to stop at once");
-        drain.cancel();
+        let plan = StopPlan::from(&shared.snapshot.load().config.runtime);
         tokio::select! {
-            _ = signals.recv() => {}
-            _ = tokio::time::sleep(close + std::time::Duration::from_secs(1)) => {}
-            _ = shutdown.cancelled() => return,
+            _ = lifecycle::stop(shared.clone(), plan) => {}
+            _ = signals.recv() => {
+                tracing::info!("second signal: stopping now");
+                shared.shutdown.cancel();
+            }
         }
-        tracing::info!("stopping now");
-        shutdown.cancel();
     });
 }
 
@@ -282,7 +278,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("watching SIGHUP")?;
     let shutdown = CancellationToken::new();
     let bound = listener::bind_all(&config).await?;
-    let close = config.timeouts.close;
     let admin = bind_admin(&config).await?;
     let gateway = Gateway::start(config, bound, shutdown.clone())?;
     if let Some(l) = admin {
@@ -291,13 +286,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The signal watcher is not the gateway's task: the gateway must be able
     // to finish draining without waiting for the watcher's fallback timer.
     let tasks = TaskTracker::new();
-    on_signals(
-        signals,
-        gateway.drain_token(),
-        shutdown.clone(),
-        close,
-        &tasks,
-    );
+    on_signals(signals, gateway.shared().clone(), &tasks);
     on_hangup(gateway.shared().clone(), hup, &tasks);
     gateway.wait().await;
     shutdown.cancel();
@@ -309,15 +298,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// Reloads the config on every SIGHUP until the gateway drains. The
 /// signal stream is created by the caller before anything is bound, since
 /// SIGHUP's default action would kill the process.
-fn on_hangup(
-    shared: std::sync::Arc<wsgate::Shared>,
-    mut hup: tokio::signal::unix::Signal,
-    tasks: &TaskTracker,
-) {
+fn on_hangup(shared: Arc<Shared>, mut hup: tokio::signal::unix::Signal, tasks: &TaskTracker) {
     tasks.spawn(async move {
         loop {
             tokio::select! {
-                _ = shared.drain.cancelled() => return,
+                _ = shared.stopping.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
             }
             tracing::info!("SIGHUP: reloading the config");
@@ -353,7 +338,6 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
         );
     }
     let listeners = config.listeners.clone();
-    let close = config.timeouts.close;
     let bound = listener::bind_all(&config).await?;
     let admin = bind_admin(&config).await?;
     let gateway = Gateway::start(config, bound, shutdown.clone())?;
@@ -365,13 +349,7 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
         }
         gateway.serve_admin(l);
     }
-    on_signals(
-        signals,
-        gateway.drain_token(),
-        shutdown.clone(),
-        close,
-        &tasks,
-    );
+    on_signals(signals, gateway.shared().clone(), &tasks);
     println!(
         "demo: backends (a page and WebSocket echo) on {}",
         servers

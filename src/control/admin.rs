@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::control::drain;
+use crate::control::{drain, lifecycle};
 use crate::observe::access::{CloseOrder, DirectionTotals};
 use crate::observe::registry::ConnStats;
 use crate::tunnel::frames::close_code_allowed;
@@ -90,6 +90,21 @@ pub async fn serve(
     }
 }
 
+/// `/readyz`: 200 only when ready; the body says why not.
+fn readyz(r: &lifecycle::Readiness) -> AdminResponse {
+    use lifecycle::Readiness;
+    let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+    match r {
+        Readiness::Ready => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Readiness::Starting => json_response(unavailable, &json!({"status": "starting"})),
+        Readiness::Stopping => json_response(unavailable, &json!({"status": "draining"})),
+        Readiness::Unhealthy(names) => json_response(
+            unavailable,
+            &json!({"status": "unhealthy", "upstreams_without_usable_server": names}),
+        ),
+    }
+}
+
 /// Answers one admin request.
 pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminResponse {
     let path = req.uri().path().to_string();
@@ -127,16 +142,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminRespon
 
     match (&method, segs.as_slice()) {
         (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        (&Method::GET, ["readyz"]) => {
-            if shared.drain.is_cancelled() {
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "draining"}),
-                )
-            } else {
-                json_response(StatusCode::OK, &json!({"status": "ready"}))
-            }
-        }
+        (&Method::GET, ["readyz"]) => readyz(&lifecycle::readiness(shared)),
         (&Method::GET, ["metrics"]) => match shared.metrics.encode() {
             Ok(text) => {
                 let mut res = Response::new(Full::new(Bytes::from(text)));

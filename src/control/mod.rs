@@ -5,8 +5,10 @@
 //!   binding and closing listeners as needed.
 //! - [`resolve`]: looks up servers' host names, at start and for reloads.
 //! - [`drain`]: closes tunnels with Close frames, spread over a window.
+//! - [`lifecycle`]: readiness, and the graceful stop in phases.
 
 pub mod admin;
 pub mod drain;
+pub mod lifecycle;
 pub mod reload;
 pub mod resolve;

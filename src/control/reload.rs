@@ -149,7 +149,7 @@ async fn apply_config(
     config: config::Config,
     answers: Answers,
 ) -> Result<ReloadReport, ReloadError> {
-    if shared.drain.is_cancelled() {
+    if shared.stopping.is_cancelled() {
         return Err(ReloadError::Draining);
     }
     if config.admin != shared.admin {
@@ -257,7 +257,7 @@ pub fn start_listener(shared: &Arc<Shared>, l: BoundListener, bind: SocketAddr) 
         return;
     };
     tracing::info!(listener = %l.name, addr = %local, "listening");
-    let stop = shared.drain.child_token();
+    let stop = shared.stopping.child_token();
     shared.listeners().insert(
         l.name.clone(),
         RunningListener {

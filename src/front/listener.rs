@@ -128,7 +128,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
     let plan = LingerPlan {
         linger: timeouts.linger,
         tasks: shared.tasks.clone(),
-        stop: shared.drain.clone(),
+        stop: shared.winding.clone(),
     };
     let stream = net::client::wrap(stream, plan, scanner.clone());
     let ctx = Arc::new(ConnContext {
@@ -162,7 +162,7 @@ async fn terminate_tls(
     let handshake = tokio::select! {
         r = tokio::time::timeout(timeouts.client_handshake, tls.accept(tcp)) => r,
         // A handshake in progress must not hold up a drain.
-        _ = shared.drain.cancelled() => return None,
+        _ = shared.winding.cancelled() => return None,
     };
     match handshake {
         Ok(Ok(s)) => Some(MaybeTls::Tls(Box::new(s))),
@@ -203,7 +203,7 @@ async fn serve_http(
             // connection. hyper's graceful shutdown would also wait for a
             // first request that has not (fully) arrived; nothing is lost by
             // closing such a connection now.
-            _ = shared.drain.cancelled(), if !draining => {
+            _ = shared.winding.cancelled(), if !draining => {
                 if ctx.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
                     return None;
                 }
