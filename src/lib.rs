@@ -178,6 +178,56 @@ pub enum StartError {
     /// A bound listener has no entry in the config.
     #[error("listener {0} is not in the config")]
     UnknownListener(String),
+    /// The blocking lookup task failed (it panicked or was cancelled).
+    #[error("resolving host names: {0}")]
+    Internal(String),
+}
+
+/// The admin listener, served from before the gateway starts: until then
+/// it answers the probes only, `/readyz` with 503 `starting`.
+pub struct AdminServer {
+    target: admin::Target,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl AdminServer {
+    /// Starts serving the admin API on an already-bound listener; it stops
+    /// with `shutdown`, or once the gateway it is given to has ended.
+    pub fn serve(listener: tokio::net::TcpListener, shutdown: &CancellationToken) -> Self {
+        if let Ok(a) = listener.local_addr() {
+            tracing::info!(addr = %a, "admin listening");
+        }
+        let this = Self {
+            target: admin::Target::default(),
+            tasks: TaskTracker::new(),
+            stop: shutdown.child_token(),
+        };
+        this.tasks.spawn(admin::serve(
+            listener,
+            this.target.clone(),
+            this.tasks.clone(),
+            this.stop.clone(),
+        ));
+        this
+    }
+}
+
+/// How [`Gateway::launch`] starts, beyond the config and the listeners.
+pub struct Launch {
+    /// The admin listener, already serving (see [`AdminServer`]).
+    pub admin: Option<AdminServer>,
+    /// How host-named servers are resolved, now and at every reload.
+    pub resolver: resolve::Resolver,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Self {
+            admin: None,
+            resolver: resolve::system_resolver,
+        }
+    }
 }
 
 /// A running wsgate.
@@ -202,9 +252,41 @@ impl Gateway {
         listeners: Vec<BoundListener>,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
+        let answers = resolve::resolve_names(&config, resolve::system_resolver)?;
+        Self::assemble(config, answers, listeners, shutdown, Launch::default())
+    }
+
+    /// Starts serving on already-bound listeners, resolving host names on
+    /// a blocking thread, so that an admin listener already serving (in
+    /// `launch.admin`) answers `/readyz` with 503 `starting` meanwhile.
+    ///
+    /// # Errors
+    /// As [`Gateway::start`].
+    pub async fn launch(
+        config: Config,
+        listeners: Vec<BoundListener>,
+        shutdown: CancellationToken,
+        launch: Launch,
+    ) -> Result<Self, StartError> {
+        let resolver = launch.resolver;
+        let resolved = tokio::task::spawn_blocking(move || {
+            let answers = resolve::resolve_names(&config, resolver);
+            (config, answers)
+        })
+        .await;
+        let (config, answers) = resolved.map_err(|e| StartError::Internal(e.to_string()))?;
+        Self::assemble(config, answers?, listeners, shutdown, launch)
+    }
+
+    fn assemble(
+        config: Config,
+        answers: crate::proxy::routes::Answers,
+        listeners: Vec<BoundListener>,
+        shutdown: CancellationToken,
+        launch: Launch,
+    ) -> Result<Self, StartError> {
         let admin = config.admin.clone();
         reload::warn_insecure(&config);
-        let answers = resolve::resolve_names(&config, resolve::system_resolver)?;
         let snapshot = Snapshot::compile(Arc::new(config), answers, None, &[])?;
         for l in &listeners {
             if !snapshot.listeners.contains_key(&l.name) {
@@ -232,7 +314,7 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             admin,
             draining: std::sync::Mutex::new(Vec::new()),
-            resolver: std::sync::Mutex::new(resolve::system_resolver),
+            resolver: std::sync::Mutex::new(launch.resolver),
             tasks: TaskTracker::new(),
             pool_tasks: TaskTracker::new(),
             pool_stop: shutdown.child_token(),
@@ -268,10 +350,18 @@ impl Gateway {
                 .tasks
                 .spawn(reload::watch(shared.clone(), source, shared.drain.clone()));
         }
+        let (admin_tasks, admin_stop) = match launch.admin {
+            Some(a) => {
+                // The admin listener starts answering for this gateway.
+                let _ = a.target.set(shared.clone());
+                (a.tasks, a.stop)
+            }
+            None => (TaskTracker::new(), shared.shutdown.child_token()),
+        };
         Ok(Self {
-            admin_stop: shared.shutdown.child_token(),
             shared,
-            admin_tasks: TaskTracker::new(),
+            admin_tasks,
+            admin_stop,
         })
     }
 
@@ -280,9 +370,11 @@ impl Gateway {
         if let Ok(a) = listener.local_addr() {
             tracing::info!(addr = %a, "admin listening");
         }
+        let target = admin::Target::default();
+        let _ = target.set(self.shared.clone());
         self.admin_tasks.spawn(admin::serve(
             listener,
-            self.shared.clone(),
+            target,
             self.admin_tasks.clone(),
             self.admin_stop.clone(),
         ));

@@ -15,7 +15,7 @@ use wsgate::control::lifecycle::{self, StopPlan};
 #[cfg(feature = "demo")]
 use wsgate::demo;
 use wsgate::front::listener;
-use wsgate::{Gateway, Shared};
+use wsgate::{AdminServer, Gateway, Launch, Shared};
 
 /// A reverse proxy and load balancer built for WebSocket traffic.
 #[derive(Parser)]
@@ -277,12 +277,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("watching SIGHUP")?;
     let shutdown = CancellationToken::new();
+    // The admin listener first: while host names resolve, its /readyz
+    // answers 503 "starting" instead of refusing connections.
+    let admin = bind_admin(&config)
+        .await?
+        .map(|l| AdminServer::serve(l, &shutdown));
     let bound = listener::bind_all(&config).await?;
-    let admin = bind_admin(&config).await?;
-    let gateway = Gateway::start(config, bound, shutdown.clone())?;
-    if let Some(l) = admin {
-        gateway.serve_admin(l);
-    }
+    let launch = Launch {
+        admin,
+        ..Launch::default()
+    };
+    let gateway = Gateway::launch(config, bound, shutdown.clone(), launch).await?;
     // The signal watcher is not the gateway's task: the gateway must be able
     // to finish draining without waiting for the watcher's fallback timer.
     let tasks = TaskTracker::new();

@@ -302,3 +302,115 @@ async fn a_request_still_in_flight_at_the_timeout_is_cut() {
     let _ = within("the cut", slow.read_to_end(&mut rest)).await;
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
 }
+
+// === /readyz while starting and with ready_requires_healthy ===
+
+/// Holds the first lookup until the test drops its sender.
+static GATE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> = std::sync::Mutex::new(None);
+
+/// A resolver whose first lookup waits for the test, then answers 127.0.0.1.
+fn held_resolver(_host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    let gate = GATE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(rx) = gate {
+        let _ = rx.recv();
+    }
+    Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_starting_until_the_first_config_is_live() {
+    let echo = echo_backend().await;
+    let (release, rx) = std::sync::mpsc::channel::<()>();
+    *GATE.lock().unwrap() = Some(rx);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wsgate.toml");
+    // A host-named server: its lookup is what the start waits on.
+    let toml = config(echo, echo).replacen(
+        &format!("servers = [\"{echo}\"]"),
+        &format!("servers = [\"backend.test:{}\"]", echo.port()),
+        1,
+    );
+    std::fs::write(&path, toml).expect("write");
+    let config = wsgate::config::load(&path).expect("valid");
+    let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let public_addr = public.local_addr().expect("addr");
+    let bound = vec![wsgate::front::listener::BoundListener {
+        name: "public".to_string(),
+        socket: public,
+    }];
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = admin_listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let launch = wsgate::Launch {
+        admin: Some(wsgate::AdminServer::serve(admin_listener, &shutdown)),
+        resolver: held_resolver,
+    };
+    let starting = tokio::spawn(wsgate::Gateway::launch(
+        config,
+        bound,
+        shutdown.clone(),
+        launch,
+    ));
+
+    assert_eq!(
+        readyz(admin).await,
+        (503, serde_json::json!({"status": "starting"}))
+    );
+    assert_eq!(http_text(admin, "GET", "/healthz").await.0, 200);
+    let (status, body) = http_text(admin, "GET", "/api/connections").await;
+    assert_eq!(status, 503, "{body}");
+
+    drop(release);
+    let gateway = within("the start", starting)
+        .await
+        .expect("task")
+        .expect("started");
+    assert_eq!(
+        readyz(admin).await,
+        (200, serde_json::json!({"status": "ready"}))
+    );
+    // The same admin listener now serves the whole API, and traffic flows.
+    assert_eq!(http_text(admin, "GET", "/api/connections").await.0, 200);
+    let mut ws = ws_connect(public_addr, "/ws").await;
+    echo_once(&mut ws, "hello").await;
+    drop(ws);
+    shutdown.cancel();
+    within("the gateway to end", gateway.wait()).await;
+}
+
+#[tokio::test]
+async fn with_ready_requires_healthy_readyz_names_an_upstream_without_a_usable_server() {
+    let echo = echo_backend().await;
+    let held = HeldBackend::start().await;
+    let toml = config(echo, held.addr).replacen(
+        "[admin]\n",
+        "[admin]\nready_requires_healthy = true\n",
+        1,
+    );
+    let gw = TestGateway::start(&toml).await;
+    let admin = gw.admin.expect("admin");
+    assert_eq!(readyz(admin).await.0, 200);
+    let drain = format!("/api/upstreams/echo/servers/{echo}/drain");
+    assert_eq!(http_text(admin, "POST", &drain).await.0, 202);
+    assert_eq!(
+        readyz(admin).await,
+        (
+            503,
+            serde_json::json!({"status": "unhealthy", "upstreams_without_usable_server": ["echo"]})
+        )
+    );
+    let enable = format!("/api/upstreams/echo/servers/{echo}/enable");
+    assert_eq!(http_text(admin, "POST", &enable).await.0, 200);
+    assert_eq!(readyz(admin).await.0, 200);
+}
+
+#[tokio::test]
+async fn without_ready_requires_healthy_readyz_ignores_server_state() {
+    let echo = echo_backend().await;
+    let held = HeldBackend::start().await;
+    let gw = TestGateway::start(&config(echo, held.addr)).await;
+    let admin = gw.admin.expect("admin");
+    let drain = format!("/api/upstreams/echo/servers/{echo}/drain");
+    assert_eq!(http_text(admin, "POST", &drain).await.0, 202);
+    assert_eq!(readyz(admin).await.0, 200);
+}

@@ -52,10 +52,16 @@ pub const CLOSE_POLICY: u16 = 1008;
 
 type AdminResponse = Response<Full<Bytes>>;
 
-/// Serves the admin API on `listener` until `stop`.
+/// What the admin listener serves: the running wsgate, set once it has
+/// started. The listener is served from before that, so that probes can
+/// tell "starting" from "down".
+pub type Target = Arc<std::sync::OnceLock<Arc<Shared>>>;
+
+/// Serves the admin API on `listener` until `stop`: until `target` is set,
+/// only the probes, `/readyz` answering 503 `starting`.
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    target: Target,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -71,12 +77,17 @@ pub async fn serve(
                 }
             },
         };
-        let shared = shared.clone();
+        let target = target.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
             let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+                let target = target.clone();
+                async move {
+                    Ok::<_, Infallible>(match target.get() {
+                        Some(shared) => handle(req, shared).await,
+                        None => starting(&req),
+                    })
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -101,6 +112,19 @@ fn readyz(r: &lifecycle::Readiness) -> AdminResponse {
         Readiness::Unhealthy(names) => json_response(
             unavailable,
             &json!({"status": "unhealthy", "upstreams_without_usable_server": names}),
+        ),
+    }
+}
+
+/// Answers a request that arrived before wsgate started: the probes say
+/// so, and everything else waits for the config (503).
+fn starting(req: &Request<Incoming>) -> AdminResponse {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(&lifecycle::Readiness::Starting),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "wsgate is starting: the config is not live yet",
         ),
     }
 }
