@@ -87,7 +87,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::control::{admin, lifecycle, reload, resolve};
+use crate::control::{admin, lifecycle, reload, resolve, systemd};
 use crate::front::listener::BoundListener;
 use crate::observe::registry::Registry;
 use crate::observe::{errorlog, metrics};
@@ -122,6 +122,8 @@ pub struct Shared {
     /// Servers removed by a reload whose drain is still running, by upstream
     /// name: a reload adding one back takes it over, tunnels and all.
     draining: std::sync::Mutex<Vec<(Arc<str>, Arc<balancer::Server>)>>,
+    /// Tells the service manager about reloads (and nothing without `NOTIFY_SOCKET`).
+    pub notifier: systemd::Notifier,
     /// How host-named servers are resolved again.
     resolver: std::sync::Mutex<resolve::Resolver>,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to
@@ -219,6 +221,8 @@ pub struct Launch {
     pub admin: Option<AdminServer>,
     /// How host-named servers are resolved, now and at every reload.
     pub resolver: resolve::Resolver,
+    /// What the service manager is told around reloads.
+    pub notifier: systemd::Notifier,
 }
 
 impl Default for Launch {
@@ -226,6 +230,7 @@ impl Default for Launch {
         Self {
             admin: None,
             resolver: resolve::system_resolver,
+            notifier: systemd::Notifier::disabled(),
         }
     }
 }
@@ -315,6 +320,7 @@ impl Gateway {
             admin,
             draining: std::sync::Mutex::new(Vec::new()),
             resolver: std::sync::Mutex::new(launch.resolver),
+            notifier: launch.notifier,
             tasks: TaskTracker::new(),
             pool_tasks: TaskTracker::new(),
             pool_stop: shutdown.child_token(),

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate::config::{self, Config};
 use wsgate::control::lifecycle::{self, StopPlan};
+use wsgate::control::systemd;
 #[cfg(feature = "demo")]
 use wsgate::demo;
 use wsgate::front::listener;
@@ -98,7 +99,9 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => report(load(&config).and_then(|c| {
             init_logging(flag, &c.log)?;
-            runtime(&c)?.block_on(run(c))
+            // Before any thread starts: this clears the LISTEN_* variables.
+            let inherited = systemd::take_inherited()?;
+            runtime(&c)?.block_on(run(c, inherited))
         })),
         #[cfg(feature = "demo")]
         Command::Demo { config } => report(
@@ -255,12 +258,21 @@ impl StopSignals {
 /// `control::lifecycle`) with the running config's `[runtime]` timing; a
 /// second signal cuts what is left at once. Either way the process then
 /// exits 0: the stop was asked for.
-fn on_signals(mut signals: StopSignals, shared: Arc<Shared>, tasks: &TaskTracker) {
+fn on_signals(
+    mut signals: StopSignals,
+    shared: Arc<Shared>,
+    notifier: systemd::Notifier,
+    tasks: &TaskTracker,
+) {
     tasks.spawn(async move {
         tokio::select! {
             _ = signals.recv() => {}
             _ = shared.stopping.cancelled() => return,
         }
+        notifier.stopping(&format!(
+            "stopping: {} tunnels open",
+            shared.registry.live_count()
+        ));
         let plan = StopPlan::from(&shared.snapshot.load().config.runtime);
         tokio::select! {
             _ = lifecycle::stop(shared.clone(), plan) => {}
@@ -272,26 +284,44 @@ fn on_signals(mut signals: StopSignals, shared: Arc<Shared>, tasks: &TaskTracker
     });
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, mut inherited: systemd::Inherited) -> anyhow::Result<()> {
     let signals = StopSignals::watch()?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("watching SIGHUP")?;
+    let notifier = systemd::Notifier::from_env();
+    let mut names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+    if config.admin.is_some() {
+        names.push("admin".to_string());
+    }
+    inherited.check_names(&names)?;
     let shutdown = CancellationToken::new();
     // The admin listener first: while host names resolve, its /readyz
     // answers 503 "starting" instead of refusing connections.
-    let admin = bind_admin(&config)
-        .await?
-        .map(|l| AdminServer::serve(l, &shutdown));
-    let bound = listener::bind_all(&config).await?;
+    let admin = match (&config.admin, inherited.take("admin")) {
+        (Some(a), Some(l)) => {
+            tracing::info!(configured = %a.bind, "admin: using the socket passed by the service manager; the configured bind is only informative");
+            Some(tokio::net::TcpListener::from_std(l).context("admin: the passed socket")?)
+        }
+        _ => bind_admin(&config).await?,
+    }
+    .map(|l| AdminServer::serve(l, &shutdown));
+    let bound = listener::bind_all_with(&config, |name| inherited.take(name)).await?;
     let launch = Launch {
         admin,
+        notifier,
         ..Launch::default()
     };
     let gateway = Gateway::launch(config, bound, shutdown.clone(), launch).await?;
+    notifier.ready(&systemd::status_line(gateway.shared()));
     // The signal watcher is not the gateway's task: the gateway must be able
     // to finish draining without waiting for the watcher's fallback timer.
     let tasks = TaskTracker::new();
-    on_signals(signals, gateway.shared().clone(), &tasks);
+    on_signals(signals, gateway.shared().clone(), notifier, &tasks);
+    tasks.spawn(systemd::heartbeat(
+        gateway.shared().clone(),
+        notifier,
+        shutdown.clone(),
+    ));
     on_hangup(gateway.shared().clone(), hup, &tasks);
     gateway.wait().await;
     shutdown.cancel();
@@ -354,7 +384,12 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
         }
         gateway.serve_admin(l);
     }
-    on_signals(signals, gateway.shared().clone(), &tasks);
+    on_signals(
+        signals,
+        gateway.shared().clone(),
+        systemd::Notifier::disabled(),
+        &tasks,
+    );
     println!(
         "demo: backends (a page and WebSocket echo) on {}",
         servers

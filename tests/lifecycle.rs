@@ -344,6 +344,7 @@ async fn readyz_answers_503_starting_until_the_first_config_is_live() {
     let launch = wsgate::Launch {
         admin: Some(wsgate::AdminServer::serve(admin_listener, &shutdown)),
         resolver: held_resolver,
+        ..wsgate::Launch::default()
     };
     let starting = tokio::spawn(wsgate::Gateway::launch(
         config,

@@ -6,9 +6,11 @@
 //! - [`resolve`]: looks up servers' host names, at start and for reloads.
 //! - [`drain`]: closes tunnels with Close frames, spread over a window.
 //! - [`lifecycle`]: readiness, and the graceful stop in phases.
+//! - [`systemd`]: the notify protocol and socket activation.
 
 pub mod admin;
 pub mod drain;
 pub mod lifecycle;
 pub mod reload;
 pub mod resolve;
+pub mod systemd;

@@ -100,7 +100,20 @@ pub struct ReloadReport {
 pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     let _one_at_a_time = shared.reload_lock.lock().await;
     let path = shared.snapshot.load().config.source.clone();
+    // A stopping wsgate refuses reloads; the service manager has already
+    // been told it is stopping.
+    let notify = !shared.stopping.is_cancelled();
+    if notify {
+        shared.notifier.reloading();
+    }
     let result = apply(shared, &path).await;
+    if notify && !shared.stopping.is_cancelled() {
+        let version = shared.snapshot.load().config.version.clone();
+        shared.notifier.ready(&match &result {
+            Ok(_) => format!("reloaded: config {version}"),
+            Err(_) => format!("reload failed; config {version} still runs"),
+        });
+    }
     match &result {
         Ok(r) => {
             shared.metrics.reload(true, &r.version);

@@ -54,9 +54,42 @@ pub struct BindError {
 /// # Errors
 /// The first [`BindError`], naming listener, address and reason.
 pub async fn bind_all(config: &Config) -> Result<Vec<BoundListener>, BindError> {
+    bind_all_with(config, |_| None).await
+}
+
+/// Binds every listener of `config`, except those for which `inherited`
+/// hands over a socket already listening (socket activation): that socket
+/// is used, and the configured `bind` is only informative.
+///
+/// # Errors
+/// The first [`BindError`], naming listener, address and reason.
+pub async fn bind_all_with(
+    config: &Config,
+    mut inherited: impl FnMut(&str) -> Option<std::net::TcpListener>,
+) -> Result<Vec<BoundListener>, BindError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
-        bound.push(bind_one(l).await?);
+        let Some(socket) = inherited(&l.name) else {
+            bound.push(bind_one(l).await?);
+            continue;
+        };
+        let socket = TcpListener::from_std(socket).map_err(|source| BindError {
+            name: l.name.clone(),
+            addr: l.bind,
+            source,
+        })?;
+        if let Ok(addr) = socket.local_addr() {
+            tracing::info!(
+                listener = %l.name,
+                addr = %addr,
+                configured = %l.bind,
+                "using the socket passed by the service manager; the configured bind is only informative"
+            );
+        }
+        bound.push(BoundListener {
+            name: l.name.clone(),
+            socket,
+        });
     }
     Ok(bound)
 }
