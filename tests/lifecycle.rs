@@ -6,6 +6,8 @@
 //! `/readyz` while starting and with `ready_requires_healthy`.
 
 mod common;
+#[path = "support/process.rs"]
+mod process;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -414,4 +416,99 @@ async fn without_ready_requires_healthy_readyz_ignores_server_state() {
     let drain = format!("/api/upstreams/echo/servers/{echo}/drain");
     assert_eq!(http_text(admin, "POST", &drain).await.0, 202);
     assert_eq!(readyz(admin).await.0, 200);
+}
+
+// === the real process, on SIGTERM ===
+
+/// `config` with `[runtime]` stop timing, for a socket-activated process.
+fn process_config(echo: SocketAddr, held: SocketAddr, runtime: &str) -> String {
+    format!("[runtime]\n{runtime}\n{}", config(echo, held))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readyz_503_closes_200_tunnels_with_1001_lets_a_request_finish_and_exits_0() {
+    let echo = echo_backend().await;
+    let mut held = HeldBackend::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wsgate.toml");
+    let runtime =
+        "shutdown_delay = \"200ms\"\nshutdown_spread = \"1s\"\nshutdown_timeout = \"20s\"";
+    std::fs::write(&path, process_config(echo, held.addr, runtime)).expect("write");
+    let mut wsgate =
+        process::Wsgate::activate(&["public=127.0.0.1:0", "admin=127.0.0.1:0"], &path, &[]).await;
+    let (public, admin) = (wsgate.addr("public"), wsgate.addr("admin"));
+    wait_readyz(admin, 200).await;
+
+    let (closes, mut closed) = mpsc::unbounded_channel();
+    for _ in 0..200 {
+        let mut ws = ws_connect(public, "/ws").await;
+        let closes = closes.clone();
+        tokio::spawn(async move {
+            let code = expect_close(&mut ws, "Close 1001").await;
+            let _ = closes.send(code);
+            finish(ws).await;
+        });
+    }
+    let mut slow = TcpStream::connect(public).await.expect("connect");
+    send_get(&mut slow, "/slow/in-flight").await;
+    held.next_request().await;
+
+    wsgate.signal("TERM");
+    let first = within("the first Close", closed.recv())
+        .await
+        .expect("a close");
+    // By the time any tunnel is closed, /readyz already says no.
+    assert_eq!(
+        readyz(admin).await,
+        (503, serde_json::json!({"status": "draining"}))
+    );
+    let mut codes = vec![first];
+    while codes.len() < 200 {
+        codes.push(within("every Close", closed.recv()).await.expect("a close"));
+    }
+    assert!(
+        codes.iter().all(|c| *c == (1001, "going away".to_string())),
+        "{codes:?}"
+    );
+    // The plain request was in flight through all of that; it completes.
+    held.release.send(()).expect("release");
+    let (status, body) = read_sized_response(&mut slow).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, pattern(0, BODY_LEN), "the whole body");
+    let status = wsgate.wait_exit().await;
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_delay_cuts_at_once_and_exits_0() {
+    let echo = echo_backend().await;
+    let held = HeldBackend::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wsgate.toml");
+    std::fs::write(
+        &path,
+        process_config(
+            echo,
+            held.addr,
+            "shutdown_delay = \"1h\"\nshutdown_timeout = \"2h\"",
+        ),
+    )
+    .expect("write");
+    let mut wsgate =
+        process::Wsgate::activate(&["public=127.0.0.1:0", "admin=127.0.0.1:0"], &path, &[]).await;
+    let (public, admin) = (wsgate.addr("public"), wsgate.addr("admin"));
+    wait_readyz(admin, 200).await;
+    let mut ws = ws_connect(public, "/ws").await;
+    wsgate.signal("TERM");
+    wait_readyz(admin, 503).await;
+    // Within the hour-long delay the tunnel still carries messages.
+    echo_once(&mut ws, "still here").await;
+    wsgate.signal("TERM");
+    let status = wsgate.wait_exit().await;
+    assert!(status.success(), "exit after a second SIGTERM: {status}");
+    let next = within("the cut", ws.next()).await;
+    assert!(
+        !matches!(next, Some(Ok(Message::Close(_)))),
+        "a cut tunnel got a Close: {next:?}"
+    );
 }

@@ -166,7 +166,10 @@ impl Wsgate {
 
     /// What it wrote to stderr (complete once it has exited).
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
