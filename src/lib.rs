@@ -31,9 +31,11 @@
 //! an immutable snapshot held behind one `ArcSwap` in [`Shared`], which a
 //! reload swaps; [`control::admin`] serves the admin API (its
 //! `/api/config` from [`config::view`]); [`control::drain`] closes tunnels
-//! with Close frames on a schedule. Stopping has two stages: drain stops
-//! the accept loops, ends idle HTTP connections and asks every tunnel to
-//! close with 1001; shutdown cuts whatever is left. Every task is tracked.
+//! with Close frames on a schedule. Stopping has stages, each implying the
+//! ones before ([`control::lifecycle`] runs them in order): `stopping`
+//! closes the listeners and turns `/readyz` to 503; `winding` ends HTTP
+//! connections once idle; `drain` asks every tunnel to close with 1001;
+//! `shutdown` cuts whatever is left. Every task is tracked.
 //!
 //! # Modules, bottom to top
 //! Dependencies point one way, from the front towards what it uses; no
@@ -59,7 +61,8 @@
 //! - [`front`]: listeners and the accept loop ([`front::listener`]).
 //! - [`control`]: admin API ([`control::admin`]), reload
 //!   ([`control::reload`]), host-name lookups ([`control::resolve`]), drain
-//!   ([`control::drain`]).
+//!   ([`control::drain`]), readiness and the graceful stop
+//!   ([`control::lifecycle`]), systemd ([`control::systemd`]).
 //! - `demo`: demo backends and the `client` subcommand (the default
 //!   `demo` cargo feature; the proxy never uses it).
 //!
