@@ -173,3 +173,118 @@ fn cut_now(shared: &Shared) -> Stopped {
     shared.shutdown.cancel();
     Stopped::Cut { tunnels }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::registry::{ConnInfo, RegistryGuard};
+    use crate::upstream::balancer::Server;
+
+    /// A started wsgate with no bound listener, and `n` tunnels in its
+    /// registry as the stop sees them; no socket involved.
+    fn gateway_with_tunnels(n: usize) -> (crate::Gateway, Vec<RegistryGuard>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wsgate.toml");
+        std::fs::write(
+            &path,
+            "[[listeners]]\nname=\"l\"\nbind=\"127.0.0.1:0\"\n[[routes]]\nupstream=\"u\"\n[upstreams.u]\nservers=[\"127.0.0.1:9\"]\n",
+        )
+        .expect("write");
+        let config = crate::config::load(&path).expect("valid");
+        let gw =
+            crate::Gateway::start(config, Vec::new(), CancellationToken::new()).expect("start");
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let shared = gw.shared().clone();
+        let guards = (0..n)
+            .map(|_| {
+                shared.registry.open(
+                    ConnInfo {
+                        client: addr,
+                        listener: Arc::from("l"),
+                        route: Arc::from("r"),
+                        upstream: Arc::from("u"),
+                        backend: addr,
+                        server: Arc::new(Server::new(addr, 1)),
+                        path: "/".to_string(),
+                    },
+                    &shared.drain,
+                )
+            })
+            .collect();
+        (gw, guards, dir)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tunnels_are_closed_after_the_delay_each_in_its_slot_of_the_spread() {
+        let (gw, guards, _dir) = gateway_with_tunnels(4);
+        let shared = gw.shared().clone();
+        let plan = StopPlan {
+            delay: Duration::from_secs(10),
+            spread: Duration::from_secs(8),
+            timeout: Duration::from_secs(60),
+        };
+        let slot = plan.spread / 4;
+        let start = Instant::now();
+        let watch = async {
+            let mut fired = Vec::new();
+            for g in &guards {
+                g.stats.close.token().cancelled().await;
+                // At the moment of each close, the stop had long begun.
+                assert!(shared.stopping.is_cancelled());
+                fired.push(Instant::now() - start);
+            }
+            fired
+        };
+        let stopping = async {
+            // No task stands for these tunnels: nothing holds the stop.
+            assert_eq!(stop(shared.clone(), plan).await, Stopped::Clean);
+        };
+        let (fired, ()) = tokio::join!(watch, stopping);
+        for (i, at) in (0u32..).zip(&fired) {
+            let from = plan.delay + slot * i;
+            assert!(
+                *at >= from && *at < from + slot / 2,
+                "{i} at {at:?}: {fired:?}"
+            );
+        }
+        assert!(guards
+            .iter()
+            .all(|g| g.stats.close.order().code == CLOSE_GOING_AWAY));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_ends_with_the_drain_makes_a_clean_stop() {
+        let (gw, _guards, _dir) = gateway_with_tunnels(0);
+        let shared = gw.shared().clone();
+        let drain = shared.drain.clone();
+        shared.tasks.spawn(async move { drain.cancelled().await });
+        let plan = StopPlan {
+            delay: Duration::from_secs(1),
+            spread: Duration::ZERO,
+            timeout: Duration::from_secs(60),
+        };
+        assert_eq!(stop(shared.clone(), plan).await, Stopped::Clean);
+        assert!(!shared.shutdown.is_cancelled(), "nothing was cut");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_left_at_the_timeout_is_cut() {
+        let (gw, _guards, _dir) = gateway_with_tunnels(1);
+        let shared = gw.shared().clone();
+        // A task that only a cut ends, as a request never answered.
+        let cut = shared.shutdown.clone();
+        shared.tasks.spawn(async move { cut.cancelled().await });
+        let plan = StopPlan {
+            delay: Duration::ZERO,
+            spread: Duration::ZERO,
+            timeout: Duration::from_secs(30),
+        };
+        let start = Instant::now();
+        assert_eq!(
+            stop(shared.clone(), plan).await,
+            Stopped::Cut { tunnels: 1 }
+        );
+        assert!(shared.shutdown.is_cancelled());
+        assert_eq!(Instant::now() - start, plan.timeout);
+    }
+}
