@@ -229,3 +229,40 @@ async fn notify_messages_come_in_order_around_a_reload_and_a_stop() {
         "{all:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchdog_meant_for_another_process_is_not_pinged() {
+    let echo = echo_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\
+         [[routes]]\nupstream = \"echo\"\n\
+         [upstreams.echo]\nservers = [\"{echo}\"]\n"
+    );
+    let config = write_config(dir.path(), &text);
+    let socket_path = dir.path().join("notify.sock");
+    let mut rx = notify_socket(&socket_path);
+    let socket = socket_path.to_str().expect("UTF-8 path");
+    // WATCHDOG_PID names another process (init), as after a fork.
+    let mut wsgate = Wsgate::activate(
+        &["public=127.0.0.1:0"],
+        &config,
+        &[
+            ("NOTIFY_SOCKET", socket),
+            ("WATCHDOG_USEC", "100000"),
+            ("WATCHDOG_PID", "1"),
+        ],
+    )
+    .await;
+    let mut all = Vec::new();
+    message_until(&mut rx, &mut all, "READY=1", |m| has(m, "READY=1")).await;
+    // The heartbeat's first beat comes right after READY=1: a STATUS line
+    // alone, without the ping.
+    let beat = message_until(&mut rx, &mut all, "the first STATUS", |m| {
+        m.contains("tunnels open")
+    })
+    .await;
+    assert!(!has(&beat, "WATCHDOG=1"), "{beat:?}");
+    wsgate.signal("TERM");
+    assert!(wsgate.wait_exit().await.success());
+}
