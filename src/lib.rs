@@ -124,6 +124,8 @@ pub struct Shared {
     draining: std::sync::Mutex<Vec<(Arc<str>, Arc<balancer::Server>)>>,
     /// How host-named servers are resolved again.
     resolver: std::sync::Mutex<resolve::Resolver>,
+    /// One watcher per server for ejections and health changes (`control::eject`).
+    pub ejection_watchers: control::eject::Watchers,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
     pub drain: CancellationToken,
     /// Cancelled to stop now; cancelling it also drains.
@@ -220,6 +222,7 @@ impl Gateway {
             admin,
             draining: std::sync::Mutex::new(Vec::new()),
             resolver: std::sync::Mutex::new(resolve::system_resolver),
+            ejection_watchers: control::eject::Watchers::default(),
             tasks: TaskTracker::new(),
             pool_tasks: TaskTracker::new(),
             pool_stop: shutdown.child_token(),
@@ -241,6 +244,7 @@ impl Gateway {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
             reload::start_listener(&shared, l, bind);
         }
+        control::eject::sync(&shared);
         let (watch, source) = {
             let s = shared.snapshot.load();
             (s.config.runtime.watch_config, s.config.source.clone())

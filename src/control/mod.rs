@@ -5,8 +5,11 @@
 //!   binding and closing listeners as needed.
 //! - [`resolve`]: looks up servers' host names, at start and for reloads.
 //! - [`drain`]: closes tunnels with Close frames, spread over a window.
+//! - [`eject`]: reacts to servers' ejections and health changes: logs,
+//!   metrics, `close_on_unhealthy`.
 
 pub mod admin;
 pub mod drain;
+pub mod eject;
 pub mod reload;
 pub mod resolve;
