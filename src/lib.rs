@@ -47,7 +47,9 @@
 //!   wrapped for hyper and unwrapped after an upgrade ([`net::client`]).
 //! - [`upstream`]: connecting and the upgrade exchange, servers and
 //!   balancing ([`upstream::balancer`]), the 101's rules
-//!   ([`upstream::answer`]), the keep-alive pool ([`upstream::pool`]).
+//!   ([`upstream::answer`]), the keep-alive pool ([`upstream::pool`]),
+//!   passive checks ([`upstream::passive`]) and slow start
+//!   ([`upstream::slow_start`]).
 //! - [`observe`]: live tunnels ([`observe::registry`]), access records
 //!   ([`observe::access`]), metrics ([`observe::metrics`]), the backend
 //!   error throttle ([`observe::errorlog`]).
@@ -59,7 +61,8 @@
 //! - [`front`]: listeners and the accept loop ([`front::listener`]).
 //! - [`control`]: admin API ([`control::admin`]), reload
 //!   ([`control::reload`]), host-name lookups ([`control::resolve`]), drain
-//!   ([`control::drain`]).
+//!   ([`control::drain`]), reactions to ejections and health changes
+//!   ([`control::eject`]).
 //! - `demo`: demo backends and the `client` subcommand (the default
 //!   `demo` cargo feature; the proxy never uses it).
 //!

@@ -197,11 +197,11 @@ async fn connect_failures_eject_with_a_doubling_backoff_that_a_success_resets() 
             ("last_ejection_ms", 300.into()),
         ],
     );
-    assert!(s["ejected_until"].is_string(), "{s}");
     let reason = s["last_ejection_reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("2 failures in "), "{reason}");
     assert!(reason.contains("failed"), "{reason}");
-    assert_eq!(handshake(&gw).await.0, 503, "ejected: refused at once");
+    // (While it is ejected, requests get 503 at once: see the first test,
+    // whose ejection is long enough to be asserted on without a race.)
 
     // Back after 300 ms; the next failure ejects again, for twice as long.
     wait_not_ejected(&gw).await;

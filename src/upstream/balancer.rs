@@ -1,12 +1,14 @@
 //! Upstream pools: the servers' runtime state and the choice of server.
 //!
-//! Owns: per-server live state (active tunnels, weight, enabled) and the
+//! Owns: per-server live state (active tunnels, weight, enabled, health,
+//! passive checks in `passive.rs`, slow start's ramp in `slow_start.rs`,
+//! and the change signal the control path watches) and the
 //! balancing algorithms as one enum. Selection yields an ordered list of
 //! candidates, usable servers only (`Server::is_usable`), at most `retries + 1` long;
 //! the caller tries them in order, so retry policy stays visible in
 //! `upstream.rs`. Weights are honoured by every algorithm.
 //!
-//! Must not: do I/O, or hold anything per connection besides counters.
+//! Must not: do I/O, log, or hold anything per connection besides counters.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -151,7 +153,9 @@ impl Server {
     }
 
     /// Records the active health check's verdict; returns whether it changed,
-    /// so that the caller logs and counts each transition once.
+    /// so that the caller logs and counts each transition once. A change is
+    /// signalled (see [`Server::changes`]); a server healthy again begins
+    /// slow start.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
         if changed {
