@@ -387,3 +387,36 @@ async fn plain_requests_count_failures_and_eject_too() {
     // And a handshake meets the same ejection.
     assert_eq!(handshake(&gw).await.0, 503);
 }
+
+#[tokio::test]
+async fn watchers_follow_reloads_and_read_close_on_unhealthy_when_it_matters() {
+    let mut backend = Flaky::start(false).await;
+    let other = echo_backend().await;
+    let extra = "retries = 0\nmax_fails = 1\neject_for = \"1m\"\ndrain_spread = \"100ms\"";
+    let gw = TestGateway::start(&config(&[backend.addr, other], extra)).await;
+    let watchers = || gw.gateway.shared().ejection_watchers.count();
+    assert_eq!(watchers(), 2, "one per server");
+    // A reload removes one server and turns close_on_unhealthy on for the
+    // one it keeps, which keeps its watcher.
+    std::fs::write(
+        gw.dir.path().join("wsgate.toml"),
+        config(
+            &[backend.addr],
+            &format!("{extra}\nclose_on_unhealthy = true"),
+        ),
+    )
+    .expect("write config");
+    gw.gateway.reload().await.expect("reload");
+    assert_eq!(watchers(), 1, "the removed server's watcher stopped");
+    let mut client = ws_connect(gw.addr("public"), "/ws").await;
+    let mut server_side = within("the tunnel", backend.tunnels.recv())
+        .await
+        .expect("a tunnel");
+    backend.refuse.store(true, Ordering::SeqCst);
+    assert_eq!(handshake(&gw).await.0, 502);
+    let (code, _) = expect_close(&mut client, "the client's Close").await;
+    assert_eq!(code, 1001);
+    let (first, payload) = read_frame(&mut server_side).await;
+    assert_eq!(first, 0x88);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
+}

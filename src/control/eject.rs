@@ -32,6 +32,13 @@ use crate::Shared;
 #[derive(Debug, Default)]
 pub struct Watchers(Mutex<HashMap<usize, CancellationToken>>);
 
+impl Watchers {
+    /// How many servers are watched: one per server of the running snapshot.
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
 /// Starts a watcher for every server of the running snapshot that has
 /// none, and stops those of servers it no longer has.
 pub fn sync(shared: &Arc<Shared>) {
