@@ -28,6 +28,7 @@ use crate::upstream::balancer::{ActiveGuard, Server};
 use answer::{check_backend_101, BackendAnswerError};
 
 pub mod answer;
+pub mod availability;
 pub mod balancer;
 pub mod passive;
 pub mod pool;
