@@ -49,7 +49,9 @@
 //!   wrapped for hyper and unwrapped after an upgrade ([`net::client`]).
 //! - [`upstream`]: connecting and the upgrade exchange, servers and
 //!   balancing ([`upstream::balancer`]), the 101's rules
-//!   ([`upstream::answer`]), the keep-alive pool ([`upstream::pool`]).
+//!   ([`upstream::answer`]), the keep-alive pool ([`upstream::pool`]),
+//!   passive checks ([`upstream::passive`]) and slow start
+//!   ([`upstream::slow_start`]).
 //! - [`observe`]: live tunnels ([`observe::registry`]), access records
 //!   ([`observe::access`]), metrics ([`observe::metrics`]), the backend
 //!   error throttle ([`observe::errorlog`]).
@@ -62,7 +64,8 @@
 //! - [`control`]: admin API ([`control::admin`]), reload
 //!   ([`control::reload`]), host-name lookups ([`control::resolve`]), drain
 //!   ([`control::drain`]), readiness and the graceful stop
-//!   ([`control::lifecycle`]), systemd ([`control::systemd`]).
+//!   ([`control::lifecycle`]), systemd ([`control::systemd`]), reactions to
+//!   ejections and health changes ([`control::eject`]).
 //! - `demo`: demo backends and the `client` subcommand (the default
 //!   `demo` cargo feature; the proxy never uses it).
 //!
@@ -129,6 +132,8 @@ pub struct Shared {
     pub notifier: systemd::Notifier,
     /// How host-named servers are resolved again.
     resolver: std::sync::Mutex<resolve::Resolver>,
+    /// One watcher per server for ejections and health changes (`control::eject`).
+    pub ejection_watchers: control::eject::Watchers,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to
     /// every tunnel at once. Cancelling it also cancels `winding` and
     /// `stopping`.
@@ -324,6 +329,7 @@ impl Gateway {
             draining: std::sync::Mutex::new(Vec::new()),
             resolver: std::sync::Mutex::new(launch.resolver),
             notifier: launch.notifier,
+            ejection_watchers: control::eject::Watchers::default(),
             tasks: TaskTracker::new(),
             pool_tasks: TaskTracker::new(),
             pool_stop: shutdown.child_token(),
@@ -347,6 +353,7 @@ impl Gateway {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
             reload::start_listener(&shared, l, bind);
         }
+        control::eject::sync(&shared);
         let (watch, source) = {
             let s = shared.snapshot.load();
             (s.config.runtime.watch_config, s.config.source.clone())

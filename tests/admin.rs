@@ -1006,7 +1006,10 @@ async fn upstreams_show_settings_and_active_tunnels_per_server() {
         for (s, addr) in listed.iter().zip(servers) {
             assert_eq!(
                 *s,
-                serde_json::json!({"addr": addr.to_string(), "active": 0, "weight": 1, "state": "enabled"})
+                serde_json::json!({"addr": addr.to_string(), "active": 0, "weight": 1, "state": "enabled",
+                    // Passive checks: never failed, never ejected.
+                    "fails": 0, "ejections": 0, "ejected_until": null, "last_ejection_ms": null,
+                    "last_ejection_reason": null, "slow_start": false})
             );
         }
     }

@@ -763,7 +763,7 @@ async fn access_log_goes_to_its_own_file_and_repeated_backend_errors_are_folded(
     let dir = tempfile::tempdir().expect("tempdir");
     let access = dir.path().join("access.log");
     let config = format!(
-        "[log]\nformat = \"json\"\naccess = \"access.log\"\n\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:{port}\"\n\n[[routes]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\n[[routes]]\nupstream = \"echo\"\n\n[upstreams.dead]\nservers = [\"{dead}\"]\n\n[upstreams.echo]\nservers = [\"{backend}\"]\n"
+        "[log]\nformat = \"json\"\naccess = \"access.log\"\n\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:{port}\"\n\n[[routes]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\n[[routes]]\nupstream = \"echo\"\n\n[upstreams.dead]\nservers = [\"{dead}\"]\n# Every handshake reaches the dead server: no ejection.\nmax_fails = 0\n\n[upstreams.echo]\nservers = [\"{backend}\"]\n"
     );
     let path = write(dir.path(), "log.toml", &config);
     // No --log-format flag: the JSON format comes from [log].

@@ -22,6 +22,7 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 
+pub mod availability;
 pub mod error;
 mod raw;
 pub mod tls;
@@ -30,6 +31,7 @@ pub mod validate;
 mod values;
 pub mod view;
 
+pub use availability::Availability;
 pub use error::{render_problems, ConfigError, Location, Problem};
 
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
@@ -356,6 +358,9 @@ pub struct UpstreamSettings {
     /// How long an idle pooled connection is kept.
     #[serde(serialize_with = "view::humantime")]
     pub pool_idle_timeout: Duration,
+    /// Passive checks, slow start and `close_on_unhealthy` (`availability.rs`).
+    #[serde(flatten)]
+    pub availability: Availability,
 }
 
 impl Default for UpstreamSettings {
@@ -370,6 +375,7 @@ impl Default for UpstreamSettings {
             drain_spread: DEFAULT_DRAIN_TIMEOUT / 10,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            availability: Availability::default(),
         }
     }
 }

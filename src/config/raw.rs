@@ -128,6 +128,13 @@ pub(crate) struct RawUpstream {
     pub(crate) client_cert: Option<Spanned<String>>,
     pub(crate) client_key: Option<Spanned<String>>,
     pub(crate) insecure_skip_verify: Option<Spanned<bool>>,
+    // === availability (passive checks, slow start) ===
+    pub(crate) max_fails: Option<Spanned<i64>>,
+    pub(crate) fail_window: Option<Spanned<String>>,
+    pub(crate) eject_for: Option<Spanned<String>>,
+    pub(crate) eject_max: Option<Spanned<String>>,
+    pub(crate) slow_start: Option<Spanned<String>>,
+    pub(crate) close_on_unhealthy: Option<Spanned<bool>>,
 }
 
 /// `"10.0.0.1:9001"` or `{ addr = "10.0.0.1:9001", weight = 3 }`.

@@ -102,6 +102,7 @@ impl Validator<'_> {
     fn upstream_settings(&mut self, up: RawUpstream, key: &str) -> UpstreamSettings {
         let balance = self.balance(&up, key);
         let tls = self.upstream_tls(&up, key);
+        let availability = self.availability(&up, key);
         let resolve_interval = self.duration(
             up.resolve_interval.clone(),
             &format!("{key}.resolve_interval"),
@@ -144,6 +145,7 @@ impl Validator<'_> {
             drain_spread,
             pool_max_idle,
             pool_idle_timeout,
+            availability,
         }
     }
 

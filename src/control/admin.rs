@@ -385,12 +385,20 @@ fn list_upstreams(shared: &Shared) -> AdminResponse {
                 .servers
                 .iter()
                 .map(|s| {
-                    json!({
+                    let mut v = json!({
                         "addr": s.addr,
                         "active": s.active(),
                         "weight": s.weight(),
                         "state": if s.is_enabled() { "enabled" } else { "draining" },
-                    })
+                    });
+                    // Passive checks and slow start (control::eject).
+                    if let Some(o) = v.as_object_mut() {
+                        o.extend(crate::control::eject::server_fields(
+                            s,
+                            u.settings.availability.slow_start,
+                        ));
+                    }
+                    v
                 })
                 .collect();
             json!({

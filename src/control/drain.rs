@@ -93,12 +93,13 @@ pub fn rebalance_victims(
     fraction: f64,
 ) -> Vec<Arc<ConnStats>> {
     debug_assert!(fraction > 0.0 && fraction <= 1.0);
-    // Over enabled servers only: a draining server is emptied anyway, and
-    // counting it would make balanced servers look loaded.
+    // Over usable servers only: a draining (or unhealthy, or ejected)
+    // server takes no new tunnels, and counting it would make balanced
+    // servers look loaded.
     let per_server: Vec<Vec<Arc<ConnStats>>> = upstream
         .servers
         .iter()
-        .filter(|s| s.is_enabled())
+        .filter(|s| s.is_usable())
         .map(|s| tunnels_of(shared, upstream, s))
         .collect();
     let total: usize = per_server.iter().map(Vec::len).sum();

@@ -7,9 +7,12 @@
 //! - [`drain`]: closes tunnels with Close frames, spread over a window.
 //! - [`lifecycle`]: readiness, and the graceful stop in phases.
 //! - [`systemd`]: the notify protocol and socket activation.
+//! - [`eject`]: reacts to servers' ejections and health changes: logs,
+//!   metrics, `close_on_unhealthy`.
 
 pub mod admin;
 pub mod drain;
+pub mod eject;
 pub mod lifecycle;
 pub mod reload;
 pub mod resolve;

@@ -206,6 +206,7 @@ async fn apply_config(
     let new = Arc::new(new);
     shared.snapshot.store(new.clone());
     new.apply_weights();
+    crate::control::eject::sync(shared);
     warn_insecure(&new.config);
 
     for name in &to_remove {

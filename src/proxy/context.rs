@@ -96,6 +96,14 @@ impl Refusal {
         }
     }
 
+    /// How long the client should wait before trying again, when known.
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Refusal::Client(_) => None,
+            Refusal::Backend(e) => e.retry_after(),
+        }
+    }
+
     /// Who caused it. A request for a host or path no route serves is the
     /// client's: it asked for something this proxy does not offer (a 404,
     /// as every web server counts it).

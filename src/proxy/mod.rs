@@ -314,6 +314,17 @@ fn route(
         _ => None,
     };
     let candidates = route.upstream.candidates(hash);
+    if candidates.is_empty() {
+        // Fail fast: no connect is tried to a server known to be down.
+        let upstream = route.upstream.name.clone();
+        ctx.shared.metrics.no_usable_server(&upstream);
+        let retry_after = route.upstream.retry_after();
+        return Err(upstream::UpstreamError::Unavailable {
+            upstream,
+            retry_after,
+        }
+        .into());
+    }
     let mut target = path.to_string();
     if let Some(q) = req.uri().query() {
         target.push('?');
@@ -350,6 +361,7 @@ async fn upgrade(
         tasks: &ctx.shared.tasks,
         shutdown: &ctx.shared.shutdown,
         tls: routed.route.upstream.tls.as_deref(),
+        availability: &routed.route.upstream.settings.availability,
     };
     let answer = upstream::open(&routed.candidates, &hs)
         .await

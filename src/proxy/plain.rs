@@ -92,10 +92,22 @@ pub(crate) async fn forward(
         } else {
             headers.clone().unwrap_or_default()
         };
+        let passive = &route.upstream.settings.availability;
         match attempt(pool, server, req, &upload, timeouts, record).await {
-            Ok(response) => return relay(response, server.addr, ctx, record, upload),
-            Err(Attempt::Next(e)) => last = e,
-            Err(Attempt::Refused(refusal)) => return Err(refusal),
+            Ok(response) => {
+                upstream::report_outcome(server, passive, None);
+                return relay(response, server.addr, ctx, record, upload);
+            }
+            Err(Attempt::Next(e)) => {
+                upstream::report_outcome(server, passive, Some(&e));
+                last = e;
+            }
+            Err(Attempt::Refused(refusal)) => {
+                if let Refusal::Backend(e) = &refusal {
+                    upstream::report_outcome(server, passive, Some(e));
+                }
+                return Err(refusal);
+            }
         }
     }
     Err(last.into())

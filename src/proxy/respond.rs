@@ -36,6 +36,13 @@ pub(crate) fn refuse(refusal: &Refusal) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if let Some(after) = refusal.retry_after() {
+        // Whole seconds (RFC 9110 10.2.3), at least 1.
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(after.as_secs().max(1)),
+        );
+    }
     if status == StatusCode::UPGRADE_REQUIRED {
         h.insert(
             header::SEC_WEBSOCKET_VERSION,

@@ -129,7 +129,15 @@ impl Snapshot {
                             pending.push((kept.clone(), s.weight));
                             kept.clone()
                         }
-                        None => Arc::new(Server::named(s.addr, s.weight, s.host.map(Arc::from))),
+                        None => {
+                            let fresh = Server::named(s.addr, s.weight, s.host.map(Arc::from));
+                            // Added by a reload (at start every server is new):
+                            // slow start ramps it up.
+                            if previous.is_some() {
+                                fresh.begin_ramp();
+                            }
+                            Arc::new(fresh)
+                        }
                     })
                     .collect();
                 let weights: Vec<u32> = resolved.iter().map(|s| s.weight).collect();

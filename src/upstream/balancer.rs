@@ -1,22 +1,27 @@
 //! Upstream pools: the servers' runtime state and the choice of server.
 //!
-//! Owns: per-server live state (active tunnels, weight, enabled) and the
+//! Owns: per-server live state (active tunnels, weight, enabled, health,
+//! and the fields of passive checks, slow start and the change signal,
+//! whose methods are in `availability.rs`) and the
 //! balancing algorithms as one enum. Selection yields an ordered list of
 //! candidates, usable servers only (`Server::is_usable`), at most `retries + 1` long;
 //! the caller tries them in order, so retry policy stays visible in
 //! `upstream.rs`. Weights are honoured by every algorithm.
 //!
-//! Must not: do I/O, or hold anything per connection besides counters.
+//! Must not: do I/O, log, or hold anything per connection besides counters.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::{Balance, HashKey, UpstreamSettings};
+pub use crate::config::{Availability, Balance, HashKey, UpstreamSettings};
+use crate::upstream::passive::Passive;
+use crate::upstream::slow_start::Ramp;
 
 impl HashKey {
     /// The key of a request, hashed; `None` when the request lacks it (the
@@ -84,6 +89,15 @@ pub struct Server {
     healthy: AtomicBool,
     /// The drain in progress, so that enabling the server again stops it.
     drain: Mutex<Option<CancellationToken>>,
+    // === availability (passive checks, slow start) ===
+    /// Failures real traffic saw here, and the ejection they caused.
+    pub(super) passive: Passive,
+    /// Slow start's ramp, begun when the server comes back into service.
+    pub(super) ramp: Ramp,
+    /// Bumped at every change of health or ejection, so that the control
+    /// path (logs, metrics, `close_on_unhealthy`) reacts without polling
+    /// and without this folder knowing it.
+    pub(super) changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Server {
@@ -102,6 +116,9 @@ impl Server {
             enabled: AtomicBool::new(true),
             healthy: AtomicBool::new(true),
             drain: Mutex::new(None),
+            passive: Passive::default(),
+            ramp: Ramp::default(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -131,15 +148,28 @@ impl Server {
     }
 
     /// Records the active health check's verdict; returns whether it changed,
-    /// so that the caller logs and counts each transition once.
+    /// so that the caller logs and counts each transition once. A change is
+    /// signalled (see [`Server::changes`]); a server healthy again begins
+    /// slow start.
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+        let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        if changed {
+            if healthy {
+                self.ramp.start(Instant::now());
+            }
+            self.changed();
+        }
+        changed
     }
 
-    /// Whether new connections may go here now: enabled by the operator and
-    /// healthy by the active check.
+    /// Whether new connections may go here now: enabled by the operator,
+    /// healthy by the active check and not ejected by the passive one.
     pub fn is_usable(&self) -> bool {
-        self.is_enabled() && self.is_healthy()
+        self.is_usable_at(Instant::now())
+    }
+
+    pub(super) fn is_usable_at(&self, now: Instant) -> bool {
+        self.is_enabled() && self.is_healthy() && !self.is_ejected_at(now)
     }
 
     /// Stops new connections; returns a token that cancels when the server
@@ -158,7 +188,10 @@ impl Server {
 
     /// Takes new connections again and stops a drain in progress.
     pub fn enable(&self) {
-        self.enabled.store(true, Ordering::Relaxed);
+        if !self.enabled.swap(true, Ordering::Relaxed) {
+            // Back with no tunnels: least_conn would send it everything.
+            self.ramp.start(Instant::now());
+        }
         if let Some(t) = self.drain.lock().unwrap_or_else(|e| e.into_inner()).take() {
             t.cancel();
         }
@@ -199,11 +232,14 @@ pub struct Upstream {
     http: OnceLock<crate::upstream::pool::HttpPool>,
     /// Rotates ties in least-connections, and seeds random choices.
     next: AtomicUsize,
+    /// Seeds slow start's draws; apart from `next`, whose parity would
+    /// otherwise tie the draws to the rotation of ties.
+    pub(super) draws: AtomicUsize,
     /// Smooth weighted round-robin's current weights, one per server.
     rr: Mutex<Vec<i64>>,
     /// Hash ring: (point, server index), sorted; empty unless `Hash`.
     ring: Vec<(u64, usize)>,
-    random: RandomState,
+    pub(super) random: RandomState,
 }
 
 impl Upstream {
@@ -248,6 +284,7 @@ impl Upstream {
             settings,
             http: OnceLock::new(),
             next: AtomicUsize::new(0),
+            draws: AtomicUsize::new(0),
             ring,
             random: RandomState::new(),
         }
@@ -270,8 +307,12 @@ impl Upstream {
     /// `key` is the request's hash key for `Hash` (without one, least
     /// connections decides).
     pub fn candidates(&self, key: Option<u64>) -> Vec<Arc<Server>> {
+        self.candidates_at(key, Instant::now())
+    }
+
+    pub(super) fn candidates_at(&self, key: Option<u64>, now: Instant) -> Vec<Arc<Server>> {
         let usable: Vec<usize> = (0..self.servers.len())
-            .filter(|&i| self.servers[i].is_usable())
+            .filter(|&i| self.servers[i].is_usable_at(now))
             .collect();
         if usable.is_empty() {
             return Vec::new();
@@ -284,6 +325,7 @@ impl Upstream {
                 self.ring_walk(k, *load_factor, &usable)
             }
         };
+        let order = self.slow_start(order, now);
         order
             .into_iter()
             .take(self.settings.retries + 1)
@@ -387,7 +429,10 @@ impl Upstream {
             (load_factor * share).ceil() as u64
         };
         let start = self.ring.partition_point(|&(p, _)| p < key);
-        let mut seen = vec![false; self.servers.len()];
+        let mut seen = vec![true; self.servers.len()];
+        for &i in usable {
+            seen[i] = false;
+        }
         let (mut under, mut over) = (Vec::new(), Vec::new());
         let mut left = usable.len();
         for k in 0..self.ring.len() {
@@ -396,7 +441,8 @@ impl Upstream {
                 break;
             }
             let i = self.ring[(start + k) % self.ring.len()].1;
-            if seen[i] || !self.servers[i].is_enabled() {
+            // Unusable servers start out `seen`, so they are never placed.
+            if seen[i] {
                 continue;
             }
             seen[i] = true;
@@ -413,10 +459,10 @@ impl Upstream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn pool_w(weights: &[u32], balance: Balance) -> Upstream {
+    pub(in crate::upstream) fn pool_w(weights: &[u32], balance: Balance) -> Upstream {
         let servers = weights
             .iter()
             .enumerate()
@@ -440,7 +486,7 @@ mod tests {
         )
     }
 
-    fn port(s: &Arc<Server>) -> u16 {
+    pub(in crate::upstream) fn port(s: &Arc<Server>) -> u16 {
         s.addr.port()
     }
 

@@ -22,13 +22,17 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Availability;
 use crate::net::tls::{BackendStream, BackendTls, MaybeTls};
 use crate::upstream::balancer::{ActiveGuard, Server};
 use answer::{check_backend_101, BackendAnswerError};
 
 pub mod answer;
+pub mod availability;
 pub mod balancer;
+pub mod passive;
 pub mod pool;
+pub mod slow_start;
 
 /// Why no usable answer came from the upstream. Every variant is the backend's side.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +127,15 @@ pub enum UpstreamError {
     /// The upstream has no servers.
     #[error("upstream has no servers")]
     NoServers,
+    /// Every server of the upstream is unusable (ejected, unhealthy or
+    /// drained): refused at once, without trying any.
+    #[error("no usable server in upstream {upstream}; retry after {}s", retry_after.as_secs())]
+    Unavailable {
+        /// The routed upstream.
+        upstream: Arc<str>,
+        /// What the client is told to wait (`Retry-After`).
+        retry_after: Duration,
+    },
 }
 
 /// Refuses a response whose length wsgate cannot pass on as the backend
@@ -179,7 +192,9 @@ impl UpstreamError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             UpstreamError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::NoServers => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::NoServers | UpstreamError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamError::Request { source, .. } => crate::upstream::pool::connect_error(source)
                 .map_or(StatusCode::BAD_GATEWAY, UpstreamError::status),
             _ => StatusCode::BAD_GATEWAY,
@@ -227,8 +242,45 @@ impl UpstreamError {
             UpstreamError::UnexpectedUpgrade { addr } => (Some(addr), "unexpected-101".to_string()),
             UpstreamError::AmbiguousFraming { addr, .. } => (Some(addr), "framing".to_string()),
             UpstreamError::NoServers => (None, "no-servers".to_string()),
+            UpstreamError::Unavailable { upstream, .. } => {
+                (None, format!("no-usable-server:{upstream}"))
+            }
         };
         (addr.copied(), kind)
+    }
+
+    /// Whether this counts against the server in passive checks: it could
+    /// not be reached, or broke or stalled the exchange. An answer does not
+    /// count, whatever its status: a 4xx is about the request, and so is a
+    /// 5xx as far as wsgate can tell (a client able to provoke one must not
+    /// be able to eject servers); an active `http` check covers a server
+    /// that answers 5xx to everything. Nor does a plain request's
+    /// `upstream_response` timeout: a long poll may be slow by design.
+    pub fn is_server_failure(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::Tls { .. }
+            | UpstreamError::Http { .. }
+            | UpstreamError::HandshakeTimeout { .. }
+            | UpstreamError::BadAnswer { .. } => true,
+            UpstreamError::Request { source, .. } => {
+                crate::upstream::pool::connect_error(source).is_none_or(Self::is_server_failure)
+            }
+            UpstreamError::ResponseTimeout { .. }
+            | UpstreamError::UnexpectedUpgrade { .. }
+            | UpstreamError::AmbiguousFraming { .. }
+            | UpstreamError::NoServers
+            | UpstreamError::Unavailable { .. } => false,
+        }
+    }
+
+    /// `Retry-After` for the client, when there is one to give.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::Unavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     fn is_connect_failure(&self) -> bool {
@@ -290,6 +342,20 @@ pub struct Handshake<'a> {
     pub shutdown: &'a CancellationToken,
     /// TLS to the backend, if the upstream asks for it.
     pub tls: Option<&'a BackendTls>,
+    /// The upstream's passive-check settings, to count failures under.
+    pub availability: &'a Availability,
+}
+
+/// Tells `server`'s passive checks how one attempt ended: `None` for an
+/// answer, else the error, counted if it is the server's failure.
+pub fn report_outcome(server: &Server, cfg: &Availability, error: Option<&UpstreamError>) {
+    match error {
+        None => server.report_success(),
+        Some(e) if e.is_server_failure() => {
+            server.report_failure(cfg, &e.to_string());
+        }
+        Some(_) => {}
+    }
 }
 
 /// Sends the upgrade request to the first candidate that accepts a
@@ -308,11 +374,14 @@ pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answ
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(backend = %server.addr, error = %e, "backend connect failed");
+                report_outcome(server, hs.availability, Some(&e));
                 last = e;
                 continue;
             }
         };
-        return exchange(server, stream, hs, active).await;
+        let answer = exchange(server, stream, hs, active).await;
+        report_outcome(server, hs.availability, answer.as_ref().err());
+        return answer;
     }
     debug_assert!(last.is_connect_failure() || matches!(last, UpstreamError::NoServers));
     Err(last)

@@ -16,7 +16,10 @@
 //! - `traffic.rs`: the traffic-totals collector.
 //! - `process.rs`: the `/proc` collector.
 //! - `config_version.rs`: the running config's version.
+//! - `availability.rs`: passive ejections and requests refused for want of
+//!   a usable server.
 
+mod availability;
 mod config_version;
 mod labels;
 mod process;
@@ -72,6 +75,7 @@ pub struct Metrics {
     malformed: Family<MalformedLabels, Counter>,
     traffic: Arc<TrafficCollector>,
     info: Arc<InfoCollector>,
+    availability: availability::AvailabilityMetrics,
 }
 
 impl Metrics {
@@ -178,7 +182,9 @@ impl Metrics {
         });
         registry.register_collector(Box::new(info.clone()));
         registry.register_collector(Box::new(ProcessCollector));
+        let availability = availability::AvailabilityMetrics::register(&mut registry);
         Self {
+            availability,
             registry,
             tunnels_active,
             tunnels_total,
@@ -326,6 +332,17 @@ impl Metrics {
         t.0.add(&record.to_backend);
         t.1.add(&record.to_client);
         self.traffic.live.remove(record.id);
+    }
+
+    /// `server` of `upstream` was ejected by passive checks, `n` times
+    /// since this was last called for it.
+    pub fn server_ejected(&self, upstream: &str, server: &str, n: u64) {
+        self.availability.ejected(upstream, server, n);
+    }
+
+    /// A request to `upstream` was refused at once: no server was usable.
+    pub fn no_usable_server(&self, upstream: &str) {
+        self.availability.unavailable(upstream);
     }
 
     /// A reload was tried.
