@@ -522,8 +522,6 @@ impl Drop for Child {
 /// that over `..data`; `wsgate.toml` itself is a symlink into `..data` that
 /// never changes. The watch must see that rename.
 #[test]
-#[ignore = "src/control/reload.rs `watch` matches events by the config's file name; \
-            the kubelet's swap only renames `..data` (issue 12, Deployment)"]
 fn a_configmap_update_reaches_a_running_wsgate() {
     let (admin, public) = (free_port(), free_port());
     let config = |upstream: &str| {

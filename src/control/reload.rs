@@ -397,13 +397,21 @@ pub async fn watch(shared: Arc<Shared>, path: PathBuf, stop: CancellationToken) 
     let name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = match notify::recommended_watcher(
         move |event: notify::Result<notify::Event>| {
-            if let Ok(e) = event {
-                if e.paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-                {
-                    let _ = tx.send(());
-                }
+            let Ok(e) = event else { return };
+            // Opening or reading the file, as every reload does, changes
+            // nothing: counting it would reload forever.
+            if matches!(e.kind, notify::EventKind::Access(a)
+                if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+            {
+                return;
+            }
+            // A Kubernetes ConfigMap volume changes by renaming `..data`;
+            // the file itself is a symlink into it that never changes.
+            if e.paths.iter().any(|p| {
+                let n = p.file_name();
+                n == name.as_deref() || n == Some(std::ffi::OsStr::new("..data"))
+            }) {
+                let _ = tx.send(());
             }
         },
     ) {
