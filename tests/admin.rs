@@ -1386,7 +1386,7 @@ async fn full_config_gateway() -> (TestGateway, SocketAddr, String) {
     let key_pem = std::fs::read_to_string(key).expect("key");
     assert!(ca.exists());
     let toml = format!(
-        "[runtime]\nwatch_config = false\n\n[log]\nformat = \"json\"\n\n[timeouts]\nconnect = \"2s\"\nclose = \"1m 30s\"\n\n[limits]\nmax_request_body = 1024\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"site.pem\", key = \"site.key\" }}\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n[[routes]]\nhost = \"a.example.test\"\npath_prefix = \"/chat\"\nupstream = \"u\"\n[[routes]]\nupstream = \"t\"\n\n[upstreams.u]\nservers = [\"{echo}\", {{ addr = \"127.0.0.1:1\", weight = 3 }}]\ndrain_timeout = \"30s\"\nbalance = \"hash\"\nhash_key = \"header:X-User\"\n\n[upstreams.t]\nservers = [\"127.0.0.1:2\"]\ntls = true\nca_file = \"site-ca.pem\"\nsni = \"backend.test\"\n\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"token\"\n"
+        "[runtime]\nwatch_config = false\n\n[log]\nformat = \"json\"\n\n[timeouts]\nconnect = \"2s\"\nclose = \"1m 30s\"\n\n[limits]\nmax_request_body = 1024\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"site.pem\", key = \"site.key\" }}\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n[[routes]]\nhost = \"a.example.test\"\npath_prefix = \"/chat\"\nupstream = \"u\"\n[[routes]]\nupstream = \"t\"\n\n[upstreams.u]\nservers = [\"{echo}\", {{ addr = \"127.0.0.1:1\", weight = 3 }}]\ndrain_timeout = \"30s\"\nbalance = \"hash\"\nhash_key = \"header:X-User\"\n\n[upstreams.t]\nservers = [\"127.0.0.1:2\"]\ntls = true\nca_file = \"site-ca.pem\"\nsni = \"backend.test\"\nhealth = {{ kind = \"http\", path = \"/health\", interval = \"1m\" }}\n\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"token\"\n"
     );
     let gw = TestGateway::start_in(dir, &toml).await;
     (gw, echo, key_pem)
@@ -1518,18 +1518,27 @@ fn reference_tables() -> Vec<(String, Vec<String>)> {
 /// entry, `[x.NAME]` by every entry.
 fn shown_as<'v>(v: &'v Value, table: &str) -> Vec<&'v serde_json::Map<String, Value>> {
     let name = table.trim_matches(|c| c == '[' || c == ']');
-    let (top, by_name) = match name.split_once('.') {
-        Some((top, _)) => (top, true),
-        None => (name, false),
+    // `[x.NAME.sub]`: the `sub` table of every entry that has one.
+    let (top, by_name, sub) = match name.split_once('.') {
+        Some((top, rest)) => (top, true, rest.split_once('.').map(|(_, sub)| sub)),
+        None => (name, false, None),
     };
     let at = &v[top];
     let objects: Vec<&Value> = if table.starts_with("[[") {
         at.as_array().expect(top).iter().take(1).collect()
     } else if by_name {
-        at.as_object().expect(top).values().collect()
+        let entries = at.as_object().expect(top).values();
+        match sub {
+            None => entries.collect(),
+            Some(sub) => entries
+                .filter_map(|e| e.get(sub))
+                .filter(|s| !s.is_null())
+                .collect(),
+        }
     } else {
         vec![at]
     };
+    assert!(!objects.is_empty(), "no entry shows {table}");
     objects
         .into_iter()
         .map(|o| {

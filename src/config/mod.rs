@@ -23,6 +23,7 @@ use rustls::sign::CertifiedKey;
 use serde::Serialize;
 
 pub mod error;
+pub mod health;
 mod raw;
 pub mod tls;
 pub mod upstream;
@@ -31,6 +32,7 @@ mod values;
 pub mod view;
 
 pub use error::{render_problems, ConfigError, Location, Problem};
+pub use health::{HealthCheck, HealthKind};
 
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
 pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -320,6 +322,8 @@ pub struct UpstreamSettings {
     /// How long an idle pooled connection is kept.
     #[serde(serialize_with = "view::humantime")]
     pub pool_idle_timeout: Duration,
+    /// The active health check; `None`: no checks, servers count as healthy.
+    pub health: Option<HealthCheck>,
 }
 
 impl Default for UpstreamSettings {
@@ -334,6 +338,7 @@ impl Default for UpstreamSettings {
             drain_spread: DEFAULT_DRAIN_TIMEOUT / 10,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            health: None,
         }
     }
 }

@@ -135,7 +135,9 @@ impl Validator<'_> {
             &format!("{key}.pool_idle_timeout"),
             DEFAULT_POOL_IDLE_TIMEOUT,
         );
+        let health = up.health.map(|h| self.health(h, key));
         UpstreamSettings {
+            health,
             balance,
             retries,
             resolve_interval,
