@@ -28,6 +28,7 @@ use answer::{check_backend_101, BackendAnswerError};
 
 pub mod answer;
 pub mod balancer;
+pub mod health;
 pub mod pool;
 
 /// Why no usable answer came from the upstream. Every variant is the backend's side.
