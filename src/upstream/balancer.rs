@@ -142,6 +142,19 @@ impl Server {
         self.is_enabled() && self.is_healthy()
     }
 
+    /// Where the server stands, for `/api/upstreams` and `wsgate_server_state`.
+    pub fn state(&self) -> ServerState {
+        // An operator's (or a reload's) drain is the decision that
+        // matters most: it says why the server takes nothing new.
+        if !self.is_enabled() {
+            ServerState::Draining
+        } else if !self.is_healthy() {
+            ServerState::Down
+        } else {
+            ServerState::Up
+        }
+    }
+
     /// Stops new connections; returns a token that cancels when the server
     /// is enabled again, for the task closing its tunnels. `None` when a
     /// drain is already running: it goes on as it was, its clock untouched.
@@ -168,6 +181,32 @@ impl Server {
     pub fn track(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
+    }
+}
+
+/// Where a server stands. Passive ejection will add `Ejected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Takes new connections.
+    Up,
+    /// Its active health check failed: no new connections.
+    Down,
+    /// Disabled by an operator or removed by a reload: no new connections,
+    /// its tunnels are being closed on schedule.
+    Draining,
+}
+
+impl ServerState {
+    /// Every state, for metrics that show one series per state.
+    pub const ALL: [ServerState; 3] = [ServerState::Up, ServerState::Down, ServerState::Draining];
+
+    /// The name shown in `/api/upstreams` and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Down => "down",
+            ServerState::Draining => "draining",
+        }
     }
 }
 
@@ -537,6 +576,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn state_follows_the_flags_draining_first() {
+        let s = Server::new(SocketAddr::from(([127, 0, 0, 1], 1)), 1);
+        assert_eq!(s.state(), ServerState::Up);
+        assert!(s.set_healthy(false));
+        assert_eq!(s.state(), ServerState::Down);
+        s.disable();
+        assert_eq!(s.state(), ServerState::Draining);
+        assert!(s.set_healthy(true));
+        assert_eq!(s.state(), ServerState::Draining);
+        s.enable();
+        assert_eq!(s.state().as_str(), "up");
     }
 
     #[test]

@@ -121,25 +121,6 @@ impl ProbeFailure {
             ProbeFailure::Request(_) => "request",
         }
     }
-
-    /// Every class [`ProbeFailure::class`] can return, and `ok`: the
-    /// metric's series are made at zero from these.
-    pub const RESULTS: [&'static str; 14] = [
-        "ok",
-        "refused",
-        "connect",
-        "tls",
-        "connect_timeout",
-        "timeout",
-        "no_pong",
-        "http",
-        "status",
-        "bad_accept",
-        "bad_101",
-        "closed",
-        "protocol",
-        "request",
-    ];
 }
 
 /// Probes `server` once as `check` says, with the upstream's TLS; returns
