@@ -47,7 +47,8 @@
 //!   wrapped for hyper and unwrapped after an upgrade ([`net::client`]).
 //! - [`upstream`]: connecting and the upgrade exchange, servers and
 //!   balancing ([`upstream::balancer`]), the 101's rules
-//!   ([`upstream::answer`]), the keep-alive pool ([`upstream::pool`]).
+//!   ([`upstream::answer`]), the keep-alive pool ([`upstream::pool`]),
+//!   health probes and their verdict ([`upstream::health`]).
 //! - [`observe`]: live tunnels ([`observe::registry`]), access records
 //!   ([`observe::access`]), metrics ([`observe::metrics`]), the backend
 //!   error throttle ([`observe::errorlog`]).
@@ -59,7 +60,7 @@
 //! - [`front`]: listeners and the accept loop ([`front::listener`]).
 //! - [`control`]: admin API ([`control::admin`]), reload
 //!   ([`control::reload`]), host-name lookups ([`control::resolve`]), drain
-//!   ([`control::drain`]).
+//!   ([`control::drain`]), active health checkers ([`control::health`]).
 //! - `demo`: demo backends and the `client` subcommand (the default
 //!   `demo` cargo feature; the proxy never uses it).
 //!
@@ -87,7 +88,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::control::{admin, reload, resolve};
+use crate::control::{admin, health, reload, resolve};
 use crate::front::listener::BoundListener;
 use crate::observe::registry::Registry;
 use crate::observe::{errorlog, metrics};
@@ -122,6 +123,8 @@ pub struct Shared {
     /// Servers removed by a reload whose drain is still running, by upstream
     /// name: a reload adding one back takes it over, tunnels and all.
     draining: std::sync::Mutex<Vec<(Arc<str>, Arc<balancer::Server>)>>,
+    /// The active health checkers, one per server with a check.
+    pub health: health::Checkers,
     /// How host-named servers are resolved again.
     resolver: std::sync::Mutex<resolve::Resolver>,
     /// Cancelled to stop gracefully: no new connections, Close 1001 to every tunnel.
@@ -219,6 +222,7 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             admin,
             draining: std::sync::Mutex::new(Vec::new()),
+            health: health::Checkers::default(),
             resolver: std::sync::Mutex::new(resolve::system_resolver),
             tasks: TaskTracker::new(),
             pool_tasks: TaskTracker::new(),
@@ -241,6 +245,7 @@ impl Gateway {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
             reload::start_listener(&shared, l, bind);
         }
+        health::start(&shared);
         let (watch, source) = {
             let s = shared.snapshot.load();
             (s.config.runtime.watch_config, s.config.source.clone())

@@ -1006,7 +1006,7 @@ async fn upstreams_show_settings_and_active_tunnels_per_server() {
         for (s, addr) in listed.iter().zip(servers) {
             assert_eq!(
                 *s,
-                serde_json::json!({"addr": addr.to_string(), "active": 0, "weight": 1, "state": "enabled"})
+                serde_json::json!({"addr": addr.to_string(), "active": 0, "weight": 1, "state": "up", "check": null})
             );
         }
     }
@@ -1025,7 +1025,7 @@ async fn upstreams_show_settings_and_active_tunnels_per_server() {
     admin.wait_active("u", a.addr, per[0]).await;
     admin.wait_active("u", b.addr, per[1]).await;
     admin.wait_active("v", c, 1).await;
-    assert_eq!(admin.server("u", a.addr).await["state"], "enabled");
+    assert_eq!(admin.server("u", a.addr).await["state"], "up");
 
     // One closes: its server's count goes down by one.
     let (mut client, server, which) = pairs.pop().expect("pair");
@@ -1091,7 +1091,7 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
     assert_eq!(v["drain_timeout_ms"], 200);
     assert_eq!(v["drain_spread_ms"], 1000);
     assert_eq!(admin.server("u", a.addr).await["state"], "draining");
-    assert_eq!(admin.server("u", b.addr).await["state"], "enabled");
+    assert_eq!(admin.server("u", b.addr).await["state"], "up");
 
     // New tunnels go to B only.
     for _ in 0..3 {
@@ -1148,8 +1148,8 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["state"], "enabled");
-    assert_eq!(admin.server("u", a.addr).await["state"], "enabled");
+    assert_eq!(r.json()["state"], "up");
+    assert_eq!(admin.server("u", a.addr).await["state"], "up");
     let mut got = Vec::new();
     for _ in 0..2 {
         let client = open(&gw, "public", "/ws").await;
@@ -1187,8 +1187,8 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
         .await
         .assert_error(405, "GET on the drain path");
     // None of the errors disabled anything.
-    assert_eq!(admin.server("u", a.addr).await["state"], "enabled");
-    assert_eq!(admin.server("u", b.addr).await["state"], "enabled");
+    assert_eq!(admin.server("u", a.addr).await["state"], "up");
+    assert_eq!(admin.server("u", b.addr).await["state"], "up");
 
     for (mut client, server) in on_b {
         client.close(None).await.expect("close");
@@ -1215,7 +1215,7 @@ async fn enabling_during_the_drain_timeout_cancels_the_closes() {
     assert_eq!(admin.server("u", a.addr).await["state"], "draining");
     let r = admin.call("POST", &format!("{path}/enable")).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(admin.server("u", a.addr).await["state"], "enabled");
+    assert_eq!(admin.server("u", a.addr).await["state"], "up");
 
     // Past the drain timeout and its spread, nothing arrives.
     match tokio::time::timeout(Duration::from_secs(3), client.next()).await {

@@ -359,7 +359,8 @@ fn list_upstreams(shared: &Shared) -> AdminResponse {
                         "addr": s.addr,
                         "active": s.active(),
                         "weight": s.weight(),
-                        "state": if s.is_enabled() { "enabled" } else { "draining" },
+                        "state": s.state().as_str(),
+                        "check": shared.health.report(&u.name, s.addr),
                     })
                 })
                 .collect();
@@ -396,7 +397,7 @@ fn server_action(shared: &Arc<Shared>, name: &str, addr: &str, action: &str) -> 
         tracing::info!(upstream = name, server = %addr, "server enabled by operator");
         return json_response(
             StatusCode::OK,
-            &json!({"upstream": name, "server": addr, "state": "enabled"}),
+            &json!({"upstream": name, "server": addr, "state": server.state().as_str()}),
         );
     }
     if let Some(stop) = server.disable() {

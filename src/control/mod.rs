@@ -5,8 +5,10 @@
 //!   binding and closing listeners as needed.
 //! - [`resolve`]: looks up servers' host names, at start and for reloads.
 //! - [`drain`]: closes tunnels with Close frames, spread over a window.
+//! - [`health`]: one active health checker per server, kept across reloads.
 
 pub mod admin;
 pub mod drain;
+pub mod health;
 pub mod reload;
 pub mod resolve;
