@@ -341,22 +341,32 @@ async fn a_backend_that_never_answers_the_ping_fails_the_websocket_check() {
     let (addr, mut sockets) = raw_ws_backend(b"").await;
     let health = "{ kind = \"websocket\", interval = \"100ms\", timeout = \"100ms\", unhealthy_threshold = 2 }";
     let gw = TestGateway::start(&config(&[addr], health)).await;
-    // The upgrade succeeds; the backend reads the ping and stays silent.
-    let mut tcp = within("the check's upgrade", sockets.recv())
-        .await
-        .expect("a socket");
-    let mut header = [0u8; 2];
-    within("the ping", tcp.read_exact(&mut header))
-        .await
-        .expect("ping header");
-    assert_eq!(header[0], 0x89, "FIN + ping");
-    assert_eq!(header[1], 0x80 | 8, "masked, 8 bytes of payload");
+    // Every upgrade succeeds; the backend reads the ping and answers it with
+    // a pong of another payload and a message, never the matching pong.
+    let pings = Arc::new(Mutex::new(Vec::new()));
+    let seen = pings.clone();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Some(mut tcp) = sockets.recv().await {
+            let (b0, ping) = read_frame(&mut tcp).await;
+            seen.lock().unwrap().push((b0, ping.clone()));
+            let mut other = vec![0x8A, 8];
+            other.extend(ping.iter().map(|b| !b));
+            other.extend_from_slice(&[0x81, 2, b'h', b'i']);
+            let _ = tcp.write_all(&other).await;
+            open.push(tcp);
+        }
+    });
     let down = wait_state(&gw, addr, "down").await;
     assert_eq!(down["check"]["last"]["result"], "no_pong", "{down}");
     let reason = down["check"]["last"]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("no pong"), "{reason}");
-    // Keeping the silent sockets open until the verdict is in.
-    drop(sockets);
+    let pings = pings.lock().unwrap().clone();
+    assert!(
+        pings.iter().all(|(b0, p)| *b0 == 0x89 && p.len() == 8),
+        "FIN + ping, 8 bytes: {pings:?}"
+    );
+    assert_ne!(pings[0].1, pings[1].1, "each ping has its own payload");
 }
 
 #[tokio::test]
@@ -423,4 +433,148 @@ async fn an_http_check_wants_its_status_and_sends_the_configured_host() {
     assert!(head.starts_with("get /ready http/1.1\r\n"), "{head}");
     assert!(head.contains("host: chat.internal\r\n"), "{head}");
     assert!(!head.contains("upgrade"), "{head}");
+}
+
+// === reloads ===
+
+fn write_config(gw: &TestGateway, text: &str) {
+    std::fs::write(gw.dir.path().join("wsgate.toml"), text).expect("write config");
+}
+
+async fn check_id(gw: &TestGateway, server: SocketAddr) -> (u64, u64) {
+    let v = server_view(gw, server).await;
+    let id = v["check"]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no checker: {v}"));
+    (id, v["check"]["probes"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn a_checker_survives_reloads_that_keep_its_server_and_restarts_when_its_check_changes() {
+    let dead = dead_addr().await;
+    let live = Backend::start().await;
+    let check =
+        "{ kind = \"tcp\", interval = \"50ms\", timeout = \"50ms\", unhealthy_threshold = 2 }";
+    let gw = TestGateway::start(&config(&[dead, live.addr], check)).await;
+    wait_state(&gw, dead, "down").await;
+    let (id, probes) = check_id(&gw, dead).await;
+    let (live_id, _) = check_id(&gw, live.addr).await;
+
+    // A reload that changes something else: the same checker goes on, its
+    // count of probes with it, and the server stays down.
+    write_config(
+        &gw,
+        &format!(
+            "{}drain_timeout = \"30s\"\n",
+            config(&[dead, live.addr], check)
+        ),
+    );
+    gw.gateway.reload().await.expect("reload");
+    let v = server_view(&gw, dead).await;
+    assert_eq!(v["state"], "down", "{v}");
+    assert_eq!(v["check"]["id"], id, "the checker was restarted: {v}");
+    assert!(v["check"]["probes"].as_u64() >= Some(probes), "{v}");
+
+    // A reload that changes the check: a new checker, which starts from the
+    // server's verdict (still down) rather than from scratch.
+    let slower =
+        "{ kind = \"tcp\", interval = \"60ms\", timeout = \"50ms\", unhealthy_threshold = 2 }";
+    write_config(&gw, &config(&[dead, live.addr], slower));
+    gw.gateway.reload().await.expect("reload");
+    let v = server_view(&gw, dead).await;
+    assert_eq!(v["state"], "down", "{v}");
+    let (new_id, _) = check_id(&gw, dead).await;
+    assert_ne!(new_id, id, "the checker was not restarted: {v}");
+    let (live_new, _) = check_id(&gw, live.addr).await;
+    assert_ne!(live_new, live_id);
+
+    // A reload that removes the dead server: its checker stops; the live
+    // one's goes on.
+    write_config(&gw, &config(&[live.addr], slower));
+    gw.gateway.reload().await.expect("reload");
+    assert!(gw.gateway.shared().health.report("u", dead).is_none());
+    assert_eq!(check_id(&gw, live.addr).await.0, live_new);
+
+    // Adding it back without a check: no checker, and nothing keeps it down.
+    write_config(&gw, &format!("[timeouts]\nconnect = \"2s\"\n[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"u\"\n[upstreams.u]\nservers = {}\n", server_list(&[dead, live.addr])));
+    gw.gateway.reload().await.expect("reload");
+    for s in [dead, live.addr] {
+        let v = server_view(&gw, s).await;
+        assert_eq!(
+            (&v["state"], &v["check"]),
+            (&Value::from("up"), &Value::Null),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn removing_the_check_brings_a_down_server_back() {
+    let dead = dead_addr().await;
+    let check =
+        "{ kind = \"tcp\", interval = \"50ms\", timeout = \"50ms\", unhealthy_threshold = 1 }";
+    let gw = TestGateway::start(&config(&[dead], check)).await;
+    wait_state(&gw, dead, "down").await;
+    let without = config(&[dead], check).replace(&format!("health = {check}\n"), "");
+    write_config(&gw, &without);
+    gw.gateway.reload().await.expect("reload");
+    let v = server_view(&gw, dead).await;
+    assert_eq!(
+        (&v["state"], &v["check"]),
+        (&Value::from("up"), &Value::Null),
+        "{v}"
+    );
+}
+
+// === TLS ===
+
+/// A WebSocket echo backend behind TLS with a certificate for `localhost`
+/// signed by `backend-ca.pem` in `dir`.
+async fn tls_backend(dir: &std::path::Path) -> SocketAddr {
+    let (acceptor, _) = backend_tls_acceptor(dir, None);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                // Reading answers pings and Close.
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    addr
+}
+
+async fn tls_gateway(kind: &str, sni: &str) -> (TestGateway, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = tls_backend(dir.path()).await;
+    let toml = format!(
+        "{}tls = true\nsni = \"{sni}\"\nca_file = \"backend-ca.pem\"\n",
+        config(&[backend], &format!("{{ kind = \"{kind}\", interval = \"200ms\", timeout = \"200ms\", unhealthy_threshold = 1 }}"))
+    );
+    (TestGateway::start_in(dir, &toml).await, backend)
+}
+
+#[tokio::test]
+async fn checks_speak_the_upstreams_tls() {
+    let (gw, backend) = tls_gateway("websocket", "localhost").await;
+    let v = wait_for(&gw, backend, "to pass a websocket check over TLS", |v| {
+        v["check"]["last"]["result"] == "ok"
+    })
+    .await;
+    assert_eq!(v["state"], "up", "{v}");
+}
+
+#[tokio::test]
+async fn a_tcp_check_fails_on_a_certificate_for_another_name() {
+    let (gw, backend) = tls_gateway("tcp", "other.test").await;
+    let v = wait_state(&gw, backend, "down").await;
+    assert_eq!(v["check"]["last"]["result"], "tls", "{v}");
 }
