@@ -578,3 +578,30 @@ async fn a_tcp_check_fails_on_a_certificate_for_another_name() {
     let v = wait_state(&gw, backend, "down").await;
     assert_eq!(v["check"]["last"]["result"], "tls", "{v}");
 }
+
+// === stopping ===
+
+#[tokio::test]
+async fn checkers_end_when_wsgate_drains() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wsgate.toml");
+    let check = "{ kind = \"websocket\", interval = \"50ms\", timeout = \"50ms\" }";
+    std::fs::write(&path, config(&[backend.addr], check)).expect("write config");
+    let config = wsgate::config::load(&path).expect("valid");
+    let listener = wsgate::front::listener::BoundListener {
+        name: "public".into(),
+        socket: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let gateway = wsgate::Gateway::start(config, vec![listener], shutdown).expect("start");
+    within("a probe", async {
+        while backend.seen("/") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    gateway.drain();
+    // Every task, the checkers included, ends: waiting returns.
+    within("wsgate to stop after a drain", gateway.wait()).await;
+}
