@@ -31,7 +31,9 @@
 //! an immutable snapshot held behind one `ArcSwap` in [`Shared`], which a
 //! reload swaps; [`control::admin`] serves the admin API (its
 //! `/api/config` from [`config::view`]); [`control::drain`] closes tunnels
-//! with Close frames on a schedule. Stopping has two stages: drain stops
+//! with Close frames on a schedule; [`control::health`] runs one checker
+//! per server with an active check ([`upstream::health`] probes), flipping
+//! its health after the thresholds. Stopping has two stages: drain stops
 //! the accept loops, ends idle HTTP connections and asks every tunnel to
 //! close with 1001; shutdown cuts whatever is left. Every task is tracked.
 //!

@@ -341,3 +341,110 @@ async fn within<T>(
             after: check.timeout,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_say_what_was_seen_and_fall_into_few_classes() {
+        let after = Duration::from_secs(2);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let cases: Vec<(ProbeFailure, &str, &str)> = vec![
+            (ProbeFailure::Connect(refused), "refused", "connect failed"),
+            (
+                ProbeFailure::Connect(std::io::ErrorKind::HostUnreachable.into()),
+                "connect",
+                "connect failed",
+            ),
+            (
+                ProbeFailure::Timeout {
+                    stage: Stage::Connect,
+                    after,
+                },
+                "connect_timeout",
+                "no connection within 2s",
+            ),
+            (
+                ProbeFailure::Timeout {
+                    stage: Stage::Answer,
+                    after,
+                },
+                "timeout",
+                "no answer within 2s",
+            ),
+            (
+                ProbeFailure::Timeout {
+                    stage: Stage::Pong,
+                    after,
+                },
+                "no_pong",
+                "no pong to the ping within 2s",
+            ),
+            (
+                ProbeFailure::Status {
+                    got: 503,
+                    expected: 200,
+                },
+                "status",
+                "answered 503, expected 200",
+            ),
+            (
+                ProbeFailure::BadAnswer(BackendAnswerError::Accept),
+                "bad_accept",
+                "wrong or missing Sec-WebSocket-Accept",
+            ),
+            (
+                ProbeFailure::BadAnswer(BackendAnswerError::Connection),
+                "bad_101",
+                "lacks Connection: upgrade",
+            ),
+            (
+                ProbeFailure::Closed { code: Some(1001) },
+                "closed",
+                "(code 1001)",
+            ),
+            (ProbeFailure::Closed { code: None }, "closed", "(code none)"),
+            (
+                ProbeFailure::Frame(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                "closed",
+                "read failed",
+            ),
+            (
+                ProbeFailure::Frame(FrameError::Masked),
+                "protocol",
+                "masked frame",
+            ),
+        ];
+        for (failure, class, text) in cases {
+            assert_eq!(failure.class(), class, "{failure:?}");
+            assert!(failure.to_string().contains(text), "{failure}");
+        }
+    }
+
+    #[test]
+    fn the_host_is_the_checks_then_the_servers_name_then_its_address() {
+        let addr: std::net::SocketAddr = "10.0.0.1:9001".parse().unwrap();
+        let host = |check: &HealthCheck, server: &Server| {
+            let r = request(server, check, false).expect("a request");
+            r.headers()[header::HOST].to_str().unwrap().to_string()
+        };
+        let check = HealthCheck::default();
+        let by_addr = Server::new(addr, 1);
+        let by_name = Server::named(addr, 1, Some("chat.internal".into()));
+        assert_eq!(host(&check, &by_addr), "10.0.0.1:9001");
+        assert_eq!(host(&check, &by_name), "chat.internal:9001");
+        let set = HealthCheck {
+            host: Some("status.internal".into()),
+            ..HealthCheck::default()
+        };
+        assert_eq!(host(&set, &by_name), "status.internal");
+        let r = request(&by_addr, &check, false).expect("a request");
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        assert!(request(&by_addr, &check, true)
+            .expect("a request")
+            .headers()
+            .get(header::CONNECTION)
+            .is_none());
+    }
+}
