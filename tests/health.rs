@@ -3,8 +3,8 @@
 //! handshakes go only to healthy servers meanwhile; the `websocket` check
 //! refuses a wrong Accept and a missing pong and says goodbye with Close
 //! 1000; checkers survive reloads that keep their server and restart when
-//! the check changes; checks speak the upstream's TLS; each state change is
-//! logged once; checkers end with a drain.
+//! the check changes; checks speak the upstream's TLS; checkers end with a
+//! drain. (Their log lines are checked in `health_log.rs`.)
 
 mod common;
 
@@ -608,87 +608,4 @@ async fn checkers_end_when_wsgate_drains() {
     gateway.drain();
     // Every task, the checkers included, ends: waiting returns.
     within("wsgate to stop after a drain", gateway.wait()).await;
-}
-
-// === logging ===
-
-/// Collects what a test's log lines say.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self, needle: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-/// Waits until `server`'s checker has run `more` probes past its count now.
-async fn wait_probes(gw: &TestGateway, server: SocketAddr, more: u64) {
-    let (_, now) = check_id(gw, server).await;
-    wait_for(gw, server, &format!("{more} more probes"), |v| {
-        v["check"]["probes"].as_u64().unwrap_or(0) >= now + more
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn each_state_change_is_logged_once_with_what_the_probe_saw() {
-    // The test's runtime runs on this thread, and so do the checkers.
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _log = tracing::subscriber::set_default(subscriber);
-
-    let mut a = Backend::start().await;
-    let check = "{ kind = \"tcp\", interval = \"50ms\", timeout = \"50ms\", unhealthy_threshold = 2, healthy_threshold = 2 }";
-    let gw = TestGateway::start(&config(&[a.addr], check)).await;
-    wait_checked_up(&gw, a.addr).await;
-    a.stop().await;
-    wait_state(&gw, a.addr, "down").await;
-    // Failing on and on while down logs nothing more.
-    wait_probes(&gw, a.addr, 4).await;
-    let server = format!("server={}", a.addr);
-    let down = capture.lines("server down");
-    assert_eq!(down.len(), 1, "{down:#?}");
-    for field in [
-        "WARN",
-        "upstream=u",
-        &server,
-        "check=\"tcp\"",
-        "reason=connect failed: Connection refused",
-    ] {
-        assert!(down[0].contains(field), "{field} missing in {}", down[0]);
-    }
-    a.restart().await;
-    wait_state(&gw, a.addr, "up").await;
-    wait_probes(&gw, a.addr, 4).await;
-    let up = capture.lines("server up");
-    assert_eq!(up.len(), 1, "{up:#?}");
-    for field in [
-        "INFO",
-        "upstream=u",
-        &server,
-        "check=\"tcp\"",
-        "latency_ms=",
-    ] {
-        assert!(up[0].contains(field), "{field} missing in {}", up[0]);
-    }
-    assert_eq!(capture.lines("server down").len(), 1);
 }
