@@ -31,7 +31,9 @@
 //! an immutable snapshot held behind one `ArcSwap` in [`Shared`], which a
 //! reload swaps; [`control::admin`] serves the admin API (its
 //! `/api/config` from [`config::view`]); [`control::drain`] closes tunnels
-//! with Close frames on a schedule. Stopping has stages, each implying the
+//! with Close frames on a schedule; [`control::health`] runs one checker
+//! per server with an active check ([`upstream::health`] probes), flipping
+//! its health after the thresholds. Stopping has stages, each implying the
 //! ones before ([`control::lifecycle`] runs them in order): `stopping`
 //! closes the listeners and turns `/readyz` to 503; `winding` ends HTTP
 //! connections once idle; `drain` asks every tunnel to close with 1001;
@@ -51,7 +53,8 @@
 //!   balancing ([`upstream::balancer`]), the 101's rules
 //!   ([`upstream::answer`]), the keep-alive pool ([`upstream::pool`]),
 //!   passive checks ([`upstream::passive`]) and slow start
-//!   ([`upstream::slow_start`]).
+//!   ([`upstream::slow_start`]), health probes and their verdict
+//!   ([`upstream::health`]).
 //! - [`observe`]: live tunnels ([`observe::registry`]), access records
 //!   ([`observe::access`]), metrics ([`observe::metrics`]), the backend
 //!   error throttle ([`observe::errorlog`]).
@@ -65,7 +68,8 @@
 //!   ([`control::reload`]), host-name lookups ([`control::resolve`]), drain
 //!   ([`control::drain`]), readiness and the graceful stop
 //!   ([`control::lifecycle`]), systemd ([`control::systemd`]), reactions to
-//!   ejections and health changes ([`control::eject`]).
+//!   ejections and health changes ([`control::eject`]), active health
+//!   checkers ([`control::health`]).
 //! - `demo`: demo backends and the `client` subcommand (the default
 //!   `demo` cargo feature; the proxy never uses it).
 //!
@@ -93,7 +97,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::control::{admin, lifecycle, reload, resolve, systemd};
+use crate::control::{admin, health, lifecycle, reload, resolve, systemd};
 use crate::front::listener::BoundListener;
 use crate::observe::registry::Registry;
 use crate::observe::{errorlog, metrics};
@@ -130,6 +134,8 @@ pub struct Shared {
     draining: std::sync::Mutex<Vec<(Arc<str>, Arc<balancer::Server>)>>,
     /// Tells the service manager about reloads (and nothing without `NOTIFY_SOCKET`).
     pub notifier: systemd::Notifier,
+    /// The active health checkers, one per server with a check.
+    pub health: health::Checkers,
     /// How host-named servers are resolved again.
     resolver: std::sync::Mutex<resolve::Resolver>,
     /// One watcher per server for ejections and health changes (`control::eject`).
@@ -330,6 +336,7 @@ impl Gateway {
             resolver: std::sync::Mutex::new(launch.resolver),
             notifier: launch.notifier,
             ejection_watchers: control::eject::Watchers::default(),
+            health: health::Checkers::default(),
             tasks: TaskTracker::new(),
             pool_tasks: TaskTracker::new(),
             pool_stop: shutdown.child_token(),
@@ -353,6 +360,7 @@ impl Gateway {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
             reload::start_listener(&shared, l, bind);
         }
+        health::start(&shared);
         control::eject::sync(&shared);
         let (watch, source) = {
             let s = shared.snapshot.load();

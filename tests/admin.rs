@@ -1006,7 +1006,7 @@ async fn upstreams_show_settings_and_active_tunnels_per_server() {
         for (s, addr) in listed.iter().zip(servers) {
             assert_eq!(
                 *s,
-                serde_json::json!({"addr": addr.to_string(), "active": 0, "weight": 1, "state": "enabled",
+                serde_json::json!({"addr": addr.to_string(), "active": 0, "weight": 1, "state": "up", "check": null,
                     // Passive checks: never failed, never ejected.
                     "fails": 0, "ejections": 0, "ejected_until": null, "last_ejection_ms": null,
                     "last_ejection_reason": null, "slow_start": false})
@@ -1028,7 +1028,7 @@ async fn upstreams_show_settings_and_active_tunnels_per_server() {
     admin.wait_active("u", a.addr, per[0]).await;
     admin.wait_active("u", b.addr, per[1]).await;
     admin.wait_active("v", c, 1).await;
-    assert_eq!(admin.server("u", a.addr).await["state"], "enabled");
+    assert_eq!(admin.server("u", a.addr).await["state"], "up");
 
     // One closes: its server's count goes down by one.
     let (mut client, server, which) = pairs.pop().expect("pair");
@@ -1094,7 +1094,7 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
     assert_eq!(v["drain_timeout_ms"], 200);
     assert_eq!(v["drain_spread_ms"], 1000);
     assert_eq!(admin.server("u", a.addr).await["state"], "draining");
-    assert_eq!(admin.server("u", b.addr).await["state"], "enabled");
+    assert_eq!(admin.server("u", b.addr).await["state"], "up");
 
     // New tunnels go to B only.
     for _ in 0..3 {
@@ -1151,8 +1151,8 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["state"], "enabled");
-    assert_eq!(admin.server("u", a.addr).await["state"], "enabled");
+    assert_eq!(r.json()["state"], "up");
+    assert_eq!(admin.server("u", a.addr).await["state"], "up");
     let mut got = Vec::new();
     for _ in 0..2 {
         let client = open(&gw, "public", "/ws").await;
@@ -1190,8 +1190,8 @@ async fn draining_a_server_moves_new_tunnels_and_closes_its_own_spread_out() {
         .await
         .assert_error(405, "GET on the drain path");
     // None of the errors disabled anything.
-    assert_eq!(admin.server("u", a.addr).await["state"], "enabled");
-    assert_eq!(admin.server("u", b.addr).await["state"], "enabled");
+    assert_eq!(admin.server("u", a.addr).await["state"], "up");
+    assert_eq!(admin.server("u", b.addr).await["state"], "up");
 
     for (mut client, server) in on_b {
         client.close(None).await.expect("close");
@@ -1218,7 +1218,7 @@ async fn enabling_during_the_drain_timeout_cancels_the_closes() {
     assert_eq!(admin.server("u", a.addr).await["state"], "draining");
     let r = admin.call("POST", &format!("{path}/enable")).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(admin.server("u", a.addr).await["state"], "enabled");
+    assert_eq!(admin.server("u", a.addr).await["state"], "up");
 
     // Past the drain timeout and its spread, nothing arrives.
     match tokio::time::timeout(Duration::from_secs(3), client.next()).await {
@@ -1389,7 +1389,7 @@ async fn full_config_gateway() -> (TestGateway, SocketAddr, String) {
     let key_pem = std::fs::read_to_string(key).expect("key");
     assert!(ca.exists());
     let toml = format!(
-        "[runtime]\nwatch_config = false\n\n[log]\nformat = \"json\"\n\n[timeouts]\nconnect = \"2s\"\nclose = \"1m 30s\"\n\n[limits]\nmax_request_body = 1024\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"site.pem\", key = \"site.key\" }}\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n[[routes]]\nhost = \"a.example.test\"\npath_prefix = \"/chat\"\nupstream = \"u\"\n[[routes]]\nupstream = \"t\"\n\n[upstreams.u]\nservers = [\"{echo}\", {{ addr = \"127.0.0.1:1\", weight = 3 }}]\ndrain_timeout = \"30s\"\nbalance = \"hash\"\nhash_key = \"header:X-User\"\n\n[upstreams.t]\nservers = [\"127.0.0.1:2\"]\ntls = true\nca_file = \"site-ca.pem\"\nsni = \"backend.test\"\n\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"token\"\n"
+        "[runtime]\nwatch_config = false\n\n[log]\nformat = \"json\"\n\n[timeouts]\nconnect = \"2s\"\nclose = \"1m 30s\"\n\n[limits]\nmax_request_body = 1024\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"site.pem\", key = \"site.key\" }}\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n[[routes]]\nhost = \"a.example.test\"\npath_prefix = \"/chat\"\nupstream = \"u\"\n[[routes]]\nupstream = \"t\"\n\n[upstreams.u]\nservers = [\"{echo}\", {{ addr = \"127.0.0.1:1\", weight = 3 }}]\ndrain_timeout = \"30s\"\nbalance = \"hash\"\nhash_key = \"header:X-User\"\n\n[upstreams.t]\nservers = [\"127.0.0.1:2\"]\ntls = true\nca_file = \"site-ca.pem\"\nsni = \"backend.test\"\nhealth = {{ kind = \"http\", path = \"/health\", interval = \"1m\" }}\n\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"token\"\n"
     );
     let gw = TestGateway::start_in(dir, &toml).await;
     (gw, echo, key_pem)
@@ -1521,18 +1521,27 @@ fn reference_tables() -> Vec<(String, Vec<String>)> {
 /// entry, `[x.NAME]` by every entry.
 fn shown_as<'v>(v: &'v Value, table: &str) -> Vec<&'v serde_json::Map<String, Value>> {
     let name = table.trim_matches(|c| c == '[' || c == ']');
-    let (top, by_name) = match name.split_once('.') {
-        Some((top, _)) => (top, true),
-        None => (name, false),
+    // `[x.NAME.sub]`: the `sub` table of every entry that has one.
+    let (top, by_name, sub) = match name.split_once('.') {
+        Some((top, rest)) => (top, true, rest.split_once('.').map(|(_, sub)| sub)),
+        None => (name, false, None),
     };
     let at = &v[top];
     let objects: Vec<&Value> = if table.starts_with("[[") {
         at.as_array().expect(top).iter().take(1).collect()
     } else if by_name {
-        at.as_object().expect(top).values().collect()
+        let entries = at.as_object().expect(top).values();
+        match sub {
+            None => entries.collect(),
+            Some(sub) => entries
+                .filter_map(|e| e.get(sub))
+                .filter(|s| !s.is_null())
+                .collect(),
+        }
     } else {
         vec![at]
     };
+    assert!(!objects.is_empty(), "no entry shows {table}");
     objects
         .into_iter()
         .map(|o| {

@@ -24,6 +24,7 @@ use serde::Serialize;
 
 pub mod availability;
 pub mod error;
+pub mod health;
 mod raw;
 pub mod tls;
 pub mod upstream;
@@ -33,6 +34,7 @@ pub mod view;
 
 pub use availability::Availability;
 pub use error::{render_problems, ConfigError, Location, Problem};
+pub use health::{HealthCheck, HealthKind};
 
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
 pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -361,6 +363,8 @@ pub struct UpstreamSettings {
     /// Passive checks, slow start and `close_on_unhealthy` (`availability.rs`).
     #[serde(flatten)]
     pub availability: Availability,
+    /// The active health check; `None`: no checks, servers count as healthy.
+    pub health: Option<HealthCheck>,
 }
 
 impl Default for UpstreamSettings {
@@ -376,6 +380,7 @@ impl Default for UpstreamSettings {
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             availability: Availability::default(),
+            health: None,
         }
     }
 }

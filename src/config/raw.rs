@@ -135,6 +135,21 @@ pub(crate) struct RawUpstream {
     pub(crate) eject_max: Option<Spanned<String>>,
     pub(crate) slow_start: Option<Spanned<String>>,
     pub(crate) close_on_unhealthy: Option<Spanned<bool>>,
+    pub(crate) health: Option<Spanned<RawHealth>>,
+}
+
+/// `health = { kind = "websocket", path = "/health", ... }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub(crate) kind: Option<Spanned<String>>,
+    pub(crate) path: Option<Spanned<String>>,
+    pub(crate) interval: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) healthy_threshold: Option<Spanned<i64>>,
+    pub(crate) unhealthy_threshold: Option<Spanned<i64>>,
+    pub(crate) expect_status: Option<Spanned<i64>>,
+    pub(crate) host: Option<Spanned<String>>,
 }
 
 /// `"10.0.0.1:9001"` or `{ addr = "10.0.0.1:9001", weight = 3 }`.

@@ -3,7 +3,8 @@
 //! when a snapshot is compiled, and again every `resolve_interval`), balancing and hash keys, retries, and the drain and
 //! pool settings, each turned into its typed value in [`UpstreamConfig`]
 //! and its [`UpstreamSettings`].
-//! An upstream's backend TLS is checked in `validate_tls.rs`.
+//! An upstream's backend TLS is checked in `tls.rs`, its health
+//! check in `health.rs`.
 //!
 //! Must not: run outside `validate::parse` (these are methods of its
 //! `Validator`), or report a mistake other than through `Validator::problem`,
@@ -136,7 +137,9 @@ impl Validator<'_> {
             &format!("{key}.pool_idle_timeout"),
             DEFAULT_POOL_IDLE_TIMEOUT,
         );
+        let health = up.health.map(|h| self.health(h, key));
         UpstreamSettings {
+            health,
             balance,
             retries,
             resolve_interval,

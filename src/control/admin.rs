@@ -389,7 +389,8 @@ fn list_upstreams(shared: &Shared) -> AdminResponse {
                         "addr": s.addr,
                         "active": s.active(),
                         "weight": s.weight(),
-                        "state": if s.is_enabled() { "enabled" } else { "draining" },
+                        "state": s.state().as_str(),
+                        "check": shared.health.report(&u.name, s.addr),
                     });
                     // Passive checks and slow start (control::eject).
                     if let Some(o) = v.as_object_mut() {
@@ -434,7 +435,7 @@ fn server_action(shared: &Arc<Shared>, name: &str, addr: &str, action: &str) -> 
         tracing::info!(upstream = name, server = %addr, "server enabled by operator");
         return json_response(
             StatusCode::OK,
-            &json!({"upstream": name, "server": addr, "state": "enabled"}),
+            &json!({"upstream": name, "server": addr, "state": server.state().as_str()}),
         );
     }
     if let Some(stop) = server.disable() {

@@ -7,12 +7,14 @@
 //! - [`drain`]: closes tunnels with Close frames, spread over a window.
 //! - [`lifecycle`]: readiness, and the graceful stop in phases.
 //! - [`systemd`]: the notify protocol and socket activation.
+//! - [`health`]: one active health checker per server, kept across reloads.
 //! - [`eject`]: reacts to servers' ejections and health changes: logs,
 //!   metrics, `close_on_unhealthy`.
 
 pub mod admin;
 pub mod drain;
 pub mod eject;
+pub mod health;
 pub mod lifecycle;
 pub mod reload;
 pub mod resolve;

@@ -244,6 +244,7 @@ async fn apply_config(
             s.draining_list().retain(|(_, d)| !Arc::ptr_eq(d, &server));
         });
     }
+    crate::control::health::sync(shared);
     Ok(report)
 }
 

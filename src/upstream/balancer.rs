@@ -172,6 +172,21 @@ impl Server {
         self.is_enabled() && self.is_healthy() && !self.is_ejected_at(now)
     }
 
+    /// Where the server stands, for `/api/upstreams` and `wsgate_server_state`.
+    pub fn state(&self) -> ServerState {
+        // An operator's (or a reload's) drain is the decision that
+        // matters most: it says why the server takes nothing new.
+        if !self.is_enabled() {
+            ServerState::Draining
+        } else if !self.is_healthy() {
+            ServerState::Down
+        } else if self.is_ejected() {
+            ServerState::Ejected
+        } else {
+            ServerState::Up
+        }
+    }
+
     /// Stops new connections; returns a token that cancels when the server
     /// is enabled again, for the task closing its tunnels. `None` when a
     /// drain is already running: it goes on as it was, its clock untouched.
@@ -201,6 +216,40 @@ impl Server {
     pub fn track(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
+    }
+}
+
+/// Where a server stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Takes new connections.
+    Up,
+    /// Its active health check failed: no new connections.
+    Down,
+    /// Ejected by passive checks for a while: no new connections.
+    Ejected,
+    /// Disabled by an operator or removed by a reload: no new connections,
+    /// its tunnels are being closed on schedule.
+    Draining,
+}
+
+impl ServerState {
+    /// Every state, for metrics that show one series per state.
+    pub const ALL: [ServerState; 4] = [
+        ServerState::Up,
+        ServerState::Down,
+        ServerState::Ejected,
+        ServerState::Draining,
+    ];
+
+    /// The name shown in `/api/upstreams` and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Down => "down",
+            ServerState::Ejected => "ejected",
+            ServerState::Draining => "draining",
+        }
     }
 }
 
@@ -583,6 +632,20 @@ pub(super) mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn state_follows_the_flags_draining_first() {
+        let s = Server::new(SocketAddr::from(([127, 0, 0, 1], 1)), 1);
+        assert_eq!(s.state(), ServerState::Up);
+        assert!(s.set_healthy(false));
+        assert_eq!(s.state(), ServerState::Down);
+        s.disable();
+        assert_eq!(s.state(), ServerState::Draining);
+        assert!(s.set_healthy(true));
+        assert_eq!(s.state(), ServerState::Draining);
+        s.enable();
+        assert_eq!(s.state().as_str(), "up");
     }
 
     #[test]

@@ -30,6 +30,7 @@ use answer::{check_backend_101, BackendAnswerError};
 pub mod answer;
 pub mod availability;
 pub mod balancer;
+pub mod health;
 pub mod passive;
 pub mod pool;
 pub mod slow_start;

@@ -18,9 +18,11 @@
 //! - `config_version.rs`: the running config's version.
 //! - `availability.rs`: passive ejections and requests refused for want of
 //!   a usable server.
+//! - `health.rs`: servers' states, computed at scrape time.
 
 mod availability;
 mod config_version;
+mod health;
 mod labels;
 mod process;
 mod traffic;
@@ -38,6 +40,8 @@ use prometheus_client::registry::Registry as PromRegistry;
 use crate::observe::access::AccessRecord;
 use crate::observe::registry::{ConnInfo, Registry};
 use config_version::InfoCollector;
+pub use health::ServerList;
+use health::{HealthCheckLabels, StateCollector};
 pub use labels::TunnelLabels;
 use labels::{
     close_code_class, outcome_label, CloseLabels, DurationLabels, EndLabels, HandshakeLabels,
@@ -73,6 +77,8 @@ pub struct Metrics {
     http_seconds: Family<ListenerLabels, Histogram>,
     http_bytes: Family<HttpBytesLabels, Counter>,
     malformed: Family<MalformedLabels, Counter>,
+    health_checks: Family<HealthCheckLabels, Counter>,
+    states: Arc<StateCollector>,
     traffic: Arc<TrafficCollector>,
     info: Arc<InfoCollector>,
     availability: availability::AvailabilityMetrics,
@@ -183,8 +189,18 @@ impl Metrics {
         registry.register_collector(Box::new(info.clone()));
         registry.register_collector(Box::new(ProcessCollector));
         let availability = availability::AvailabilityMetrics::register(&mut registry);
+        let health_checks = Family::<HealthCheckLabels, Counter>::default();
+        registry.register(
+            "wsgate_health_checks",
+            "Active health probes, by result (ok, or a short failure class)",
+            health_checks.clone(),
+        );
+        let states = Arc::new(StateCollector::default());
+        registry.register_collector(Box::new(states.clone()));
         Self {
             availability,
+            health_checks,
+            states,
             registry,
             tunnels_active,
             tunnels_total,
@@ -345,6 +361,24 @@ impl Metrics {
         self.availability.unavailable(upstream);
     }
 
+    /// One active health probe of `server` ended with `result` (`ok` or a
+    /// failure class).
+    pub fn health_check(&self, upstream: &str, server: &str, result: &'static str) {
+        self.health_checks
+            .get_or_create(&HealthCheckLabels {
+                upstream: upstream.to_string(),
+                server: server.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Installs the list of servers whose state `wsgate_server_state`
+    /// reports, read at each scrape; the first call wins.
+    pub fn watch_servers(&self, list: ServerList) {
+        let _ = self.states.servers.set(list);
+    }
+
     /// A reload was tried.
     pub fn reload(&self, ok: bool, version: &str) {
         let result = if ok { "ok" } else { "failed" };
@@ -388,6 +422,29 @@ mod tests {
             "wsgate_handshake_duration_seconds_count{listener=\"public\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn server_states_are_read_at_scrape_time() {
+        use crate::upstream::balancer::Server;
+        let m = Metrics::new(Arc::new(Registry::default()), "abc123");
+        let server = Arc::new(Server::new("127.0.0.1:9001".parse().unwrap(), 1));
+        let listed = server.clone();
+        m.watch_servers(Box::new(move || vec![("chat".into(), listed.clone())]));
+        m.health_check("chat", "127.0.0.1:9001", "refused");
+        let line = |state: &str, v: u8| {
+            format!("wsgate_server_state{{upstream=\"chat\",server=\"127.0.0.1:9001\",state=\"{state}\"}} {v}")
+        };
+        let text = m.encode().expect("encode");
+        for needle in [line("up", 1), line("down", 0), line("draining", 0)] {
+            assert!(text.contains(&needle), "missing {needle} in\n{text}");
+        }
+        assert!(text.contains("wsgate_health_checks_total{upstream=\"chat\",server=\"127.0.0.1:9001\",result=\"refused\"} 1"), "{text}");
+        server.set_healthy(false);
+        let text = m.encode().expect("encode");
+        for needle in [line("up", 0), line("down", 1), line("draining", 0)] {
+            assert!(text.contains(&needle), "missing {needle} in\n{text}");
         }
     }
 }
