@@ -101,16 +101,29 @@ impl Upstream {
     }
 
     /// How long a client refused for want of a usable server should wait:
-    /// until the earliest ejection of an otherwise usable server ends,
-    /// rounded up to whole seconds; [`RETRY_AFTER_UNKNOWN`] when no
-    /// ejection is what keeps the servers out (unhealthy, drained).
+    /// the soonest a server can be back, rounded up to whole seconds: the
+    /// end of an ejection, or for a server down by its active check the
+    /// `healthy_threshold` probes it must pass; [`RETRY_AFTER_UNKNOWN`]
+    /// when only drains keep the servers out (they have no known end).
     pub fn retry_after(&self) -> Duration {
         let now = Instant::now();
+        let checks_back = self
+            .settings
+            .health
+            .as_ref()
+            .map(|h| h.interval.saturating_mul(h.healthy_threshold));
         self.servers
             .iter()
-            .filter(|s| s.is_enabled() && s.is_healthy())
-            .filter_map(|s| s.passive().ejected_until)
-            .map(|until| until.saturating_duration_since(now))
+            .filter(|s| s.is_enabled())
+            .filter_map(|s| {
+                if s.is_healthy() {
+                    s.passive()
+                        .ejected_until
+                        .map(|until| until.saturating_duration_since(now))
+                } else {
+                    checks_back
+                }
+            })
             .min()
             .map_or(RETRY_AFTER_UNKNOWN, |d| {
                 Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
@@ -191,6 +204,33 @@ mod tests {
         assert!(
             after == Duration::from_secs(10) || after == Duration::from_secs(9),
             "{after:?}"
+        );
+    }
+
+    #[test]
+    fn retry_after_for_servers_down_by_their_check_is_the_probes_to_come_back() {
+        let mut u = pool_w(&[1, 1], Balance::LeastConn);
+        let mut settings = (*u.settings).clone();
+        settings.health = Some(crate::config::HealthCheck {
+            interval: Duration::from_millis(1500),
+            healthy_threshold: 2,
+            ..crate::config::HealthCheck::default()
+        });
+        u.settings = Arc::new(settings);
+        u.servers[0].set_healthy(false);
+        u.servers[1].set_healthy(false);
+        assert!(u.candidates(None).is_empty());
+        assert_eq!(
+            u.retry_after(),
+            Duration::from_secs(3),
+            "two probes 1.5s apart"
+        );
+        u.servers[0].disable();
+        u.servers[1].disable();
+        assert_eq!(
+            u.retry_after(),
+            RETRY_AFTER_UNKNOWN,
+            "drains have no known end"
         );
     }
 
