@@ -1,6 +1,7 @@
 //! Running under systemd, with real processes: socket activation (a
 //! listener on an inherited socket, matched by name; an unknown name or a
-//! socket that is not listening refused at start) and the notify protocol
+//! socket that is not listening refused at start; sockets whose
+//! `LISTEN_PID` names another process ignored) and the notify protocol
 //! on a test `NOTIFY_SOCKET` (READY, RELOADING with MONOTONIC_USEC around
 //! a SIGHUP reload, STATUS, WATCHDOG, STOPPING), in order.
 
