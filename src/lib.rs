@@ -366,13 +366,18 @@ impl Gateway {
             let s = shared.snapshot.load();
             (s.config.runtime.watch_config, s.config.source.clone())
         };
-        shared
-            .tasks
-            .spawn(reload::resolve_loop(shared.clone(), shared.drain.clone()));
+        // Both end when a stop begins: reloads are refused from then on, and
+        // a refused reload would be counted as a failure on a stopping wsgate.
+        shared.tasks.spawn(reload::resolve_loop(
+            shared.clone(),
+            shared.stopping.clone(),
+        ));
         if watch {
-            shared
-                .tasks
-                .spawn(reload::watch(shared.clone(), source, shared.drain.clone()));
+            shared.tasks.spawn(reload::watch(
+                shared.clone(),
+                source,
+                shared.stopping.clone(),
+            ));
         }
         let (admin_tasks, admin_stop) = match launch.admin {
             Some(a) => {

@@ -1,6 +1,7 @@
 //! Running under systemd, with real processes: socket activation (a
 //! listener on an inherited socket, matched by name; an unknown name or a
-//! socket that is not listening refused at start) and the notify protocol
+//! socket that is not listening refused at start; sockets whose
+//! `LISTEN_PID` names another process ignored) and the notify protocol
 //! on a test `NOTIFY_SOCKET` (READY, RELOADING with MONOTONIC_USEC around
 //! a SIGHUP reload, STATUS, WATCHDOG, STOPPING), in order.
 
@@ -100,6 +101,52 @@ async fn an_inherited_socket_that_is_not_listening_is_refused_at_start() {
     assert!(
         stderr.contains("the socket named public (fd 3) is not listening"),
         "{stderr}"
+    );
+}
+
+/// `LISTEN_PID` names another process (a parent that was activated and
+/// did not exec): the sockets and their names are not wsgate's, so it
+/// ignores them and binds its own addresses instead of refusing to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_passed_to_another_process_are_ignored() {
+    let echo = echo_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\
+             [[routes]]\nupstream = \"echo\"\n\
+             [upstreams.echo]\nservers = [\"{echo}\"]\n"
+        ),
+    );
+    let mut wsgate = Wsgate::activate(
+        &["public=127.0.0.1:0"],
+        &config,
+        &[("ACTIVATE_LISTEN_PID", "1")],
+    )
+    .await;
+    let listening = wsgate
+        .line_until("the listener bound by wsgate itself", |l| {
+            l.contains("\"listening\"") || l.contains("socket activation")
+        })
+        .await;
+    let line: serde_json::Value = serde_json::from_str(&listening).expect("JSON");
+    let addr: std::net::SocketAddr = line["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("a listener address: {listening}"));
+    assert_ne!(addr, wsgate.addr("public"), "not the passed socket");
+    let mut ws = within("ws connect", ws_connect(addr, "/ws")).await;
+    echo_once(&mut ws, "through its own listener").await;
+    wsgate.signal("TERM");
+    let (code, _) = expect_close(&mut ws, "the 1001").await;
+    assert_eq!(code, 1001);
+    drop(ws);
+    let status = wsgate.wait_exit().await;
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        wsgate.stderr()
     );
 }
 

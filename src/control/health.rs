@@ -135,6 +135,7 @@ fn servers(shared: &Shared) -> Vec<(Arc<str>, Arc<Server>)> {
 pub fn sync(shared: &Arc<Shared>) {
     let snapshot = shared.snapshot.load_full();
     let mut wanted: HashMap<(Arc<str>, SocketAddr), (Arc<Server>, HealthCheck)> = HashMap::new();
+    let mut unchecked: Vec<(Arc<str>, Arc<Server>)> = Vec::new();
     for u in snapshot.upstreams() {
         match &u.settings.health {
             Some(check) => {
@@ -142,12 +143,7 @@ pub fn sync(shared: &Arc<Shared>) {
                     wanted.insert((u.name.clone(), s.addr), (s.clone(), check.clone()));
                 }
             }
-            // Without a check nothing would ever bring a down server back.
-            None => {
-                for s in u.servers.iter().filter(|s| s.set_healthy(true)) {
-                    tracing::info!(upstream = %u.name, server = %s.addr, "server up: its upstream no longer has a health check");
-                }
-            }
+            None => unchecked.extend(u.servers.iter().map(|s| (u.name.clone(), s.clone()))),
         }
     }
     let mut running = shared.health.lock();
@@ -160,6 +156,12 @@ pub fn sync(shared: &Arc<Shared>) {
         }
         keep
     });
+    // Without a check nothing would ever bring a down server back. Only
+    // now, under the lock and with its checker stopped: before, a verdict
+    // of that checker could still land after this and leave it down.
+    for (up, s) in unchecked.iter().filter(|(_, s)| s.set_healthy(true)) {
+        tracing::info!(upstream = %up, server = %s.addr, "server up: its upstream no longer has a health check");
+    }
     for (key, (server, check)) in wanted {
         if running.contains_key(&key) {
             continue;

@@ -207,9 +207,20 @@ impl Inherited {
 /// # Errors
 /// [`ActivationError`] naming the socket and what is wrong with it.
 pub fn take_inherited() -> Result<Inherited, ActivationError> {
-    let named: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
+    // Sockets meant for another process (`LISTEN_PID` names it: a parent
+    // that was activated and did not exec) are not ours, whatever
+    // `LISTEN_FDNAMES` says: checked before the names, which would
+    // otherwise disagree with the empty list and refuse the start.
+    let ours = sd_notify::listen_fds()
         .map_err(ActivationError::Environment)?
-        .collect();
+        .len();
+    let named: Vec<(i32, String)> = if ours == 0 {
+        Vec::new()
+    } else {
+        sd_notify::listen_fds_with_names()
+            .map_err(ActivationError::Environment)?
+            .collect()
+    };
     // Reads and clears LISTEN_FDS and LISTEN_PID; it reads the same
     // descriptors, in the same order, as the names above.
     let mut fds = listenfd::ListenFd::from_env();

@@ -6,7 +6,7 @@ usage: activate.py NAME=HOST:PORT[,nolisten]... -- COMMAND [ARGS...]
 Binds one TCP socket per NAME (port 0 picks a free one) and listens on it
 (unless `nolisten`), puts them at file descriptors 3, 4, ... in order, sets
 LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (this process's id, which exec
-keeps), prints `activate: NAME=HOST:PORT` for each with the port actually
+keeps, or $ACTIVATE_LISTEN_PID), prints `activate: NAME=HOST:PORT` for each with the port actually
 bound, then execs COMMAND. No unsafe Rust is needed to place a socket at
 fd 3 of the child.
 """
@@ -37,5 +37,6 @@ for i, (name, (host, port), high) in enumerate(held):
     print(f"activate: {name}={host}:{port}", flush=True)
 os.environ["LISTEN_FDS"] = str(len(held))
 os.environ["LISTEN_FDNAMES"] = ":".join(name for name, _, _ in held)
-os.environ["LISTEN_PID"] = str(os.getpid())
+# ACTIVATE_LISTEN_PID names another process: the sockets are not for COMMAND.
+os.environ["LISTEN_PID"] = os.environ.pop("ACTIVATE_LISTEN_PID", str(os.getpid()))
 os.execvp(command[0], command)
