@@ -54,10 +54,24 @@ pub async fn drain_server(
         code: CLOSE_GOING_AWAY,
         reason: "server draining".to_string(),
     };
-    // Until the server holds nothing: a handshake in flight when the drain
-    // began may open a tunnel after the first listing.
+    close_until_empty(&shared, || Some(upstream.clone()), &server, &order, &stop).await;
+}
+
+/// Closes `server`'s tunnels with `order`, spread over the upstream's
+/// `drain_spread`, round after round until the server holds nothing: a
+/// handshake in flight when this began may open a tunnel after the first
+/// listing. `upstream` is asked at each round (a reload may have changed
+/// the spread); `None` ends it, as do `stop` and a drain of wsgate.
+pub async fn close_until_empty(
+    shared: &Shared,
+    upstream: impl Fn() -> Option<Arc<Upstream>>,
+    server: &Server,
+    order: &CloseOrder,
+    stop: &CancellationToken,
+) {
     loop {
-        let conns: Vec<Arc<ConnStats>> = tunnels_of(&shared, &upstream, &server)
+        let Some(up) = upstream() else { return };
+        let conns: Vec<Arc<ConnStats>> = tunnels_of(shared, &up, server)
             .into_iter()
             .filter(|c| !c.close.token().is_cancelled())
             .collect();
@@ -67,15 +81,8 @@ pub async fn drain_server(
                 return;
             }
         } else {
-            tracing::info!(upstream = %upstream.name, server = %server.addr, tunnels = conns.len(), "closing a draining server's tunnels");
-            spread_close(
-                &conns,
-                upstream.settings.drain_spread,
-                &order,
-                &stop,
-                &shared.drain,
-            )
-            .await;
+            tracing::info!(upstream = %up.name, server = %server.addr, tunnels = conns.len(), reason = %order.reason, "closing the server's tunnels");
+            spread_close(&conns, up.settings.drain_spread, order, stop, &shared.drain).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}

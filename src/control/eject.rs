@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::drain;
 use crate::observe::access::CloseOrder;
-use crate::observe::registry::{ConnStats, CLOSE_GOING_AWAY};
+use crate::observe::registry::CLOSE_GOING_AWAY;
 use crate::upstream::balancer::Server;
 use crate::Shared;
 
@@ -196,31 +196,8 @@ async fn close_tunnels(
         code: CLOSE_GOING_AWAY,
         reason: why.to_string(),
     };
-    // Until the server holds nothing: a handshake in flight when it went
-    // down may still open a tunnel.
-    loop {
-        let Some(up) = shared.snapshot.load().upstream(&upstream).cloned() else {
-            return;
-        };
-        let conns: Vec<Arc<ConnStats>> = drain::tunnels_of(&shared, &up, &server)
-            .into_iter()
-            .filter(|c| !c.close.token().is_cancelled())
-            .collect();
-        if conns.is_empty() {
-            if server.active() == 0 {
-                return;
-            }
-        } else {
-            tracing::info!(upstream = %upstream, server = %server.addr, tunnels = conns.len(), reason = why, "close_on_unhealthy: closing the server's tunnels");
-            let spread = up.settings.drain_spread;
-            drain::spread_close(&conns, spread, &order, &stop, &shared.drain).await;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = stop.cancelled() => return,
-            _ = shared.drain.cancelled() => return,
-        }
-    }
+    let current = || shared.snapshot.load().upstream(&upstream).cloned();
+    drain::close_until_empty(&shared, current, &server, &order, &stop).await;
 }
 
 /// A server's passive-check fields for `GET /api/upstreams`: `fails`
