@@ -550,3 +550,78 @@ async fn echo_back(client: &mut tokio_tungstenite::WebSocketStream<TcpStream>, t
         other => panic!("expected {text:?}, got {other:?}"),
     }
 }
+
+/// A masked client frame of any opcode with a short payload.
+fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [3u8, 5, 7, 11];
+    let mut f = vec![b0, 0x80 | u8::try_from(payload.len()).expect("short")];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// The closing handshake is transparent: a client that sends a ping, a
+/// data frame and a second Close after its Close still gets the backend's
+/// Close reply, byte for byte; the backend sees only the first Close; the
+/// discarded frames are counted in the record and the metrics.
+#[tokio::test]
+async fn frames_after_a_clients_close_are_discarded_and_the_backends_reply_arrives() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    let close = client_frame(0x88, &1000u16.to_be_bytes());
+    let glued = [close.clone(), client_frame(0x89, b"ping?")].concat();
+    client.write_all(&glued).await.expect("Close and ping");
+    client
+        .write_all(
+            &[
+                masked_text(b"late"),
+                client_frame(0x88, &4000u16.to_be_bytes()),
+            ]
+            .concat(),
+        )
+        .await
+        .expect("late frames");
+    let mut got = vec![0u8; close.len()];
+    within("the Close at the backend", server.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, close);
+    let reply = [0x88, 2, 0x03, 0xe8];
+    server.write_all(&reply).await.expect("reply");
+    server.shutdown().await.expect("backend FIN");
+    let mut to_client = Vec::new();
+    within(
+        "the reply and EOF at the client",
+        client.read_to_end(&mut to_client),
+    )
+    .await
+    .expect("read");
+    assert_eq!(to_client, reply);
+    client.shutdown().await.expect("client FIN");
+    let mut rest = Vec::new();
+    within("EOF at the backend", server.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(rest.is_empty(), "after the Close the backend got {rest:?}");
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.end.reason, EndReason::Closed, "{r:?}");
+    assert_eq!(r.end.close_code, Some(1000));
+    assert_eq!(r.end.close_frame_from, Some(Side::Client));
+    assert_eq!(r.to_backend.bytes, close.len() as u64);
+    assert_eq!((r.to_backend.frames, r.to_backend.discarded_frames), (1, 3));
+    assert_eq!((r.to_client.bytes, r.to_client.discarded_frames), (4, 0));
+    let text = gw.gateway.shared().metrics.encode().expect("metrics");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("wsgate_traffic_discarded_frames_total{")
+                && l.contains("direction=\"to_backend\"")
+                && l.ends_with(" 3")),
+        "{text}"
+    );
+    gw.wait_idle().await;
+}

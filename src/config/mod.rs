@@ -53,7 +53,7 @@ pub const DEFAULT_CLIENT_BODY: Duration = Duration::from_secs(60);
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 /// Default for `timeouts.half_close`: once one side of a tunnel has closed, how long the other may keep it open.
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
-/// Default for `timeouts.close`: how long a closing handshake started by wsgate may take before the connection is cut.
+/// Default for `timeouts.close`: how long a closing handshake (started by wsgate or by a peer) may take before the connection is cut.
 pub const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
 /// Longest duration any timeout accepts: a week. Larger values are typos,
 /// and arithmetic on them must not overflow.

@@ -131,8 +131,10 @@ impl Half {
         if leftover.is_empty() {
             return Ok(());
         }
-        self.account(&leftover, counters, stats)?;
-        let end = leftover.len();
+        let end = self.account(&leftover, counters, stats)?;
+        if end == 0 {
+            return Ok(());
+        }
         self.phase = Phase::Writing {
             buf: leftover.to_vec(),
             pos: 0,
@@ -151,19 +153,22 @@ impl Half {
         matches!(self.phase, Phase::Done)
     }
 
-    /// Feeds bytes that are about to be written to the frame tracker and
-    /// counters. Bytes that break framing are never written, so they are
-    /// not counted: the counters say what the receiver got.
+    /// Feeds bytes read from the sender to the frame tracker and counters,
+    /// and says how many of them, from the start, are to be written: the
+    /// rest came after the sender's own Close and are discarded, only
+    /// counted. Bytes that break framing are never written, so they are not
+    /// counted: the counters say what the receiver got.
     fn account(
         &mut self,
         data: &[u8],
         counters: &DirectionCounters,
         stats: &ConnStats,
-    ) -> Result<(), HalfError> {
-        self.tracker.feed(data).map_err(HalfError::Protocol)?;
+    ) -> Result<usize, HalfError> {
+        let pass = self.tracker.feed(data).map_err(HalfError::Protocol)?;
+        counters.bytes.fetch_add(pass as u64, Ordering::Relaxed);
         counters
-            .bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+            .discarded_frames
+            .store(u64::from(self.tracker.late_frames()), Ordering::Relaxed);
         counters
             .frames
             .store(self.tracker.frames(), Ordering::Relaxed);
@@ -171,7 +176,7 @@ impl Half {
             .messages
             .store(self.tracker.messages(), Ordering::Relaxed);
         stats.last_activity_ms.store(now_ms(), Ordering::Relaxed);
-        Ok(())
+        Ok(pass)
     }
 
     fn start_injection(&mut self, frame: Vec<u8>) {
@@ -251,14 +256,19 @@ impl Half {
                             if self.discard {
                                 // The receiver already has wsgate's Close: only the sender's Close matters now.
                                 self.tracker.feed(&buf[..n]).map_err(HalfError::Protocol)?;
+                                counters.discarded_frames.store(
+                                    u64::from(self.tracker.late_frames()),
+                                    Ordering::Relaxed,
+                                );
                                 self.phase = Phase::Reading(buf);
                                 continue;
                             }
-                            self.account(&buf[..n], counters, stats)?;
-                            self.phase = Phase::Writing {
-                                buf,
-                                pos: 0,
-                                end: n,
+                            let end = self.account(&buf[..n], counters, stats)?;
+                            self.phase = if end == 0 {
+                                // All of it came after the sender's Close.
+                                Phase::Reading(buf)
+                            } else {
+                                Phase::Writing { buf, pos: 0, end }
                             };
                         }
                     }

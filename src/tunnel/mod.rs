@@ -113,6 +113,15 @@ pub enum TunnelError {
         /// The configured deadline.
         after: Duration,
     },
+    /// A peer sent its Close and the other side sent none back within
+    /// `timeouts.close`.
+    #[error("{} did not answer the closing handshake within {after:?}", waiting_for.as_str())]
+    CloseUnanswered {
+        /// The side whose Close never came.
+        waiting_for: Side,
+        /// The configured deadline.
+        after: Duration,
+    },
     /// wsgate is shutting down.
     #[error("proxy shutting down")]
     Shutdown,
@@ -157,7 +166,9 @@ impl TunnelError {
             TunnelError::Write { .. } => EndReason::WriteError,
             TunnelError::Protocol { .. } => EndReason::ProtocolError,
             TunnelError::HalfCloseTimeout(_) => EndReason::HalfCloseTimeout,
-            TunnelError::CloseTimeout { .. } => EndReason::CloseTimeout,
+            TunnelError::CloseTimeout { .. } | TunnelError::CloseUnanswered { .. } => {
+                EndReason::CloseTimeout
+            }
             TunnelError::Shutdown => EndReason::Shutdown,
         }
     }
@@ -168,7 +179,8 @@ impl TunnelError {
 pub struct TunnelTimeouts {
     /// After one side finished sending, how long the other may go on.
     pub half_close: Duration,
-    /// How long a closing handshake started by wsgate may take.
+    /// How long a closing handshake may take, started by wsgate or by a
+    /// peer: from the first Close until the tunnel has ended.
     pub close: Duration,
 }
 
@@ -288,6 +300,13 @@ pub async fn run<C: Splice, B: Splice>(
                 }
             }
         }
+        if state.proxy_close.is_none() && !(up.is_done() && down.is_done()) {
+            if let Some(out) =
+                peer_close_deadline(&mut close_timer, &up, &down, &mut state, timeouts.close, cx)
+            {
+                return Poll::Ready(out);
+            }
+        }
         match state.first_done {
             None => Poll::Pending,
             Some(closed_by) if up.is_done() && down.is_done() => {
@@ -368,6 +387,39 @@ fn step<R: Splice, W: Splice>(
         }
         Poll::Pending => None,
     }
+}
+
+/// Once a peer's Close has passed, the other side has `after` to answer
+/// and the tunnel to end: a side that never answers must not hold it open
+/// for ever. `Some` when the deadline has passed.
+fn peer_close_deadline(
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    up: &Half,
+    down: &Half,
+    state: &mut RunState,
+    after: Duration,
+    cx: &mut Context<'_>,
+) -> Option<TunnelOutcome> {
+    let (first, _) = state.first_close.filter(|(s, _)| *s != Side::Proxy)?;
+    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+    if t.as_mut().poll(cx).is_pending() {
+        return None;
+    }
+    let answered = up.tracker.close().is_some() && down.tracker.close().is_some();
+    if answered {
+        // The handshake is complete; only the TCP close was missing.
+        let closed_by = state.first_done.unwrap_or(first);
+        return Some(state.clean(closed_by));
+    }
+    let waiting_for = if first == Side::Client {
+        Side::Backend
+    } else {
+        Side::Client
+    };
+    Some(state.end(
+        waiting_for,
+        TunnelError::CloseUnanswered { waiting_for, after },
+    ))
 }
 
 /// A masking key for Close frames wsgate sends to a backend. RFC 6455

@@ -37,9 +37,6 @@ pub enum FrameError {
     /// A Close frame carried a code that must not appear on the wire.
     #[error("close code {0} is not allowed on the wire")]
     InvalidCloseCode(u16),
-    /// A frame followed this sender's own Close frame.
-    #[error("frame after close frame")]
-    FrameAfterClose,
 }
 
 #[cfg(test)]
@@ -63,7 +60,6 @@ mod tests {
             FrameError::LengthOverflow,
             FrameError::CloseTooShort,
             FrameError::InvalidCloseCode(1005),
-            FrameError::FrameAfterClose,
         ];
         for e in all {
             let s = e.to_string();

@@ -14,6 +14,9 @@ const IN_PAYLOAD: u8 = 1 << 0;
 const IN_MESSAGE: u8 = 1 << 1;
 const CLOSED: u8 = 1 << 2;
 const CLOSE_HAS_CODE: u8 = 1 << 3;
+// After the Close: the sender's later bytes broke framing, so frames are no
+// longer counted; every later byte is discarded all the same.
+const LOST: u8 = 1 << 4;
 
 /// Tracks frame boundaries, message counts and Close state of one direction of a WebSocket stream.
 ///
@@ -24,6 +27,9 @@ pub struct FrameTracker {
     frames: u64,
     messages: u64,
     control_frames: u64,
+    // Frames whose header completed after this sender's Close (saturating;
+    // u32 keeps the tracker within a cache line).
+    late: u32,
     // While in a header: the extended length being accumulated. While in a
     // payload: bytes still to pass before the frame ends.
     remaining: u64,
@@ -49,6 +55,7 @@ impl FrameTracker {
             frames: 0,
             messages: 0,
             control_frames: 0,
+            late: 0,
             remaining: 0,
             error: None,
             mask: [0; 4],
@@ -62,14 +69,49 @@ impl FrameTracker {
         }
     }
 
-    /// Feed the next bytes of the stream, in order. After an error, the tracker is poisoned: every later call returns the same error.
+    /// Feed the next bytes of the stream, in order, and learn how many of
+    /// them lead up to and include this sender's Close frame: the rest come
+    /// after it, and a proxy must discard them, not pass them (RFC 6455 5.5.1:
+    /// nothing follows a Close). Returns `data.len()` until the Close, 0
+    /// once it has passed.
     ///
-    /// Bytes after the offending one in the same chunk are not inspected.
-    pub fn feed(&mut self, data: &[u8]) -> Result<(), FrameError> {
+    /// Frames after the Close are followed only to be counted
+    /// ([`FrameTracker::late_frames`]); they are never an error, whatever
+    /// they hold, so a careless peer cannot end a closing handshake that the
+    /// other side has yet to answer.
+    ///
+    /// # Errors
+    ///
+    /// A violation before the Close poisons the tracker: every later call
+    /// returns the same error, and bytes after the offending one in the same
+    /// chunk are not inspected.
+    pub fn feed(&mut self, data: &[u8]) -> Result<usize, FrameError> {
         if let Some(e) = self.error {
             return Err(e);
         }
-        self.run(data).inspect_err(|e| self.error = Some(*e))
+        if self.flags & CLOSED != 0 {
+            self.follow_late(data);
+            return Ok(0);
+        }
+        let rest = self.run(data).inspect_err(|e| self.error = Some(*e))?;
+        let passed = data.len() - rest.len();
+        self.follow_late(rest);
+        Ok(passed)
+    }
+
+    /// Frames this sender began after its own Close: discarded, not passed.
+    /// Stops counting once those bytes break framing.
+    pub fn late_frames(&self) -> u32 {
+        self.late
+    }
+
+    fn follow_late(&mut self, data: &[u8]) {
+        if data.is_empty() || self.flags & LOST != 0 {
+            return;
+        }
+        if self.run(data).is_err() {
+            self.flags |= LOST;
+        }
     }
 
     /// Frames whose header has been fully parsed and accepted (data and control).
@@ -156,7 +198,10 @@ impl FrameTracker {
         2 + self.ext_len() + mask_len
     }
 
-    fn run(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
+    // Returns the bytes of `data` past the end of this sender's Close, if
+    // it completes here; empty otherwise.
+    fn run<'a>(&mut self, mut data: &'a [u8]) -> Result<&'a [u8], FrameError> {
+        let closed_before = self.flags & CLOSED != 0;
         while let Some((&b, rest)) = data.split_first() {
             if self.flags & IN_PAYLOAD != 0 {
                 data = self.pass_payload(data)?;
@@ -164,8 +209,15 @@ impl FrameTracker {
                 self.header_byte(b)?;
                 data = rest;
             }
+            if !closed_before && self.flags & CLOSED != 0 {
+                return Ok(data);
+            }
         }
-        Ok(())
+        Ok(data)
+    }
+
+    fn closed(&self) -> bool {
+        self.flags & CLOSED != 0
     }
 
     fn header_byte(&mut self, b: u8) -> Result<(), FrameError> {
@@ -204,9 +256,6 @@ impl FrameTracker {
     // Everything knowable from the first byte is checked here so a bad frame
     // is reported before the rest of its header has to arrive.
     fn check_first_byte(&mut self, b: u8) -> Result<(), FrameError> {
-        if self.flags & CLOSED != 0 {
-            return Err(FrameError::FrameAfterClose);
-        }
         let fin = b & FIN_BIT != 0;
         match b & 0x0F {
             OP_CONTINUATION if self.flags & IN_MESSAGE == 0 => {
@@ -230,7 +279,7 @@ impl FrameTracker {
         if op >= OP_CLOSE && self.remaining > 125 {
             return Err(FrameError::ControlTooLong(self.remaining));
         }
-        if op == OP_CLOSE {
+        if op == OP_CLOSE && !self.closed() {
             if self.remaining == 1 {
                 return Err(FrameError::CloseTooShort);
             }
@@ -238,7 +287,11 @@ impl FrameTracker {
             // position needs resetting.
             self.close_pos = 0;
         }
-        self.frames += 1;
+        if self.closed() {
+            self.late = self.late.saturating_add(1);
+        } else {
+            self.frames += 1;
+        }
         self.hdr_pos = 0;
         if (op == OP_TEXT || op == OP_BINARY) && !self.fin() {
             self.flags |= IN_MESSAGE;
@@ -253,7 +306,7 @@ impl FrameTracker {
 
     // Returns the bytes of `data` past the current frame's payload.
     fn pass_payload<'a>(&mut self, mut data: &'a [u8]) -> Result<&'a [u8], FrameError> {
-        if self.opcode() == OP_CLOSE {
+        if self.opcode() == OP_CLOSE && !self.closed() {
             // A Close payload here has at least 2 bytes (0 never enters the
             // payload state, 1 is rejected), so remaining cannot underflow.
             while self.close_pos < 2 {
@@ -290,6 +343,13 @@ impl FrameTracker {
 
     fn complete_frame(&mut self) {
         self.flags &= !IN_PAYLOAD;
+        if self.closed() {
+            // Late frames are counted once, by their header.
+            if self.fin() && self.opcode() < OP_CLOSE {
+                self.flags &= !IN_MESSAGE;
+            }
+            return;
+        }
         match self.opcode() {
             OP_CLOSE => {
                 self.control_frames += 1;
@@ -669,18 +729,43 @@ mod tests {
     }
 
     #[test]
-    fn error_frame_after_close() {
-        for next in [
-            enc(0x89, b"", None, Len::Min),
-            enc(0x81, b"late", None, Len::Min),
-            enc(0x88, b"", None, Len::Min),
-        ] {
-            let mut s = enc(0x88, &close_payload(1000, "done"), None, Len::Min);
-            s.extend(&next);
-            let snap = whole(Sender::Server, &s);
-            assert_eq!(snap.error, Some(FrameError::FrameAfterClose));
-            assert_eq!(snap.close, Some(CloseInfo { code: Some(1000) }));
-            assert_eq!(bytewise(Sender::Server, &s), snap);
+    fn frames_after_close_are_late_never_errors_and_split_where_close_ends() {
+        let late_ones: [(Vec<u8>, u32); 6] = [
+            (enc(0x89, b"", None, Len::Min), 1),
+            (enc(0x81, b"late", None, Len::Min), 1),
+            (enc(0x88, b"", None, Len::Min), 1),
+            // A second Close with a code must not replace the first's.
+            (enc(0x88, &close_payload(4000, "again"), None, Len::Min), 1),
+            // Fragments, then garbage: counted up to the garbage, no error.
+            (
+                [
+                    enc(0x01, b"a", None, Len::Min),
+                    enc(0x80, b"b", None, Len::Min),
+                    enc(0x83, b"", None, Len::Min),
+                    enc(0x81, b"never counted", None, Len::Min),
+                ]
+                .concat(),
+                2,
+            ),
+            (enc(0x81, b"masked", Some(KEY), Len::Min), 0),
+        ];
+        for (next, late) in late_ones {
+            let before = enc(0x82, b"data", None, Len::L16);
+            let close = enc(0x88, &close_payload(1000, "done"), None, Len::Min);
+            let s = [before.clone(), close.clone(), next.clone()].concat();
+            // Whole: the split is exactly at the end of the Close.
+            let mut t = FrameTracker::new(Sender::Server);
+            assert_eq!(t.feed(&s), Ok(before.len() + close.len()), "{next:?}");
+            assert_eq!(t.close(), Some(CloseInfo { code: Some(1000) }));
+            assert_eq!((t.frames(), t.messages(), t.control_frames()), (2, 1, 1));
+            assert_eq!((t.late_frames(), t.error()), (late, None), "{next:?}");
+            assert_eq!(t.feed(&next), Ok(0), "still no error, nothing passes");
+            // Byte by byte: every byte up to the Close's last passes, none after.
+            let mut b = FrameTracker::new(Sender::Server);
+            let passed: usize = s.iter().map(|x| b.feed(&[*x]).unwrap()).sum();
+            assert_eq!(passed, before.len() + close.len());
+            assert_eq!(b.close(), t.close());
+            assert_eq!((b.frames(), b.messages(), b.late_frames()), (2, 1, late));
         }
     }
 

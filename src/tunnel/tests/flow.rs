@@ -4,46 +4,138 @@
 
 use super::*;
 
+/// The closing handshake is transparent: frames a peer sends after its own
+/// Close (in the Close's own write or later) are discarded and counted,
+/// and the other side's reply still reaches it.
 #[tokio::test]
-async fn frames_a_peer_sends_after_its_own_close_are_not_forwarded() {
+async fn frames_after_a_peers_close_are_discarded_and_the_reply_still_arrives() {
     for sender in [Side::Client, Side::Backend] {
         let mut t = start();
-        let (close, late) = match sender {
-            Side::Client => (
-                from_client(FIN | CLOSE, &close_payload(1000)),
-                from_client(FIN | TEXT, b"late"),
-            ),
-            _ => (
-                from_backend(FIN | CLOSE, &close_payload(1000)),
-                from_backend(FIN | TEXT, b"late"),
-            ),
+        let enc = |b0: u8, p: &[u8], from: Side| match from {
+            Side::Client => from_client(b0, p),
+            _ => from_backend(b0, p),
         };
+        let other = if sender == Side::Client {
+            Side::Backend
+        } else {
+            Side::Client
+        };
+        let close = enc(FIN | CLOSE, &close_payload(1000), sender);
+        // A data frame in the same write as the Close, then a ping, a second
+        // Close and a fragment, each alone.
+        let glued = [close.clone(), enc(FIN | TEXT, b"glued", sender)].concat();
+        let late = [
+            enc(FIN | PING, b"p", sender),
+            enc(FIN | CLOSE, &close_payload(4000), sender),
+            enc(TEXT, &payload(300), sender),
+        ];
+        let reply = enc(FIN | CLOSE, &close_payload(1000), other);
         let (from, to) = match sender {
             Side::Client => (&mut t.client, &mut t.backend),
             _ => (&mut t.backend, &mut t.client),
         };
-        send(from, &close).await;
+        send(from, &glued).await;
+        for f in &late {
+            send(from, f).await;
+        }
         assert_eq!(read_n(to, close.len(), "the Close").await, close);
-        send(from, &late).await;
+        send(to, &reply).await;
+        assert_eq!(read_n(from, reply.len(), "the reply").await, reply);
+        to.shutdown().await.expect("the answering side closes TCP");
+        assert!(read_all(from, "EOF at the first closer").await.is_empty());
+        from.shutdown().await.expect("the first closer closes TCP");
         assert!(
-            read_all(to, "the receiver's EOF").await.is_empty(),
+            read_all(to, "EOF, and nothing after the Close")
+                .await
+                .is_empty(),
             "{sender:?}"
         );
+        let out = t.outcome().await;
+        assert!(out.error.is_none(), "{sender:?}: {:?}", out.error);
+        assert_eq!(out.first_close, Some((sender, Some(1000))));
+        let (sent, answered) = match sender {
+            Side::Client => (t.stats.to_backend.totals(), t.stats.to_client.totals()),
+            _ => (t.stats.to_client.totals(), t.stats.to_backend.totals()),
+        };
+        assert_eq!((sent.bytes, sent.frames), (close.len() as u64, 1));
+        assert_eq!(sent.discarded_frames, 4, "{sender:?}");
+        assert_eq!(
+            (answered.bytes, answered.discarded_frames),
+            (reply.len() as u64, 0)
+        );
+    }
+}
+
+/// A peer's Close that is never answered does not hold the tunnel open:
+/// at `timeouts.close` it ends, blaming the silent side.
+#[tokio::test]
+async fn an_unanswered_peer_close_ends_the_tunnel_at_the_close_deadline() {
+    tokio::time::pause();
+    for sender in [Side::Client, Side::Backend] {
+        let mut t = Setup {
+            timeouts: TunnelTimeouts {
+                half_close: Duration::from_secs(3600),
+                close: Duration::from_secs(5),
+            },
+            ..Setup::default()
+        }
+        .start();
+        let (close, from, to, silent) = match sender {
+            Side::Client => (
+                from_client(FIN | CLOSE, &close_payload(1001)),
+                &mut t.client,
+                &mut t.backend,
+                Side::Backend,
+            ),
+            _ => (
+                from_backend(FIN | CLOSE, &close_payload(1001)),
+                &mut t.backend,
+                &mut t.client,
+                Side::Client,
+            ),
+        };
+        send(from, &close).await;
+        assert_eq!(read_n(to, close.len(), "the Close").await, close);
         let out = t.outcome().await;
         assert!(
             matches!(
                 out.error,
-                Some(TunnelError::Protocol {
-                    source: FrameError::FrameAfterClose,
-                    ..
-                })
+                Some(TunnelError::CloseUnanswered { waiting_for, .. }) if waiting_for == silent
             ),
             "{sender:?}: {:?}",
             out.error
         );
-        assert_eq!(out.closed_by, sender);
-        assert_eq!(out.first_close, Some((sender, Some(1000))));
+        assert_eq!(out.closed_by, silent);
+        assert_eq!(out.to_end().reason.as_str(), "close_timeout");
     }
+}
+
+/// Both Closes passed but neither peer closes TCP: the tunnel still ends
+/// at the deadline, cleanly, since the handshake itself completed.
+#[tokio::test]
+async fn a_completed_handshake_left_open_ends_cleanly_at_the_close_deadline() {
+    tokio::time::pause();
+    let mut t = Setup {
+        timeouts: TunnelTimeouts {
+            half_close: Duration::from_secs(3600),
+            close: Duration::from_secs(5),
+        },
+        ..Setup::default()
+    }
+    .start();
+    let close = from_client(FIN | CLOSE, &close_payload(1000));
+    let reply = from_backend(FIN | CLOSE, &close_payload(1000));
+    send(&mut t.client, &close).await;
+    assert_eq!(
+        read_n(&mut t.backend, close.len(), "the Close").await,
+        close
+    );
+    send(&mut t.backend, &reply).await;
+    assert_eq!(read_n(&mut t.client, reply.len(), "the reply").await, reply);
+    let out = t.outcome().await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.closed_by, Side::Client);
+    assert_eq!(out.first_close, Some((Side::Client, Some(1000))));
 }
 
 #[tokio::test]

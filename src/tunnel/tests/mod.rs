@@ -316,6 +316,7 @@ fn totals(bytes: usize, frames: u64, messages: u64) -> DirectionTotals {
         bytes: bytes as u64,
         frames,
         messages,
+        discarded_frames: 0,
     }
 }
 
