@@ -318,6 +318,10 @@ async fn an_unmasked_client_frame_never_reaches_the_backend() {
     bad.extend_from_slice(&masked_text(b"after"));
     client.write_all(&bad).await.expect("write bad frame");
     let mut rest = Vec::new();
+    let (op, payload) = read_frame(&mut server).await;
+    assert_eq!((op, &payload[..2]), (0x88, &1001u16.to_be_bytes()[..]));
+    assert_eq!(&payload[2..], b"peer broke the protocol");
+    server.shutdown().await.expect("backend FIN");
     within("backend EOF", server.read_to_end(&mut rest))
         .await
         .expect("read");
@@ -325,16 +329,19 @@ async fn an_unmasked_client_frame_never_reaches_the_backend() {
         rest.is_empty(),
         "bytes of or after the unmasked frame reached the backend: {rest:?}"
     );
-    // The client gets no Close frame, and no byte at all: the connection ends.
+    // The client gets Close 1002 and EOF; the backend already had 1001 and EOF.
     let mut to_client = Vec::new();
     within("client EOF", async {
         let _ = client.read_to_end(&mut to_client).await;
     })
     .await;
-    assert!(to_client.is_empty(), "the client got {to_client:?}");
+    let mut expected = vec![0x88, 2 + 14, 0x03, 0xea];
+    expected.extend_from_slice(b"protocol error");
+    assert_eq!(to_client, expected);
     let record = next_record(&mut rx).await;
     assert_eq!(record.end.closed_by, Side::Client);
-    assert_eq!(record.end.close_code, None);
+    assert_eq!(record.end.reason, EndReason::ProtocolError, "{record:?}");
+    assert_eq!(record.end.close_code, Some(1002));
     assert_eq!(record.to_backend.bytes, good.len() as u64);
     assert_eq!(record.to_backend.messages, 1);
     gw.wait_idle().await;
@@ -415,7 +422,10 @@ async fn a_bad_client_does_not_disturb_others_and_counters_return_to_zero() {
     bad.write_all(&[0x8f, 0x80, 0, 0, 0, 0])
         .await
         .expect("reserved opcode");
+    // It gets Close 1002 and EOF; once it closes too, its tunnel is gone.
     wait_closed(&mut bad).await;
+    drop(bad);
+    gw.wait_live(50).await;
     for round in 0..3 {
         for (i, c) in clients.iter_mut().enumerate() {
             let text = format!("{i}-{round}");

@@ -80,6 +80,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Every named size limit, with defaults filled in.
     pub limits: Limits,
+    /// How tunnels judge the frames they relay.
+    pub websocket: WebSocketConfig,
     /// Listeners in file order; names are unique.
     pub listeners: Vec<ListenerConfig>,
     /// Routes in file order; the router sorts them by specificity.
@@ -223,6 +225,15 @@ impl Default for Timeouts {
             close: DEFAULT_CLOSE,
         }
     }
+}
+
+/// `[websocket]`: how tunnels judge the frames they relay.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WebSocketConfig {
+    /// A frame that breaks RFC 6455 in its header ends the tunnel with
+    /// Close 1002 to its sender and 1001 to the other side; `false` passes
+    /// it through untouched (for peers known to bend the rules).
+    pub strict: bool,
 }
 
 /// `[limits]`: sizes the proxy refuses to exceed.

@@ -28,6 +28,14 @@ pub(crate) struct RawConfig {
     pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) websocket: RawWebSocket,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebSocket {
+    pub(crate) strict: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -179,6 +179,9 @@ impl<'a> Validator<'a> {
             version: version_of(self.text),
             timeouts,
             limits,
+            websocket: WebSocketConfig {
+                strict: raw.websocket.strict.unwrap_or(true),
+            },
             listeners,
             routes,
             upstreams,

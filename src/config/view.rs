@@ -39,6 +39,7 @@ pub struct ConfigView<'a> {
     log: LogView<'a>,
     timeouts: &'a Timeouts,
     limits: &'a Limits,
+    websocket: &'a WebSocketConfig,
     listeners: Vec<ListenerView<'a>>,
     routes: Vec<RouteView<'a>>,
     upstreams: BTreeMap<&'a str, UpstreamView<'a>>,
@@ -54,6 +55,7 @@ impl<'a> From<&'a Config> for ConfigView<'a> {
             log: LogView::from(&c.log),
             timeouts: &c.timeouts,
             limits: &c.limits,
+            websocket: &c.websocket,
             listeners: c.listeners.iter().map(ListenerView::from).collect(),
             routes: c.routes.iter().map(RouteView::from).collect(),
             upstreams: c

@@ -24,8 +24,11 @@ use bytes::Bytes;
 use tokio::io::ReadBuf;
 
 use crate::observe::registry::{now_ms, ConnStats, DirectionCounters};
-use crate::tunnel::frames::{FrameError, FrameTracker, Sender};
-use crate::tunnel::{Splice, COPY_BUFFER_SIZE};
+use crate::tunnel::frames::{encode_close, FrameError, FrameTracker, Sender};
+use crate::tunnel::{mask_key, Splice, COPY_BUFFER_SIZE};
+
+/// Close code to the side that did not break the protocol: its peer is going away.
+const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Where one direction is (see the transitions above).
 enum Phase {
@@ -63,6 +66,17 @@ pub(crate) struct Half {
     discard: bool,
     /// The sender has finished (EOF), whether or not its receiver is shut down yet.
     pub(crate) eof: bool,
+    /// Whether a protocol violation ends the tunnel with Close frames
+    /// (`[websocket] strict`); otherwise the bytes pass untouched and the
+    /// tracker stops following them.
+    strict: bool,
+    /// The sender broke RFC 6455 (strict only): the frames before the bad
+    /// one passed, the receiver gets Close 1001 where it can, and whatever
+    /// the sender sends from then on is dropped.
+    violation: Option<FrameError>,
+    /// After wsgate's Close is written, shut the receiver's writer down
+    /// (the receiver broke the protocol: nothing more goes to it).
+    shut_after_inject: bool,
 }
 
 impl Half {
@@ -75,6 +89,36 @@ impl Half {
             injecting: false,
             discard: false,
             eof: false,
+            strict: true,
+            violation: None,
+            shut_after_inject: false,
+        }
+    }
+
+    /// A direction whose sender may set the reserved bits `rsv` (as
+    /// negotiated extensions allow), and that reacts to violations as
+    /// `strict` says.
+    pub(crate) fn with_policy(sender: Sender, rsv: u8, strict: bool) -> Self {
+        Self {
+            tracker: FrameTracker::with_rsv(sender, rsv),
+            strict,
+            ..Self::new(sender)
+        }
+    }
+
+    /// The violation this direction's sender committed, if any.
+    pub(crate) fn violation(&self) -> Option<FrameError> {
+        self.violation
+    }
+
+    /// Queues Close `frame` for the receiver, who broke the protocol, and
+    /// shuts its writer once the frame is out.
+    pub(crate) fn close_offender(&mut self, frame: Vec<u8>) {
+        self.shut_after_inject = true;
+        self.begin_close(frame);
+        if self.inject.is_none() && !matches!(self.phase, Phase::Done) {
+            // Its peer's Close already reached it: only the shutdown is left.
+            self.phase = Phase::ShuttingDown;
         }
     }
 
@@ -106,6 +150,10 @@ impl Half {
     /// through when the close was requested): a second Close would break
     /// the protocol.
     fn take_injection(&mut self) -> Option<Vec<u8>> {
+        if self.violation.is_some() {
+            // The bytes before the bad frame are written by now.
+            return self.inject.take();
+        }
         if !self.tracker.at_boundary() {
             return None;
         }
@@ -164,7 +212,23 @@ impl Half {
         counters: &DirectionCounters,
         stats: &ConnStats,
     ) -> Result<usize, HalfError> {
-        let pass = self.tracker.feed(data).map_err(HalfError::Protocol)?;
+        let pass = match self.tracker.feed_at(data) {
+            Ok(pass) => pass,
+            Err(_) if !self.strict => data.len(),
+            Err((e, start)) => {
+                self.violation = Some(e);
+                if start.is_some() {
+                    let mask =
+                        (self.tracker.sender() == Sender::Client).then(|| mask_key(stats.id));
+                    self.inject = Some(encode_close(
+                        CLOSE_GOING_AWAY,
+                        "peer broke the protocol",
+                        mask,
+                    ));
+                }
+                start.unwrap_or(0)
+            }
+        };
         counters.bytes.fetch_add(pass as u64, Ordering::Relaxed);
         counters
             .discarded_frames
@@ -253,6 +317,11 @@ impl Half {
                                 self.phase = Phase::ShuttingDown;
                                 continue;
                             }
+                            if self.violation.is_some() {
+                                // The sender broke the protocol: nothing of its passes now.
+                                self.phase = Phase::Reading(buf);
+                                continue;
+                            }
                             if self.discard {
                                 // The receiver already has wsgate's Close: only the sender's Close matters now.
                                 self.tracker.feed(&buf[..n]).map_err(HalfError::Protocol)?;
@@ -264,6 +333,12 @@ impl Half {
                                 continue;
                             }
                             let end = self.account(&buf[..n], counters, stats)?;
+                            if self.violation.is_some() && self.inject.is_none() && end == 0 {
+                                // The bad frame began in bytes already passed: no
+                                // boundary is left for a Close, only the shutdown.
+                                self.phase = Phase::ShuttingDown;
+                                continue;
+                            }
                             self.phase = if end == 0 {
                                 // All of it came after the sender's Close.
                                 Phase::Reading(buf)
@@ -294,6 +369,10 @@ impl Half {
                                 if self.injecting {
                                     self.injecting = false;
                                     self.discard = true;
+                                    if self.shut_after_inject {
+                                        self.phase = Phase::ShuttingDown;
+                                        continue;
+                                    }
                                 }
                                 // Leftover buffers may be any size; keep only standard ones.
                                 let buf = if buf.len() == COPY_BUFFER_SIZE {

@@ -48,6 +48,9 @@ pub mod session;
 #[cfg(test)]
 mod tests;
 
+/// Close code to a peer that broke RFC 6455.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
 
@@ -174,6 +177,45 @@ impl TunnelError {
     }
 }
 
+/// How a tunnel judges the frames it relays.
+#[derive(Debug, Clone, Copy)]
+pub struct FramePolicy {
+    /// `[websocket] strict`: a protocol violation ends the tunnel with
+    /// Close 1002 to the offender and 1001 to the other side; otherwise it
+    /// passes untouched.
+    pub strict: bool,
+    /// Reserved bits negotiated extensions allow, as a mask of a frame's
+    /// first byte: 0x40 (RSV1) with permessage-deflate.
+    pub rsv: u8,
+}
+
+impl Default for FramePolicy {
+    fn default() -> Self {
+        Self {
+            strict: true,
+            rsv: 0,
+        }
+    }
+}
+
+impl FramePolicy {
+    /// The policy for a tunnel whose backend's 101 accepted `extensions`
+    /// (names, without parameters): permessage-deflate allows RSV1 (RFC
+    /// 7692); an extension wsgate does not know may use any reserved bit.
+    pub fn for_extensions<'a>(strict: bool, extensions: impl IntoIterator<Item = &'a str>) -> Self {
+        let rsv = extensions.into_iter().fold(0, |rsv, name| {
+            if name.eq_ignore_ascii_case("permessage-deflate") {
+                rsv | 0x40
+            } else if name.is_empty() {
+                rsv
+            } else {
+                0x70
+            }
+        });
+        Self { strict, rsv }
+    }
+}
+
 /// Deadlines a tunnel enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelTimeouts {
@@ -193,6 +235,9 @@ pub struct TunnelTimeouts {
 /// in-memory pipes in unit tests; the proxy's instance, with
 /// `ClientStream` and `BackendStream`, is monomorphised, so a read costs no
 /// dynamic dispatch.
+// Two streams with their leftovers, and what judges them: grouping them
+// into a struct would only rename the same list.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<C: Splice, B: Splice>(
     mut client: C,
     client_leftover: Bytes,
@@ -200,10 +245,11 @@ pub async fn run<C: Splice, B: Splice>(
     backend_leftover: Bytes,
     stats: &ConnStats,
     timeouts: TunnelTimeouts,
+    policy: FramePolicy,
     shutdown: &CancellationToken,
 ) -> TunnelOutcome {
-    let mut up = Half::new(Sender::Client);
-    let mut down = Half::new(Sender::Server);
+    let mut up = Half::with_policy(Sender::Client, policy.rsv, policy.strict);
+    let mut down = Half::with_policy(Sender::Server, policy.rsv, policy.strict);
     if let Err(e) = up.start_with(client_leftover, &stats.to_backend, stats) {
         return half_error(e, Side::Client, None);
     }
@@ -214,6 +260,7 @@ pub async fn run<C: Splice, B: Splice>(
         first_done: None,
         first_close: None,
         proxy_close: None,
+        violation: None,
     };
     // Timers are allocated only when needed, so idle tunnels carry none.
     let mut half_close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -228,7 +275,11 @@ pub async fn run<C: Splice, B: Splice>(
         if cancelled.as_mut().poll(cx).is_ready() {
             return Poll::Ready(state.end(Side::Proxy, TunnelError::Shutdown));
         }
-        if state.proxy_close.is_none() && close_requested.as_mut().poll(cx).is_ready() {
+        // After a violation the tunnel is already closing, with its own codes.
+        if state.proxy_close.is_none()
+            && state.violation.is_none()
+            && close_requested.as_mut().poll(cx).is_ready()
+        {
             let order = stats.close.order();
             let mask = mask_key(stats.id);
             up.begin_close(encode_close(order.code, &order.reason, Some(mask)));
@@ -259,6 +310,36 @@ pub async fn run<C: Splice, B: Splice>(
             &mut state,
         ) {
             return Poll::Ready(out);
+        }
+        if state.violation.is_none() {
+            let offender = match (up.violation(), down.violation()) {
+                (Some(e), _) => Some((Side::Client, e)),
+                (None, Some(e)) => Some((Side::Backend, e)),
+                (None, None) => None,
+            };
+            if let Some((side, e)) = offender {
+                let frame = |mask| encode_close(CLOSE_PROTOCOL_ERROR, "protocol error", mask);
+                match side {
+                    Side::Client => down.close_offender(frame(None)),
+                    _ => up.close_offender(frame(Some(mask_key(stats.id)))),
+                }
+                state.violation = Some((side, e));
+                close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
+                // The other direction has a Close to write now.
+                cx.waker().wake_by_ref();
+            }
+        }
+        if let Some((side, source)) = state.violation {
+            if state.first_close.is_none() && (up.injected() || down.injected()) {
+                state.first_close = Some((Side::Proxy, Some(CLOSE_PROTOCOL_ERROR)));
+            }
+            let expired = close_timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+            if expired || (up.is_done() && down.is_done()) {
+                return Poll::Ready(state.end(side, TunnelError::Protocol { side, source }));
+            }
+            return Poll::Pending;
         }
         if state.first_close.is_none() && (up.injected() || down.injected()) {
             let code = state.proxy_close.as_ref().map(|o| o.code);
@@ -331,6 +412,8 @@ struct RunState {
     first_done: Option<Side>,
     first_close: Option<(Side, Option<u16>)>,
     proxy_close: Option<CloseOrder>,
+    /// A side broke the protocol: it gets Close 1002, the other side 1001.
+    violation: Option<(Side, FrameError)>,
 }
 
 impl RunState {

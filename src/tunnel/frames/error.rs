@@ -7,6 +7,10 @@
 /// A protocol violation found in a stream's frame headers (or Close code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// Reserved bits (RSV1 = 4, RSV2 = 2, RSV3 = 1) set that no negotiated
+    /// extension defines.
+    #[error("reserved bits {0:#05b} set without an extension defining them")]
+    ReservedBits(u8),
     /// An opcode RFC 6455 reserves: 3-7 (data) or 0xB-0xF (control).
     #[error("reserved opcode {0:#x}")]
     ReservedOpcode(u8),
@@ -47,6 +51,7 @@ mod tests {
     fn error_messages_are_one_line() {
         let all = [
             FrameError::ReservedOpcode(0xB),
+            FrameError::ReservedBits(4),
             FrameError::ControlTooLong(300),
             FrameError::FragmentedControl,
             FrameError::UnexpectedContinuation,

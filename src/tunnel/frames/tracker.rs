@@ -16,7 +16,10 @@ const CLOSED: u8 = 1 << 2;
 const CLOSE_HAS_CODE: u8 = 1 << 3;
 // After the Close: the sender's later bytes broke framing, so frames are no
 // longer counted; every later byte is discarded all the same.
-const LOST: u8 = 1 << 4;
+const LOST: u8 = 1 << 7;
+// The reserved bits (RSV1-3) an extension negotiated for this stream allows,
+// kept at their place in a frame's first byte.
+const RSV_BITS: u8 = 0x70;
 
 /// Tracks frame boundaries, message counts and Close state of one direction of a WebSocket stream.
 ///
@@ -69,6 +72,51 @@ impl FrameTracker {
         }
     }
 
+    /// A tracker whose sender may set the reserved bits in `rsv` (a mask of
+    /// 0x40, 0x20, 0x10 in a frame's first byte), as negotiated extensions
+    /// allow: RSV1 for permessage-deflate (RFC 7692).
+    pub fn with_rsv(sender: Sender, rsv: u8) -> Self {
+        let mut t = Self::new(sender);
+        t.flags |= rsv & RSV_BITS;
+        t
+    }
+
+    /// Like [`FrameTracker::feed`], and on a violation also says where, in
+    /// `data`, the offending frame began, when it began there: the bytes
+    /// before it are whole frames a proxy may still pass, and a frame of
+    /// its own may follow them. `None` when the frame began in an earlier
+    /// chunk (its first bytes are already passed) or the tracker was
+    /// already poisoned.
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameTracker::feed`], with the offending frame's start.
+    pub fn feed_at(&mut self, data: &[u8]) -> Result<usize, (FrameError, Option<usize>)> {
+        if let Some(e) = self.error {
+            return Err((e, None));
+        }
+        if self.flags & CLOSED != 0 {
+            self.follow_late(data);
+            return Ok(0);
+        }
+        let mut start = (self.at_boundary()).then_some(0);
+        let rest = match self.run_from(data, &mut start) {
+            Ok(rest) => rest,
+            Err(e) => {
+                self.error = Some(e);
+                return Err((e, start));
+            }
+        };
+        let passed = data.len() - rest.len();
+        self.follow_late(rest);
+        Ok(passed)
+    }
+
+    /// Who sends the frames this tracker follows.
+    pub fn sender(&self) -> Sender {
+        self.sender
+    }
+
     /// Feed the next bytes of the stream, in order, and learn how many of
     /// them lead up to and include this sender's Close frame: the rest come
     /// after it, and a proxy must discard them, not pass them (RFC 6455 5.5.1:
@@ -93,10 +141,7 @@ impl FrameTracker {
             self.follow_late(data);
             return Ok(0);
         }
-        let rest = self.run(data).inspect_err(|e| self.error = Some(*e))?;
-        let passed = data.len() - rest.len();
-        self.follow_late(rest);
-        Ok(passed)
+        self.feed_at(data).map_err(|(e, _)| e)
     }
 
     /// Frames this sender began after its own Close: discarded, not passed.
@@ -109,7 +154,7 @@ impl FrameTracker {
         if data.is_empty() || self.flags & LOST != 0 {
             return;
         }
-        if self.run(data).is_err() {
+        if self.run_from(data, &mut None).is_err() {
             self.flags |= LOST;
         }
     }
@@ -200,12 +245,22 @@ impl FrameTracker {
 
     // Returns the bytes of `data` past the end of this sender's Close, if
     // it completes here; empty otherwise.
-    fn run<'a>(&mut self, mut data: &'a [u8]) -> Result<&'a [u8], FrameError> {
+    // `start` is kept at the offset in `data` where the current frame began,
+    // `None` while it began before `data`.
+    fn run_from<'a>(
+        &mut self,
+        mut data: &'a [u8],
+        start: &mut Option<usize>,
+    ) -> Result<&'a [u8], FrameError> {
         let closed_before = self.flags & CLOSED != 0;
+        let len = data.len();
         while let Some((&b, rest)) = data.split_first() {
             if self.flags & IN_PAYLOAD != 0 {
                 data = self.pass_payload(data)?;
             } else {
+                if self.hdr_pos == 0 {
+                    *start = Some(len - data.len());
+                }
                 self.header_byte(b)?;
                 data = rest;
             }
@@ -257,6 +312,10 @@ impl FrameTracker {
     // is reported before the rest of its header has to arrive.
     fn check_first_byte(&mut self, b: u8) -> Result<(), FrameError> {
         let fin = b & FIN_BIT != 0;
+        let rsv = b & RSV_BITS & !self.flags;
+        if rsv != 0 {
+            return Err(FrameError::ReservedBits(rsv >> 4));
+        }
         match b & 0x0F {
             OP_CONTINUATION if self.flags & IN_MESSAGE == 0 => {
                 return Err(FrameError::UnexpectedContinuation)
@@ -580,17 +639,63 @@ mod tests {
     }
 
     #[test]
-    fn rsv_bits_are_not_errors() {
-        for b0 in [0xC1u8, 0xA2, 0x92, 0xF1] {
+    fn rsv_bits_are_errors_unless_an_extension_allows_them() {
+        for (b0, bits) in [(0xC1u8, 4u8), (0xA2, 2), (0x92, 1), (0xF1, 7)] {
             let f = enc(b0, b"compressed?", None, Len::Min);
-            let s = whole(Sender::Server, &f);
-            assert_eq!((s.error, s.messages), (None, 1), "b0 {b0:#x}");
+            assert_eq!(
+                err_of(Sender::Server, &f),
+                Some(FrameError::ReservedBits(bits))
+            );
+            let mut all = FrameTracker::with_rsv(Sender::Server, 0x70);
+            assert_eq!(all.feed(&f), Ok(f.len()), "b0 {b0:#x}");
+            assert_eq!(all.messages(), 1);
         }
-        let mut stream = enc(0x41, b"a", Some(KEY), Len::Min);
-        stream.extend(enc(0x70, b"b", Some(KEY), Len::Min));
-        stream.extend(enc(0xB0, b"c", Some(KEY), Len::Min));
-        let s = whole(Sender::Client, &stream);
-        assert_eq!((s.error, s.messages, s.frames), (None, 1, 3));
+        // permessage-deflate allows RSV1 only.
+        let mut t = FrameTracker::with_rsv(Sender::Client, 0x40);
+        let ok = [
+            enc(0x41, b"a", Some(KEY), Len::Min),
+            enc(0x80, b"b", Some(KEY), Len::Min),
+            enc(0xC2, b"c", Some(KEY), Len::Min),
+        ]
+        .concat();
+        assert_eq!(t.feed(&ok), Ok(ok.len()));
+        assert_eq!((t.messages(), t.frames()), (2, 3));
+        let bad = enc(0xE2, b"d", Some(KEY), Len::Min);
+        // Only the bits no extension allows are named.
+        assert_eq!(t.feed(&bad), Err(FrameError::ReservedBits(2)));
+    }
+
+    #[test]
+    fn feed_at_names_where_the_offending_frame_began() {
+        let good = [
+            enc(0x81, b"one", None, Len::Min),
+            enc(0x82, &[7; 300], None, Len::L16),
+        ]
+        .concat();
+        for bad in [
+            enc(0x83, b"", None, Len::Min),
+            enc(0x81, b"masked", Some(KEY), Len::Min),
+            enc(0x89, &[0; 126], None, Len::L16),
+            enc(0x88, &close_payload(1005, ""), None, Len::Min),
+            enc(0x00, b"cont", None, Len::Min),
+        ] {
+            let stream = [good.clone(), bad.clone()].concat();
+            let mut t = FrameTracker::new(Sender::Server);
+            let (e, at) = t.feed_at(&stream).unwrap_err();
+            assert_eq!(at, Some(good.len()), "{e:?}");
+            // Split inside the good part: the start is relative to the chunk.
+            let mut t = FrameTracker::new(Sender::Server);
+            assert_eq!(t.feed_at(&stream[..10]), Ok(10));
+            assert_eq!(t.feed_at(&stream[10..]), Err((e, Some(good.len() - 10))));
+            // Split inside the bad frame: it began in the earlier chunk.
+            let mut t = FrameTracker::new(Sender::Server);
+            let cut = good.len() + 1;
+            if let Ok(n) = t.feed_at(&stream[..cut]) {
+                assert_eq!(n, cut);
+                assert_eq!(t.feed_at(&stream[cut..]), Err((e, None)));
+            }
+            assert_eq!(t.feed_at(b"more"), Err((e, None)), "poisoned");
+        }
     }
 
     #[test]
@@ -841,7 +946,8 @@ mod tests {
         };
         let control = |rng: &mut StdRng| if rng.random() { 0x89 } else { 0x8A };
         for _ in 0..rng.random_range(0..12) {
-            let rsv = rng.random_range(0..8u8) << 4;
+            // Reserved bits need an extension: see the RSV tests.
+            let rsv = 0u8;
             let op = if rng.random() { OP_TEXT } else { OP_BINARY };
             match rng.random_range(0..3) {
                 0 => {

@@ -196,8 +196,14 @@ async fn a_half_closed_tunnel_is_cut_at_the_half_close_deadline() {
 }
 
 #[tokio::test]
-async fn a_framing_violation_ends_the_tunnel_and_the_bad_frame_never_passes_whole() {
-    let cases: [(Side, Vec<u8>, FrameError); 6] = [
+async fn a_framing_violation_gets_1002_to_the_offender_and_1001_to_the_other_side_unless_not_strict(
+) {
+    let cases: [(Side, Vec<u8>, FrameError); 7] = [
+        (
+            Side::Client,
+            from_client(FIN | 0x20 | TEXT, b"rsv2"),
+            FrameError::ReservedBits(2),
+        ),
         (
             Side::Client,
             from_backend(FIN | TEXT, b"bare"),
@@ -233,9 +239,9 @@ async fn a_framing_violation_ends_the_tunnel_and_the_bad_frame_never_passes_whol
             FrameError::InvalidCloseCode(1005),
         ),
     ];
-    for (sender, bad, error) in cases {
+    for (sender, bad, error) in cases.clone() {
         let mut t = start();
-        // A good frame first, which must pass.
+        // A good frame first, which must pass, and the bad one in the same write.
         let good = match sender {
             Side::Client => from_client(FIN | TEXT, b"ok"),
             _ => from_backend(FIN | TEXT, b"ok"),
@@ -244,22 +250,80 @@ async fn a_framing_violation_ends_the_tunnel_and_the_bad_frame_never_passes_whol
             Side::Client => (&mut t.client, &mut t.backend),
             _ => (&mut t.backend, &mut t.client),
         };
-        send(from, &good).await;
+        send(from, &[good.clone(), bad.clone()].concat()).await;
+        // The other side gets the good frame, then 1001 (masked toward the
+        // backend), and not a byte of the bad frame.
         assert_eq!(read_n(to, good.len(), "the good frame").await, good);
-        send(from, &bad).await;
-        let got = read_all(to, "the receiver's EOF").await;
-        assert!(
-            got.len() < bad.len() && bad.starts_with(&got),
-            "{error:?}: {got:?}"
-        );
+        let notice =
+            decode(&read_n(to, if sender == Side::Client { 31 } else { 27 }, "the 1001").await[..])
+                .remove(0);
+        notice.assert_close(sender == Side::Client, 1001, "peer broke the protocol");
+        // The offender gets 1002, then EOF.
+        let got = read_all(from, "the 1002 and EOF").await;
+        let frames = decode(&got);
+        assert_eq!(frames.len(), 1, "{error:?}: {frames:?}");
+        frames[0].assert_close(sender == Side::Backend, 1002, "protocol error");
+        to.shutdown().await.expect("the other side closes");
+        from.shutdown().await.expect("the offender closes");
         let out = t.outcome().await;
         assert!(
-            matches!(out.error, Some(TunnelError::Protocol { source, .. }) if source == error),
+            matches!(out.error, Some(TunnelError::Protocol { source, side }) if source == error && side == sender),
             "{error:?}: {:?}",
             out.error
         );
         assert_eq!(out.closed_by, sender, "{error:?}");
+        assert_eq!(out.first_close, Some((Side::Proxy, Some(1002))));
     }
+    // Not strict: the same frames pass untouched, and the tunnel goes on.
+    for (sender, bad, error) in cases {
+        let mut t = Setup {
+            policy: FramePolicy {
+                strict: false,
+                rsv: 0,
+            },
+            ..Setup::default()
+        }
+        .start();
+        let (from, to) = match sender {
+            Side::Client => (&mut t.client, &mut t.backend),
+            _ => (&mut t.backend, &mut t.client),
+        };
+        send(from, &bad).await;
+        assert_eq!(
+            read_n(to, bad.len(), "the bad frame").await,
+            bad,
+            "{error:?}"
+        );
+        send(from, b"anything").await;
+        assert_eq!(read_n(to, 8, "what follows").await, b"anything");
+        from.shutdown().await.expect("EOF");
+        to.shutdown().await.expect("EOF");
+        let out = t.outcome().await;
+        assert!(out.error.is_none(), "{error:?}: {:?}", out.error);
+    }
+}
+
+/// A reserved bit is a violation unless a negotiated extension defines it:
+/// with permessage-deflate, RSV1 passes.
+#[tokio::test]
+async fn rsv1_passes_only_with_permessage_deflate() {
+    let compressed = from_client(FIN | 0x40 | TEXT, b"deflated");
+    let mut t = Setup {
+        policy: FramePolicy::for_extensions(true, ["permessage-deflate"]),
+        ..Setup::default()
+    }
+    .start();
+    send(&mut t.client, &compressed).await;
+    assert_eq!(
+        read_n(&mut t.backend, compressed.len(), "RSV1 frame").await,
+        compressed
+    );
+    let mut t = start();
+    send(&mut t.client, &compressed).await;
+    let notice = decode(&read_n(&mut t.backend, 31, "the 1001").await).remove(0);
+    notice.assert_close(true, 1001, "peer broke the protocol");
+    let frames = decode(&read_n(&mut t.client, 2 + 2 + 14, "the 1002").await);
+    frames[0].assert_close(false, 1002, "protocol error");
 }
 
 #[tokio::test]
