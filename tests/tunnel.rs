@@ -635,3 +635,70 @@ async fn frames_after_a_clients_close_are_discarded_and_the_backends_reply_arriv
     );
     gw.wait_idle().await;
 }
+
+/// A backend's masked frame: the backend gets Close 1002 (masked, as from
+/// a client), the client Close 1001, and the record blames the backend.
+#[tokio::test]
+async fn a_masked_backend_frame_gets_1002_to_the_backend_and_1001_to_the_client() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    server
+        .write_all(&[[0x81, 2, b'o', b'k'].to_vec(), masked_text(b"masked")].concat())
+        .await
+        .expect("write");
+    let (op, payload) = read_frame(&mut client).await;
+    assert_eq!((op, payload.as_slice()), (0x81, &b"ok"[..]));
+    let mut expected = vec![0x88, 2 + 23, 0x03, 0xe9];
+    expected.extend_from_slice(b"peer broke the protocol");
+    let mut got = vec![0u8; expected.len()];
+    within("the 1001 at the client", client.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, expected, "unmasked, right after the good frame");
+    let (op, payload) = read_frame(&mut server).await;
+    assert_eq!(op, 0x88);
+    assert_eq!(&payload[..2], &1002u16.to_be_bytes());
+    assert_eq!(&payload[2..], b"protocol error");
+    wait_closed(&mut server).await;
+    drop(server);
+    client.shutdown().await.expect("client FIN");
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.end.reason, EndReason::ProtocolError, "{r:?}");
+    assert_eq!(r.end.closed_by, Side::Backend);
+    assert_eq!(r.end.close_frame_from, Some(Side::Proxy));
+    assert_eq!(r.to_client.bytes, 4, "only the good frame was relayed");
+    gw.wait_idle().await;
+}
+
+/// `[websocket] strict = false`: a frame with a reserved bit and an
+/// unmasked client frame pass untouched both ways, and the tunnel goes on.
+#[tokio::test]
+async fn not_strict_passes_violations_untouched() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let toml = format!("{}\n[websocket]\nstrict = false\n", simple_config(&[addr]));
+    let gw = TestGateway::start(&toml).await;
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    let up = [0x81, 2, b'h', b'i'];
+    client.write_all(&up).await.expect("unmasked");
+    let mut got = [0u8; 4];
+    within("the frame at the backend", server.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, up);
+    let down = [0xc1, 1, b'x'];
+    server.write_all(&down).await.expect("rsv1");
+    let mut got = [0u8; 3];
+    within("the frame at the client", client.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, down);
+    assert_eq!(gw.gateway.registry().live_count(), 1);
+}
