@@ -702,3 +702,53 @@ async fn not_strict_passes_violations_untouched() {
     assert_eq!(got, down);
     assert_eq!(gw.gateway.registry().live_count(), 1);
 }
+
+/// A route's `max_message_bytes`, fragments summed, over real sockets: the
+/// client whose third fragment goes over gets Close 1009, the backend the
+/// first two fragments and then Close 1001; the record says `too_big`.
+#[tokio::test]
+async fn a_message_over_the_routes_limit_gets_1009_to_its_sender_and_1001_to_the_backend() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let toml = simple_config(&[addr]).replace(
+        "upstream = \"u\"\n",
+        "upstream = \"u\"\nmax_frame_bytes = 100\nmax_message_bytes = 150\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    let fragment = |b0: u8, n: usize| {
+        let mut f = client_frame(b0, &vec![b'x'; n]);
+        f[0] = b0;
+        f
+    };
+    let good = [fragment(0x01, 60), fragment(0x00, 60)].concat();
+    client
+        .write_all(&[good.clone(), fragment(0x80, 31)].concat())
+        .await
+        .expect("write");
+    let mut got = vec![0u8; good.len()];
+    within("the fragments under the limit", server.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, good);
+    let (op, payload) = read_frame(&mut server).await;
+    assert_eq!((op, &payload[..2]), (0x88, &1001u16.to_be_bytes()[..]));
+    let mut expected = vec![0x88, 2 + 15, 0x03, 0xf1];
+    expected.extend_from_slice(b"message too big");
+    let mut to_client = Vec::new();
+    within("the 1009 and EOF", client.read_to_end(&mut to_client))
+        .await
+        .expect("read");
+    assert_eq!(to_client, expected);
+    drop(client);
+    server.shutdown().await.expect("backend FIN");
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.end.reason, EndReason::TooBig, "{r:?}");
+    assert_eq!(r.end.closed_by, Side::Client);
+    assert_eq!(r.end.close_code, Some(1009));
+    assert_eq!(r.to_backend.bytes, good.len() as u64);
+    gw.wait_idle().await;
+}

@@ -326,6 +326,10 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Name of an entry in `upstreams`.
     pub upstream: String,
+    /// Largest data frame payload either side may send; `None`: no limit.
+    pub max_frame_bytes: Option<u64>,
+    /// Largest message (fragments summed) either side may send; `None`: no limit.
+    pub max_message_bytes: Option<u64>,
 }
 
 /// One `[upstreams.NAME]` table: its servers, and every other setting in
@@ -841,6 +845,34 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             (p[0].key.as_str(), p[0].line, p[0].column),
             ("timeouts.upstream_response", 2, 21)
         );
+    }
+
+    #[test]
+    fn route_size_limits_are_optional_and_positive() {
+        let head = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n[[routes]]\nupstream=\"u\"\n";
+        let c = parse(head, Path::new("c.toml")).expect("valid");
+        assert_eq!(
+            (c.routes[0].max_frame_bytes, c.routes[0].max_message_bytes),
+            (None, None)
+        );
+        let text = format!("{head}max_frame_bytes = 1024\nmax_message_bytes = 65536\n");
+        let c = parse(&text, Path::new("c.toml")).expect("valid");
+        assert_eq!(
+            (c.routes[0].max_frame_bytes, c.routes[0].max_message_bytes),
+            (Some(1024), Some(65536))
+        );
+        for key in ["max_frame_bytes", "max_message_bytes"] {
+            for bad in ["0", "-5"] {
+                let p = problems(&format!("{head}{key} = {bad}\n"));
+                assert_eq!(
+                    p.iter()
+                        .map(|p| (p.key.clone(), p.line))
+                        .collect::<Vec<_>>(),
+                    [(format!("routes[0].{key}"), 8)],
+                    "{key} = {bad}"
+                );
+            }
+        }
     }
 
     #[test]

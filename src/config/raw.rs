@@ -115,6 +115,8 @@ pub(crate) struct RawRoute {
     pub(crate) host: Option<Spanned<String>>,
     pub(crate) path_prefix: Option<Spanned<String>>,
     pub(crate) upstream: Spanned<String>,
+    pub(crate) max_frame_bytes: Option<Spanned<i64>>,
+    pub(crate) max_message_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -296,6 +296,27 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// An optional size in bytes, at least 1; `None` when absent (no limit).
+    fn bytes_at_least_1(
+        &mut self,
+        v: Option<Spanned<i64>>,
+        table: &str,
+        name: &str,
+    ) -> Option<u64> {
+        let v = v?;
+        match u64::try_from(*v.get_ref()) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.problem(
+                    &v,
+                    format!("{table}.{name}"),
+                    "must be a number of bytes, at least 1",
+                );
+                None
+            }
+        }
+    }
+
     fn limits(&mut self, raw: RawLimits) -> Limits {
         Limits {
             max_request_headers: match raw.max_request_headers {
@@ -432,12 +453,22 @@ impl<'a> Validator<'a> {
             }
             if let (Some(host), Some(path_prefix)) = (host, prefix) {
                 if !seen_routes.insert((host.clone(), path_prefix.clone())) {
-                    self.problem_at(span, key, "another route has the same host and path_prefix");
+                    self.problem_at(
+                        span,
+                        key.clone(),
+                        "another route has the same host and path_prefix",
+                    );
                 }
+                let max_frame_bytes =
+                    self.bytes_at_least_1(r.max_frame_bytes, &key, "max_frame_bytes");
+                let max_message_bytes =
+                    self.bytes_at_least_1(r.max_message_bytes, &key, "max_message_bytes");
                 routes.push(RouteConfig {
                     host,
                     path_prefix,
                     upstream,
+                    max_frame_bytes,
+                    max_message_bytes,
                 });
             }
         }

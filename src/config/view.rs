@@ -163,6 +163,9 @@ struct RouteView<'a> {
     host: Option<String>,
     path_prefix: &'a str,
     upstream: &'a str,
+    /// `null`: no limit, as when the key is left out.
+    max_frame_bytes: Option<u64>,
+    max_message_bytes: Option<u64>,
 }
 
 impl<'a> From<&'a RouteConfig> for RouteView<'a> {
@@ -171,6 +174,8 @@ impl<'a> From<&'a RouteConfig> for RouteView<'a> {
             host: (r.host != HostPattern::Any).then(|| r.host.to_string()),
             path_prefix: &r.path_prefix,
             upstream: &r.upstream,
+            max_frame_bytes: r.max_frame_bytes,
+            max_message_bytes: r.max_message_bytes,
         }
     }
 }

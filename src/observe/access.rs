@@ -78,6 +78,9 @@ pub enum EndReason {
     WriteError,
     /// `closed_by` broke RFC 6455 framing.
     ProtocolError,
+    /// `closed_by` sent a frame or message over the route's
+    /// `max_frame_bytes` or `max_message_bytes`.
+    TooBig,
     /// One side finished and the other did not within `timeouts.half_close`.
     HalfCloseTimeout,
     /// A closing handshake (wsgate's or a peer's) did not finish within
@@ -102,6 +105,7 @@ impl EndReason {
             EndReason::ReadError => "read_error",
             EndReason::WriteError => "write_error",
             EndReason::ProtocolError => "protocol_error",
+            EndReason::TooBig => "too_big",
             EndReason::HalfCloseTimeout => "half_close_timeout",
             EndReason::CloseTimeout => "close_timeout",
             EndReason::Shutdown => "shutdown",

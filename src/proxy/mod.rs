@@ -413,10 +413,14 @@ async fn upgrade(
                     half_close: routed.timeouts.half_close,
                     close: routed.timeouts.close,
                 },
-                policy: FramePolicy::for_extensions(
-                    routed.strict,
-                    upstream::answer::extension_names(&headers),
-                ),
+                policy: FramePolicy {
+                    max_frame: routed.route.max_frame_bytes,
+                    max_message: routed.route.max_message_bytes,
+                    ..FramePolicy::for_extensions(
+                        routed.strict,
+                        upstream::answer::extension_names(&headers),
+                    )
+                },
             };
             let client_upgrade = hyper::upgrade::on(&mut req);
             shared

@@ -25,7 +25,7 @@ use tokio::io::ReadBuf;
 
 use crate::observe::registry::{now_ms, ConnStats, DirectionCounters};
 use crate::tunnel::frames::{encode_close, FrameError, FrameTracker, Sender};
-use crate::tunnel::{mask_key, Splice, COPY_BUFFER_SIZE};
+use crate::tunnel::{mask_key, FramePolicy, Splice, COPY_BUFFER_SIZE};
 
 /// Close code to the side that did not break the protocol: its peer is going away.
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -98,10 +98,11 @@ impl Half {
     /// A direction whose sender may set the reserved bits `rsv` (as
     /// negotiated extensions allow), and that reacts to violations as
     /// `strict` says.
-    pub(crate) fn with_policy(sender: Sender, rsv: u8, strict: bool) -> Self {
+    pub(crate) fn with_policy(sender: Sender, policy: &FramePolicy) -> Self {
         Self {
-            tracker: FrameTracker::with_rsv(sender, rsv),
-            strict,
+            tracker: FrameTracker::with_rsv(sender, policy.rsv)
+                .with_limits(policy.max_frame, policy.max_message),
+            strict: policy.strict,
             ..Self::new(sender)
         }
     }
@@ -214,7 +215,7 @@ impl Half {
     ) -> Result<usize, HalfError> {
         let pass = match self.tracker.feed_at(data) {
             Ok(pass) => pass,
-            Err(_) if !self.strict => data.len(),
+            Err((e, _)) if !self.strict && !e.is_size_limit() => data.len(),
             Err((e, start)) => {
                 self.violation = Some(e);
                 if start.is_some() {

@@ -51,6 +51,18 @@ mod tests;
 /// Close code to a peer that broke RFC 6455.
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 
+/// Close code to a peer whose frame or message is over the route's limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// The Close a side that broke `e` gets.
+fn offender_close(e: FrameError) -> (u16, &'static str) {
+    if e.is_size_limit() {
+        (CLOSE_TOO_BIG, "message too big")
+    } else {
+        (CLOSE_PROTOCOL_ERROR, "protocol error")
+    }
+}
+
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
 
@@ -102,6 +114,15 @@ pub enum TunnelError {
         /// The offender.
         side: Side,
         /// The rule broken.
+        #[source]
+        source: FrameError,
+    },
+    /// A side sent a frame or message over the route's size limits.
+    #[error("{} sent too much: {source}", side.as_str())]
+    TooBig {
+        /// The sender.
+        side: Side,
+        /// The limit passed.
         #[source]
         source: FrameError,
     },
@@ -168,6 +189,7 @@ impl TunnelError {
             TunnelError::Read { .. } => EndReason::ReadError,
             TunnelError::Write { .. } => EndReason::WriteError,
             TunnelError::Protocol { .. } => EndReason::ProtocolError,
+            TunnelError::TooBig { .. } => EndReason::TooBig,
             TunnelError::HalfCloseTimeout(_) => EndReason::HalfCloseTimeout,
             TunnelError::CloseTimeout { .. } | TunnelError::CloseUnanswered { .. } => {
                 EndReason::CloseTimeout
@@ -187,6 +209,10 @@ pub struct FramePolicy {
     /// Reserved bits negotiated extensions allow, as a mask of a frame's
     /// first byte: 0x40 (RSV1) with permessage-deflate.
     pub rsv: u8,
+    /// The route's `max_frame_bytes`: a larger data frame gets 1009.
+    pub max_frame: Option<u64>,
+    /// The route's `max_message_bytes`, fragments summed: over it, 1009.
+    pub max_message: Option<u64>,
 }
 
 impl Default for FramePolicy {
@@ -194,6 +220,8 @@ impl Default for FramePolicy {
         Self {
             strict: true,
             rsv: 0,
+            max_frame: None,
+            max_message: None,
         }
     }
 }
@@ -212,7 +240,11 @@ impl FramePolicy {
                 0x70
             }
         });
-        Self { strict, rsv }
+        Self {
+            rsv,
+            strict,
+            ..Self::default()
+        }
     }
 }
 
@@ -248,8 +280,8 @@ pub async fn run<C: Splice, B: Splice>(
     policy: FramePolicy,
     shutdown: &CancellationToken,
 ) -> TunnelOutcome {
-    let mut up = Half::with_policy(Sender::Client, policy.rsv, policy.strict);
-    let mut down = Half::with_policy(Sender::Server, policy.rsv, policy.strict);
+    let mut up = Half::with_policy(Sender::Client, &policy);
+    let mut down = Half::with_policy(Sender::Server, &policy);
     if let Err(e) = up.start_with(client_leftover, &stats.to_backend, stats) {
         return half_error(e, Side::Client, None);
     }
@@ -318,7 +350,8 @@ pub async fn run<C: Splice, B: Splice>(
                 (None, None) => None,
             };
             if let Some((side, e)) = offender {
-                let frame = |mask| encode_close(CLOSE_PROTOCOL_ERROR, "protocol error", mask);
+                let (code, reason) = offender_close(e);
+                let frame = |mask| encode_close(code, reason, mask);
                 match side {
                     Side::Client => down.close_offender(frame(None)),
                     _ => up.close_offender(frame(Some(mask_key(stats.id)))),
@@ -331,13 +364,18 @@ pub async fn run<C: Splice, B: Splice>(
         }
         if let Some((side, source)) = state.violation {
             if state.first_close.is_none() && (up.injected() || down.injected()) {
-                state.first_close = Some((Side::Proxy, Some(CLOSE_PROTOCOL_ERROR)));
+                state.first_close = Some((Side::Proxy, Some(offender_close(source).0)));
             }
             let expired = close_timer
                 .as_mut()
                 .is_some_and(|t| t.as_mut().poll(cx).is_ready());
             if expired || (up.is_done() && down.is_done()) {
-                return Poll::Ready(state.end(side, TunnelError::Protocol { side, source }));
+                let error = if source.is_size_limit() {
+                    TunnelError::TooBig { side, source }
+                } else {
+                    TunnelError::Protocol { side, source }
+                };
+                return Poll::Ready(state.end(side, error));
             }
             return Poll::Pending;
         }

@@ -33,6 +33,11 @@ pub struct FrameTracker {
     // Frames whose header completed after this sender's Close (saturating;
     // u32 keeps the tracker within a cache line).
     late: u32,
+    // Route limits on one data frame's and one message's payload
+    // (u64::MAX: none), and the current message's payload so far.
+    max_frame: u64,
+    max_message: u64,
+    message_len: u64,
     // While in a header: the extended length being accumulated. While in a
     // payload: bytes still to pass before the frame ends.
     remaining: u64,
@@ -59,6 +64,9 @@ impl FrameTracker {
             messages: 0,
             control_frames: 0,
             late: 0,
+            max_frame: u64::MAX,
+            max_message: u64::MAX,
+            message_len: 0,
             remaining: 0,
             error: None,
             mask: [0; 4],
@@ -79,6 +87,15 @@ impl FrameTracker {
         let mut t = Self::new(sender);
         t.flags |= rsv & RSV_BITS;
         t
+    }
+
+    /// Limits on one data frame's payload and one message's (its frames
+    /// summed), judged from each header before any of its payload passes;
+    /// `None`: no limit.
+    pub fn with_limits(mut self, max_frame: Option<u64>, max_message: Option<u64>) -> Self {
+        self.max_frame = max_frame.unwrap_or(u64::MAX);
+        self.max_message = max_message.unwrap_or(u64::MAX);
+        self
     }
 
     /// Like [`FrameTracker::feed`], and on a violation also says where, in
@@ -338,6 +355,18 @@ impl FrameTracker {
         if op >= OP_CLOSE && self.remaining > 125 {
             return Err(FrameError::ControlTooLong(self.remaining));
         }
+        if op < OP_CLOSE && !self.closed() {
+            if self.remaining > self.max_frame {
+                return Err(FrameError::FrameTooBig(self.remaining));
+            }
+            self.message_len = match op {
+                OP_CONTINUATION => self.message_len.saturating_add(self.remaining),
+                _ => self.remaining,
+            };
+            if self.message_len > self.max_message {
+                return Err(FrameError::MessageTooBig(self.message_len));
+            }
+        }
         if op == OP_CLOSE && !self.closed() {
             if self.remaining == 1 {
                 return Err(FrameError::CloseTooShort);
@@ -433,7 +462,9 @@ mod tests {
 
     #[test]
     fn struct_is_compact() {
-        assert!(std::mem::size_of::<FrameTracker>() <= 64);
+        // Two cache lines at most: the route's size limits and the running
+        // message size take the second.
+        assert!(std::mem::size_of::<FrameTracker>() <= 128);
     }
 
     #[test]
@@ -663,6 +694,46 @@ mod tests {
         let bad = enc(0xE2, b"d", Some(KEY), Len::Min);
         // Only the bits no extension allows are named.
         assert_eq!(t.feed(&bad), Err(FrameError::ReservedBits(2)));
+    }
+
+    #[test]
+    fn size_limits_are_judged_from_headers_with_fragments_summed() {
+        let limited = || FrameTracker::new(Sender::Client).with_limits(Some(100), Some(250));
+        // At the limits: fine, control frames and other messages apart.
+        let ok = [
+            enc(0x02, &[1; 100], Some(KEY), Len::Min),
+            enc(0x89, &[2; 125], Some(KEY), Len::Min),
+            enc(0x00, &[3; 100], Some(KEY), Len::L16),
+            enc(0x80, &[4; 50], Some(KEY), Len::Min),
+            enc(0x81, &[5; 100], Some(KEY), Len::Min),
+        ]
+        .concat();
+        let mut t = limited();
+        assert_eq!(t.feed(&ok), Ok(ok.len()));
+        assert_eq!(t.messages(), 2);
+        // One byte over a frame: refused at its header, before its payload.
+        let big = enc(0x82, &[0; 101], Some(KEY), Len::Min);
+        let mut t = limited();
+        assert_eq!(
+            t.feed_at(&big[..6]),
+            Err((FrameError::FrameTooBig(101), Some(0)))
+        );
+        // A message whose third fragment passes the sum.
+        let frag = [
+            enc(0x01, &[0; 100], Some(KEY), Len::Min),
+            enc(0x00, &[0; 100], Some(KEY), Len::Min),
+        ]
+        .concat();
+        let third = enc(0x80, &[0; 51], Some(KEY), Len::Min);
+        let mut t = limited();
+        assert_eq!(t.feed(&frag), Ok(frag.len()));
+        assert_eq!(
+            t.feed_at(&third[..6]),
+            Err((FrameError::MessageTooBig(251), Some(0)))
+        );
+        // No limits: nothing refused.
+        let mut t = FrameTracker::new(Sender::Client).with_limits(None, None);
+        assert_eq!(t.feed(&big), Ok(big.len()));
     }
 
     #[test]

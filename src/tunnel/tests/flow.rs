@@ -279,7 +279,7 @@ async fn a_framing_violation_gets_1002_to_the_offender_and_1001_to_the_other_sid
         let mut t = Setup {
             policy: FramePolicy {
                 strict: false,
-                rsv: 0,
+                ..FramePolicy::default()
             },
             ..Setup::default()
         }
@@ -519,5 +519,66 @@ async fn an_unexpected_eof_ends_a_direction_like_eof_and_a_reset_is_a_read_failu
             assert_eq!(read_all(&mut t.backend, "EOF at the backend").await, hello);
         }
         assert_eq!(out.closed_by, Side::Client, "{kind:?}");
+    }
+}
+
+/// Over the route's limits, each way: the sender gets 1009, the other side
+/// 1001, and not a byte of the frame that went over passes, even when not
+/// strict.
+#[tokio::test]
+async fn a_frame_or_message_over_the_limits_gets_1009_to_its_sender_and_1001_to_the_other() {
+    for strict in [true, false] {
+        for sender in [Side::Client, Side::Backend] {
+            for (frames, error) in [
+                (vec![(FIN | BINARY, 101)], FrameError::FrameTooBig(101)),
+                (
+                    vec![(TEXT, 100), (CONT, 100), (FIN | CONT, 51)],
+                    FrameError::MessageTooBig(251),
+                ),
+            ] {
+                let mut t = Setup {
+                    policy: FramePolicy {
+                        strict,
+                        max_frame: Some(100),
+                        max_message: Some(250),
+                        ..FramePolicy::default()
+                    },
+                    ..Setup::default()
+                }
+                .start();
+                let enc: Vec<Vec<u8>> = frames
+                    .iter()
+                    .map(|&(b0, n)| match sender {
+                        Side::Client => from_client(b0, &payload(n)),
+                        _ => from_backend(b0, &payload(n)),
+                    })
+                    .collect();
+                let (last, good) = enc.split_last().expect("frames");
+                let good = good.concat();
+                let (from, to) = match sender {
+                    Side::Client => (&mut t.client, &mut t.backend),
+                    _ => (&mut t.backend, &mut t.client),
+                };
+                send(from, &[good.clone(), last.clone()].concat()).await;
+                let masked = sender == Side::Client;
+                let notice_len = if masked { 31 } else { 27 };
+                let got = read_n(to, good.len() + notice_len, "the good part and 1001").await;
+                assert_eq!(got[..good.len()], good[..]);
+                decode(&got[good.len()..])[0].assert_close(masked, 1001, "peer broke the protocol");
+                let back = decode(&read_all(from, "the 1009 and EOF").await);
+                assert_eq!(back.len(), 1, "{back:?}");
+                back[0].assert_close(!masked, 1009, "message too big");
+                to.shutdown().await.expect("EOF");
+                from.shutdown().await.expect("EOF");
+                let out = t.outcome().await;
+                assert!(
+                    matches!(out.error, Some(TunnelError::TooBig { source, side }) if source == error && side == sender),
+                    "{strict} {sender:?}: {:?}",
+                    out.error
+                );
+                assert_eq!(out.to_end().reason.as_str(), "too_big");
+                assert_eq!(out.first_close, Some((Side::Proxy, Some(1009))));
+            }
+        }
     }
 }
