@@ -641,8 +641,8 @@ async fn connections_are_listed_oldest_first_with_live_totals_and_filters() {
         let n = msgs.len() as u64;
         let len: u64 = msgs.iter().map(|m| m.len() as u64).sum();
         (
-            serde_json::json!({"bytes": 6 * n + len, "frames": n, "messages": n}),
-            serde_json::json!({"bytes": 2 * n + len, "frames": n, "messages": n}),
+            serde_json::json!({"bytes": 6 * n + len, "frames": n, "messages": n, "discarded_frames": 0}),
+            serde_json::json!({"bytes": 2 * n + len, "frames": n, "messages": n, "discarded_frames": 0}),
         )
     };
     // The echo has been read, so the client-bound counters are at most a poll behind.

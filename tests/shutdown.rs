@@ -365,6 +365,7 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
             bytes::Bytes::new(),
             &stats,
             timeouts,
+            tunnel::FramePolicy::default(),
             &hard,
         )
         .await

@@ -318,6 +318,10 @@ async fn an_unmasked_client_frame_never_reaches_the_backend() {
     bad.extend_from_slice(&masked_text(b"after"));
     client.write_all(&bad).await.expect("write bad frame");
     let mut rest = Vec::new();
+    let (op, payload) = read_frame(&mut server).await;
+    assert_eq!((op, &payload[..2]), (0x88, &1001u16.to_be_bytes()[..]));
+    assert_eq!(&payload[2..], b"peer broke the protocol");
+    server.shutdown().await.expect("backend FIN");
     within("backend EOF", server.read_to_end(&mut rest))
         .await
         .expect("read");
@@ -325,16 +329,19 @@ async fn an_unmasked_client_frame_never_reaches_the_backend() {
         rest.is_empty(),
         "bytes of or after the unmasked frame reached the backend: {rest:?}"
     );
-    // The client gets no Close frame, and no byte at all: the connection ends.
+    // The client gets Close 1002 and EOF; the backend already had 1001 and EOF.
     let mut to_client = Vec::new();
     within("client EOF", async {
         let _ = client.read_to_end(&mut to_client).await;
     })
     .await;
-    assert!(to_client.is_empty(), "the client got {to_client:?}");
+    let mut expected = vec![0x88, 2 + 14, 0x03, 0xea];
+    expected.extend_from_slice(b"protocol error");
+    assert_eq!(to_client, expected);
     let record = next_record(&mut rx).await;
     assert_eq!(record.end.closed_by, Side::Client);
-    assert_eq!(record.end.close_code, None);
+    assert_eq!(record.end.reason, EndReason::ProtocolError, "{record:?}");
+    assert_eq!(record.end.close_code, Some(1002));
     assert_eq!(record.to_backend.bytes, good.len() as u64);
     assert_eq!(record.to_backend.messages, 1);
     gw.wait_idle().await;
@@ -415,7 +422,10 @@ async fn a_bad_client_does_not_disturb_others_and_counters_return_to_zero() {
     bad.write_all(&[0x8f, 0x80, 0, 0, 0, 0])
         .await
         .expect("reserved opcode");
+    // It gets Close 1002 and EOF; once it closes too, its tunnel is gone.
     wait_closed(&mut bad).await;
+    drop(bad);
+    gw.wait_live(50).await;
     for round in 0..3 {
         for (i, c) in clients.iter_mut().enumerate() {
             let text = format!("{i}-{round}");
@@ -549,4 +559,196 @@ async fn echo_back(client: &mut tokio_tungstenite::WebSocketStream<TcpStream>, t
         Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), text),
         other => panic!("expected {text:?}, got {other:?}"),
     }
+}
+
+/// A masked client frame of any opcode with a short payload.
+fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [3u8, 5, 7, 11];
+    let mut f = vec![b0, 0x80 | u8::try_from(payload.len()).expect("short")];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// The closing handshake is transparent: a client that sends a ping, a
+/// data frame and a second Close after its Close still gets the backend's
+/// Close reply, byte for byte; the backend sees only the first Close; the
+/// discarded frames are counted in the record and the metrics.
+#[tokio::test]
+async fn frames_after_a_clients_close_are_discarded_and_the_backends_reply_arrives() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    let close = client_frame(0x88, &1000u16.to_be_bytes());
+    let glued = [close.clone(), client_frame(0x89, b"ping?")].concat();
+    client.write_all(&glued).await.expect("Close and ping");
+    client
+        .write_all(
+            &[
+                masked_text(b"late"),
+                client_frame(0x88, &4000u16.to_be_bytes()),
+            ]
+            .concat(),
+        )
+        .await
+        .expect("late frames");
+    let mut got = vec![0u8; close.len()];
+    within("the Close at the backend", server.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, close);
+    let reply = [0x88, 2, 0x03, 0xe8];
+    server.write_all(&reply).await.expect("reply");
+    server.shutdown().await.expect("backend FIN");
+    let mut to_client = Vec::new();
+    within(
+        "the reply and EOF at the client",
+        client.read_to_end(&mut to_client),
+    )
+    .await
+    .expect("read");
+    assert_eq!(to_client, reply);
+    client.shutdown().await.expect("client FIN");
+    let mut rest = Vec::new();
+    within("EOF at the backend", server.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(rest.is_empty(), "after the Close the backend got {rest:?}");
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.end.reason, EndReason::Closed, "{r:?}");
+    assert_eq!(r.end.close_code, Some(1000));
+    assert_eq!(r.end.close_frame_from, Some(Side::Client));
+    assert_eq!(r.to_backend.bytes, close.len() as u64);
+    assert_eq!((r.to_backend.frames, r.to_backend.discarded_frames), (1, 3));
+    assert_eq!((r.to_client.bytes, r.to_client.discarded_frames), (4, 0));
+    let text = gw.gateway.shared().metrics.encode().expect("metrics");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("wsgate_traffic_discarded_frames_total{")
+                && l.contains("direction=\"to_backend\"")
+                && l.ends_with(" 3")),
+        "{text}"
+    );
+    gw.wait_idle().await;
+}
+
+/// A backend's masked frame: the backend gets Close 1002 (masked, as from
+/// a client), the client Close 1001, and the record blames the backend.
+#[tokio::test]
+async fn a_masked_backend_frame_gets_1002_to_the_backend_and_1001_to_the_client() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&simple_config(&[addr])).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    server
+        .write_all(&[[0x81, 2, b'o', b'k'].to_vec(), masked_text(b"masked")].concat())
+        .await
+        .expect("write");
+    let (op, payload) = read_frame(&mut client).await;
+    assert_eq!((op, payload.as_slice()), (0x81, &b"ok"[..]));
+    let mut expected = vec![0x88, 2 + 23, 0x03, 0xe9];
+    expected.extend_from_slice(b"peer broke the protocol");
+    let mut got = vec![0u8; expected.len()];
+    within("the 1001 at the client", client.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, expected, "unmasked, right after the good frame");
+    let (op, payload) = read_frame(&mut server).await;
+    assert_eq!(op, 0x88);
+    assert_eq!(&payload[..2], &1002u16.to_be_bytes());
+    assert_eq!(&payload[2..], b"protocol error");
+    wait_closed(&mut server).await;
+    drop(server);
+    client.shutdown().await.expect("client FIN");
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.end.reason, EndReason::ProtocolError, "{r:?}");
+    assert_eq!(r.end.closed_by, Side::Backend);
+    assert_eq!(r.end.close_frame_from, Some(Side::Proxy));
+    assert_eq!(r.to_client.bytes, 4, "only the good frame was relayed");
+    gw.wait_idle().await;
+}
+
+/// `[websocket] strict = false`: a frame with a reserved bit and an
+/// unmasked client frame pass untouched both ways, and the tunnel goes on.
+#[tokio::test]
+async fn not_strict_passes_violations_untouched() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let toml = format!("{}\n[websocket]\nstrict = false\n", simple_config(&[addr]));
+    let gw = TestGateway::start(&toml).await;
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    let up = [0x81, 2, b'h', b'i'];
+    client.write_all(&up).await.expect("unmasked");
+    let mut got = [0u8; 4];
+    within("the frame at the backend", server.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, up);
+    let down = [0xc1, 1, b'x'];
+    server.write_all(&down).await.expect("rsv1");
+    let mut got = [0u8; 3];
+    within("the frame at the client", client.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, down);
+    assert_eq!(gw.gateway.registry().live_count(), 1);
+}
+
+/// A route's `max_message_bytes`, fragments summed, over real sockets: the
+/// client whose third fragment goes over gets Close 1009, the backend the
+/// first two fragments and then Close 1001; the record says `too_big`.
+#[tokio::test]
+async fn a_message_over_the_routes_limit_gets_1009_to_its_sender_and_1001_to_the_backend() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let toml = simple_config(&[addr]).replace(
+        "upstream = \"u\"\n",
+        "upstream = \"u\"\nmax_frame_bytes = 100\nmax_message_bytes = 150\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut rx = gw.access_log();
+    let mut client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    let fragment = |b0: u8, n: usize| {
+        let mut f = client_frame(b0, &vec![b'x'; n]);
+        f[0] = b0;
+        f
+    };
+    let good = [fragment(0x01, 60), fragment(0x00, 60)].concat();
+    client
+        .write_all(&[good.clone(), fragment(0x80, 31)].concat())
+        .await
+        .expect("write");
+    let mut got = vec![0u8; good.len()];
+    within("the fragments under the limit", server.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(got, good);
+    let (op, payload) = read_frame(&mut server).await;
+    assert_eq!((op, &payload[..2]), (0x88, &1001u16.to_be_bytes()[..]));
+    let mut expected = vec![0x88, 2 + 15, 0x03, 0xf1];
+    expected.extend_from_slice(b"message too big");
+    let mut to_client = Vec::new();
+    within("the 1009 and EOF", client.read_to_end(&mut to_client))
+        .await
+        .expect("read");
+    assert_eq!(to_client, expected);
+    drop(client);
+    server.shutdown().await.expect("backend FIN");
+    let r = next_record(&mut rx).await;
+    assert_eq!(r.end.reason, EndReason::TooBig, "{r:?}");
+    assert_eq!(r.end.closed_by, Side::Client);
+    assert_eq!(r.end.close_code, Some(1009));
+    assert_eq!(r.to_backend.bytes, good.len() as u64);
+    gw.wait_idle().await;
 }

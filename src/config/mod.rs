@@ -53,7 +53,7 @@ pub const DEFAULT_CLIENT_BODY: Duration = Duration::from_secs(60);
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 /// Default for `timeouts.half_close`: once one side of a tunnel has closed, how long the other may keep it open.
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
-/// Default for `timeouts.close`: how long a closing handshake started by wsgate may take before the connection is cut.
+/// Default for `timeouts.close`: how long a closing handshake (started by wsgate or by a peer) may take before the connection is cut.
 pub const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
 /// Longest duration any timeout accepts: a week. Larger values are typos,
 /// and arithmetic on them must not overflow.
@@ -80,6 +80,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Every named size limit, with defaults filled in.
     pub limits: Limits,
+    /// How tunnels judge the frames they relay.
+    pub websocket: WebSocketConfig,
     /// Listeners in file order; names are unique.
     pub listeners: Vec<ListenerConfig>,
     /// Routes in file order; the router sorts them by specificity.
@@ -225,6 +227,15 @@ impl Default for Timeouts {
     }
 }
 
+/// `[websocket]`: how tunnels judge the frames they relay.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WebSocketConfig {
+    /// A frame that breaks RFC 6455 in its header ends the tunnel with
+    /// Close 1002 to its sender and 1001 to the other side; `false` passes
+    /// it through untouched (for peers known to bend the rules).
+    pub strict: bool,
+}
+
 /// `[limits]`: sizes the proxy refuses to exceed.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Limits {
@@ -315,6 +326,10 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Name of an entry in `upstreams`.
     pub upstream: String,
+    /// Largest data frame payload either side may send; `None`: no limit.
+    pub max_frame_bytes: Option<u64>,
+    /// Largest message (fragments summed) either side may send; `None`: no limit.
+    pub max_message_bytes: Option<u64>,
 }
 
 /// One `[upstreams.NAME]` table: its servers, and every other setting in
@@ -830,6 +845,34 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             (p[0].key.as_str(), p[0].line, p[0].column),
             ("timeouts.upstream_response", 2, 21)
         );
+    }
+
+    #[test]
+    fn route_size_limits_are_optional_and_positive() {
+        let head = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n[[routes]]\nupstream=\"u\"\n";
+        let c = parse(head, Path::new("c.toml")).expect("valid");
+        assert_eq!(
+            (c.routes[0].max_frame_bytes, c.routes[0].max_message_bytes),
+            (None, None)
+        );
+        let text = format!("{head}max_frame_bytes = 1024\nmax_message_bytes = 65536\n");
+        let c = parse(&text, Path::new("c.toml")).expect("valid");
+        assert_eq!(
+            (c.routes[0].max_frame_bytes, c.routes[0].max_message_bytes),
+            (Some(1024), Some(65536))
+        );
+        for key in ["max_frame_bytes", "max_message_bytes"] {
+            for bad in ["0", "-5"] {
+                let p = problems(&format!("{head}{key} = {bad}\n"));
+                assert_eq!(
+                    p.iter()
+                        .map(|p| (p.key.clone(), p.line))
+                        .collect::<Vec<_>>(),
+                    [(format!("routes[0].{key}"), 8)],
+                    "{key} = {bad}"
+                );
+            }
+        }
     }
 
     #[test]

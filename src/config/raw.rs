@@ -28,6 +28,14 @@ pub(crate) struct RawConfig {
     pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) websocket: RawWebSocket,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebSocket {
+    pub(crate) strict: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,6 +115,8 @@ pub(crate) struct RawRoute {
     pub(crate) host: Option<Spanned<String>>,
     pub(crate) path_prefix: Option<Spanned<String>>,
     pub(crate) upstream: Spanned<String>,
+    pub(crate) max_frame_bytes: Option<Spanned<i64>>,
+    pub(crate) max_message_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

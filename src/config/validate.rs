@@ -179,6 +179,9 @@ impl<'a> Validator<'a> {
             version: version_of(self.text),
             timeouts,
             limits,
+            websocket: WebSocketConfig {
+                strict: raw.websocket.strict.unwrap_or(true),
+            },
             listeners,
             routes,
             upstreams,
@@ -290,6 +293,27 @@ impl<'a> Validator<'a> {
             linger: self.duration(t.linger, "timeouts.linger", d.linger),
             half_close: self.duration(t.half_close, "timeouts.half_close", d.half_close),
             close: self.duration(t.close, "timeouts.close", d.close),
+        }
+    }
+
+    /// An optional size in bytes, at least 1; `None` when absent (no limit).
+    fn bytes_at_least_1(
+        &mut self,
+        v: Option<Spanned<i64>>,
+        table: &str,
+        name: &str,
+    ) -> Option<u64> {
+        let v = v?;
+        match u64::try_from(*v.get_ref()) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.problem(
+                    &v,
+                    format!("{table}.{name}"),
+                    "must be a number of bytes, at least 1",
+                );
+                None
+            }
         }
     }
 
@@ -429,12 +453,22 @@ impl<'a> Validator<'a> {
             }
             if let (Some(host), Some(path_prefix)) = (host, prefix) {
                 if !seen_routes.insert((host.clone(), path_prefix.clone())) {
-                    self.problem_at(span, key, "another route has the same host and path_prefix");
+                    self.problem_at(
+                        span,
+                        key.clone(),
+                        "another route has the same host and path_prefix",
+                    );
                 }
+                let max_frame_bytes =
+                    self.bytes_at_least_1(r.max_frame_bytes, &key, "max_frame_bytes");
+                let max_message_bytes =
+                    self.bytes_at_least_1(r.max_message_bytes, &key, "max_message_bytes");
                 routes.push(RouteConfig {
                     host,
                     path_prefix,
                     upstream,
+                    max_frame_bytes,
+                    max_message_bytes,
                 });
             }
         }

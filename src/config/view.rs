@@ -39,6 +39,7 @@ pub struct ConfigView<'a> {
     log: LogView<'a>,
     timeouts: &'a Timeouts,
     limits: &'a Limits,
+    websocket: &'a WebSocketConfig,
     listeners: Vec<ListenerView<'a>>,
     routes: Vec<RouteView<'a>>,
     upstreams: BTreeMap<&'a str, UpstreamView<'a>>,
@@ -54,6 +55,7 @@ impl<'a> From<&'a Config> for ConfigView<'a> {
             log: LogView::from(&c.log),
             timeouts: &c.timeouts,
             limits: &c.limits,
+            websocket: &c.websocket,
             listeners: c.listeners.iter().map(ListenerView::from).collect(),
             routes: c.routes.iter().map(RouteView::from).collect(),
             upstreams: c
@@ -161,6 +163,9 @@ struct RouteView<'a> {
     host: Option<String>,
     path_prefix: &'a str,
     upstream: &'a str,
+    /// `null`: no limit, as when the key is left out.
+    max_frame_bytes: Option<u64>,
+    max_message_bytes: Option<u64>,
 }
 
 impl<'a> From<&'a RouteConfig> for RouteView<'a> {
@@ -169,6 +174,8 @@ impl<'a> From<&'a RouteConfig> for RouteView<'a> {
             host: (r.host != HostPattern::Any).then(|| r.host.to_string()),
             path_prefix: &r.path_prefix,
             upstream: &r.upstream,
+            max_frame_bytes: r.max_frame_bytes,
+            max_message_bytes: r.max_message_bytes,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct DirectionTotals {
     pub frames: u64,
     /// Messages.
     pub messages: u64,
+    /// Frames sent after the sender's own Close, discarded (RFC 6455 5.5.1).
+    pub discarded_frames: u64,
 }
 
 /// A request, from wsgate itself, that a tunnel end with a Close frame.
@@ -76,9 +78,14 @@ pub enum EndReason {
     WriteError,
     /// `closed_by` broke RFC 6455 framing.
     ProtocolError,
+    /// `closed_by` sent a frame or message over the route's
+    /// `max_frame_bytes` or `max_message_bytes`.
+    TooBig,
     /// One side finished and the other did not within `timeouts.half_close`.
     HalfCloseTimeout,
-    /// A closing handshake wsgate started did not finish within `timeouts.close`.
+    /// A closing handshake (wsgate's or a peer's) did not finish within
+    /// `timeouts.close`; after a peer's Close, `closed_by` is the side that
+    /// never answered.
     CloseTimeout,
     /// Cut by a hard shutdown.
     Shutdown,
@@ -98,6 +105,7 @@ impl EndReason {
             EndReason::ReadError => "read_error",
             EndReason::WriteError => "write_error",
             EndReason::ProtocolError => "protocol_error",
+            EndReason::TooBig => "too_big",
             EndReason::HalfCloseTimeout => "half_close_timeout",
             EndReason::CloseTimeout => "close_timeout",
             EndReason::Shutdown => "shutdown",
@@ -197,6 +205,8 @@ impl AccessRecord {
             frames_to_client = self.to_client.frames,
             messages_to_backend = self.to_backend.messages,
             messages_to_client = self.to_client.messages,
+            discarded_frames_to_backend = self.to_backend.discarded_frames,
+            discarded_frames_to_client = self.to_client.discarded_frames,
             closed_by = self.end.closed_by.as_str(),
             // Absent, not a sentinel, when there was none: `None` records nothing.
             close_code = self.end.close_code,

@@ -28,6 +28,8 @@ pub struct DirectionCounters {
     pub frames: AtomicU64,
     /// Whole data messages that have passed.
     pub messages: AtomicU64,
+    /// Frames the sender began after its own Close: discarded, not passed.
+    pub discarded_frames: AtomicU64,
 }
 
 impl DirectionCounters {
@@ -37,6 +39,7 @@ impl DirectionCounters {
             bytes: self.bytes.load(Ordering::Relaxed),
             frames: self.frames.load(Ordering::Relaxed),
             messages: self.messages.load(Ordering::Relaxed),
+            discarded_frames: self.discarded_frames.load(Ordering::Relaxed),
         }
     }
 }

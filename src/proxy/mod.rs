@@ -32,7 +32,7 @@ use crate::config::Timeouts;
 use crate::observe::access::RequestRecord;
 use crate::observe::registry::ConnInfo;
 use crate::tunnel::session::Session;
-use crate::tunnel::{self, TunnelTimeouts};
+use crate::tunnel::{self, FramePolicy, TunnelTimeouts};
 use crate::upstream::balancer::{Balance, Server};
 use crate::upstream::{self, Answer, Deadlines};
 use context::InFlight;
@@ -273,6 +273,8 @@ struct Routed {
     timeouts: Timeouts,
     /// `limits.max_request_body`.
     max_body: Option<u64>,
+    /// `websocket.strict`.
+    strict: bool,
 }
 
 impl Routed {
@@ -296,13 +298,14 @@ fn route(
     path: &str,
     record: &mut RequestRecord,
 ) -> Result<Routed, Refusal> {
-    let (route, timeouts, max_body) = {
+    let (route, timeouts, max_body, strict) = {
         let snapshot = ctx.shared.snapshot.load();
         let route = snapshot.route(&host, path).cloned();
         (
             route.ok_or(HandshakeError::NoRoute)?,
             snapshot.timeouts,
             snapshot.limits.max_request_body,
+            snapshot.config.websocket.strict,
         )
     };
     record.route = Some(route.label.clone());
@@ -336,6 +339,7 @@ fn route(
         target,
         timeouts,
         max_body,
+        strict,
     })
 }
 
@@ -408,6 +412,14 @@ async fn upgrade(
                 timeouts: TunnelTimeouts {
                     half_close: routed.timeouts.half_close,
                     close: routed.timeouts.close,
+                },
+                policy: FramePolicy {
+                    max_frame: routed.route.max_frame_bytes,
+                    max_message: routed.route.max_message_bytes,
+                    ..FramePolicy::for_extensions(
+                        routed.strict,
+                        upstream::answer::extension_names(&headers),
+                    )
                 },
             };
             let client_upgrade = hyper::upgrade::on(&mut req);

@@ -68,6 +68,10 @@ pub struct Route {
     prefix: String,
     /// Where matching requests go.
     pub upstream: Arc<Upstream>,
+    /// `max_frame_bytes` and `max_message_bytes` of its tunnels.
+    pub max_frame_bytes: Option<u64>,
+    /// See `max_frame_bytes`.
+    pub max_message_bytes: Option<u64>,
 }
 
 /// Why a snapshot could not be compiled.
@@ -156,6 +160,8 @@ impl Snapshot {
                     host: r.host.clone(),
                     prefix: r.path_prefix.clone(),
                     upstream,
+                    max_frame_bytes: r.max_frame_bytes,
+                    max_message_bytes: r.max_message_bytes,
                 }))
             })
             .collect();

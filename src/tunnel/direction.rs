@@ -24,8 +24,11 @@ use bytes::Bytes;
 use tokio::io::ReadBuf;
 
 use crate::observe::registry::{now_ms, ConnStats, DirectionCounters};
-use crate::tunnel::frames::{FrameError, FrameTracker, Sender};
-use crate::tunnel::{Splice, COPY_BUFFER_SIZE};
+use crate::tunnel::frames::{encode_close, FrameError, FrameTracker, Sender};
+use crate::tunnel::{mask_key, FramePolicy, Splice, COPY_BUFFER_SIZE};
+
+/// Close code to the side that did not break the protocol: its peer is going away.
+const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Where one direction is (see the transitions above).
 enum Phase {
@@ -63,6 +66,17 @@ pub(crate) struct Half {
     discard: bool,
     /// The sender has finished (EOF), whether or not its receiver is shut down yet.
     pub(crate) eof: bool,
+    /// Whether a protocol violation ends the tunnel with Close frames
+    /// (`[websocket] strict`); otherwise the bytes pass untouched and the
+    /// tracker stops following them.
+    strict: bool,
+    /// The sender broke RFC 6455 (strict only): the frames before the bad
+    /// one passed, the receiver gets Close 1001 where it can, and whatever
+    /// the sender sends from then on is dropped.
+    violation: Option<FrameError>,
+    /// After wsgate's Close is written, shut the receiver's writer down
+    /// (the receiver broke the protocol: nothing more goes to it).
+    shut_after_inject: bool,
 }
 
 impl Half {
@@ -75,6 +89,37 @@ impl Half {
             injecting: false,
             discard: false,
             eof: false,
+            strict: true,
+            violation: None,
+            shut_after_inject: false,
+        }
+    }
+
+    /// A direction whose sender may set the reserved bits `rsv` (as
+    /// negotiated extensions allow), and that reacts to violations as
+    /// `strict` says.
+    pub(crate) fn with_policy(sender: Sender, policy: &FramePolicy) -> Self {
+        Self {
+            tracker: FrameTracker::with_rsv(sender, policy.rsv)
+                .with_limits(policy.max_frame, policy.max_message),
+            strict: policy.strict,
+            ..Self::new(sender)
+        }
+    }
+
+    /// The violation this direction's sender committed, if any.
+    pub(crate) fn violation(&self) -> Option<FrameError> {
+        self.violation
+    }
+
+    /// Queues Close `frame` for the receiver, who broke the protocol, and
+    /// shuts its writer once the frame is out.
+    pub(crate) fn close_offender(&mut self, frame: Vec<u8>) {
+        self.shut_after_inject = true;
+        self.begin_close(frame);
+        if self.inject.is_none() && !matches!(self.phase, Phase::Done) {
+            // Its peer's Close already reached it: only the shutdown is left.
+            self.phase = Phase::ShuttingDown;
         }
     }
 
@@ -106,6 +151,10 @@ impl Half {
     /// through when the close was requested): a second Close would break
     /// the protocol.
     fn take_injection(&mut self) -> Option<Vec<u8>> {
+        if self.violation.is_some() {
+            // The bytes before the bad frame are written by now.
+            return self.inject.take();
+        }
         if !self.tracker.at_boundary() {
             return None;
         }
@@ -131,8 +180,10 @@ impl Half {
         if leftover.is_empty() {
             return Ok(());
         }
-        self.account(&leftover, counters, stats)?;
-        let end = leftover.len();
+        let end = self.account(&leftover, counters, stats)?;
+        if end == 0 {
+            return Ok(());
+        }
         self.phase = Phase::Writing {
             buf: leftover.to_vec(),
             pos: 0,
@@ -151,19 +202,38 @@ impl Half {
         matches!(self.phase, Phase::Done)
     }
 
-    /// Feeds bytes that are about to be written to the frame tracker and
-    /// counters. Bytes that break framing are never written, so they are
-    /// not counted: the counters say what the receiver got.
+    /// Feeds bytes read from the sender to the frame tracker and counters,
+    /// and says how many of them, from the start, are to be written: the
+    /// rest came after the sender's own Close and are discarded, only
+    /// counted. Bytes that break framing are never written, so they are not
+    /// counted: the counters say what the receiver got.
     fn account(
         &mut self,
         data: &[u8],
         counters: &DirectionCounters,
         stats: &ConnStats,
-    ) -> Result<(), HalfError> {
-        self.tracker.feed(data).map_err(HalfError::Protocol)?;
+    ) -> Result<usize, HalfError> {
+        let pass = match self.tracker.feed_at(data) {
+            Ok(pass) => pass,
+            Err((e, _)) if !self.strict && !e.is_size_limit() => data.len(),
+            Err((e, start)) => {
+                self.violation = Some(e);
+                if start.is_some() {
+                    let mask =
+                        (self.tracker.sender() == Sender::Client).then(|| mask_key(stats.id));
+                    self.inject = Some(encode_close(
+                        CLOSE_GOING_AWAY,
+                        "peer broke the protocol",
+                        mask,
+                    ));
+                }
+                start.unwrap_or(0)
+            }
+        };
+        counters.bytes.fetch_add(pass as u64, Ordering::Relaxed);
         counters
-            .bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+            .discarded_frames
+            .store(u64::from(self.tracker.late_frames()), Ordering::Relaxed);
         counters
             .frames
             .store(self.tracker.frames(), Ordering::Relaxed);
@@ -171,7 +241,7 @@ impl Half {
             .messages
             .store(self.tracker.messages(), Ordering::Relaxed);
         stats.last_activity_ms.store(now_ms(), Ordering::Relaxed);
-        Ok(())
+        Ok(pass)
     }
 
     fn start_injection(&mut self, frame: Vec<u8>) {
@@ -248,17 +318,33 @@ impl Half {
                                 self.phase = Phase::ShuttingDown;
                                 continue;
                             }
-                            if self.discard {
-                                // The receiver already has wsgate's Close: only the sender's Close matters now.
-                                self.tracker.feed(&buf[..n]).map_err(HalfError::Protocol)?;
+                            if self.violation.is_some() {
+                                // The sender broke the protocol: nothing of its passes now.
                                 self.phase = Phase::Reading(buf);
                                 continue;
                             }
-                            self.account(&buf[..n], counters, stats)?;
-                            self.phase = Phase::Writing {
-                                buf,
-                                pos: 0,
-                                end: n,
+                            if self.discard {
+                                // The receiver already has wsgate's Close: only the sender's Close matters now.
+                                self.tracker.feed(&buf[..n]).map_err(HalfError::Protocol)?;
+                                counters.discarded_frames.store(
+                                    u64::from(self.tracker.late_frames()),
+                                    Ordering::Relaxed,
+                                );
+                                self.phase = Phase::Reading(buf);
+                                continue;
+                            }
+                            let end = self.account(&buf[..n], counters, stats)?;
+                            if self.violation.is_some() && self.inject.is_none() && end == 0 {
+                                // The bad frame began in bytes already passed: no
+                                // boundary is left for a Close, only the shutdown.
+                                self.phase = Phase::ShuttingDown;
+                                continue;
+                            }
+                            self.phase = if end == 0 {
+                                // All of it came after the sender's Close.
+                                Phase::Reading(buf)
+                            } else {
+                                Phase::Writing { buf, pos: 0, end }
                             };
                         }
                     }
@@ -284,6 +370,10 @@ impl Half {
                                 if self.injecting {
                                     self.injecting = false;
                                     self.discard = true;
+                                    if self.shut_after_inject {
+                                        self.phase = Phase::ShuttingDown;
+                                        continue;
+                                    }
                                 }
                                 // Leftover buffers may be any size; keep only standard ones.
                                 let buf = if buf.len() == COPY_BUFFER_SIZE {

@@ -48,6 +48,21 @@ pub mod session;
 #[cfg(test)]
 mod tests;
 
+/// Close code to a peer that broke RFC 6455.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+
+/// Close code to a peer whose frame or message is over the route's limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// The Close a side that broke `e` gets.
+fn offender_close(e: FrameError) -> (u16, &'static str) {
+    if e.is_size_limit() {
+        (CLOSE_TOO_BIG, "message too big")
+    } else {
+        (CLOSE_PROTOCOL_ERROR, "protocol error")
+    }
+}
+
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
 
@@ -102,6 +117,15 @@ pub enum TunnelError {
         #[source]
         source: FrameError,
     },
+    /// A side sent a frame or message over the route's size limits.
+    #[error("{} sent too much: {source}", side.as_str())]
+    TooBig {
+        /// The sender.
+        side: Side,
+        /// The limit passed.
+        #[source]
+        source: FrameError,
+    },
     /// One side finished and the other did not within `timeouts.half_close`.
     #[error("other side still open {0:?} after one side closed")]
     HalfCloseTimeout(Duration),
@@ -110,6 +134,15 @@ pub enum TunnelError {
     CloseTimeout {
         /// The code wsgate sent.
         code: u16,
+        /// The configured deadline.
+        after: Duration,
+    },
+    /// A peer sent its Close and the other side sent none back within
+    /// `timeouts.close`.
+    #[error("{} did not answer the closing handshake within {after:?}", waiting_for.as_str())]
+    CloseUnanswered {
+        /// The side whose Close never came.
+        waiting_for: Side,
         /// The configured deadline.
         after: Duration,
     },
@@ -156,9 +189,61 @@ impl TunnelError {
             TunnelError::Read { .. } => EndReason::ReadError,
             TunnelError::Write { .. } => EndReason::WriteError,
             TunnelError::Protocol { .. } => EndReason::ProtocolError,
+            TunnelError::TooBig { .. } => EndReason::TooBig,
             TunnelError::HalfCloseTimeout(_) => EndReason::HalfCloseTimeout,
-            TunnelError::CloseTimeout { .. } => EndReason::CloseTimeout,
+            TunnelError::CloseTimeout { .. } | TunnelError::CloseUnanswered { .. } => {
+                EndReason::CloseTimeout
+            }
             TunnelError::Shutdown => EndReason::Shutdown,
+        }
+    }
+}
+
+/// How a tunnel judges the frames it relays.
+#[derive(Debug, Clone, Copy)]
+pub struct FramePolicy {
+    /// `[websocket] strict`: a protocol violation ends the tunnel with
+    /// Close 1002 to the offender and 1001 to the other side; otherwise it
+    /// passes untouched.
+    pub strict: bool,
+    /// Reserved bits negotiated extensions allow, as a mask of a frame's
+    /// first byte: 0x40 (RSV1) with permessage-deflate.
+    pub rsv: u8,
+    /// The route's `max_frame_bytes`: a larger data frame gets 1009.
+    pub max_frame: Option<u64>,
+    /// The route's `max_message_bytes`, fragments summed: over it, 1009.
+    pub max_message: Option<u64>,
+}
+
+impl Default for FramePolicy {
+    fn default() -> Self {
+        Self {
+            strict: true,
+            rsv: 0,
+            max_frame: None,
+            max_message: None,
+        }
+    }
+}
+
+impl FramePolicy {
+    /// The policy for a tunnel whose backend's 101 accepted `extensions`
+    /// (names, without parameters): permessage-deflate allows RSV1 (RFC
+    /// 7692); an extension wsgate does not know may use any reserved bit.
+    pub fn for_extensions<'a>(strict: bool, extensions: impl IntoIterator<Item = &'a str>) -> Self {
+        let rsv = extensions.into_iter().fold(0, |rsv, name| {
+            if name.eq_ignore_ascii_case("permessage-deflate") {
+                rsv | 0x40
+            } else if name.is_empty() {
+                rsv
+            } else {
+                0x70
+            }
+        });
+        Self {
+            rsv,
+            strict,
+            ..Self::default()
         }
     }
 }
@@ -168,7 +253,8 @@ impl TunnelError {
 pub struct TunnelTimeouts {
     /// After one side finished sending, how long the other may go on.
     pub half_close: Duration,
-    /// How long a closing handshake started by wsgate may take.
+    /// How long a closing handshake may take, started by wsgate or by a
+    /// peer: from the first Close until the tunnel has ended.
     pub close: Duration,
 }
 
@@ -181,6 +267,9 @@ pub struct TunnelTimeouts {
 /// in-memory pipes in unit tests; the proxy's instance, with
 /// `ClientStream` and `BackendStream`, is monomorphised, so a read costs no
 /// dynamic dispatch.
+// Two streams with their leftovers, and what judges them: grouping them
+// into a struct would only rename the same list.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<C: Splice, B: Splice>(
     mut client: C,
     client_leftover: Bytes,
@@ -188,10 +277,11 @@ pub async fn run<C: Splice, B: Splice>(
     backend_leftover: Bytes,
     stats: &ConnStats,
     timeouts: TunnelTimeouts,
+    policy: FramePolicy,
     shutdown: &CancellationToken,
 ) -> TunnelOutcome {
-    let mut up = Half::new(Sender::Client);
-    let mut down = Half::new(Sender::Server);
+    let mut up = Half::with_policy(Sender::Client, &policy);
+    let mut down = Half::with_policy(Sender::Server, &policy);
     if let Err(e) = up.start_with(client_leftover, &stats.to_backend, stats) {
         return half_error(e, Side::Client, None);
     }
@@ -202,6 +292,7 @@ pub async fn run<C: Splice, B: Splice>(
         first_done: None,
         first_close: None,
         proxy_close: None,
+        violation: None,
     };
     // Timers are allocated only when needed, so idle tunnels carry none.
     let mut half_close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -216,7 +307,11 @@ pub async fn run<C: Splice, B: Splice>(
         if cancelled.as_mut().poll(cx).is_ready() {
             return Poll::Ready(state.end(Side::Proxy, TunnelError::Shutdown));
         }
-        if state.proxy_close.is_none() && close_requested.as_mut().poll(cx).is_ready() {
+        // After a violation the tunnel is already closing, with its own codes.
+        if state.proxy_close.is_none()
+            && state.violation.is_none()
+            && close_requested.as_mut().poll(cx).is_ready()
+        {
             let order = stats.close.order();
             let mask = mask_key(stats.id);
             up.begin_close(encode_close(order.code, &order.reason, Some(mask)));
@@ -247,6 +342,42 @@ pub async fn run<C: Splice, B: Splice>(
             &mut state,
         ) {
             return Poll::Ready(out);
+        }
+        if state.violation.is_none() {
+            let offender = match (up.violation(), down.violation()) {
+                (Some(e), _) => Some((Side::Client, e)),
+                (None, Some(e)) => Some((Side::Backend, e)),
+                (None, None) => None,
+            };
+            if let Some((side, e)) = offender {
+                let (code, reason) = offender_close(e);
+                let frame = |mask| encode_close(code, reason, mask);
+                match side {
+                    Side::Client => down.close_offender(frame(None)),
+                    _ => up.close_offender(frame(Some(mask_key(stats.id)))),
+                }
+                state.violation = Some((side, e));
+                close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
+                // The other direction has a Close to write now.
+                cx.waker().wake_by_ref();
+            }
+        }
+        if let Some((side, source)) = state.violation {
+            if state.first_close.is_none() && (up.injected() || down.injected()) {
+                state.first_close = Some((Side::Proxy, Some(offender_close(source).0)));
+            }
+            let expired = close_timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+            if expired || (up.is_done() && down.is_done()) {
+                let error = if source.is_size_limit() {
+                    TunnelError::TooBig { side, source }
+                } else {
+                    TunnelError::Protocol { side, source }
+                };
+                return Poll::Ready(state.end(side, error));
+            }
+            return Poll::Pending;
         }
         if state.first_close.is_none() && (up.injected() || down.injected()) {
             let code = state.proxy_close.as_ref().map(|o| o.code);
@@ -288,6 +419,13 @@ pub async fn run<C: Splice, B: Splice>(
                 }
             }
         }
+        if state.proxy_close.is_none() && !(up.is_done() && down.is_done()) {
+            if let Some(out) =
+                peer_close_deadline(&mut close_timer, &up, &down, &mut state, timeouts.close, cx)
+            {
+                return Poll::Ready(out);
+            }
+        }
         match state.first_done {
             None => Poll::Pending,
             Some(closed_by) if up.is_done() && down.is_done() => {
@@ -312,6 +450,8 @@ struct RunState {
     first_done: Option<Side>,
     first_close: Option<(Side, Option<u16>)>,
     proxy_close: Option<CloseOrder>,
+    /// A side broke the protocol: it gets Close 1002, the other side 1001.
+    violation: Option<(Side, FrameError)>,
 }
 
 impl RunState {
@@ -368,6 +508,39 @@ fn step<R: Splice, W: Splice>(
         }
         Poll::Pending => None,
     }
+}
+
+/// Once a peer's Close has passed, the other side has `after` to answer
+/// and the tunnel to end: a side that never answers must not hold it open
+/// for ever. `Some` when the deadline has passed.
+fn peer_close_deadline(
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    up: &Half,
+    down: &Half,
+    state: &mut RunState,
+    after: Duration,
+    cx: &mut Context<'_>,
+) -> Option<TunnelOutcome> {
+    let (first, _) = state.first_close.filter(|(s, _)| *s != Side::Proxy)?;
+    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+    if t.as_mut().poll(cx).is_pending() {
+        return None;
+    }
+    let answered = up.tracker.close().is_some() && down.tracker.close().is_some();
+    if answered {
+        // The handshake is complete; only the TCP close was missing.
+        let closed_by = state.first_done.unwrap_or(first);
+        return Some(state.clean(closed_by));
+    }
+    let waiting_for = if first == Side::Client {
+        Side::Backend
+    } else {
+        Side::Client
+    };
+    Some(state.end(
+        waiting_for,
+        TunnelError::CloseUnanswered { waiting_for, after },
+    ))
 }
 
 /// A masking key for Close frames wsgate sends to a backend. RFC 6455

@@ -21,7 +21,7 @@ use crate::observe::access::{EndReason, Side, TunnelEnd};
 use crate::observe::metrics::{Metrics, TunnelLabels};
 use crate::observe::registry::{ConnInfo, Registry, RegistryGuard, CLOSE_GOING_AWAY};
 use crate::tunnel::frames::encode_close;
-use crate::tunnel::{mask_key, run, TunnelTimeouts};
+use crate::tunnel::{mask_key, run, FramePolicy, TunnelTimeouts};
 use crate::upstream::balancer::ActiveGuard;
 
 /// Everything one tunnel needs, owned: a reload never reaches into it.
@@ -44,6 +44,8 @@ pub struct Session {
     pub active: ActiveGuard,
     /// Deadlines the splice enforces.
     pub timeouts: TunnelTimeouts,
+    /// How frames are judged: strictness and the negotiated reserved bits.
+    pub policy: FramePolicy,
 }
 
 /// Runs one tunnel to its end: waits for hyper to hand over the client's
@@ -59,6 +61,7 @@ pub async fn serve(session: Session, client_upgrade: OnUpgrade) {
         backend_leftover,
         active,
         timeouts,
+        policy,
     } = session;
     let _active = active;
     // Registered from the 101 on; the record and metrics are written when
@@ -90,6 +93,7 @@ pub async fn serve(session: Session, client_upgrade: OnUpgrade) {
         backend_leftover,
         &ending.guard.stats,
         timeouts,
+        policy,
         &shutdown,
     )
     .await;

@@ -30,6 +30,7 @@ pub(super) struct Sums {
     bytes: u64,
     frames: u64,
     messages: u64,
+    discarded_frames: u64,
 }
 
 impl Sums {
@@ -37,6 +38,7 @@ impl Sums {
         self.bytes += t.bytes;
         self.frames += t.frames;
         self.messages += t.messages;
+        self.discarded_frames += t.discarded_frames;
     }
 }
 
@@ -70,6 +72,11 @@ impl prometheus_client::collector::Collector for TrafficCollector {
                 "WebSocket data messages relayed",
                 2,
             ),
+            (
+                "wsgate_traffic_discarded_frames",
+                "Frames a peer sent after its own Close, discarded",
+                3,
+            ),
         ];
         for (name, help, which) in series {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -78,7 +85,8 @@ impl prometheus_client::collector::Collector for TrafficCollector {
                     let value = match which {
                         0 => sums.bytes,
                         1 => sums.frames,
-                        _ => sums.messages,
+                        2 => sums.messages,
+                        _ => sums.discarded_frames,
                     };
                     let l = TrafficLabels {
                         listener: labels.listener.clone(),

@@ -4,9 +4,20 @@
 //! Must not: carry payload or allocate; the error is `Copy` so a poisoned
 //! tracker can repeat it.
 
-/// A protocol violation found in a stream's frame headers (or Close code).
+/// A protocol violation found in a stream's frame headers (or Close code),
+/// or a frame over the route's size limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// Reserved bits (RSV1 = 4, RSV2 = 2, RSV3 = 1) set that no negotiated
+    /// extension defines.
+    #[error("reserved bits {0:#05b} set without an extension defining them")]
+    ReservedBits(u8),
+    /// A data frame announced a payload over the route's `max_frame_bytes`.
+    #[error("frame payload of {0} bytes exceeds the route's max_frame_bytes")]
+    FrameTooBig(u64),
+    /// A message's frames add up to more than the route's `max_message_bytes`.
+    #[error("message of at least {0} bytes exceeds the route's max_message_bytes")]
+    MessageTooBig(u64),
     /// An opcode RFC 6455 reserves: 3-7 (data) or 0xB-0xF (control).
     #[error("reserved opcode {0:#x}")]
     ReservedOpcode(u8),
@@ -37,9 +48,17 @@ pub enum FrameError {
     /// A Close frame carried a code that must not appear on the wire.
     #[error("close code {0} is not allowed on the wire")]
     InvalidCloseCode(u16),
-    /// A frame followed this sender's own Close frame.
-    #[error("frame after close frame")]
-    FrameAfterClose,
+}
+
+impl FrameError {
+    /// Whether this is a route's size limit rather than a broken rule:
+    /// answered with 1009, and enforced even when not strict.
+    pub fn is_size_limit(self) -> bool {
+        matches!(
+            self,
+            FrameError::FrameTooBig(_) | FrameError::MessageTooBig(_)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -50,6 +69,9 @@ mod tests {
     fn error_messages_are_one_line() {
         let all = [
             FrameError::ReservedOpcode(0xB),
+            FrameError::ReservedBits(4),
+            FrameError::FrameTooBig(9),
+            FrameError::MessageTooBig(9),
             FrameError::ControlTooLong(300),
             FrameError::FragmentedControl,
             FrameError::UnexpectedContinuation,
@@ -63,7 +85,6 @@ mod tests {
             FrameError::LengthOverflow,
             FrameError::CloseTooShort,
             FrameError::InvalidCloseCode(1005),
-            FrameError::FrameAfterClose,
         ];
         for e in all {
             let s = e.to_string();

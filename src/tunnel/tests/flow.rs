@@ -4,46 +4,138 @@
 
 use super::*;
 
+/// The closing handshake is transparent: frames a peer sends after its own
+/// Close (in the Close's own write or later) are discarded and counted,
+/// and the other side's reply still reaches it.
 #[tokio::test]
-async fn frames_a_peer_sends_after_its_own_close_are_not_forwarded() {
+async fn frames_after_a_peers_close_are_discarded_and_the_reply_still_arrives() {
     for sender in [Side::Client, Side::Backend] {
         let mut t = start();
-        let (close, late) = match sender {
-            Side::Client => (
-                from_client(FIN | CLOSE, &close_payload(1000)),
-                from_client(FIN | TEXT, b"late"),
-            ),
-            _ => (
-                from_backend(FIN | CLOSE, &close_payload(1000)),
-                from_backend(FIN | TEXT, b"late"),
-            ),
+        let enc = |b0: u8, p: &[u8], from: Side| match from {
+            Side::Client => from_client(b0, p),
+            _ => from_backend(b0, p),
         };
+        let other = if sender == Side::Client {
+            Side::Backend
+        } else {
+            Side::Client
+        };
+        let close = enc(FIN | CLOSE, &close_payload(1000), sender);
+        // A data frame in the same write as the Close, then a ping, a second
+        // Close and a fragment, each alone.
+        let glued = [close.clone(), enc(FIN | TEXT, b"glued", sender)].concat();
+        let late = [
+            enc(FIN | PING, b"p", sender),
+            enc(FIN | CLOSE, &close_payload(4000), sender),
+            enc(TEXT, &payload(300), sender),
+        ];
+        let reply = enc(FIN | CLOSE, &close_payload(1000), other);
         let (from, to) = match sender {
             Side::Client => (&mut t.client, &mut t.backend),
             _ => (&mut t.backend, &mut t.client),
         };
-        send(from, &close).await;
+        send(from, &glued).await;
+        for f in &late {
+            send(from, f).await;
+        }
         assert_eq!(read_n(to, close.len(), "the Close").await, close);
-        send(from, &late).await;
+        send(to, &reply).await;
+        assert_eq!(read_n(from, reply.len(), "the reply").await, reply);
+        to.shutdown().await.expect("the answering side closes TCP");
+        assert!(read_all(from, "EOF at the first closer").await.is_empty());
+        from.shutdown().await.expect("the first closer closes TCP");
         assert!(
-            read_all(to, "the receiver's EOF").await.is_empty(),
+            read_all(to, "EOF, and nothing after the Close")
+                .await
+                .is_empty(),
             "{sender:?}"
         );
+        let out = t.outcome().await;
+        assert!(out.error.is_none(), "{sender:?}: {:?}", out.error);
+        assert_eq!(out.first_close, Some((sender, Some(1000))));
+        let (sent, answered) = match sender {
+            Side::Client => (t.stats.to_backend.totals(), t.stats.to_client.totals()),
+            _ => (t.stats.to_client.totals(), t.stats.to_backend.totals()),
+        };
+        assert_eq!((sent.bytes, sent.frames), (close.len() as u64, 1));
+        assert_eq!(sent.discarded_frames, 4, "{sender:?}");
+        assert_eq!(
+            (answered.bytes, answered.discarded_frames),
+            (reply.len() as u64, 0)
+        );
+    }
+}
+
+/// A peer's Close that is never answered does not hold the tunnel open:
+/// at `timeouts.close` it ends, blaming the silent side.
+#[tokio::test]
+async fn an_unanswered_peer_close_ends_the_tunnel_at_the_close_deadline() {
+    tokio::time::pause();
+    for sender in [Side::Client, Side::Backend] {
+        let mut t = Setup {
+            timeouts: TunnelTimeouts {
+                half_close: Duration::from_secs(3600),
+                close: Duration::from_secs(5),
+            },
+            ..Setup::default()
+        }
+        .start();
+        let (close, from, to, silent) = match sender {
+            Side::Client => (
+                from_client(FIN | CLOSE, &close_payload(1001)),
+                &mut t.client,
+                &mut t.backend,
+                Side::Backend,
+            ),
+            _ => (
+                from_backend(FIN | CLOSE, &close_payload(1001)),
+                &mut t.backend,
+                &mut t.client,
+                Side::Client,
+            ),
+        };
+        send(from, &close).await;
+        assert_eq!(read_n(to, close.len(), "the Close").await, close);
         let out = t.outcome().await;
         assert!(
             matches!(
                 out.error,
-                Some(TunnelError::Protocol {
-                    source: FrameError::FrameAfterClose,
-                    ..
-                })
+                Some(TunnelError::CloseUnanswered { waiting_for, .. }) if waiting_for == silent
             ),
             "{sender:?}: {:?}",
             out.error
         );
-        assert_eq!(out.closed_by, sender);
-        assert_eq!(out.first_close, Some((sender, Some(1000))));
+        assert_eq!(out.closed_by, silent);
+        assert_eq!(out.to_end().reason.as_str(), "close_timeout");
     }
+}
+
+/// Both Closes passed but neither peer closes TCP: the tunnel still ends
+/// at the deadline, cleanly, since the handshake itself completed.
+#[tokio::test]
+async fn a_completed_handshake_left_open_ends_cleanly_at_the_close_deadline() {
+    tokio::time::pause();
+    let mut t = Setup {
+        timeouts: TunnelTimeouts {
+            half_close: Duration::from_secs(3600),
+            close: Duration::from_secs(5),
+        },
+        ..Setup::default()
+    }
+    .start();
+    let close = from_client(FIN | CLOSE, &close_payload(1000));
+    let reply = from_backend(FIN | CLOSE, &close_payload(1000));
+    send(&mut t.client, &close).await;
+    assert_eq!(
+        read_n(&mut t.backend, close.len(), "the Close").await,
+        close
+    );
+    send(&mut t.backend, &reply).await;
+    assert_eq!(read_n(&mut t.client, reply.len(), "the reply").await, reply);
+    let out = t.outcome().await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.closed_by, Side::Client);
+    assert_eq!(out.first_close, Some((Side::Client, Some(1000))));
 }
 
 #[tokio::test]
@@ -104,8 +196,14 @@ async fn a_half_closed_tunnel_is_cut_at_the_half_close_deadline() {
 }
 
 #[tokio::test]
-async fn a_framing_violation_ends_the_tunnel_and_the_bad_frame_never_passes_whole() {
-    let cases: [(Side, Vec<u8>, FrameError); 6] = [
+async fn a_framing_violation_gets_1002_to_the_offender_and_1001_to_the_other_side_unless_not_strict(
+) {
+    let cases: [(Side, Vec<u8>, FrameError); 7] = [
+        (
+            Side::Client,
+            from_client(FIN | 0x20 | TEXT, b"rsv2"),
+            FrameError::ReservedBits(2),
+        ),
         (
             Side::Client,
             from_backend(FIN | TEXT, b"bare"),
@@ -141,9 +239,9 @@ async fn a_framing_violation_ends_the_tunnel_and_the_bad_frame_never_passes_whol
             FrameError::InvalidCloseCode(1005),
         ),
     ];
-    for (sender, bad, error) in cases {
+    for (sender, bad, error) in cases.clone() {
         let mut t = start();
-        // A good frame first, which must pass.
+        // A good frame first, which must pass, and the bad one in the same write.
         let good = match sender {
             Side::Client => from_client(FIN | TEXT, b"ok"),
             _ => from_backend(FIN | TEXT, b"ok"),
@@ -152,22 +250,80 @@ async fn a_framing_violation_ends_the_tunnel_and_the_bad_frame_never_passes_whol
             Side::Client => (&mut t.client, &mut t.backend),
             _ => (&mut t.backend, &mut t.client),
         };
-        send(from, &good).await;
+        send(from, &[good.clone(), bad.clone()].concat()).await;
+        // The other side gets the good frame, then 1001 (masked toward the
+        // backend), and not a byte of the bad frame.
         assert_eq!(read_n(to, good.len(), "the good frame").await, good);
-        send(from, &bad).await;
-        let got = read_all(to, "the receiver's EOF").await;
-        assert!(
-            got.len() < bad.len() && bad.starts_with(&got),
-            "{error:?}: {got:?}"
-        );
+        let notice =
+            decode(&read_n(to, if sender == Side::Client { 31 } else { 27 }, "the 1001").await[..])
+                .remove(0);
+        notice.assert_close(sender == Side::Client, 1001, "peer broke the protocol");
+        // The offender gets 1002, then EOF.
+        let got = read_all(from, "the 1002 and EOF").await;
+        let frames = decode(&got);
+        assert_eq!(frames.len(), 1, "{error:?}: {frames:?}");
+        frames[0].assert_close(sender == Side::Backend, 1002, "protocol error");
+        to.shutdown().await.expect("the other side closes");
+        from.shutdown().await.expect("the offender closes");
         let out = t.outcome().await;
         assert!(
-            matches!(out.error, Some(TunnelError::Protocol { source, .. }) if source == error),
+            matches!(out.error, Some(TunnelError::Protocol { source, side }) if source == error && side == sender),
             "{error:?}: {:?}",
             out.error
         );
         assert_eq!(out.closed_by, sender, "{error:?}");
+        assert_eq!(out.first_close, Some((Side::Proxy, Some(1002))));
     }
+    // Not strict: the same frames pass untouched, and the tunnel goes on.
+    for (sender, bad, error) in cases {
+        let mut t = Setup {
+            policy: FramePolicy {
+                strict: false,
+                ..FramePolicy::default()
+            },
+            ..Setup::default()
+        }
+        .start();
+        let (from, to) = match sender {
+            Side::Client => (&mut t.client, &mut t.backend),
+            _ => (&mut t.backend, &mut t.client),
+        };
+        send(from, &bad).await;
+        assert_eq!(
+            read_n(to, bad.len(), "the bad frame").await,
+            bad,
+            "{error:?}"
+        );
+        send(from, b"anything").await;
+        assert_eq!(read_n(to, 8, "what follows").await, b"anything");
+        from.shutdown().await.expect("EOF");
+        to.shutdown().await.expect("EOF");
+        let out = t.outcome().await;
+        assert!(out.error.is_none(), "{error:?}: {:?}", out.error);
+    }
+}
+
+/// A reserved bit is a violation unless a negotiated extension defines it:
+/// with permessage-deflate, RSV1 passes.
+#[tokio::test]
+async fn rsv1_passes_only_with_permessage_deflate() {
+    let compressed = from_client(FIN | 0x40 | TEXT, b"deflated");
+    let mut t = Setup {
+        policy: FramePolicy::for_extensions(true, ["permessage-deflate"]),
+        ..Setup::default()
+    }
+    .start();
+    send(&mut t.client, &compressed).await;
+    assert_eq!(
+        read_n(&mut t.backend, compressed.len(), "RSV1 frame").await,
+        compressed
+    );
+    let mut t = start();
+    send(&mut t.client, &compressed).await;
+    let notice = decode(&read_n(&mut t.backend, 31, "the 1001").await).remove(0);
+    notice.assert_close(true, 1001, "peer broke the protocol");
+    let frames = decode(&read_n(&mut t.client, 2 + 2 + 14, "the 1002").await);
+    frames[0].assert_close(false, 1002, "protocol error");
 }
 
 #[tokio::test]
@@ -363,5 +519,66 @@ async fn an_unexpected_eof_ends_a_direction_like_eof_and_a_reset_is_a_read_failu
             assert_eq!(read_all(&mut t.backend, "EOF at the backend").await, hello);
         }
         assert_eq!(out.closed_by, Side::Client, "{kind:?}");
+    }
+}
+
+/// Over the route's limits, each way: the sender gets 1009, the other side
+/// 1001, and not a byte of the frame that went over passes, even when not
+/// strict.
+#[tokio::test]
+async fn a_frame_or_message_over_the_limits_gets_1009_to_its_sender_and_1001_to_the_other() {
+    for strict in [true, false] {
+        for sender in [Side::Client, Side::Backend] {
+            for (frames, error) in [
+                (vec![(FIN | BINARY, 101)], FrameError::FrameTooBig(101)),
+                (
+                    vec![(TEXT, 100), (CONT, 100), (FIN | CONT, 51)],
+                    FrameError::MessageTooBig(251),
+                ),
+            ] {
+                let mut t = Setup {
+                    policy: FramePolicy {
+                        strict,
+                        max_frame: Some(100),
+                        max_message: Some(250),
+                        ..FramePolicy::default()
+                    },
+                    ..Setup::default()
+                }
+                .start();
+                let enc: Vec<Vec<u8>> = frames
+                    .iter()
+                    .map(|&(b0, n)| match sender {
+                        Side::Client => from_client(b0, &payload(n)),
+                        _ => from_backend(b0, &payload(n)),
+                    })
+                    .collect();
+                let (last, good) = enc.split_last().expect("frames");
+                let good = good.concat();
+                let (from, to) = match sender {
+                    Side::Client => (&mut t.client, &mut t.backend),
+                    _ => (&mut t.backend, &mut t.client),
+                };
+                send(from, &[good.clone(), last.clone()].concat()).await;
+                let masked = sender == Side::Client;
+                let notice_len = if masked { 31 } else { 27 };
+                let got = read_n(to, good.len() + notice_len, "the good part and 1001").await;
+                assert_eq!(got[..good.len()], good[..]);
+                decode(&got[good.len()..])[0].assert_close(masked, 1001, "peer broke the protocol");
+                let back = decode(&read_all(from, "the 1009 and EOF").await);
+                assert_eq!(back.len(), 1, "{back:?}");
+                back[0].assert_close(!masked, 1009, "message too big");
+                to.shutdown().await.expect("EOF");
+                from.shutdown().await.expect("EOF");
+                let out = t.outcome().await;
+                assert!(
+                    matches!(out.error, Some(TunnelError::TooBig { source, side }) if source == error && side == sender),
+                    "{strict} {sender:?}: {:?}",
+                    out.error
+                );
+                assert_eq!(out.to_end().reason.as_str(), "too_big");
+                assert_eq!(out.first_close, Some((Side::Proxy, Some(1009))));
+            }
+        }
     }
 }

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::direction::Half;
 use super::frames::{FrameError, Sender};
-use super::{Splice, TunnelError, TunnelOutcome, TunnelTimeouts};
+use super::{FramePolicy, Splice, TunnelError, TunnelOutcome, TunnelTimeouts};
 use crate::observe::access::{CloseOrder, DirectionTotals, Side};
 use crate::observe::registry::{ConnInfo, ConnStats, Registry};
 use crate::upstream::balancer::Server;
@@ -215,6 +215,8 @@ struct Setup {
     client_eof_as: Option<io::ErrorKind>,
     /// Both of the tunnel's streams hold writes until flushed.
     buffered: bool,
+    /// How frames are judged.
+    policy: FramePolicy,
 }
 
 impl Default for Setup {
@@ -230,6 +232,7 @@ impl Default for Setup {
             order: None,
             client_eof_as: None,
             buffered: false,
+            policy: FramePolicy::default(),
         }
     }
 }
@@ -258,6 +261,7 @@ impl Setup {
             order,
             client_eof_as,
             buffered,
+            policy,
         } = self;
         let (client, client_side) = tokio::io::duplex(64 * 1024);
         let (backend, backend_side) = tokio::io::duplex(backend_pipe);
@@ -279,6 +283,7 @@ impl Setup {
                     backend_leftover,
                     &stats,
                     timeouts,
+                    policy,
                     &shutdown,
                 )
                 .await
@@ -316,6 +321,7 @@ fn totals(bytes: usize, frames: u64, messages: u64) -> DirectionTotals {
         bytes: bytes as u64,
         frames,
         messages,
+        discarded_frames: 0,
     }
 }
 
