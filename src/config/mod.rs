@@ -60,6 +60,16 @@ pub const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default for `limits.max_request_headers`: bytes of request line and headers accepted from a client.
 pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 16 * 1024;
+/// Default for `limits.max_headers`: header fields in one request head (hyper's own default).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default for `limits.max_connections`: open client connections, all listeners together.
+/// Each tunnel takes two descriptors, so this fits a `LimitNOFILE` of 262144 with room to spare.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default for `limits.max_connections_per_ip`: open client connections from one address.
+/// High enough for a large NAT or office behind one address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 10_000;
+/// Default for `limits.max_handshakes_in_flight`: TLS handshakes under way at once, per listener.
+pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 512;
 
 // === typed, validated configuration ===
 
@@ -230,15 +240,28 @@ impl Default for Timeouts {
 pub struct Limits {
     /// Largest request head (request line and headers) read from a client, in bytes.
     pub max_request_headers: usize,
+    /// Most header fields in one request head: more get 431.
+    pub max_headers: usize,
     /// Largest plain HTTP request body passed on, in bytes; `None`: no limit.
     pub max_request_body: Option<u64>,
+    /// Most open client connections, all listeners together; more are refused at accept.
+    pub max_connections: usize,
+    /// Most open client connections from one IP address; more are refused at accept.
+    pub max_connections_per_ip: usize,
+    /// Most TLS handshakes under way at once on one listener; past it the
+    /// listener stops accepting, so new connections wait in the kernel's backlog.
+    pub max_handshakes_in_flight: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_request_headers: DEFAULT_MAX_REQUEST_HEADERS,
+            max_headers: DEFAULT_MAX_HEADERS,
             max_request_body: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_handshakes_in_flight: DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
         }
     }
 }
