@@ -225,3 +225,32 @@ async fn the_per_ip_table_holds_only_addresses_with_open_connections() {
     wait_open(&gw, 0).await;
     assert_eq!(table(), 0);
 }
+
+#[tokio::test]
+async fn at_max_handshakes_in_flight_new_connections_wait_in_the_backlog() {
+    let gw = start(echo_backend().await, "max_handshakes_in_flight = 2").await;
+    let (public, secure) = (gw.addr("public"), gw.addr("secure"));
+    let mut steady = ws_connect(public, "/").await;
+    let silent = [
+        TcpStream::connect(secure).await.expect("connect"),
+        TcpStream::connect(secure).await.expect("connect"),
+    ];
+    wait_open(&gw, 3).await;
+    // The kernel completes this connection; wsgate does not accept it.
+    let dir = gw.dir.path().to_path_buf();
+    let waiting = tokio::spawn(async move { tls_handshake(secure, &dir).await.map(drop) });
+    for i in 0..20 {
+        echo_once(&mut steady, &format!("round {i}")).await;
+        assert_eq!(gw.gateway.shared().admission.open(), 3, "not accepted");
+    }
+    assert!(!waiting.is_finished());
+    // One place frees: the waiting client is accepted and its handshake done.
+    drop(silent);
+    within("the waiting handshake", waiting)
+        .await
+        .expect("task")
+        .expect("TLS handshake once a place is free");
+    echo_once(&mut steady, "after").await;
+    drop(steady);
+    wait_open(&gw, 0).await;
+}

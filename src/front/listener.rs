@@ -17,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, Limits, Timeouts};
 use crate::net;
@@ -113,15 +114,28 @@ pub async fn bind_one(l: &crate::config::ListenerConfig) -> Result<BoundListener
     })
 }
 
-/// Accepts connections until shutdown. Each accepted socket is first
-/// admitted against the connection limits ([`admit`]); a refused one costs
-/// no task, no TLS handshake and no read.
+/// Accepts connections until shutdown, at most
+/// `limits.max_handshakes_in_flight` of them at once in their TLS handshake
+/// (on a plain listener the place is given back at once). Each accepted
+/// socket is first admitted against the connection limits ([`admit`]); a
+/// refused one costs no task, no TLS handshake and no read.
 pub async fn accept_loop(
     listener: BoundListener,
     shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let handshakes = Arc::new(Semaphore::new(0));
+    let mut places = 0;
     loop {
+        let want = shared.snapshot.load().limits.max_handshakes_in_flight;
+        resize(&handshakes, &mut places, want);
+        // At the limit, stop accepting: new connections wait in the
+        // kernel's backlog, costing wsgate nothing.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = handshakes.clone().acquire_owned() => p,
+        };
+        let Ok(permit) = permit else { return };
         let accepted = tokio::select! {
             // A reload removing this listener, or a drain.
             _ = stop.cancelled() => return,
@@ -136,7 +150,7 @@ pub async fn accept_loop(
                 let name = listener.name.clone();
                 shared
                     .tasks
-                    .spawn(async move { serve(tcp, place, peer, &name, shared2).await });
+                    .spawn(async move { serve(tcp, place, permit, peer, &name, shared2).await });
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
@@ -146,6 +160,17 @@ pub async fn accept_loop(
         }
     }
 }
+/// Makes the listener's handshake places `want` (a reload may change it):
+/// places in use when it shrinks are forgotten as they come back.
+fn resize(handshakes: &Semaphore, places: &mut usize, want: usize) {
+    if want > *places {
+        handshakes.add_permits(want - *places);
+        *places = want;
+    } else if want < *places {
+        *places -= handshakes.forget_permits(*places - want);
+    }
+}
+
 /// What a client over a connection limit receives on a plain listener:
 /// an HTTP client learns to back off, where a bare close reads as a
 /// network failure to retry at once. Written whole, without reading the
@@ -219,7 +244,14 @@ fn refuse_plain(tcp: TcpStream) {
 /// One client connection, in phases: terminate TLS, serve HTTP/1.1 with
 /// hyper until the connection ends or a drain closes it, then log a request
 /// that hyper refused before wsgate's handler saw it.
-async fn serve(tcp: TcpStream, place: Admitted, peer: SocketAddr, name: &str, shared: Arc<Shared>) {
+async fn serve(
+    tcp: TcpStream,
+    place: Admitted,
+    handshake: OwnedSemaphorePermit,
+    peer: SocketAddr,
+    name: &str,
+    shared: Arc<Shared>,
+) {
     let (settings, timeouts, limits) = {
         let snapshot = shared.snapshot.load();
         let Some(settings) = snapshot.listeners.get(name).cloned() else {
@@ -231,6 +263,8 @@ async fn serve(tcp: TcpStream, place: Admitted, peer: SocketAddr, name: &str, sh
     let Some(stream) = terminate_tls(tcp, peer, name, &settings, timeouts, &shared).await else {
         return;
     };
+    // The expensive part is over: the next connection may be accepted.
+    drop(handshake);
     let sni_cert = settings.tls.as_ref().and_then(|t| t.matching(stream.sni()));
     let scanner = Arc::new(Mutex::new(Scanner::new(limits.max_request_headers)));
     let plan = LingerPlan {
