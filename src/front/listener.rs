@@ -333,7 +333,11 @@ async fn serve_http(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.client_handshake)
+        // The buffer grows in powers of two past its limit; the header
+        // size limit holds at exactly `max_request_headers`.
         .max_buf_size(limits.max_request_headers)
+        .max_header_size(limits.max_request_headers)
+        .max_headers(limits.max_headers)
         .serve_connection(stream, service)
         .with_upgrades();
     tokio::pin!(conn);
