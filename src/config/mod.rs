@@ -606,6 +606,27 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
     }
 
     #[test]
+    fn connection_limits_are_whole_numbers_in_range_each_named() {
+        let c = parse(GOOD, Path::new("x.toml")).expect("valid");
+        assert_eq!(
+            (c.limits.max_connections, c.limits.max_connections_per_ip),
+            (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP)
+        );
+        let bad = "[limits]\nmax_headers = 0\nmax_connections = -1\nmax_connections_per_ip = 0\nmax_handshakes_in_flight = 1000001\n";
+        let p = problems(&format!("{bad}{GOOD}"));
+        let keys: Vec<_> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            keys,
+            [
+                (2, "limits.max_headers"),
+                (3, "limits.max_connections"),
+                (4, "limits.max_connections_per_ip"),
+                (5, "limits.max_handshakes_in_flight"),
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_key_names_its_table() {
         let p = problems("[timeouts]\nconect = \"1s\"\n");
         assert_eq!(p.len(), 1);

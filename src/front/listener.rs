@@ -160,6 +160,7 @@ pub async fn accept_loop(
         }
     }
 }
+
 /// Makes the listener's handshake places `want` (a reload may change it):
 /// places in use when it shrinks are forgotten as they come back.
 fn resize(handshakes: &Semaphore, places: &mut usize, want: usize) {
@@ -173,8 +174,8 @@ fn resize(handshakes: &Semaphore, places: &mut usize, want: usize) {
 
 /// What a client over a connection limit receives on a plain listener:
 /// an HTTP client learns to back off, where a bare close reads as a
-/// network failure to retry at once. Written whole, without reading the
-/// request, in one non-blocking write.
+/// network failure to retry at once. Written whole, without waiting for
+/// the request, in one non-blocking write.
 pub const REFUSED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 Retry-After: 5\r\n\
 Content-Type: text/plain\r\n\
