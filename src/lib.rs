@@ -122,6 +122,8 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// Folds repeated backend errors into counted log lines.
     pub errors: errorlog::Throttle,
+    /// Open client connections, for `limits.max_connections` and `max_connections_per_ip`.
+    pub admission: net::admission::Admission,
     /// Accepting listeners by name; a reload adds and removes entries.
     listeners: std::sync::Mutex<std::collections::HashMap<String, reload::RunningListener>>,
     /// One reload at a time.
@@ -324,11 +326,13 @@ impl Gateway {
         let drain = shutdown.child_token();
         let winding = drain.child_token();
         let stopping = winding.child_token();
+        let admission = net::admission::Admission::new(metrics.client_connections_gauge());
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
             errors: errorlog::Throttle::default(),
+            admission,
             listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             admin,

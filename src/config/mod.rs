@@ -60,6 +60,16 @@ pub const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default for `limits.max_request_headers`: bytes of request line and headers accepted from a client.
 pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 16 * 1024;
+/// Default for `limits.max_headers`: header fields in one request head (hyper's own default).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default for `limits.max_connections`: open client connections, all listeners together.
+/// Each tunnel takes two descriptors, so this fits a `LimitNOFILE` of 262144 with room to spare.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default for `limits.max_connections_per_ip`: open client connections from one address.
+/// High enough for a large NAT or office behind one address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 10_000;
+/// Default for `limits.max_handshakes_in_flight`: TLS handshakes under way at once, per listener.
+pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 512;
 
 // === typed, validated configuration ===
 
@@ -241,15 +251,28 @@ pub struct WebSocketConfig {
 pub struct Limits {
     /// Largest request head (request line and headers) read from a client, in bytes.
     pub max_request_headers: usize,
+    /// Most header fields in one request head: more get 431.
+    pub max_headers: usize,
     /// Largest plain HTTP request body passed on, in bytes; `None`: no limit.
     pub max_request_body: Option<u64>,
+    /// Most open client connections, all listeners together; more are refused at accept.
+    pub max_connections: usize,
+    /// Most open client connections from one IP address; more are refused at accept.
+    pub max_connections_per_ip: usize,
+    /// Most TLS handshakes under way at once on one listener; past it the
+    /// listener stops accepting, so new connections wait in the kernel's backlog.
+    pub max_handshakes_in_flight: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_request_headers: DEFAULT_MAX_REQUEST_HEADERS,
+            max_headers: DEFAULT_MAX_HEADERS,
             max_request_body: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_handshakes_in_flight: DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
         }
     }
 }
@@ -594,6 +617,27 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
         assert_eq!(
             (p[2].line, p[2].column, p[2].key.as_str()),
             (9, 12, "routes[0].upstream")
+        );
+    }
+
+    #[test]
+    fn connection_limits_are_whole_numbers_in_range_each_named() {
+        let c = parse(GOOD, Path::new("x.toml")).expect("valid");
+        assert_eq!(
+            (c.limits.max_connections, c.limits.max_connections_per_ip),
+            (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP)
+        );
+        let bad = "[limits]\nmax_headers = 0\nmax_connections = -1\nmax_connections_per_ip = 0\nmax_handshakes_in_flight = 1000001\n";
+        let p = problems(&format!("{bad}{GOOD}"));
+        let keys: Vec<_> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            keys,
+            [
+                (2, "limits.max_headers"),
+                (3, "limits.max_connections"),
+                (4, "limits.max_connections_per_ip"),
+                (5, "limits.max_handshakes_in_flight"),
+            ]
         );
     }
 

@@ -83,6 +83,10 @@ pub(crate) struct RawTimeouts {
 pub(crate) struct RawLimits {
     pub(crate) max_request_headers: Option<Spanned<i64>>,
     pub(crate) max_request_body: Option<Spanned<i64>>,
+    pub(crate) max_headers: Option<Spanned<i64>>,
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) max_connections_per_ip: Option<Spanned<i64>>,
+    pub(crate) max_handshakes_in_flight: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -318,7 +318,32 @@ impl<'a> Validator<'a> {
     }
 
     fn limits(&mut self, raw: RawLimits) -> Limits {
+        let d = Limits::default();
         Limits {
+            max_headers: self.count_in(
+                raw.max_headers,
+                "limits.max_headers",
+                1..=10_000,
+                d.max_headers,
+            ),
+            max_connections: self.count_in(
+                raw.max_connections,
+                "limits.max_connections",
+                1..=10_000_000,
+                d.max_connections,
+            ),
+            max_connections_per_ip: self.count_in(
+                raw.max_connections_per_ip,
+                "limits.max_connections_per_ip",
+                1..=10_000_000,
+                d.max_connections_per_ip,
+            ),
+            max_handshakes_in_flight: self.count_in(
+                raw.max_handshakes_in_flight,
+                "limits.max_handshakes_in_flight",
+                1..=1_000_000,
+                d.max_handshakes_in_flight,
+            ),
             max_request_headers: match raw.max_request_headers {
                 None => DEFAULT_MAX_REQUEST_HEADERS,
                 Some(v) => match usize::try_from(*v.get_ref()) {
@@ -347,6 +372,25 @@ impl<'a> Validator<'a> {
                     }
                 }
             }),
+        }
+    }
+
+    /// A whole number within `range`; `default` when absent or refused.
+    fn count_in(
+        &mut self,
+        raw: Option<Spanned<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<usize>,
+        default: usize,
+    ) -> usize {
+        let Some(v) = raw else { return default };
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                let (lo, hi) = range.into_inner();
+                self.problem(&v, key, format!("must be a whole number from {lo} to {hi}"));
+                default
+            }
         }
     }
 

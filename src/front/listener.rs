@@ -17,9 +17,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, Limits, Timeouts};
 use crate::net;
+use crate::net::admission::Admitted;
 use crate::net::client::ServedStream;
 use crate::net::guard::Scanner;
 use crate::net::linger::LingerPlan;
@@ -112,13 +114,28 @@ pub async fn bind_one(l: &crate::config::ListenerConfig) -> Result<BoundListener
     })
 }
 
-/// Accepts connections until shutdown.
+/// Accepts connections until shutdown, at most
+/// `limits.max_handshakes_in_flight` of them at once in their TLS handshake
+/// (on a plain listener the place is given back at once). Each accepted
+/// socket is first admitted against the connection limits ([`admit`]); a
+/// refused one costs no task, no TLS handshake and no read.
 pub async fn accept_loop(
     listener: BoundListener,
     shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let handshakes = Arc::new(Semaphore::new(0));
+    let mut places = 0;
     loop {
+        let want = shared.snapshot.load().limits.max_handshakes_in_flight;
+        resize(&handshakes, &mut places, want);
+        // At the limit, stop accepting: new connections wait in the
+        // kernel's backlog, costing wsgate nothing.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = handshakes.clone().acquire_owned() => p,
+        };
+        let Ok(permit) = permit else { return };
         let accepted = tokio::select! {
             // A reload removing this listener, or a drain.
             _ = stop.cancelled() => return,
@@ -126,11 +143,14 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((tcp, peer)) => {
+                let Some((tcp, place)) = admit(tcp, peer, &listener.name, &shared) else {
+                    continue;
+                };
                 let shared2 = shared.clone();
                 let name = listener.name.clone();
                 shared
                     .tasks
-                    .spawn(async move { serve(tcp, peer, &name, shared2).await });
+                    .spawn(async move { serve(tcp, place, permit, peer, &name, shared2).await });
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
@@ -141,10 +161,98 @@ pub async fn accept_loop(
     }
 }
 
+/// Makes the listener's handshake places `want` (a reload may change it):
+/// places in use when it shrinks are forgotten as they come back.
+fn resize(handshakes: &Semaphore, places: &mut usize, want: usize) {
+    if want > *places {
+        handshakes.add_permits(want - *places);
+        *places = want;
+    } else if want < *places {
+        *places -= handshakes.forget_permits(*places - want);
+    }
+}
+
+/// What a client over a connection limit receives on a plain listener:
+/// an HTTP client learns to back off, where a bare close reads as a
+/// network failure to retry at once. Written whole, without waiting for
+/// the request, in one non-blocking write.
+pub const REFUSED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Retry-After: 5\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 21\r\n\
+Connection: close\r\n\
+\r\n\
+too many connections\n";
+
+/// Admits an accepted socket against `limits.max_connections` and
+/// `max_connections_per_ip`, or refuses it at once: a bare close on a TLS
+/// listener (before the handshake: nothing else can be said without one),
+/// [`REFUSED_RESPONSE`] on a plain one. Refusals are counted by reason and
+/// logged, repeats folded into one line per listener and reason.
+fn admit(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    shared: &Shared,
+) -> Option<(TcpStream, Admitted)> {
+    let (limits, tls) = {
+        let snapshot = shared.snapshot.load();
+        let tls = snapshot
+            .listeners
+            .get(name)
+            .is_some_and(|l| l.tls.is_some());
+        (snapshot.limits, tls)
+    };
+    let refusal = match shared.admission.admit(
+        peer.ip(),
+        limits.max_connections,
+        limits.max_connections_per_ip,
+    ) {
+        Ok(place) => return Some((tcp, place)),
+        Err(r) => r,
+    };
+    shared.metrics.connection_refused(name, refusal.label());
+    let key = format!("refused {name} {}", refusal.label());
+    if let Some(held) = shared.errors.check(&key, std::time::Instant::now()) {
+        tracing::warn!(
+            client = %peer,
+            listener = name,
+            reason = refusal.label(),
+            held_back = held,
+            "connection refused: {refusal}"
+        );
+    }
+    if !tls {
+        refuse_plain(tcp);
+    }
+    None
+}
+
+/// Writes [`REFUSED_RESPONSE`] without waiting and closes. What the client
+/// has sent already is read first (a close with unread bytes would be a
+/// reset, which can destroy the answer before the client reads it).
+fn refuse_plain(tcp: TcpStream) {
+    use std::io::{Read, Write};
+    let Ok(std) = tcp.into_std() else { return };
+    let mut sink = [0u8; 4096];
+    let _ = (&std).read(&mut sink);
+    // A new socket's send buffer is empty: the answer fits whole.
+    let _ = (&std).write(REFUSED_RESPONSE);
+    let _ = std.shutdown(std::net::Shutdown::Write);
+    let _ = (&std).read(&mut sink);
+}
+
 /// One client connection, in phases: terminate TLS, serve HTTP/1.1 with
 /// hyper until the connection ends or a drain closes it, then log a request
 /// that hyper refused before wsgate's handler saw it.
-async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>) {
+async fn serve(
+    tcp: TcpStream,
+    place: Admitted,
+    handshake: OwnedSemaphorePermit,
+    peer: SocketAddr,
+    name: &str,
+    shared: Arc<Shared>,
+) {
     let (settings, timeouts, limits) = {
         let snapshot = shared.snapshot.load();
         let Some(settings) = snapshot.listeners.get(name).cloned() else {
@@ -156,6 +264,8 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
     let Some(stream) = terminate_tls(tcp, peer, name, &settings, timeouts, &shared).await else {
         return;
     };
+    // The expensive part is over: the next connection may be accepted.
+    drop(handshake);
     let sni_cert = settings.tls.as_ref().and_then(|t| t.matching(stream.sni()));
     let scanner = Arc::new(Mutex::new(Scanner::new(limits.max_request_headers)));
     let plan = LingerPlan {
@@ -163,7 +273,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         tasks: shared.tasks.clone(),
         stop: shared.winding.clone(),
     };
-    let stream = net::client::wrap(stream, plan, scanner.clone());
+    let stream = net::client::wrap(stream, plan, scanner.clone(), Some(place));
     let ctx = Arc::new(ConnContext {
         sni_cert,
         shared: shared.clone(),
@@ -224,7 +334,11 @@ async fn serve_http(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.client_handshake)
+        // The buffer grows in powers of two past its limit; the header
+        // size limit holds at exactly `max_request_headers`.
         .max_buf_size(limits.max_request_headers)
+        .max_header_size(limits.max_request_headers)
+        .max_headers(limits.max_headers)
         .serve_connection(stream, service)
         .with_upgrades();
     tokio::pin!(conn);

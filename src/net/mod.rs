@@ -1,5 +1,7 @@
 //! The byte streams under the data path, below any protocol logic.
 //!
+//! - [`admission`]: the count of open client connections per address and
+//!   in all, for the connection limits; its place travels with the stream.
 //! - [`tls`]: TLS termination (certificates chosen by SNI), TLS to
 //!   backends, and [`tls::MaybeTls`], the plain-or-TLS stream every other
 //!   module carries.
@@ -10,6 +12,7 @@
 //! - [`linger`]: lingering close, so a client still sending reads wsgate's
 //!   error answer instead of a reset.
 
+pub mod admission;
 pub mod client;
 pub mod guard;
 pub mod linger;

@@ -79,7 +79,8 @@ pub async fn serve(session: Session, client_upgrade: OnUpgrade) {
     };
     let taken =
         upgraded.and_then(|u| client::unwrap(u).map_err(|e| Handover::ClientGone(e.to_string())));
-    let (client, client_leftover) = match taken {
+    // The client's place under the connection limits, held while the tunnel lives.
+    let (client, client_leftover, _place) = match taken {
         Ok(p) => p,
         Err(why) => {
             ending.end = Some(not_started(&backend, ending.guard.stats.id, why));

@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Scanner;
+use crate::net::admission::Admitted;
 
 /// A client stream whose reads pass through a [`Scanner`] shared with the
 /// connection's request handler (which tells it of every answer
@@ -19,17 +20,25 @@ use super::Scanner;
 pub struct Guarded<S> {
     inner: S,
     scanner: Arc<Mutex<Scanner>>,
+    /// The connection's place under the connection limits: it lives as
+    /// long as the stream, and goes with it to a tunnel.
+    place: Option<Admitted>,
 }
 
 impl<S> Guarded<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S, scanner: Arc<Mutex<Scanner>>) -> Self {
-        Self { inner, scanner }
+    /// Wraps `inner`, holding its `place` under the connection limits.
+    pub fn new(inner: S, scanner: Arc<Mutex<Scanner>>, place: Option<Admitted>) -> Self {
+        Self {
+            inner,
+            scanner,
+            place,
+        }
     }
 
-    /// The stream underneath: after a 101, the tunnel reads it unchecked.
-    pub fn into_inner(self) -> S {
-        self.inner
+    /// The stream underneath and its place: after a 101, the tunnel reads
+    /// it unchecked.
+    pub fn into_inner(self) -> (S, Option<Admitted>) {
+        (self.inner, self.place)
     }
 }
 

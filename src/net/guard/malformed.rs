@@ -37,6 +37,11 @@ pub enum Malformed {
     /// A chunk size line or chunk end that is not well formed.
     #[error("malformed chunked body")]
     Chunked,
+    /// A request line, header or trailer longer than
+    /// `limits.max_request_headers`: never cut short, where the rest of it
+    /// could change its meaning.
+    #[error("a line longer than limits.max_request_headers")]
+    LineTooLong,
 }
 
 impl Malformed {
@@ -53,6 +58,7 @@ impl Malformed {
             Malformed::TransferEncoding => "transfer_encoding",
             Malformed::ChunkSize => "chunk_size",
             Malformed::Chunked => "chunked",
+            Malformed::LineTooLong => "line_too_long",
         }
     }
 }

@@ -47,7 +47,8 @@ pub struct Scanner {
     line: Vec<u8>,
     /// The previous byte was a CR.
     cr: bool,
-    /// Longest line kept: longer heads are refused by hyper (431) anyway.
+    /// Longest line accepted (`limits.max_request_headers`): a longer one
+    /// is refused, as hyper refuses (431) a head that contains it.
     max_line: usize,
     verdict: Option<Malformed>,
     /// Cancelled at a refusal.
@@ -150,12 +151,16 @@ impl Scanner {
                     return;
                 }
                 // A LF is what hyper refuses inside a chunk extension; NUL
-                // everywhere else.
-                buf[i] = if matches!(before, State::Chunk(Chunk::Extension(_))) {
-                    b'\n'
-                } else {
-                    0
-                };
+                // everywhere else. A line longer than the whole head may be
+                // is left as it is: hyper, whose header size limit is the
+                // same, answers it 431 whatever its reads' sizes.
+                if m != Malformed::LineTooLong {
+                    buf[i] = if matches!(before, State::Chunk(Chunk::Extension(_))) {
+                        b'\n'
+                    } else {
+                        0
+                    };
+                }
                 self.refuse(m, self.message_of(before));
                 return;
             }
@@ -233,9 +238,9 @@ impl Scanner {
             b'\r' => self.cr = true,
             b'\n' => return Err(Malformed::BareLf),
             b' ' | b'\t' if self.line.is_empty() && self.folds() => return Err(Malformed::ObsFold),
-            b'\t' => self.push(b),
+            b'\t' => self.push(b)?,
             0..=0x1f | 0x7f => return Err(Malformed::Control),
-            _ => self.push(b),
+            _ => self.push(b)?,
         }
         Ok(false)
     }
@@ -246,10 +251,14 @@ impl Scanner {
         self.state == State::Trailer || self.head.started
     }
 
-    fn push(&mut self, b: u8) {
-        if self.line.len() < self.max_line {
-            self.line.push(b);
+    /// Keeps one byte of the current line. A line is never cut short: the
+    /// rest of a cut `Content-Length` would be read as a different number.
+    fn push(&mut self, b: u8) -> Result<(), Malformed> {
+        if self.line.len() >= self.max_line {
+            return Err(Malformed::LineTooLong);
         }
+        self.line.push(b);
+        Ok(())
     }
 
     fn end_of_line(&mut self) -> Result<(), Malformed> {
@@ -541,12 +550,28 @@ mod tests {
     }
 
     #[test]
-    fn a_long_line_keeps_at_most_max_line_bytes() {
-        let mut s = Scanner::new(8);
-        let mut input = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        input.extend(std::iter::repeat_n(b'a', 1000));
-        s.scan(&mut input);
-        assert!(s.line.len() <= 8);
-        assert_eq!(s.verdict(), None);
+    fn a_line_longer_than_max_line_is_refused_not_cut() {
+        for step in [1, 7, 100, 100_000] {
+            let mut head = b"POST / HTTP/1.1\r\nContent-Length: ".to_vec();
+            head.extend(std::iter::repeat_n(b'0', 40));
+            head.extend_from_slice(b"5\r\n\r\nGET /x HTTP/1.1\nHost: a\r\n\r\n");
+            let mut s = Scanner::new(48);
+            let mut out = head.clone();
+            for piece in out.chunks_mut(step) {
+                s.scan(piece);
+            }
+            assert_eq!(s.verdict(), Some(Malformed::LineTooLong), "split {step}");
+            assert_eq!(out, head, "left for hyper to answer 431");
+            assert!(s.line.len() <= 48);
+            // Exactly max_line bytes is still a line.
+            let mut s = Scanner::new(48);
+            let mut ok = b"GET / HTTP/1.1\r\nX: ".to_vec();
+            ok.extend(std::iter::repeat_n(b'a', 45));
+            ok.extend_from_slice(b"\r\n\r\n");
+            for piece in ok.chunks_mut(step) {
+                s.scan(piece);
+            }
+            assert_eq!((s.verdict(), s.state), (None, State::Head), "split {step}");
+        }
     }
 }

@@ -19,12 +19,14 @@
 //! - `availability.rs`: passive ejections and requests refused for want of
 //!   a usable server.
 //! - `health.rs`: servers' states, computed at scrape time.
+//! - `refused.rs`: connections refused at accept, and those open.
 
 mod availability;
 mod config_version;
 mod health;
 mod labels;
 mod process;
+mod refused;
 mod traffic;
 
 use std::collections::HashMap;
@@ -82,6 +84,7 @@ pub struct Metrics {
     traffic: Arc<TrafficCollector>,
     info: Arc<InfoCollector>,
     availability: availability::AvailabilityMetrics,
+    refused: refused::RefusedMetrics,
 }
 
 impl Metrics {
@@ -189,6 +192,7 @@ impl Metrics {
         registry.register_collector(Box::new(info.clone()));
         registry.register_collector(Box::new(ProcessCollector));
         let availability = availability::AvailabilityMetrics::register(&mut registry);
+        let refused = refused::RefusedMetrics::register(&mut registry);
         let health_checks = Family::<HealthCheckLabels, Counter>::default();
         registry.register(
             "wsgate_health_checks",
@@ -199,6 +203,7 @@ impl Metrics {
         registry.register_collector(Box::new(states.clone()));
         Self {
             availability,
+            refused,
             health_checks,
             states,
             registry,
@@ -354,6 +359,17 @@ impl Metrics {
     /// since this was last called for it.
     pub fn server_ejected(&self, upstream: &str, server: &str, n: u64) {
         self.availability.ejected(upstream, server, n);
+    }
+
+    /// A client connection refused at accept, over the limit `reason` names.
+    pub fn connection_refused(&self, listener: &str, reason: &'static str) {
+        self.refused.refused(listener, reason);
+    }
+
+    /// The gauge of open client connections, which the admission table
+    /// keeps equal to its count.
+    pub fn client_connections_gauge(&self) -> Gauge {
+        self.refused.open.clone()
     }
 
     /// A request to `upstream` was refused at once: no server was usable.

@@ -1,0 +1,50 @@
+//! Client connections refused at accept, by listener and the limit they
+//! were over, and the open client connections those limits count.
+//!
+//! Must not: take a label value from anything but the config (listener
+//! names) and a fixed set of reasons; never a client address.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    listener: String,
+    reason: &'static str,
+}
+
+/// The connection-limit families.
+#[derive(Debug, Default)]
+pub(super) struct RefusedMetrics {
+    refused: Family<RefusedLabels, Counter>,
+    pub(super) open: Gauge,
+}
+
+impl RefusedMetrics {
+    pub(super) fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "wsgate_connections_refused",
+            "Client connections refused at accept, by the limit they were over (max_connections, max_connections_per_ip)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "wsgate_client_connections",
+            "Open client connections, all listeners together (what limits.max_connections counts)",
+            m.open.clone(),
+        );
+        m
+    }
+
+    pub(super) fn refused(&self, listener: &str, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_string(),
+                reason,
+            })
+            .inc();
+    }
+}
