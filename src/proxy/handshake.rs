@@ -45,6 +45,9 @@ pub enum HandshakeError {
     /// No Host header, or more than one.
     #[error("exactly one Host header is required")]
     Host,
+    /// A Host that is not a host name or address with an optional port.
+    #[error("{0}")]
+    BadHost(#[from] crate::proxy::host::HostError),
     /// `Connection` lacks the `upgrade` token.
     #[error("Connection header must contain the upgrade token")]
     Connection,

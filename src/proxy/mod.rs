@@ -44,6 +44,7 @@ use routes::Route;
 pub mod context;
 pub mod forwarded;
 pub mod handshake;
+pub mod host;
 pub mod plain;
 mod respond;
 pub mod routes;
@@ -238,7 +239,9 @@ fn check(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let host = routes::normalize_host(host);
+    // Before anything reads it: routing, the 421 check and the forwarding
+    // headers must all see the same name.
+    let host = host::parse_host(host).map_err(HandshakeError::BadHost)?;
     let key = match kind {
         RequestKind::WebSocket => Some(handshake::check_client_request(req)?),
         RequestKind::Plain => {
