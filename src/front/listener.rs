@@ -170,6 +170,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, name: &str, shared: Arc<Shared>
         listener: settings,
         peer,
         in_flight: std::sync::atomic::AtomicUsize::new(0),
+        abort: tokio_util::sync::CancellationToken::new(),
         scanner,
     });
     let Some(result) = serve_http(stream, &ctx, timeouts, limits).await else {
@@ -244,6 +245,8 @@ async fn serve_http(
                 conn.as_mut().graceful_shutdown();
             }
             _ = shared.shutdown.cancelled() => return None,
+            // A response its client stopped reading (see proxy::plain).
+            _ = ctx.abort.cancelled() => return None,
         }
     }
 }
