@@ -1225,3 +1225,49 @@ async fn a_client_that_stops_reading_a_response_is_aborted_and_the_backend_relea
     wait_closed(&mut tcp).await;
     gw.wait_idle().await;
 }
+
+/// CONNECT, in any form, and TRACE are answered 501 by wsgate itself: no
+/// backend sees them, the connection is closed after the answer (what a
+/// CONNECT client sends next was meant for a tunnel), and each is counted
+/// under its status.
+#[tokio::test]
+async fn connect_and_trace_are_501_and_reach_no_backend() {
+    let backend = AppBackend::start().await;
+    let toml = format!(
+        "{}\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        config(&[backend.addr], "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let requests = [
+        "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+        "TRACE / HTTP/1.1\r\nHost: a\r\n\r\n",
+        "CONNECT /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ];
+    for request in requests {
+        let mut tcp = raw_client_of(&gw).await;
+        let (status, head, body) = raw_exchange(&mut tcp, request.as_bytes()).await;
+        assert_eq!(status, 501, "{request:?}: {head}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("not supported"), "{request:?}: {body}");
+        assert_eq!(
+            header_value(&head, "connection").as_deref(),
+            Some("close"),
+            "{head}"
+        );
+        wait_closed(&mut tcp).await;
+    }
+    assert!(backend.seen().is_empty(), "{:?}", backend.seen());
+    assert_eq!(backend.connection_count(), 0);
+    let admin = gw.admin.expect("admin listener");
+    let (_, text) = http_text(admin, "GET", "/metrics").await;
+    let plain = series_value(
+        &text,
+        "wsgate_http_requests_total{listener=\"public\",outcome=\"501\"}",
+    );
+    let upgrades = series_value(
+        &text,
+        "wsgate_handshakes_total{listener=\"public\",outcome=\"501\"}",
+    );
+    assert_eq!((plain, upgrades), (Some(3.0), Some(1.0)), "{text}");
+}

@@ -234,6 +234,10 @@ fn check(
     ctx: &ConnContext,
     kind: RequestKind,
 ) -> Result<Checked, Refusal> {
+    // First: whatever else is wrong with such a request, the answer is the same.
+    if req.method() == http::Method::CONNECT || req.method() == http::Method::TRACE {
+        return Err(HandshakeError::MethodNotSupported(req.method().clone()).into());
+    }
     let host = req
         .headers()
         .get(header::HOST)
