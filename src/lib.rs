@@ -105,6 +105,19 @@ use crate::proxy::routes::{CompileError, Snapshot};
 use crate::upstream::balancer;
 
 /// State shared by every task of one running wsgate.
+/// A server a reload removed while it still drains.
+#[derive(Debug, Clone)]
+pub struct DrainingServer {
+    /// The upstream it was in.
+    pub upstream: Arc<str>,
+    /// The same object the snapshot held, tunnels counted on it.
+    pub server: Arc<balancer::Server>,
+    /// An operator drained it before the reload: added back, it stays
+    /// draining until the operator enables it (a reload's own drain ends
+    /// when the server comes back).
+    pub by_operator: bool,
+}
+
 pub struct Shared {
     /// The routing table; swapped whole, never mutated.
     pub snapshot: ArcSwap<Snapshot>,
@@ -131,9 +144,9 @@ pub struct Shared {
     /// The admin settings wsgate started with. The admin listener is not
     /// re-bound by a reload, so its token must not change under it either.
     pub admin: Option<config::AdminConfig>,
-    /// Servers removed by a reload whose drain is still running, by upstream
-    /// name: a reload adding one back takes it over, tunnels and all.
-    draining: std::sync::Mutex<Vec<(Arc<str>, Arc<balancer::Server>)>>,
+    /// Servers removed by a reload whose drain is still running: a reload
+    /// adding one back takes it over, tunnels, drain and all.
+    draining: std::sync::Mutex<Vec<DrainingServer>>,
     /// Tells the service manager about reloads (and nothing without `NOTIFY_SOCKET`).
     pub notifier: systemd::Notifier,
     /// The active health checkers, one per server with a check.
@@ -169,10 +182,16 @@ impl Shared {
     }
 
     /// Servers a reload removed that are still draining.
-    pub fn draining_list(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, Arc<balancer::Server>)>> {
+    pub fn draining_list(&self) -> std::sync::MutexGuard<'_, Vec<DrainingServer>> {
         self.draining.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Shared::draining_list`] as `(upstream, server)` pairs.
+    pub fn draining_servers(&self) -> Vec<(Arc<str>, Arc<balancer::Server>)> {
+        self.draining_list()
+            .iter()
+            .map(|d| (d.upstream.clone(), d.server.clone()))
+            .collect()
     }
 
     /// The running listeners.

@@ -973,6 +973,46 @@ async fn a_second_delete_on_a_closing_connection_is_a_conflict() {
     gw.wait_idle().await;
 }
 
+/// During a drain (SIGTERM) every tunnel is already closing with 1001: a
+/// DELETE says so (409) instead of answering 202 and being ignored.
+#[tokio::test]
+async fn a_delete_during_a_drain_is_a_conflict_and_the_drain_code_stands() {
+    let mut backend = WsBackend::start().await;
+    let toml = format!(
+        "{}\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        simple_config(&[backend.addr]).replace("[timeouts]\n", "[timeouts]\nclose = \"30s\"\n")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let admin = Admin::of(&gw, None);
+    let mut client = TcpStream::connect(gw.addr("public"))
+        .await
+        .expect("connect");
+    let (status, _, _) = raw_exchange(&mut client, handshake_request("/ws", "a").as_bytes()).await;
+    assert_eq!(status, 101);
+    let mut server = backend.next().await.ws;
+    gw.wait_live(1).await;
+    let id = gw.gateway.registry().live()[0].id;
+
+    gw.gateway.drain();
+    let (op, body) = read_frame(&mut client).await;
+    assert_eq!(op, 0x88);
+    assert_eq!(&body[..2], &1001u16.to_be_bytes());
+    let r = admin
+        .call("DELETE", &format!("/api/connections/{id}?code=4001"))
+        .await;
+    r.assert_error(409, "DELETE during a drain");
+    assert!(r.body.contains("already closing"), "{}", r.body);
+    let s = expect_close(&mut server, "the backend's Close").await;
+    assert_eq!(s.0, 1001);
+    client
+        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9])
+        .await
+        .expect("client reply");
+    finish(server).await;
+    wait_closed(&mut client).await;
+    gw.wait_idle().await;
+}
+
 // === 5. /api/upstreams ===
 
 #[tokio::test]

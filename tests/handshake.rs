@@ -330,19 +330,46 @@ async fn invalid_101_gets_502_and_no_tunnel() {
     fn unoffered_protocol(head: &str) -> Option<Vec<u8>> {
         let ok = String::from_utf8(good_101(head)?).ok()?;
         Some(
-            ok.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+            ok.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n")
                 .into_bytes(),
         )
     }
-    for answer in [wrong_accept, no_upgrade, no_connection, unoffered_protocol] {
+    // Both offered, both chosen: one selection is one subprotocol.
+    fn two_protocol_lines(head: &str) -> Option<Vec<u8>> {
+        let ok = String::from_utf8(good_101(head)?).ok()?;
+        let two = "\r\nSec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+        Some(ok.replace("\r\n\r\n", two).into_bytes())
+    }
+    fn two_protocols_in_one_line(head: &str) -> Option<Vec<u8>> {
+        let ok = String::from_utf8(good_101(head)?).ok()?;
+        let two = "\r\nSec-WebSocket-Protocol: chat, mqtt\r\n\r\n";
+        Some(ok.replace("\r\n\r\n", two).into_bytes())
+    }
+    // The second line is checked too, not only the first.
+    fn offered_then_unoffered(head: &str) -> Option<Vec<u8>> {
+        let ok = String::from_utf8(good_101(head)?).ok()?;
+        let two = "\r\nSec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n";
+        Some(ok.replace("\r\n\r\n", two).into_bytes())
+    }
+    // The client offers chat and mqtt.
+    let request = handshake_request("/ws", "a")
+        .replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat, mqtt\r\n\r\n");
+    for answer in [
+        wrong_accept,
+        no_upgrade,
+        no_connection,
+        unoffered_protocol,
+        two_protocol_lines,
+        two_protocols_in_one_line,
+        offered_then_unoffered,
+    ] {
         let backend = RawBackend::start(answer).await;
         let gw = TestGateway::start(&simple_config(&[backend.addr])).await;
         let mut rx = gw.access_log();
         let mut tcp = TcpStream::connect(gw.addr("public"))
             .await
             .expect("connect");
-        let (status, _, body) =
-            raw_exchange(&mut tcp, handshake_request("/ws", "a").as_bytes()).await;
+        let (status, _, body) = raw_exchange(&mut tcp, request.as_bytes()).await;
         assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
         assert!(String::from_utf8_lossy(&body).contains("invalid 101"));
         assert_eq!(gw.gateway.registry().live_count(), 0);

@@ -1171,3 +1171,103 @@ async fn a_head_just_under_max_request_headers_is_served_and_one_just_over_gets_
         "only the request under the limit reached the backend"
     );
 }
+
+/// A client that stops reading a plain response: after
+/// `timeouts.client_write` with no bytes taken, the response is aborted,
+/// the backend's connection released and the abort counted. Meanwhile the backend, writing a body without end,
+/// sees its connection closed.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_response_is_aborted_and_the_backend_released() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (released_tx, mut released) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let released_tx = released_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n")
+                    .await;
+                let chunk = vec![b'x'; 64 * 1024];
+                // Writes until the proxy lets go of this connection.
+                while tcp.write_all(&chunk).await.is_ok() {}
+                let _ = released_tx.send(());
+            });
+        }
+    });
+    let toml = format!("{}\n[admin]\nbind = \"127.0.0.1:0\"\n", config(&[addr], ""))
+        .replace("[timeouts]\n", "[timeouts]\nclient_write = \"200ms\"\n");
+    let gw = TestGateway::start(&toml).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small buffer");
+    let mut tcp = socket.connect(gw.addr("public")).await.expect("connect");
+    tcp.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    // The client never reads.
+    within("the backend's connection to be released", released.recv())
+        .await
+        .expect("backend task alive");
+    let admin = gw.admin.expect("admin listener");
+    let series =
+        "wsgate_http_responses_aborted_total{listener=\"public\",reason=\"client_write\"} 1";
+    let (_, text) = http_text(admin, "GET", "/metrics").await;
+    assert!(text.lines().any(|l| l == series), "{text}");
+    // The client's connection is closed too, once it reads what was sent.
+    wait_closed(&mut tcp).await;
+    gw.wait_idle().await;
+}
+
+/// CONNECT, in any form, and TRACE are answered 501 by wsgate itself: no
+/// backend sees them, the connection is closed after the answer (what a
+/// CONNECT client sends next was meant for a tunnel), and each is counted
+/// under its status.
+#[tokio::test]
+async fn connect_and_trace_are_501_and_reach_no_backend() {
+    let backend = AppBackend::start().await;
+    let toml = format!(
+        "{}\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        config(&[backend.addr], "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let requests = [
+        "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+        "TRACE / HTTP/1.1\r\nHost: a\r\n\r\n",
+        "CONNECT /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ];
+    for request in requests {
+        let mut tcp = raw_client_of(&gw).await;
+        let (status, head, body) = raw_exchange(&mut tcp, request.as_bytes()).await;
+        assert_eq!(status, 501, "{request:?}: {head}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("not supported"), "{request:?}: {body}");
+        assert_eq!(
+            header_value(&head, "connection").as_deref(),
+            Some("close"),
+            "{head}"
+        );
+        wait_closed(&mut tcp).await;
+    }
+    assert!(backend.seen().is_empty(), "{:?}", backend.seen());
+    assert_eq!(backend.connection_count(), 0);
+    let admin = gw.admin.expect("admin listener");
+    let (_, text) = http_text(admin, "GET", "/metrics").await;
+    let plain = series_value(
+        &text,
+        "wsgate_http_requests_total{listener=\"public\",outcome=\"501\"}",
+    );
+    let upgrades = series_value(
+        &text,
+        "wsgate_handshakes_total{listener=\"public\",outcome=\"501\"}",
+    );
+    assert_eq!((plain, upgrades), (Some(3.0), Some(1.0)), "{text}");
+}

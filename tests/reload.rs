@@ -850,3 +850,71 @@ async fn a_name_whose_lookup_fails_when_resolved_again_keeps_its_servers_and_tun
     ws.close(None).await.expect("close");
     finish(ws).await;
 }
+
+/// An operator drains a server, a reload removes it and another adds it
+/// back before its tunnels are gone: it is the same server again, still
+/// draining as the operator asked, its tunnel counted on it (the API's two
+/// views agree), and `enable` stops the drain, so the tunnel is never closed.
+#[tokio::test]
+async fn an_operators_drain_survives_a_remove_and_add_reload_and_stays_cancellable() {
+    let a = echo_backend().await;
+    let b = echo_backend().await;
+    let up = |servers: String| {
+        format!("[upstreams.u]\nservers = {servers}\ndrain_timeout = \"300ms\"\ndrain_spread = \"50ms\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n")
+    };
+    let routes = "[[routes]]\nupstream = \"u\"";
+    let gw = TestGateway::start(&base(PUBLIC, routes, &up(server_list(&[b])))).await;
+    let admin = gw.admin.expect("admin listener");
+    let mut on_b = ws_connect(gw.addr("public"), "/ws").await;
+    echo_once(&mut on_b, "on b").await;
+    let drain = format!("/api/upstreams/u/servers/{b}/drain");
+    let (status, body) = http_text(admin, "POST", &drain).await;
+    assert_eq!(status, 202, "{body}");
+
+    write_config(&gw, &base(PUBLIC, routes, &up(server_list(&[a]))));
+    gw.gateway.reload().await.expect("remove b");
+    write_config(&gw, &base(PUBLIC, routes, &up(server_list(&[a, b]))));
+    gw.gateway.reload().await.expect("add b back");
+
+    let server = gw
+        .gateway
+        .shared()
+        .snapshot
+        .load()
+        .upstream("u")
+        .and_then(|u| u.server(b).cloned())
+        .expect("b");
+    assert_eq!(server.active(), 1, "B's tunnel is counted on B again");
+    assert!(!server.is_enabled(), "the operator's drain goes on");
+    let (_, text) = http_text(admin, "GET", "/api/upstreams").await;
+    let ups: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let listed = ups
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == "u"))
+        .and_then(|u| u["servers"].as_array().cloned())
+        .expect("upstream u");
+    let b_view = listed
+        .iter()
+        .find(|s| s["addr"] == b.to_string())
+        .expect("b listed");
+    assert_eq!(b_view["active"], 1, "{b_view}");
+    assert_eq!(b_view["state"], "draining", "{b_view}");
+    let (_, text) = http_text(admin, "GET", "/api/connections").await;
+    let conns: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(conns.as_array().map(Vec::len), Some(1), "{conns}");
+
+    let (status, body) = http_text(
+        admin,
+        "POST",
+        &format!("/api/upstreams/u/servers/{b}/enable"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(server.is_enabled());
+    // Well past the drain timeout, the tunnel was never closed.
+    match tokio::time::timeout(Duration::from_millis(800), on_b.next()).await {
+        Err(_) => {}
+        Ok(got) => panic!("the enabled server's tunnel got {got:?}"),
+    }
+    echo_once(&mut on_b, "still on b").await;
+}

@@ -240,6 +240,42 @@ async fn paths_are_normalised_before_routing() {
     gw.wait_idle().await;
 }
 
+/// RFC 9112 3.2 and RFC 3986 3.2.2: a Host that is not a name or an
+/// address with a numeric port is 400 before routing, so `/`, `?` or `#`
+/// cannot make `evil.test` match `*.example.test`, and no backend is told
+/// such a Host.
+#[tokio::test]
+async fn a_host_that_is_not_a_host_is_400_before_routing() {
+    let mut backends = Backends::start().await;
+    let gw = TestGateway::start(&routing_config(&backends)).await;
+    let addr = gw.addr("public");
+    for host in [
+        "evil.test/.example.test",
+        "evil.test?.example.test",
+        "evil.test#.example.test",
+        "chat.example.test:1@evil.test",
+        "a.example.test:x",
+        "[::1",
+    ] {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let (status, head, body) =
+            raw_exchange(&mut tcp, handshake_request("/ws", host).as_bytes()).await;
+        assert_eq!(status, 400, "Host {host}: {head}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("Host"), "Host {host}: {body:?}");
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let plain = format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let (status, head, _) = raw_exchange(&mut tcp, plain.as_bytes()).await;
+        assert_eq!(status, 400, "plain, Host {host}: {head}");
+    }
+    backends.assert_none_pending();
+    // Positive control: a good Host on the same route is served.
+    let ws = connect_with_host(addr, "/ws", "a.example.test:80").await;
+    assert_eq!(backends.which().await.0, "wild");
+    drop(ws);
+    gw.wait_idle().await;
+}
+
 #[tokio::test]
 async fn no_route_is_404_and_reaches_no_backend() {
     let backend = RawBackend::start(good_101).await;

@@ -472,6 +472,16 @@ async fn a_host_the_sni_certificate_does_not_cover_is_misdirected() {
     let mut tls = tls_connect(addr, dns("a.example.test"), trusting(&certs)).await;
     assert_eq!(status_for_host(&mut tls, "b.example.test").await, 421);
     assert_eq!(status_for_host(&mut tls, "a.example.test:443").await, 101);
+    // A Host that is not a host (userinfo, a path) is refused before the
+    // certificate check could read a cut-down name from it.
+    for host in [
+        "a.example.test:1@evil.test",
+        "a.example.test/x",
+        "evil.test/.a.example.test",
+    ] {
+        let mut tls = tls_connect(addr, dns("a.example.test"), trusting(&certs)).await;
+        assert_eq!(status_for_host(&mut tls, host).await, 400, "Host {host}");
+    }
     // A wildcard host under B's certificate, with B's SNI: served.
     let mut tls = tls_connect(addr, dns("b.example.test"), trusting(&certs)).await;
     assert_eq!(status_for_host(&mut tls, "x.wild.example.test").await, 101);

@@ -48,6 +48,10 @@ pub const DEFAULT_UPSTREAM_RESPONSE: Duration = Duration::from_secs(60);
 /// Default for `timeouts.client_body`: the longest a client may pause while
 /// sending a request body before it is answered 408 (as nginx's default).
 pub const DEFAULT_CLIENT_BODY: Duration = Duration::from_secs(60);
+/// Default for `timeouts.client_write`: the longest a client may take no
+/// bytes of a plain response before it is aborted and its backend
+/// connection released (nginx's `send_timeout`).
+pub const DEFAULT_CLIENT_WRITE: Duration = Duration::from_secs(60);
 /// Default for `timeouts.linger`: reading and discarding what a client
 /// still sends after wsgate closed its connection.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
@@ -210,6 +214,11 @@ pub struct Timeouts {
     /// Longest pause in a client's request body (nginx's `client_body_timeout`).
     #[serde(serialize_with = "view::humantime")]
     pub client_body: Duration,
+    /// Longest a client may take no bytes of a plain response (nginx's
+    /// `send_timeout`): a client that stops reading must not hold a backend
+    /// connection for ever.
+    #[serde(serialize_with = "view::humantime")]
+    pub client_write: Duration,
     /// How long a connection wsgate closed is still read and discarded, so
     /// a client still sending can read the answer (see linger.rs).
     #[serde(serialize_with = "view::humantime")]
@@ -230,6 +239,7 @@ impl Default for Timeouts {
             upstream_handshake: DEFAULT_UPSTREAM_HANDSHAKE,
             upstream_response: DEFAULT_UPSTREAM_RESPONSE,
             client_body: DEFAULT_CLIENT_BODY,
+            client_write: DEFAULT_CLIENT_WRITE,
             linger: DEFAULT_LINGER,
             half_close: DEFAULT_HALF_CLOSE,
             close: DEFAULT_CLOSE,

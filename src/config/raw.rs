@@ -73,6 +73,7 @@ pub(crate) struct RawTimeouts {
     pub(crate) upstream_handshake: Option<Spanned<String>>,
     pub(crate) upstream_response: Option<Spanned<String>>,
     pub(crate) client_body: Option<Spanned<String>>,
+    pub(crate) client_write: Option<Spanned<String>>,
     pub(crate) linger: Option<Spanned<String>>,
     pub(crate) half_close: Option<Spanned<String>>,
     pub(crate) close: Option<Spanned<String>>,

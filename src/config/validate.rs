@@ -290,6 +290,7 @@ impl<'a> Validator<'a> {
                 d.upstream_response,
             ),
             client_body: self.duration(t.client_body, "timeouts.client_body", d.client_body),
+            client_write: self.duration(t.client_write, "timeouts.client_write", d.client_write),
             linger: self.duration(t.linger, "timeouts.linger", d.linger),
             half_close: self.duration(t.half_close, "timeouts.half_close", d.half_close),
             close: self.duration(t.close, "timeouts.close", d.close),

@@ -121,7 +121,7 @@ fn servers(shared: &Shared) -> Vec<(Arc<str>, Arc<Server>)> {
         .upstreams()
         .flat_map(|u| u.servers.iter().map(|s| (u.name.clone(), s.clone())))
         .collect();
-    for (up, s) in shared.draining_list().iter() {
+    for (up, s) in &shared.draining_servers() {
         if !all.iter().any(|(_, k)| Arc::ptr_eq(k, s)) {
             all.push((up.clone(), s.clone()));
         }

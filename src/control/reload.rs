@@ -31,7 +31,8 @@ use crate::control::resolve::{lookup, resolve_names, ResolveError};
 use crate::front::listener;
 use crate::front::listener::{BindError, BoundListener};
 use crate::proxy::routes::{Answers, CompileError, Snapshot};
-use crate::Shared;
+use crate::upstream::balancer::Server;
+use crate::{DrainingServer, Shared};
 
 /// A listener that is accepting, as the reload logic needs to know it.
 #[derive(Debug)]
@@ -169,7 +170,7 @@ async fn apply_config(
         return Err(ReloadError::AdminChanged);
     }
     let old = shared.snapshot.load_full();
-    let draining = shared.draining_list().clone();
+    let draining = shared.draining_servers();
     let new = Snapshot::compile(Arc::new(config), answers, Some(&old), &draining)?;
 
     // Which listeners change: by name, and a new address counts as remove + add.
@@ -220,32 +221,60 @@ async fn apply_config(
         shared.metrics.prepare_listener(&l.name);
         start_listener(shared, l, bind);
     }
-    // Servers added back while their drain still ran: they serve again.
-    shared.draining_list().retain(|(_, d)| {
+    // Servers added back while their drain still ran are the same objects
+    // again (see `Snapshot::compile`): a reload's drain ends, an operator's
+    // goes on, cancellable by `enable` as before the reload.
+    shared.draining_list().retain(|d| {
         let back = new
             .upstreams()
-            .any(|u| u.servers.iter().any(|s| Arc::ptr_eq(s, d)));
-        if back {
-            d.enable();
+            .any(|u| u.servers.iter().any(|s| Arc::ptr_eq(s, &d.server)));
+        if back && !d.by_operator {
+            d.server.enable();
         }
         !back
     });
     for (up, server) in removed_servers {
-        // An operator's drain already running goes on as it was.
+        let entry = |by_operator| DrainingServer {
+            upstream: up.name.clone(),
+            server: server.clone(),
+            by_operator,
+        };
+        let s = shared.clone();
         let Some(stop) = server.disable() else {
+            // An operator's drain already running goes on as it was; the
+            // server stays findable until its tunnels are gone.
+            shared.draining_list().push(entry(true));
+            shared.tasks.spawn(async move {
+                forget_when_drained(&s, &server).await;
+            });
             continue;
         };
-        shared
-            .draining_list()
-            .push((up.name.clone(), server.clone()));
-        let s = shared.clone();
+        shared.draining_list().push(entry(false));
         shared.tasks.spawn(async move {
             drain::drain_server(s.clone(), up, server.clone(), stop).await;
-            s.draining_list().retain(|(_, d)| !Arc::ptr_eq(d, &server));
+            s.draining_list()
+                .retain(|d| !Arc::ptr_eq(&d.server, &server));
         });
     }
     crate::control::health::sync(shared);
     Ok(report)
+}
+
+/// Takes a removed server off the draining list once an operator's drain
+/// of it is over: no tunnel left, or enabled again (added back first).
+async fn forget_when_drained(shared: &Shared, server: &Arc<Server>) {
+    loop {
+        if server.active() == 0 || server.is_enabled() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+    shared
+        .draining_list()
+        .retain(|d| !Arc::ptr_eq(&d.server, server));
 }
 
 /// Warns, at start and on every reload, about upstreams whose backend

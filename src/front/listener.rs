@@ -280,6 +280,7 @@ async fn serve(
         listener: settings,
         peer,
         in_flight: std::sync::atomic::AtomicUsize::new(0),
+        abort: tokio_util::sync::CancellationToken::new(),
         scanner,
     });
     let Some(result) = serve_http(stream, &ctx, timeouts, limits).await else {
@@ -358,6 +359,8 @@ async fn serve_http(
                 conn.as_mut().graceful_shutdown();
             }
             _ = shared.shutdown.cancelled() => return None,
+            // A response its client stopped reading (see proxy::plain).
+            _ = ctx.abort.cancelled() => return None,
         }
     }
 }

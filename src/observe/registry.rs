@@ -97,9 +97,15 @@ impl CloseControl {
         }
     }
 
-    /// Asks the tunnel to close with `order`; the first order wins. Returns
-    /// whether this one was taken.
+    /// Asks the tunnel to close with `order`; the first order wins, and a
+    /// drain or shutdown that already fired the token is an order too
+    /// ([`CLOSE_GOING_AWAY`]). Returns whether this one was taken.
     pub fn request(&self, order: CloseOrder) -> bool {
+        // The tunnel may already be closing with the drain's code: setting
+        // an order now could change the code it sends, or be ignored.
+        if self.token.is_cancelled() {
+            return false;
+        }
         let taken = self.order.set(order).is_ok();
         self.token.cancel();
         taken

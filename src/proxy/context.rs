@@ -43,6 +43,10 @@ pub struct ConnContext {
     pub in_flight: AtomicUsize,
     /// The framing guard over this connection's bytes (see framing.rs).
     pub scanner: Arc<Mutex<Scanner>>,
+    /// Cancelled to close this connection at once, whatever it is doing:
+    /// a client that took no bytes of a response for `timeouts.client_write`
+    /// (hyper waits on its socket then, and never asks the body again).
+    pub abort: tokio_util::sync::CancellationToken,
 }
 
 impl ConnContext {

@@ -39,12 +39,22 @@ pub enum HandshakeError {
     /// RFC 6455 requires GET.
     #[error("WebSocket handshake must use GET, not {0}")]
     Method(Method),
+    /// CONNECT or TRACE, which wsgate serves on no resource: CONNECT would
+    /// turn the connection into a tunnel to wherever the backend says,
+    /// TRACE would echo this hop's headers back. 501 (RFC 9110 15.6.2)
+    /// rather than 405, whose `Allow` would have to list every other
+    /// method, extension methods included, that wsgate passes on.
+    #[error("method {0} is not supported by this proxy")]
+    MethodNotSupported(Method),
     /// RFC 6455 requires HTTP/1.1.
     #[error("WebSocket handshake must use HTTP/1.1")]
     Version,
     /// No Host header, or more than one.
     #[error("exactly one Host header is required")]
     Host,
+    /// A Host that is not a host name or address with an optional port.
+    #[error("{0}")]
+    BadHost(#[from] crate::proxy::host::HostError),
     /// `Connection` lacks the `upgrade` token.
     #[error("Connection header must contain the upgrade token")]
     Connection,
@@ -95,6 +105,7 @@ impl HandshakeError {
             HandshakeError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             HandshakeError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             HandshakeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HandshakeError::MethodNotSupported(_) => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::BAD_REQUEST,
         }
     }

@@ -44,6 +44,7 @@ use routes::Route;
 pub mod context;
 pub mod forwarded;
 pub mod handshake;
+pub mod host;
 pub mod plain;
 mod respond;
 pub mod routes;
@@ -233,12 +234,18 @@ fn check(
     ctx: &ConnContext,
     kind: RequestKind,
 ) -> Result<Checked, Refusal> {
+    // First: whatever else is wrong with such a request, the answer is the same.
+    if req.method() == http::Method::CONNECT || req.method() == http::Method::TRACE {
+        return Err(HandshakeError::MethodNotSupported(req.method().clone()).into());
+    }
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let host = routes::normalize_host(host);
+    // Before anything reads it: routing, the 421 check and the forwarding
+    // headers must all see the same name.
+    let host = host::parse_host(host).map_err(HandshakeError::BadHost)?;
     let key = match kind {
         RequestKind::WebSocket => Some(handshake::check_client_request(req)?),
         RequestKind::Plain => {

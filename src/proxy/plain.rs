@@ -16,9 +16,10 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
@@ -36,6 +37,7 @@ use crate::proxy::{ConnContext, ProxyBody, Refusal};
 use crate::upstream::balancer::{Server, Upstream};
 use crate::upstream::pool::{HttpPool, PoolBody, PoolParts};
 use crate::upstream::{self, UpstreamError};
+use tokio_util::sync::CancellationToken;
 
 /// What proxy.rs decided for a plain request.
 pub(crate) struct Routed<'a> {
@@ -96,7 +98,8 @@ pub(crate) async fn forward(
         match attempt(pool, server, req, &upload, timeouts, record).await {
             Ok(response) => {
                 upstream::report_outcome(server, passive, None);
-                return relay(response, server.addr, ctx, record, upload);
+                let client_write = timeouts.client_write;
+                return relay(response, server.addr, ctx, record, upload, client_write);
             }
             Err(Attempt::Next(e)) => {
                 upstream::report_outcome(server, passive, Some(&e));
@@ -209,6 +212,7 @@ fn relay(
     ctx: &Arc<ConnContext>,
     record: &RequestRecord,
     upload: Arc<Upload>,
+    client_write: Duration,
 ) -> Result<Response<ProxyBody>, Refusal> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(UpstreamError::UnexpectedUpgrade { addr }.into());
@@ -217,9 +221,14 @@ fn relay(
     upstream::check_framing(response.headers(), addr)?;
     let (mut head, body) = response.into_parts();
     handshake::strip_hop_by_hop(&mut head.headers);
+    let progress = Arc::new(Progress::new());
+    ctx.shared
+        .tasks
+        .spawn(watch_client(progress.clone(), ctx.clone(), client_write));
     let logged = Logged {
         inner: body,
         to_client: 0,
+        progress,
         end: Some(End {
             ctx: ctx.clone(),
             record: record.clone(),
@@ -231,6 +240,81 @@ fn relay(
     Ok(Response::from_parts(head, logged.boxed()))
 }
 
+// === impl Progress ===
+
+/// How far the client is taking a response: shared by its body, which
+/// hyper polls only while it can write, and the task watching for a client
+/// that stopped reading.
+struct Progress {
+    origin: Instant,
+    /// When hyper last took a frame (nanoseconds from `origin`).
+    last: AtomicU64,
+    /// hyper asked for a frame and the backend has none yet: the wait is
+    /// the backend's, not the client's.
+    waiting_backend: AtomicBool,
+    /// The body ended or was dropped: nothing left to watch.
+    done: CancellationToken,
+    /// The watch aborted the response: its record says why.
+    aborted: AtomicBool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+            waiting_backend: AtomicBool::new(false),
+            done: CancellationToken::new(),
+            aborted: AtomicBool::new(false),
+        }
+    }
+
+    fn took_frame(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::SeqCst);
+        self.waiting_backend.store(false, Ordering::SeqCst);
+    }
+
+    /// When the client is late if it takes nothing more.
+    fn deadline(&self, limit: Duration) -> Instant {
+        self.origin + Duration::from_nanos(self.last.load(Ordering::SeqCst)) + limit
+    }
+}
+
+/// The reason logged for a response whose client stopped reading.
+const CLIENT_WRITE_REASON: &str = "client: took no bytes of the response for timeouts.client_write";
+
+/// Aborts the client's connection when hyper has taken no frame of the
+/// response for `limit` while the backend had one ready: the client's
+/// socket is full and it is not reading. Closing the connection drops the
+/// body, which releases the backend's connection.
+async fn watch_client(progress: Arc<Progress>, ctx: Arc<ConnContext>, limit: Duration) {
+    loop {
+        let deadline = progress.deadline(limit);
+        tokio::select! {
+            _ = progress.done.cancelled() => return,
+            _ = ctx.shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let late = Instant::now() >= progress.deadline(limit);
+        if late && !progress.waiting_backend.load(Ordering::SeqCst) {
+            progress.aborted.store(true, Ordering::SeqCst);
+            ctx.shared
+                .metrics
+                .response_aborted(&ctx.listener.name, "client_write");
+            tracing::info!(client = %ctx.peer, after = ?limit, "{CLIENT_WRITE_REASON}");
+            ctx.abort.cancel();
+            return;
+        }
+        if late {
+            // hyper is waiting on the backend: start the client's clock
+            // again when the next frame goes out.
+            progress.took_frame();
+            progress.waiting_backend.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 // === impl Logged ===
 
 /// The backend's response body on its way to the client; writes the
@@ -238,6 +322,7 @@ fn relay(
 struct Logged {
     inner: Incoming,
     to_client: u64,
+    progress: Arc<Progress>,
     end: Option<End>,
 }
 
@@ -275,7 +360,11 @@ impl Body for Logged {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) else {
+            this.progress.waiting_backend.store(true, Ordering::SeqCst);
+            return Poll::Pending;
+        };
+        this.progress.took_frame();
         match &frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
@@ -307,10 +396,13 @@ impl Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
+        self.progress.done.cancel();
         if let Some(end) = self.end.take() {
             // hyper stops polling a body whose announced length is reached.
             let reason = if self.inner.is_end_stream() {
                 "complete"
+            } else if self.progress.aborted.load(Ordering::SeqCst) {
+                CLIENT_WRITE_REASON
             } else {
                 "client: gone before the response ended"
             };

@@ -51,7 +51,12 @@ pub(crate) fn refuse(refusal: &Refusal) -> Response<ProxyBody> {
     }
     if matches!(
         status,
-        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+        StatusCode::BAD_REQUEST
+            | StatusCode::REQUEST_TIMEOUT
+            | StatusCode::PAYLOAD_TOO_LARGE
+            // A client refused a CONNECT may already be sending what it
+            // meant for the tunnel: none of it is a request.
+            | StatusCode::NOT_IMPLEMENTED
     ) {
         // A client that sends malformed requests gets no second chance on
         // this connection, and after a stalled body nothing on it can be

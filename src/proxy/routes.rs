@@ -312,22 +312,6 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// Lowercases a Host header value and strips its port and trailing dot, so
-/// that routing compares names only. IPv6 literals keep their brackets.
-pub fn normalize_host(host: &str) -> String {
-    let host = host.trim();
-    let name = if host.starts_with('[') {
-        match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        }
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    name.to_ascii_lowercase()
-}
-
 /// Why a request path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -496,14 +480,6 @@ mod tests {
         ] {
             assert_eq!(normalize_path(input), Err(want), "{input}");
         }
-    }
-
-    #[test]
-    fn hosts_are_normalised() {
-        assert_eq!(normalize_host("Chat.Example.COM:8443"), "chat.example.com");
-        assert_eq!(normalize_host("example.com."), "example.com");
-        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
-        assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
     }
 
     #[test]

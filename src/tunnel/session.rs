@@ -9,17 +9,18 @@
 //! Must not: answer the client (the proxy already sent its 101) or touch
 //! the routing snapshot: everything the tunnel uses is in [`Session`].
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::Upgraded;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::client;
 use crate::net::tls::{BackendStream, MaybeTls};
-use crate::observe::access::{EndReason, Side, TunnelEnd};
+use crate::observe::access::{CloseOrder, EndReason, Side, TunnelEnd};
 use crate::observe::metrics::{Metrics, TunnelLabels};
-use crate::observe::registry::{ConnInfo, Registry, RegistryGuard, CLOSE_GOING_AWAY};
+use crate::observe::registry::{CloseControl, ConnInfo, Registry, RegistryGuard, CLOSE_GOING_AWAY};
 use crate::tunnel::frames::encode_close;
 use crate::tunnel::{mask_key, run, FramePolicy, TunnelTimeouts};
 use crate::upstream::balancer::ActiveGuard;
@@ -50,7 +51,13 @@ pub struct Session {
 
 /// Runs one tunnel to its end: waits for hyper to hand over the client's
 /// upgraded connection, splices it with the backend, and records the end.
-pub async fn serve(session: Session, client_upgrade: OnUpgrade) {
+///
+/// `client_upgrade` is hyper's `OnUpgrade` in production; any future of
+/// the same output serves in tests.
+pub async fn serve<U>(session: Session, client_upgrade: U)
+where
+    U: Future<Output = hyper::Result<Upgraded>>,
+{
     let Session {
         registry,
         metrics,
@@ -73,10 +80,13 @@ pub async fn serve(session: Session, client_upgrade: OnUpgrade) {
         guard,
         end: None,
     };
-    let upgraded = tokio::select! {
-        u = client_upgrade => u.map_err(|e| Handover::ClientGone(e.to_string())),
-        _ = shutdown.cancelled() => Err(Handover::Shutdown),
-    };
+    let upgraded = handover(
+        client_upgrade,
+        &ending.guard.stats.close,
+        &shutdown,
+        timeouts,
+    )
+    .await;
     let taken =
         upgraded.and_then(|u| client::unwrap(u).map_err(|e| Handover::ClientGone(e.to_string())));
     // The client's place under the connection limits, held while the tunnel lives.
@@ -101,6 +111,34 @@ pub async fn serve(session: Session, client_upgrade: OnUpgrade) {
     ending.end = Some(outcome.to_end());
 }
 
+/// Waits for hyper to hand over the client's stream. A close asked for
+/// meanwhile (an operator's DELETE, a drain of the server or of wsgate) is
+/// answered too: hyper gets `timeouts.close` more to hand it over, so that
+/// the splice can close both sides at a frame boundary, and past that the
+/// tunnel ends without the client's stream.
+async fn handover<U>(
+    client_upgrade: U,
+    close: &CloseControl,
+    shutdown: &CancellationToken,
+    timeouts: TunnelTimeouts,
+) -> Result<Upgraded, Handover>
+where
+    U: Future<Output = hyper::Result<Upgraded>>,
+{
+    tokio::pin!(client_upgrade);
+    let gone = |e: hyper::Error| Handover::ClientGone(e.to_string());
+    tokio::select! {
+        u = &mut client_upgrade => return u.map_err(gone),
+        _ = shutdown.cancelled() => return Err(Handover::Shutdown),
+        _ = close.token().cancelled() => {}
+    }
+    tokio::select! {
+        u = &mut client_upgrade => u.map_err(gone),
+        _ = shutdown.cancelled() => Err(Handover::Shutdown),
+        _ = tokio::time::sleep(timeouts.close) => Err(Handover::Closed(close.order())),
+    }
+}
+
 /// Why the client's connection never reached the tunnel.
 #[derive(Debug)]
 enum Handover {
@@ -109,18 +147,34 @@ enum Handover {
     ClientGone(String),
     /// wsgate was shut down first: its doing, not the client's.
     Shutdown,
+    /// A close was asked for, and hyper did not hand the stream over
+    /// within `timeouts.close` of it.
+    Closed(CloseOrder),
 }
 
 /// The client's connection never reached the tunnel. The backend already
 /// has an open WebSocket: tell it, best effort.
 fn not_started(backend: &BackendStream, id: u64, why: Handover) -> TunnelEnd {
-    let (reason, end) = match why {
+    let (code, reason, end) = match why {
         Handover::ClientGone(e) => (
-            "client gone",
+            CLOSE_GOING_AWAY,
+            "client gone".to_string(),
             TunnelEnd::bare(Side::Client, EndReason::NotStarted, Some(e)),
         ),
+        Handover::Closed(order) => {
+            let end = TunnelEnd {
+                proxy_close: Some(order.clone()),
+                ..TunnelEnd::bare(
+                    Side::Proxy,
+                    EndReason::ProxyClose,
+                    Some("closed before the client's stream was handed over".to_string()),
+                )
+            };
+            (order.code, order.reason, end)
+        }
         Handover::Shutdown => (
-            "proxy shutting down",
+            CLOSE_GOING_AWAY,
+            "proxy shutting down".to_string(),
             TunnelEnd::bare(
                 Side::Proxy,
                 EndReason::Shutdown,
@@ -128,7 +182,7 @@ fn not_started(backend: &BackendStream, id: u64, why: Handover) -> TunnelEnd {
             ),
         ),
     };
-    let close = encode_close(CLOSE_GOING_AWAY, reason, Some(mask_key(id)));
+    let close = encode_close(code, &reason, Some(mask_key(id)));
     // Raw bytes would corrupt a TLS stream: there, the close of the
     // connection has to do.
     if let MaybeTls::Plain(tcp) = backend {
@@ -203,6 +257,94 @@ mod tests {
             close_received(&mut theirs).await,
             (CLOSE_GOING_AWAY, "client gone".to_string())
         );
+    }
+
+    /// A session on a real backend connection, its client stream never
+    /// handed over (hyper still writing the 101, say).
+    async fn waiting_session(
+        registry: &Arc<Registry>,
+        drain: &CancellationToken,
+    ) -> (
+        Session,
+        tokio::net::TcpStream,
+        Arc<crate::upstream::balancer::Server>,
+    ) {
+        let (backend, theirs) = backend_pair().await;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let server = Arc::new(crate::upstream::balancer::Server::new(addr, 1));
+        let session = Session {
+            registry: registry.clone(),
+            metrics: Arc::new(Metrics::new(registry.clone(), "test")),
+            drain: drain.clone(),
+            shutdown: CancellationToken::new(),
+            conn: ConnInfo {
+                client: addr,
+                listener: "l".into(),
+                route: "r".into(),
+                upstream: "u".into(),
+                backend: addr,
+                server: server.clone(),
+                path: "/".to_string(),
+            },
+            backend,
+            backend_leftover: Bytes::new(),
+            active: server.track(),
+            timeouts: TunnelTimeouts {
+                half_close: std::time::Duration::from_secs(30),
+                close: std::time::Duration::from_millis(50),
+            },
+            policy: FramePolicy::default(),
+        };
+        (session, theirs, server)
+    }
+
+    /// An operator's close reaches a tunnel whose client stream hyper has
+    /// not handed over: the backend gets the code asked for, the tunnel
+    /// ends (its server's count released) and its record says why.
+    #[tokio::test]
+    async fn a_close_while_waiting_for_the_hand_over_is_carried_out() {
+        let registry = Arc::new(Registry::default());
+        let drain = CancellationToken::new();
+        let (session, mut theirs, server) = waiting_session(&registry, &drain).await;
+        let mut finished = registry.subscribe();
+        let task = tokio::spawn(serve(session, std::future::pending()));
+        let conn = loop {
+            if let Some(c) = registry.live().first().cloned() {
+                break c;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert!(conn.close.request(CloseOrder {
+            code: 4001,
+            reason: "operator".to_string(),
+        }));
+        let within = std::time::Duration::from_secs(10);
+        let got = tokio::time::timeout(within, close_received(&mut theirs)).await;
+        assert_eq!(got.ok(), Some((4001, "operator".to_string())));
+        tokio::time::timeout(within, task).await.unwrap().unwrap();
+        let record = finished.recv().await.unwrap();
+        assert_eq!(record.end.reason, EndReason::ProxyClose);
+        assert_eq!(record.end.closed_by, Side::Proxy);
+        assert_eq!(registry.live_count(), 0);
+        assert_eq!(server.active(), 0);
+    }
+
+    /// A drain (of wsgate or of the tunnel's server) is answered the same way, with 1001.
+    #[tokio::test]
+    async fn a_drain_while_waiting_for_the_hand_over_ends_the_tunnel() {
+        let registry = Arc::new(Registry::default());
+        let drain = CancellationToken::new();
+        let (session, mut theirs, server) = waiting_session(&registry, &drain).await;
+        let task = tokio::spawn(serve(session, std::future::pending()));
+        while registry.live_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drain.cancel();
+        let within = std::time::Duration::from_secs(10);
+        let got = tokio::time::timeout(within, close_received(&mut theirs)).await;
+        assert_eq!(got.ok().map(|c| c.0), Some(CLOSE_GOING_AWAY));
+        tokio::time::timeout(within, task).await.unwrap().unwrap();
+        assert_eq!(server.active(), 0);
     }
 
     /// A shutdown during the hand-over is wsgate's: the record and

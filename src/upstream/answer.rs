@@ -64,10 +64,15 @@ pub fn check_backend_101<B>(
         Some(v) if v.as_bytes() == expected_accept.as_bytes() => {}
         _ => return Err(BackendAnswerError::Accept),
     }
-    if let Some(p) = h.get(header::SEC_WEBSOCKET_PROTOCOL) {
-        let p = p.to_str().unwrap_or("").trim();
-        if !header_has_token(offered, &header::SEC_WEBSOCKET_PROTOCOL, p) {
-            return Err(BackendAnswerError::Protocol(p.to_string()));
+    // RFC 6455 4.2.2: the server selects one of the client's subprotocols.
+    // Every value is checked, and more than one (in one line or several) is
+    // no selection at all: the client would take whichever it reads first.
+    if h.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+        let chosen: Vec<&str> = tokens(h, &header::SEC_WEBSOCKET_PROTOCOL).collect();
+        match chosen.as_slice() {
+            [p] if !p.is_empty()
+                && header_has_token(offered, &header::SEC_WEBSOCKET_PROTOCOL, p) => {}
+            _ => return Err(BackendAnswerError::Protocol(chosen.join(", "))),
         }
     }
     for name in extension_names(h) {
@@ -159,6 +164,31 @@ mod tests {
             check_backend_101(&with(("sec-websocket-protocol", "mqtt")), accept, &offered),
             Err(BackendAnswerError::Protocol("mqtt".into()))
         );
+        // One value, but more than one subprotocol in it.
+        assert_eq!(
+            check_backend_101(
+                &with(("sec-websocket-protocol", "chat, superchat")),
+                accept,
+                &offered
+            ),
+            Err(BackendAnswerError::Protocol("chat, superchat".into()))
+        );
+        assert_eq!(
+            check_backend_101(&with(("sec-websocket-protocol", "")), accept, &offered),
+            Err(BackendAnswerError::Protocol("".into()))
+        );
+        // Two lines: the second is checked too, and two is one too many.
+        let mut two = base.to_vec();
+        two.push(("sec-websocket-protocol", "chat"));
+        two.push(("sec-websocket-protocol", "mqtt"));
+        assert_eq!(
+            check_backend_101(&answer(&two), accept, &offered),
+            Err(BackendAnswerError::Protocol("chat, mqtt".into()))
+        );
+        let mut twice = base.to_vec();
+        twice.push(("sec-websocket-protocol", "chat"));
+        twice.push(("sec-websocket-protocol", "chat"));
+        assert!(check_backend_101(&answer(&twice), accept, &offered).is_err());
         assert_eq!(
             check_backend_101(
                 &with(("sec-websocket-extensions", "permessage-deflate")),

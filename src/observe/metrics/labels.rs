@@ -85,9 +85,9 @@ pub(super) struct MalformedLabels {
 /// relay, keep their own series; any other becomes its class (`2xx`...), so
 /// a backend cannot create hundreds of series.
 pub(super) fn outcome_label(status: u16) -> String {
-    const KNOWN: [u16; 22] = [
+    const KNOWN: [u16; 23] = [
         101, 200, 204, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 421, 426, 429, 431, 499,
-        500, 502, 503, 504,
+        500, 501, 502, 503, 504,
     ];
     if KNOWN.contains(&status) {
         status.to_string()

@@ -79,6 +79,7 @@ pub struct Metrics {
     http_seconds: Family<ListenerLabels, Histogram>,
     http_bytes: Family<HttpBytesLabels, Counter>,
     malformed: Family<MalformedLabels, Counter>,
+    aborted: Family<MalformedLabels, Counter>,
     health_checks: Family<HealthCheckLabels, Counter>,
     states: Arc<StateCollector>,
     traffic: Arc<TrafficCollector>,
@@ -134,6 +135,12 @@ impl Metrics {
             "wsgate_requests_malformed",
             "Requests refused with 400 before parsing, by reason (request smuggling defence)",
             malformed.clone(),
+        );
+        let aborted = Family::<MalformedLabels, Counter>::default();
+        registry.register(
+            "wsgate_http_responses_aborted",
+            "Plain HTTP responses wsgate cut short, by reason (client_write: the client took no bytes)",
+            aborted.clone(),
         );
         registry.register(
             "wsgate_tunnels_active",
@@ -220,6 +227,7 @@ impl Metrics {
             http_seconds,
             http_bytes,
             malformed,
+            aborted,
             traffic,
             info,
         }
@@ -302,6 +310,16 @@ impl Metrics {
     /// A request was refused before parsing; `reason` is a fixed label.
     pub fn malformed(&self, listener: &str, reason: &'static str) {
         self.malformed
+            .get_or_create(&MalformedLabels {
+                listener: listener.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A plain response was aborted by wsgate, for `reason`.
+    pub fn response_aborted(&self, listener: &str, reason: &'static str) {
+        self.aborted
             .get_or_create(&MalformedLabels {
                 listener: listener.to_string(),
                 reason,
