@@ -5,38 +5,16 @@
 //! listens, which a test running beside it on another thread could settle
 //! for it.
 
+#[path = "support/capture.rs"]
+mod capture;
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use capture::Capture;
 use common::*;
 use serde_json::Value;
 use tokio::net::TcpListener;
-
-/// Collects the log lines written while it is the thread's subscriber.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self, needle: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_string)
-            .collect()
-    }
-}
 
 /// The one server's entry in `/api/upstreams`.
 async fn server_view(gw: &TestGateway) -> Value {

@@ -4,39 +4,17 @@
 //! Alone in its binary: it captures log lines with a subscriber set for
 //! its thread (see health_log.rs for why).
 
+#[path = "support/capture.rs"]
+mod capture;
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
+use capture::Capture;
 use common::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use wsgate::front::listener::REFUSED_RESPONSE;
-
-/// Collects the log lines written while it is the thread's subscriber.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self, needle: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_string)
-            .collect()
-    }
-}
 
 async fn refused_answer(addr: SocketAddr) -> Vec<u8> {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
