@@ -420,3 +420,29 @@ async fn watchers_follow_reloads_and_read_close_on_unhealthy_when_it_matters() {
     assert_eq!(first, 0x88);
     assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
 }
+
+/// The ejection series of a server the config no longer has goes with it
+/// (DNS churn must not grow the label set); a server that stays keeps its.
+#[tokio::test]
+async fn a_removed_server_takes_its_ejection_series_with_it() {
+    let (a, b) = (Flaky::start(true).await, Flaky::start(false).await);
+    let gw = TestGateway::start(&config(&[a.addr], "max_fails = 1\neject_for = \"1m\"")).await;
+    let (status, _, _) = handshake(&gw).await;
+    assert_eq!(status, 502);
+    let line =
+        |s: SocketAddr| format!("wsgate_server_ejections_total{{upstream=\"u\",server=\"{s}\"}}");
+    within("the ejection to be counted", async {
+        while !metrics(&gw).await.contains(&line(a.addr)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    std::fs::write(
+        gw.dir.path().join("wsgate.toml"),
+        config(&[b.addr], "max_fails = 1\neject_for = \"1m\""),
+    )
+    .expect("write config");
+    gw.gateway.reload().await.expect("reload");
+    let m = metrics(&gw).await;
+    assert!(!m.contains(&line(a.addr)), "{m}");
+}

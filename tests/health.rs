@@ -530,6 +530,42 @@ async fn removing_the_check_brings_a_down_server_back() {
     );
 }
 
+/// DNS churn (a headless Service) adds and removes servers all day: the
+/// series of a server that is gone must go with it, or the label set grows
+/// without bound.
+#[tokio::test]
+async fn a_removed_server_takes_its_health_check_series_with_it() {
+    let dead = dead_addr().await;
+    let live = dead_addr().await;
+    let check =
+        "{ kind = \"tcp\", interval = \"50ms\", timeout = \"50ms\", unhealthy_threshold = 1 }";
+    let gw = TestGateway::start(&config(&[dead, live], check)).await;
+    wait_state(&gw, dead, "down").await;
+    let series = |addr: SocketAddr| format!("server=\"{addr}\"");
+    let text = |gw: &TestGateway| {
+        let admin = gw.admin.expect("admin");
+        async move { http_text(admin, "GET", "/metrics").await.1 }
+    };
+    assert!(
+        text(&gw)
+            .await
+            .lines()
+            .any(|l| l.starts_with("wsgate_health_checks_total") && l.contains(&series(dead))),
+        "the dead server's probes are counted"
+    );
+    write_config(&gw, &config(&[live], check));
+    gw.gateway.reload().await.expect("reload");
+    let after = text(&gw).await;
+    let left: Vec<&str> = after
+        .lines()
+        // wsgate_server_state shows a removed server as draining until its
+        // drain ends, by design; nothing else may name it.
+        .filter(|l| l.starts_with("wsgate_") && !l.starts_with("wsgate_server_state"))
+        .filter(|l| l.contains(&series(dead)))
+        .collect();
+    assert!(left.is_empty(), "series of a removed server: {left:#?}");
+}
+
 // === TLS ===
 
 /// A WebSocket echo backend behind TLS with a certificate for `localhost`

@@ -30,7 +30,15 @@ use crate::Shared;
 /// The running watchers, by server identity (the `Arc`'s address: the
 /// watcher holds the `Arc`, so the address is not reused while listed).
 #[derive(Debug, Default)]
-pub struct Watchers(Mutex<HashMap<usize, CancellationToken>>);
+pub struct Watchers(Mutex<HashMap<usize, Watched>>);
+
+/// One watcher: its stop, and whose series it counts into.
+#[derive(Debug)]
+struct Watched {
+    stop: CancellationToken,
+    upstream: Arc<str>,
+    addr: std::net::SocketAddr,
+}
 
 impl Watchers {
     /// How many servers are watched: one per server of the running snapshot.
@@ -49,24 +57,40 @@ pub fn sync(shared: &Arc<Shared>) {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let mut current = HashSet::new();
+    let mut addrs = HashSet::new();
     for up in snapshot.upstreams() {
         for server in &up.servers {
             let key = Arc::as_ptr(server) as usize;
             current.insert(key);
+            addrs.insert((up.name.clone(), server.addr));
             if running.contains_key(&key) {
                 continue;
             }
             let stop = shared.drain.child_token();
-            running.insert(key, stop.clone());
+            running.insert(
+                key,
+                Watched {
+                    stop: stop.clone(),
+                    upstream: up.name.clone(),
+                    addr: server.addr,
+                },
+            );
             shared
                 .tasks
                 .spawn(watch(shared.clone(), up.name.clone(), server.clone(), stop));
         }
     }
-    running.retain(|key, stop| {
+    running.retain(|key, w| {
         let keep = current.contains(key);
         if !keep {
-            stop.cancel();
+            w.stop.cancel();
+            // Its series go with it, unless the same address stays (a new
+            // server object for it keeps counting into the same series).
+            if !addrs.contains(&(w.upstream.clone(), w.addr)) {
+                shared
+                    .metrics
+                    .forget_ejections(&w.upstream, &w.addr.to_string());
+            }
         }
         keep
     });

@@ -153,6 +153,12 @@ pub fn sync(shared: &Arc<Shared>) {
             .is_some_and(|(s, check)| Arc::ptr_eq(s, &c.server) && *check == c.check);
         if !keep {
             c.stop.cancel();
+            if !wanted.contains_key(key) {
+                let server = key.1.to_string();
+                shared
+                    .metrics
+                    .forget_health_checks(&key.0, &server, &ProbeFailure::RESULTS);
+            }
         }
         keep
     });
@@ -247,9 +253,18 @@ impl Task {
 
     fn record(&self, at: SystemTime, result: &Result<Duration, ProbeFailure>, verdict: &Verdict) {
         let class = result.as_ref().map_or_else(ProbeFailure::class, |_| "ok");
-        self.shared
-            .metrics
-            .health_check(&self.upstream, &self.server.addr.to_string(), class);
+        {
+            // Under the registry lock, like `apply`: a sync that stopped this
+            // checker may have dropped its series, and a late probe must not
+            // bring them back.
+            let _running = self.shared.health.lock();
+            if self.stop.is_cancelled() {
+                return;
+            }
+            self.shared
+                .metrics
+                .health_check(&self.upstream, &self.server.addr.to_string(), class);
+        }
         let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
         r.probes += 1;
         r.successes = verdict.successes();

@@ -52,6 +52,15 @@ impl AvailabilityMetrics {
             .inc_by(n);
     }
 
+    /// Drops the ejection series of a server no longer in the config, so
+    /// that servers coming and going (DNS) do not grow the label set.
+    pub(super) fn forget(&self, upstream: &str, server: &str) {
+        self.ejections.remove(&ServerLabels {
+            upstream: upstream.to_string(),
+            server: server.to_string(),
+        });
+    }
+
     pub(super) fn unavailable(&self, upstream: &str) {
         self.unavailable
             .get_or_create(&UpstreamLabels {

@@ -395,6 +395,25 @@ impl Metrics {
         self.availability.unavailable(upstream);
     }
 
+    /// Drops the health-check series of a server whose check has ended
+    /// (the server left the config, or its upstream lost its check), one
+    /// per result in `results`, so that servers coming and going (DNS) do
+    /// not grow the label set.
+    pub fn forget_health_checks(&self, upstream: &str, server: &str, results: &[&'static str]) {
+        for &result in results {
+            self.health_checks.remove(&HealthCheckLabels {
+                upstream: upstream.to_string(),
+                server: server.to_string(),
+                result,
+            });
+        }
+    }
+
+    /// Drops the ejection series of a server no longer in the config.
+    pub fn forget_ejections(&self, upstream: &str, server: &str) {
+        self.availability.forget(upstream, server);
+    }
+
     /// One active health probe of `server` ended with `result` (`ok` or a
     /// failure class).
     pub fn health_check(&self, upstream: &str, server: &str, result: &'static str) {

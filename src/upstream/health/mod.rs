@@ -94,6 +94,25 @@ pub enum ProbeFailure {
 impl ProbeFailure {
     /// A short fixed name for the failure: the `result` label of
     /// `wsgate_health_checks_total`.
+    /// Every value [`Self::class`] gives, and `ok`: the result labels of
+    /// `wsgate_health_checks_total`.
+    pub const RESULTS: [&'static str; 14] = [
+        "ok",
+        "refused",
+        "connect",
+        "tls",
+        "connect_timeout",
+        "timeout",
+        "no_pong",
+        "http",
+        "status",
+        "bad_accept",
+        "bad_101",
+        "closed",
+        "protocol",
+        "request",
+    ];
+
     pub fn class(&self) -> &'static str {
         match self {
             ProbeFailure::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
