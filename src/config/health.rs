@@ -225,18 +225,9 @@ impl Validator<'_> {
     }
 
     fn threshold(&mut self, v: Option<&Spanned<i64>>, key: &str, name: &str, default: u32) -> u32 {
-        let Some(v) = v else { return default };
-        match u32::try_from(*v.get_ref()) {
-            Ok(n) if (1..=MAX_THRESHOLD).contains(&n) => n,
-            _ => {
-                self.problem(
-                    v,
-                    format!("{key}.{name}"),
-                    format!("must be a whole number from 1 to {MAX_THRESHOLD}"),
-                );
-                default
-            }
-        }
+        let range = 1..=MAX_THRESHOLD as usize;
+        let n = self.count_in(v, &format!("{key}.{name}"), range, default as usize);
+        u32::try_from(n).unwrap_or(default)
     }
 
     fn health_path(&mut self, p: &Spanned<String>, key: &str) -> Option<String> {

@@ -150,11 +150,24 @@ impl<'a> Validator<'a> {
         max: usize,
         default: usize,
     ) -> usize {
+        self.count_in(v, key, 0..=max, default)
+    }
+
+    /// A whole number within `range`; a problem naming `key`, and
+    /// `default`, otherwise.
+    pub(crate) fn count_in(
+        &mut self,
+        v: Option<&Spanned<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<usize>,
+        default: usize,
+    ) -> usize {
         let Some(v) = v else { return default };
         match usize::try_from(*v.get_ref()) {
-            Ok(n) if n <= max => n,
+            Ok(n) if range.contains(&n) => n,
             _ => {
-                self.problem(v, key, format!("must be a whole number from 0 to {max}"));
+                let (lo, hi) = range.into_inner();
+                self.problem(v, key, format!("must be a whole number from {lo} to {hi}"));
                 default
             }
         }
@@ -322,25 +335,25 @@ impl<'a> Validator<'a> {
         let d = Limits::default();
         Limits {
             max_headers: self.count_in(
-                raw.max_headers,
+                raw.max_headers.as_ref(),
                 "limits.max_headers",
                 1..=10_000,
                 d.max_headers,
             ),
             max_connections: self.count_in(
-                raw.max_connections,
+                raw.max_connections.as_ref(),
                 "limits.max_connections",
                 1..=10_000_000,
                 d.max_connections,
             ),
             max_connections_per_ip: self.count_in(
-                raw.max_connections_per_ip,
+                raw.max_connections_per_ip.as_ref(),
                 "limits.max_connections_per_ip",
                 1..=10_000_000,
                 d.max_connections_per_ip,
             ),
             max_handshakes_in_flight: self.count_in(
-                raw.max_handshakes_in_flight,
+                raw.max_handshakes_in_flight.as_ref(),
                 "limits.max_handshakes_in_flight",
                 1..=1_000_000,
                 d.max_handshakes_in_flight,
@@ -360,41 +373,15 @@ impl<'a> Validator<'a> {
                     }
                 },
             },
-            max_request_body: raw.max_request_body.and_then(|v| {
-                match u64::try_from(*v.get_ref()) {
-                    Ok(n) if n >= 1 => Some(n),
-                    _ => {
-                        self.problem(
-                            &v,
-                            "limits.max_request_body",
-                            "must be a number of bytes, at least 1",
-                        );
-                        None
-                    }
-                }
-            }),
+            max_request_body: self.bytes_at_least_1(
+                raw.max_request_body,
+                "limits",
+                "max_request_body",
+            ),
         }
     }
 
     /// A whole number within `range`; `default` when absent or refused.
-    fn count_in(
-        &mut self,
-        raw: Option<Spanned<i64>>,
-        key: &str,
-        range: std::ops::RangeInclusive<usize>,
-        default: usize,
-    ) -> usize {
-        let Some(v) = raw else { return default };
-        match usize::try_from(*v.get_ref()) {
-            Ok(n) if range.contains(&n) => n,
-            _ => {
-                let (lo, hi) = range.into_inner();
-                self.problem(&v, key, format!("must be a whole number from {lo} to {hi}"));
-                default
-            }
-        }
-    }
-
     /// Every `[[listeners]]`: names and (non-zero) ports unique.
     fn listeners(&mut self, raw: Vec<Spanned<RawListener>>) -> Vec<ListenerConfig> {
         let mut listeners: Vec<ListenerConfig> = Vec::new();
