@@ -37,31 +37,22 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::tls::{MaybeTls, OverTcp};
-use crate::observe::access::{CloseOrder, EndReason, Side, TunnelEnd};
+use crate::observe::access::{CloseOrder, Side};
 use crate::observe::registry::{ConnStats, DirectionCounters};
 use crate::tunnel::direction::{Half, HalfError};
 use crate::tunnel::frames::{encode_close, FrameError, Sender};
 
 mod direction;
 pub mod frames;
+mod outcome;
+mod policy;
 pub mod session;
 #[cfg(test)]
 mod tests;
 
-/// Close code to a peer that broke RFC 6455.
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-
-/// Close code to a peer whose frame or message is over the route's limit.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-
-/// The Close a side that broke `e` gets.
-fn offender_close(e: FrameError) -> (u16, &'static str) {
-    if e.is_size_limit() {
-        (CLOSE_TOO_BIG, "message too big")
-    } else {
-        (CLOSE_PROTOCOL_ERROR, "protocol error")
-    }
-}
+use outcome::offender_close;
+pub use outcome::{TunnelError, TunnelOutcome, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
+pub use policy::{FramePolicy, TunnelTimeouts};
 
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
@@ -85,177 +76,6 @@ impl<T: OverTcp + AsyncRead + AsyncWrite + Unpin> Splice for MaybeTls<T> {
         // the socket would block; so socket readiness is the right signal.
         self.tcp().poll_read_ready(cx)
     }
-}
-
-/// Why a tunnel ended.
-#[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
-    /// Reading from a side failed (reset, TLS error).
-    #[error("read from {} failed: {source}", side.as_str())]
-    Read {
-        /// Who we were reading from.
-        side: Side,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// Writing to a side failed.
-    #[error("write to {} failed: {source}", side.as_str())]
-    Write {
-        /// Who we were writing to.
-        side: Side,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// A side broke RFC 6455 framing.
-    #[error("{} broke WebSocket framing: {source}", side.as_str())]
-    Protocol {
-        /// The offender.
-        side: Side,
-        /// The rule broken.
-        #[source]
-        source: FrameError,
-    },
-    /// A side sent a frame or message over the route's size limits.
-    #[error("{} sent too much: {source}", side.as_str())]
-    TooBig {
-        /// The sender.
-        side: Side,
-        /// The limit passed.
-        #[source]
-        source: FrameError,
-    },
-    /// One side finished and the other did not within `timeouts.half_close`.
-    #[error("other side still open {0:?} after one side closed")]
-    HalfCloseTimeout(Duration),
-    /// A closing handshake wsgate started did not finish within `timeouts.close`.
-    #[error("closing handshake with code {code} not finished within {after:?}")]
-    CloseTimeout {
-        /// The code wsgate sent.
-        code: u16,
-        /// The configured deadline.
-        after: Duration,
-    },
-    /// A peer sent its Close and the other side sent none back within
-    /// `timeouts.close`.
-    #[error("{} did not answer the closing handshake within {after:?}", waiting_for.as_str())]
-    CloseUnanswered {
-        /// The side whose Close never came.
-        waiting_for: Side,
-        /// The configured deadline.
-        after: Duration,
-    },
-    /// wsgate is shutting down.
-    #[error("proxy shutting down")]
-    Shutdown,
-}
-
-/// How a tunnel ended.
-#[derive(Debug)]
-pub struct TunnelOutcome {
-    /// The side that stopped first.
-    pub closed_by: Side,
-    /// The first Close frame to pass, with its sender.
-    pub first_close: Option<(Side, Option<u16>)>,
-    /// `None` for a clean end (both sides closed).
-    pub error: Option<TunnelError>,
-    /// Set when wsgate itself started the closing handshake.
-    pub proxy_close: Option<CloseOrder>,
-}
-
-impl TunnelOutcome {
-    /// The record's view of this outcome.
-    pub fn to_end(&self) -> TunnelEnd {
-        TunnelEnd {
-            closed_by: self.closed_by,
-            close_code: self.first_close.and_then(|(_, c)| c),
-            close_frame_from: self.first_close.map(|(s, _)| s),
-            reason: match (&self.error, &self.proxy_close) {
-                (Some(e), _) => e.reason(),
-                (None, Some(_)) => EndReason::ProxyClose,
-                (None, None) => EndReason::Closed,
-            },
-            proxy_close: self.proxy_close.clone(),
-            detail: self.error.as_ref().map(ToString::to_string),
-        }
-    }
-}
-
-impl TunnelError {
-    /// The record's reason for this error.
-    pub fn reason(&self) -> EndReason {
-        match self {
-            TunnelError::Read { .. } => EndReason::ReadError,
-            TunnelError::Write { .. } => EndReason::WriteError,
-            TunnelError::Protocol { .. } => EndReason::ProtocolError,
-            TunnelError::TooBig { .. } => EndReason::TooBig,
-            TunnelError::HalfCloseTimeout(_) => EndReason::HalfCloseTimeout,
-            TunnelError::CloseTimeout { .. } | TunnelError::CloseUnanswered { .. } => {
-                EndReason::CloseTimeout
-            }
-            TunnelError::Shutdown => EndReason::Shutdown,
-        }
-    }
-}
-
-/// How a tunnel judges the frames it relays.
-#[derive(Debug, Clone, Copy)]
-pub struct FramePolicy {
-    /// `[websocket] strict`: a protocol violation ends the tunnel with
-    /// Close 1002 to the offender and 1001 to the other side; otherwise it
-    /// passes untouched.
-    pub strict: bool,
-    /// Reserved bits negotiated extensions allow, as a mask of a frame's
-    /// first byte: 0x40 (RSV1) with permessage-deflate.
-    pub rsv: u8,
-    /// The route's `max_frame_bytes`: a larger data frame gets 1009.
-    pub max_frame: Option<u64>,
-    /// The route's `max_message_bytes`, fragments summed: over it, 1009.
-    pub max_message: Option<u64>,
-}
-
-impl Default for FramePolicy {
-    fn default() -> Self {
-        Self {
-            strict: true,
-            rsv: 0,
-            max_frame: None,
-            max_message: None,
-        }
-    }
-}
-
-impl FramePolicy {
-    /// The policy for a tunnel whose backend's 101 accepted `extensions`
-    /// (names, without parameters): permessage-deflate allows RSV1 (RFC
-    /// 7692); an extension wsgate does not know may use any reserved bit.
-    pub fn for_extensions<'a>(strict: bool, extensions: impl IntoIterator<Item = &'a str>) -> Self {
-        let rsv = extensions.into_iter().fold(0, |rsv, name| {
-            if name.eq_ignore_ascii_case("permessage-deflate") {
-                rsv | 0x40
-            } else if name.is_empty() {
-                rsv
-            } else {
-                0x70
-            }
-        });
-        Self {
-            rsv,
-            strict,
-            ..Self::default()
-        }
-    }
-}
-
-/// Deadlines a tunnel enforces.
-#[derive(Debug, Clone, Copy)]
-pub struct TunnelTimeouts {
-    /// After one side finished sending, how long the other may go on.
-    pub half_close: Duration,
-    /// How long a closing handshake may take, started by wsgate or by a
-    /// peer: from the first Close until the tunnel has ended.
-    pub close: Duration,
 }
 
 /// Splices `client` and `backend` until both have closed, an error, a
