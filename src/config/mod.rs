@@ -25,6 +25,7 @@ use serde::Serialize;
 pub mod availability;
 pub mod error;
 pub mod health;
+pub mod origin;
 mod raw;
 pub mod tls;
 pub mod upstream;
@@ -35,6 +36,7 @@ pub mod view;
 pub use availability::Availability;
 pub use error::{render_problems, ConfigError, Location, Problem};
 pub use health::{HealthCheck, HealthKind};
+pub use origin::{OriginPattern, OriginPolicy};
 
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
 pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -363,6 +365,8 @@ pub struct RouteConfig {
     pub max_frame_bytes: Option<u64>,
     /// Largest message (fragments summed) either side may send; `None`: no limit.
     pub max_message_bytes: Option<u64>,
+    /// `allowed_origins` and `allow_missing_origin`; `None`: any Origin.
+    pub origins: Option<OriginPolicy>,
 }
 
 /// One `[upstreams.NAME]` table: its servers, and every other setting in
@@ -926,6 +930,40 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
                     "{key} = {bad}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn route_origins_are_checked_with_their_keys() {
+        let head = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n[[routes]]\nupstream=\"u\"\n";
+        let c = parse(head, Path::new("c.toml")).expect("valid");
+        assert_eq!(c.routes[0].origins, None, "no key: any Origin");
+        let text = format!("{head}allowed_origins = [\"https://A.test:443\", \"null\"]\n");
+        let c = parse(&text, Path::new("c.toml")).expect("valid");
+        let o = c.routes[0].origins.as_ref().expect("a policy");
+        assert_eq!(o.allowed.len(), 2);
+        assert!(!o.allow_missing);
+        for (body, key, column) in [
+            (
+                "allowed_origins = [\"https://a.test\", \"a.test\"]",
+                "routes[0].allowed_origins[1]",
+                38,
+            ),
+            ("allowed_origins = []", "routes[0].allowed_origins", 19),
+            (
+                "allow_missing_origin = true",
+                "routes[0].allow_missing_origin",
+                24,
+            ),
+        ] {
+            let p = problems(&format!("{head}{body}\n"));
+            assert_eq!(
+                p.iter()
+                    .map(|p| (p.key.as_str(), p.line, p.column))
+                    .collect::<Vec<_>>(),
+                [(key, 8, column)],
+                "{body}"
+            );
         }
     }
 

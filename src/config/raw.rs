@@ -122,6 +122,8 @@ pub(crate) struct RawRoute {
     pub(crate) upstream: Spanned<String>,
     pub(crate) max_frame_bytes: Option<Spanned<i64>>,
     pub(crate) max_message_bytes: Option<Spanned<i64>>,
+    pub(crate) allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) allow_missing_origin: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

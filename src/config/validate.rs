@@ -495,12 +495,14 @@ impl<'a> Validator<'a> {
                     self.bytes_at_least_1(r.max_frame_bytes, &key, "max_frame_bytes");
                 let max_message_bytes =
                     self.bytes_at_least_1(r.max_message_bytes, &key, "max_message_bytes");
+                let origins = self.origins(r.allowed_origins, r.allow_missing_origin, &key);
                 routes.push(RouteConfig {
                     host,
                     path_prefix,
                     upstream,
                     max_frame_bytes,
                     max_message_bytes,
+                    origins,
                 });
             }
         }

@@ -166,6 +166,9 @@ struct RouteView<'a> {
     /// `null`: no limit, as when the key is left out.
     max_frame_bytes: Option<u64>,
     max_message_bytes: Option<u64>,
+    /// `null`: any Origin, as when the key is left out.
+    allowed_origins: Option<Vec<String>>,
+    allow_missing_origin: bool,
 }
 
 impl<'a> From<&'a RouteConfig> for RouteView<'a> {
@@ -176,6 +179,11 @@ impl<'a> From<&'a RouteConfig> for RouteView<'a> {
             upstream: &r.upstream,
             max_frame_bytes: r.max_frame_bytes,
             max_message_bytes: r.max_message_bytes,
+            allowed_origins: r
+                .origins
+                .as_ref()
+                .map(|o| o.allowed.iter().map(ToString::to_string).collect()),
+            allow_missing_origin: r.origins.as_ref().is_some_and(|o| o.allow_missing),
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct Route {
     pub max_frame_bytes: Option<u64>,
     /// See `max_frame_bytes`.
     pub max_message_bytes: Option<u64>,
+    /// Which Origins may open a WebSocket here; `None`: any.
+    pub origins: Option<crate::config::OriginPolicy>,
 }
 
 /// Why a snapshot could not be compiled.
@@ -162,6 +164,7 @@ impl Snapshot {
                     upstream,
                     max_frame_bytes: r.max_frame_bytes,
                     max_message_bytes: r.max_message_bytes,
+                    origins: r.origins.clone(),
                 }))
             })
             .collect();
