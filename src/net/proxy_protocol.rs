@@ -344,6 +344,15 @@ pub async fn read_header(tcp: &mut TcpStream) -> Result<ProxyHeader, ReadError> 
 
 // === writing ===
 
+impl From<crate::config::ProxyProtocolVersion> for Version {
+    fn from(v: crate::config::ProxyProtocolVersion) -> Self {
+        match v {
+            crate::config::ProxyProtocolVersion::V1 => Version::V1,
+            crate::config::ProxyProtocolVersion::V2 => Version::V2,
+        }
+    }
+}
+
 /// The header wsgate sends to its backends, in `version`, carrying `src`
 /// (the client) and `dst` (the address it connected to). An IPv4 address
 /// written as IPv4-mapped IPv6 is sent as IPv4; when one side is IPv4 and
