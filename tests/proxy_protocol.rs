@@ -162,7 +162,11 @@ async fn the_carried_address_is_the_client_in_logs_registry_and_forwarding_heade
         assert!(forwarded.starts_with(&format!("for={ip};")), "{forwarded}");
         gw.wait_live(1).await;
         let live = gw.gateway.registry().live();
-        assert_eq!(live[0].info.client, addr(client), "as /api/connections shows it");
+        assert_eq!(
+            live[0].info.client,
+            addr(client),
+            "as /api/connections shows it"
+        );
         drop((tcp, seen));
         let r = next_record(&mut log).await;
         assert_eq!((r.client, r.listener.as_str()), (addr(client), "lb"));
@@ -272,12 +276,13 @@ async fn on_a_tls_listener_the_header_comes_before_the_tls_handshake() {
     for c in CertificateDer::pem_file_iter(gw.dir.path().join("a-ca.pem")).expect("CA") {
         roots.add(c.expect("CA cert")).expect("add CA");
     }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     for (header, client) in [
         (v1("203.0.113.7:4000"), "203.0.113.7:4000"),
@@ -300,14 +305,20 @@ async fn on_a_tls_listener_the_header_comes_before_the_tls_handshake() {
         .await
         .expect("handshake");
         let mut seen = backend.next().await;
-        assert_eq!(seen.headers["x-forwarded-for"], client.split(':').next().expect("ip"));
+        assert_eq!(
+            seen.headers["x-forwarded-for"],
+            client.split(':').next().expect("ip")
+        );
         assert_eq!(seen.headers["x-forwarded-proto"], "https");
         use futures_util::{SinkExt, StreamExt};
         ws.send(tokio_tungstenite::tungstenite::Message::text("over TLS"))
             .await
             .expect("send");
         let m = within("the backend to read", seen.ws.next()).await;
-        assert_eq!(m.expect("frame").expect("ok").into_text().expect("text"), "over TLS");
+        assert_eq!(
+            m.expect("frame").expect("ok").into_text().expect("text"),
+            "over TLS"
+        );
         drop((ws, seen));
         assert_eq!(next_record(&mut log).await.client, addr(client));
     }
@@ -348,7 +359,12 @@ async fn the_per_ip_limit_counts_the_carried_address() {
 async fn hash_key_ip_and_plain_requests_use_the_carried_address() {
     let (a, b) = (AppBackend::start().await, AppBackend::start().await);
     let balance = "balance = \"hash\"\nhash_key = \"ip\"";
-    let gw = start("", "\"127.0.0.1/32\"", &upstream(&[a.addr, b.addr], balance)).await;
+    let gw = start(
+        "",
+        "\"127.0.0.1/32\"",
+        &upstream(&[a.addr, b.addr], balance),
+    )
+    .await;
     let mut chosen = std::collections::BTreeMap::new();
     for i in 1..=40u8 {
         let client = format!("203.0.113.{i}:4000");
@@ -362,7 +378,11 @@ async fn hash_key_ip_and_plain_requests_use_the_carried_address() {
         }
     }
     let servers: std::collections::BTreeSet<_> = chosen.values().collect();
-    assert_eq!(servers.len(), 2, "40 clients behind one peer spread: {chosen:?}");
+    assert_eq!(
+        servers.len(),
+        2,
+        "40 clients behind one peer spread: {chosen:?}"
+    );
 
     let mut tcp = TcpStream::connect(gw.addr("lb")).await.expect("connect");
     let (_, _, body) = exchange(&mut tcp, &v1("203.0.113.7:4000"), &get("/headers")).await;
@@ -380,7 +400,9 @@ async fn a_peer_outside_trusted_proxies_is_closed_while_a_trusted_one_is_served(
     let lb = gw.addr("lb");
     let mut steady = {
         let mut tcp = connect_from(trusted, lb).await;
-        tcp.write_all(&v1("203.0.113.7:4000")).await.expect("header");
+        tcp.write_all(&v1("203.0.113.7:4000"))
+            .await
+            .expect("header");
         let (ws, _) = within(
             "the handshake",
             tokio_tungstenite::client_async(format!("ws://{lb}/ws"), tcp),
@@ -419,7 +441,11 @@ async fn bad_headers_are_closed_and_counted_beside_a_steady_client() {
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         ("no header", get("/").into_bytes(), false),
         ("v1 over 107 bytes", overlong, false),
-        ("v1 missing a port", b"PROXY TCP4 203.0.113.8 198.51.100.1 4000\r\n".to_vec(), false),
+        (
+            "v1 missing a port",
+            b"PROXY TCP4 203.0.113.8 198.51.100.1 4000\r\n".to_vec(),
+            false,
+        ),
         ("v2 unix family", bad_family, false),
         ("v2 longer than allowed", too_long, false),
         ("cut short", v1("203.0.113.8:4000")[..20].to_vec(), true),
@@ -473,7 +499,9 @@ async fn tunnels_send_v1_or_v2_with_the_client_the_balancer_named() {
     let lb = gw.addr("lb");
     for (path, backend, version) in [("/one", &one, Version::V1), ("/two", &two, Version::V2)] {
         let mut tcp = TcpStream::connect(lb).await.expect("connect");
-        tcp.write_all(&v2("203.0.113.7:4000")).await.expect("header");
+        tcp.write_all(&v2("203.0.113.7:4000"))
+            .await
+            .expect("header");
         let (mut ws, _) = within(
             "the handshake",
             tokio_tungstenite::client_async(format!("ws://{lb}{path}"), tcp),
@@ -559,7 +587,11 @@ async fn the_header_goes_before_tls_to_the_backend() {
     .expect("handshake over TLS after the header");
     echo_once(&mut ws, "over TLS").await;
     let got = headers_of(&backend);
-    assert_eq!(got[0].1.addresses, Some((me, direct)), "the TCP peer, no balancer in front");
+    assert_eq!(
+        got[0].1.addresses,
+        Some((me, direct)),
+        "the TCP peer, no balancer in front"
+    );
     let (status, _, body) = http_text_via(direct, "/headers").await;
     assert_eq!(status, 200, "{body}");
     drop(ws);

@@ -897,7 +897,11 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
                 .collect::<Vec<_>>(),
             [(4, 18, "listeners[0].proxy_protocol")]
         );
-        let p = problems(&format!("{}{}", listener(""), up("send_proxy_protocol = \"v3\"")));
+        let p = problems(&format!(
+            "{}{}",
+            listener(""),
+            up("send_proxy_protocol = \"v3\"")
+        ));
         assert_eq!(
             p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
             ["upstreams.u.send_proxy_protocol"]

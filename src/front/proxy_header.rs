@@ -73,7 +73,8 @@ pub(super) async fn read(
         }
         Err(_) => {
             let after = at.timeouts.client_handshake;
-            let e = format!("no complete PROXY header within timeouts.client_handshake ({after:?})");
+            let e =
+                format!("no complete PROXY header within timeouts.client_handshake ({after:?})");
             refuse_header(at, shared, &e);
             return None;
         }

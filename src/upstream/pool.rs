@@ -258,8 +258,15 @@ mod tests {
         ] {
             let (c, l) = (c.parse().expect("c"), l.parse().expect("l"));
             let key = pool_key(c, l);
-            let uri: Uri = format!("http://{key}@127.0.0.1:9/x").parse().expect("URI-safe");
-            let (who, host) = uri.authority().expect("a").as_str().rsplit_once('@').expect("@");
+            let uri: Uri = format!("http://{key}@127.0.0.1:9/x")
+                .parse()
+                .expect("URI-safe");
+            let (who, host) = uri
+                .authority()
+                .expect("a")
+                .as_str()
+                .rsplit_once('@')
+                .expect("@");
             assert_eq!((from_key(who), host), (Some((c, l)), "127.0.0.1:9"));
         }
         assert_eq!(from_key(""), None);

@@ -792,11 +792,7 @@ impl AppBackend {
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let proxy_headers = Arc::new(Mutex::new(Vec::new()));
-        let (conns, reqs, heads) = (
-            connections.clone(),
-            requests.clone(),
-            proxy_headers.clone(),
-        );
+        let (conns, reqs, heads) = (connections.clone(), requests.clone(), proxy_headers.clone());
         tokio::spawn(async move {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 let conn = conns.fetch_add(1, Ordering::SeqCst);

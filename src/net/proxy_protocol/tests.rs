@@ -83,7 +83,11 @@ fn every_prefix_of_a_valid_header_is_incomplete_and_the_whole_is_complete() {
 fn bytes_after_the_header_are_never_consumed() {
     for (h, addresses) in valid() {
         // A TLS ClientHello and an HTTP request, as they follow a header.
-        for tail in [&b"\x16\x03\x01\x02\x00\x01"[..], b"GET / HTTP/1.1\r\n\r\n", b"\r\n"] {
+        for tail in [
+            &b"\x16\x03\x01\x02\x00\x01"[..],
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"\r\n",
+        ] {
             let mut buf = h.clone();
             buf.extend_from_slice(tail);
             let (header, consumed) = complete(&buf);
@@ -101,7 +105,12 @@ fn versions_are_told_apart() {
 
 #[test]
 fn what_is_not_a_header_is_refused_at_its_first_byte() {
-    for bad in [&b"GET / HTTP/1.1\r\n"[..], b"\x16\x03\x01", b"proxy TCP4", b"X"] {
+    for bad in [
+        &b"GET / HTTP/1.1\r\n"[..],
+        b"\x16\x03\x01",
+        b"proxy TCP4",
+        b"X",
+    ] {
         assert_eq!(invalid(bad), Invalid::Signature, "{bad:?}");
     }
     // A wrong byte inside either signature.
@@ -314,7 +323,10 @@ async fn a_header_cut_short_or_invalid_is_an_error() {
         Err(ReadError::Truncated(20))
     ));
     let (mut client, mut server) = pair().await;
-    client.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    client
+        .write_all(b"GET / HTTP/1.1\r\n")
+        .await
+        .expect("write");
     assert!(matches!(
         read_header(&mut server).await,
         Err(ReadError::Invalid(Invalid::Signature))
