@@ -46,8 +46,11 @@ fn invalid(buf: &[u8]) -> Invalid {
     }
 }
 
+/// What a header carries: `(source, destination)`, or none.
+type Carried = Option<(SocketAddr, SocketAddr)>;
+
 /// Every valid header used below, with the addresses it carries.
-fn valid() -> Vec<(Vec<u8>, Option<(SocketAddr, SocketAddr)>)> {
+fn valid() -> Vec<(Vec<u8>, Carried)> {
     let tcp4 = Some((addr("203.0.113.7:56324"), addr("10.0.0.1:443")));
     let tcp6 = Some((addr("[2001:db8::7]:56324"), addr("[2001:db8::1]:443")));
     vec![
