@@ -298,8 +298,13 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// TLS termination; `None` for plain TCP.
     pub tls: Option<TlsConfig>,
-    /// Peers whose `X-Forwarded-For` and `Forwarded` are believed and extended.
+    /// Peers whose `X-Forwarded-For` and `Forwarded` are believed and
+    /// extended, and, with `proxy_protocol`, the only peers accepted.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2),
+    /// whose client address is the client's everywhere; peers outside
+    /// `trusted_proxies` are refused.
+    pub proxy_protocol: bool,
 }
 
 /// TLS settings of a listener: loaded certificates, the first being the default.
@@ -415,6 +420,9 @@ pub struct UpstreamSettings {
     /// Passive checks, slow start and `close_on_unhealthy` (`availability.rs`).
     #[serde(flatten)]
     pub availability: Availability,
+    /// The PROXY protocol header written first on every connection to the
+    /// servers; `None`: none.
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
     /// The active health check; `None`: no checks, servers count as healthy.
     pub health: Option<HealthCheck>,
 }
@@ -433,8 +441,20 @@ impl Default for UpstreamSettings {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             availability: Availability::default(),
             health: None,
+            send_proxy_protocol: None,
         }
     }
+}
+
+/// A PROXY protocol version, as `send_proxy_protocol` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ProxyProtocolVersion {
+    /// The text form.
+    #[serde(rename = "v1")]
+    V1,
+    /// The binary form.
+    #[serde(rename = "v2")]
+    V2,
 }
 
 /// A server given by host name, kept unresolved so that validation needs
@@ -849,6 +869,47 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             let p = problems(&format!("{base}{body}\n"));
             assert_eq!(p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(), [key], "{body}");
         }
+    }
+
+    #[test]
+    fn proxy_protocol_keys_are_typed_and_checked() {
+        let routes = "[[routes]]\nupstream=\"u\"\n";
+        let listener = |extra: &str| {
+            format!("[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n{extra}\n{routes}")
+        };
+        let up = |extra: &str| format!("[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n{extra}\n");
+        let c = parse(
+            &format!(
+                "{}{}",
+                listener("trusted_proxies=[\"10.0.0.0/8\"]\nproxy_protocol=true"),
+                up("send_proxy_protocol=\"v2\"")
+            ),
+            Path::new("c.toml"),
+        )
+        .expect("valid");
+        assert!(c.listeners[0].proxy_protocol);
+        let v = c.upstreams["u"].settings.send_proxy_protocol;
+        assert_eq!(v, Some(ProxyProtocolVersion::V2));
+        let c = parse(&format!("{}{}", listener(""), up("")), Path::new("c.toml")).expect("valid");
+        assert!(!c.listeners[0].proxy_protocol);
+        assert_eq!(c.upstreams["u"].settings.send_proxy_protocol, None);
+        // No trusted peer: anyone could name any client.
+        let p = problems(&format!("{}{}", listener("proxy_protocol = true"), up("")));
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.line, p.column, p.key.as_str()))
+                .collect::<Vec<_>>(),
+            [(4, 18, "listeners[0].proxy_protocol")]
+        );
+        let p = problems(&format!(
+            "{}{}",
+            listener(""),
+            up("send_proxy_protocol = \"v3\"")
+        ));
+        assert_eq!(
+            p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["upstreams.u.send_proxy_protocol"]
+        );
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub(crate) struct RawListener {
     pub(crate) bind: Spanned<String>,
     pub(crate) tls: Option<Spanned<RawTls>>,
     pub(crate) trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub(crate) proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +146,7 @@ pub(crate) struct RawUpstream {
     pub(crate) client_cert: Option<Spanned<String>>,
     pub(crate) client_key: Option<Spanned<String>>,
     pub(crate) insecure_skip_verify: Option<Spanned<bool>>,
+    pub(crate) send_proxy_protocol: Option<Spanned<String>>,
     // === availability (passive checks, slow start) ===
     pub(crate) max_fails: Option<Spanned<i64>>,
     pub(crate) fail_window: Option<Spanned<String>>,

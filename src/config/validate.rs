@@ -416,12 +416,25 @@ impl<'a> Validator<'a> {
             }
             let tls = l.tls.and_then(|t| self.tls(t, &format!("{key}.tls")));
             let trusted_proxies = self.trusted_proxies(l.trusted_proxies, &key);
+            let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+            if let (true, Some(p)) = (
+                proxy_protocol && trusted_proxies.is_empty(),
+                &l.proxy_protocol,
+            ) {
+                // Without it anyone could name any client address.
+                self.problem(
+                    p,
+                    format!("{key}.proxy_protocol"),
+                    "needs trusted_proxies: the load balancers allowed to send a PROXY header",
+                );
+            }
             if let Some(bind) = bind {
                 listeners.push(ListenerConfig {
                     name,
                     bind,
                     tls,
                     trusted_proxies,
+                    proxy_protocol,
                 });
             }
         }

@@ -122,6 +122,7 @@ struct ListenerView<'a> {
     /// `{ certificates = [{ cert, key }] }`, paths only; `null` for plain TCP.
     tls: Option<ListenerTlsView<'a>>,
     trusted_proxies: Vec<String>,
+    proxy_protocol: bool,
 }
 
 #[derive(Serialize)]
@@ -152,6 +153,7 @@ impl<'a> From<&'a ListenerConfig> for ListenerView<'a> {
                     .collect(),
             }),
             trusted_proxies: l.trusted_proxies.iter().map(ToString::to_string).collect(),
+            proxy_protocol: l.proxy_protocol,
         }
     }
 }

@@ -372,6 +372,8 @@ async fn upgrade(
     record: &mut RequestRecord,
 ) -> Result<Forwarded, Refusal> {
     let accept = handshake::accept_key(key.as_bytes());
+    let send = routed.route.upstream.settings.send_proxy_protocol;
+    let preamble = forwarded::proxy_header(send, record.client, ctx.local);
     let hs = upstream::Handshake {
         request: backend_request(&req, ctx, &routed.target)?,
         expected_accept: &accept,
@@ -384,6 +386,7 @@ async fn upgrade(
         shutdown: &ctx.shared.shutdown,
         tls: routed.route.upstream.tls.as_deref(),
         availability: &routed.route.upstream.settings.availability,
+        preamble: &preamble,
     };
     let answer = upstream::open(&routed.candidates, &hs)
         .await

@@ -49,8 +49,11 @@ pub struct ListenerSettings {
     pub name: Arc<str>,
     /// Certificates for TLS termination; `None` on a plain listener.
     pub tls: Option<Arc<TlsSettings>>,
-    /// Peers whose forwarding headers are believed.
+    /// Peers whose forwarding headers are believed; with `proxy_protocol`,
+    /// the only peers accepted at all.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 impl ListenerSettings {
@@ -301,6 +304,7 @@ fn listener_settings(l: &ListenerConfig) -> Result<ListenerSettings, CompileErro
         name: l.name.as_str().into(),
         tls,
         trusted_proxies: l.trusted_proxies.clone(),
+        proxy_protocol: l.proxy_protocol,
     })
 }
 

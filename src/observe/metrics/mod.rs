@@ -357,7 +357,9 @@ impl Metrics {
         self.availability.ejected(upstream, server, n);
     }
 
-    /// A client connection refused at accept, over the limit `reason` names.
+    /// A client connection refused before it was served: over the limit
+    /// `reason` names, or on a `proxy_protocol` listener an untrusted peer or
+    /// a bad PROXY header.
     pub fn connection_refused(&self, listener: &str, reason: &'static str) {
         self.refused.refused(listener, reason);
     }
