@@ -122,6 +122,9 @@ pub(crate) struct RawRoute {
     pub(crate) upstream: Spanned<String>,
     pub(crate) max_frame_bytes: Option<Spanned<i64>>,
     pub(crate) max_message_bytes: Option<Spanned<i64>>,
+    pub(crate) messages_per_second: Option<Spanned<i64>>,
+    pub(crate) burst: Option<Spanned<i64>>,
+    pub(crate) write_stall_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

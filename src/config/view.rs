@@ -166,6 +166,12 @@ struct RouteView<'a> {
     /// `null`: no limit, as when the key is left out.
     max_frame_bytes: Option<u64>,
     max_message_bytes: Option<u64>,
+    /// `null`: no limit.
+    messages_per_second: Option<u32>,
+    /// `null`: as `messages_per_second`, as when the key is left out.
+    burst: Option<u32>,
+    #[serde(serialize_with = "humantime")]
+    write_stall_timeout: Duration,
 }
 
 impl<'a> From<&'a RouteConfig> for RouteView<'a> {
@@ -176,6 +182,9 @@ impl<'a> From<&'a RouteConfig> for RouteView<'a> {
             upstream: &r.upstream,
             max_frame_bytes: r.max_frame_bytes,
             max_message_bytes: r.max_message_bytes,
+            messages_per_second: r.messages_per_second,
+            burst: r.burst,
+            write_stall_timeout: r.write_stall_timeout,
         }
     }
 }

@@ -10,9 +10,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts, UpstreamConfig};
 use crate::net::tls::TlsSettings;
+use crate::tunnel::RateLimit;
 use crate::upstream::balancer::{Server, Upstream};
 
 /// What every host-named server resolved to, by name and port, each list
@@ -72,6 +74,10 @@ pub struct Route {
     pub max_frame_bytes: Option<u64>,
     /// See `max_frame_bytes`.
     pub max_message_bytes: Option<u64>,
+    /// `messages_per_second` and `burst` (filled in) of its tunnels' clients.
+    pub rate: Option<RateLimit>,
+    /// `write_stall_timeout` of its tunnels.
+    pub write_stall_timeout: Duration,
 }
 
 /// Why a snapshot could not be compiled.
@@ -162,6 +168,11 @@ impl Snapshot {
                     upstream,
                     max_frame_bytes: r.max_frame_bytes,
                     max_message_bytes: r.max_message_bytes,
+                    rate: r.messages_per_second.map(|per_second| RateLimit {
+                        per_second,
+                        burst: r.burst.unwrap_or(per_second),
+                    }),
+                    write_stall_timeout: r.write_stall_timeout,
                 }))
             })
             .collect();
