@@ -34,6 +34,15 @@ fn header() -> [u8; 10] {
     h
 }
 
+/// The header of a frame as a client sends it: masked, with the all-zero
+/// key (legal, and the payload is then sent as it is).
+fn masked_header() -> Vec<u8> {
+    let mut h = header().to_vec();
+    h[1] |= 0x80;
+    h.extend_from_slice(&[0; 4]);
+    h
+}
+
 /// The payload every frame shares: little-endian 64-bit words counting
 /// from 0, so a byte lost, repeated or moved within a frame shows.
 fn base() -> Vec<u8> {
@@ -71,15 +80,21 @@ enum Pushed {
 async fn push(
     mut w: OwnedWriteHalf,
     frames: u64,
+    masked: bool,
     stop: watch::Receiver<bool>,
     tx: mpsc::UnboundedSender<Pushed>,
 ) {
-    let mut frame = header().to_vec();
-    frame.resize(header().len() + FRAME, 0);
+    let mut frame = if masked {
+        masked_header()
+    } else {
+        header().to_vec()
+    };
+    let head = frame.len();
+    frame.resize(head + FRAME, 0);
     let base = base();
     let (mut written, mut said_blocked) = (0u64, false);
     'frames: for n in 0..frames {
-        fill(n, &base, &mut frame[header().len()..]);
+        fill(n, &base, &mut frame[head..]);
         let mut pos = 0;
         while pos < frame.len() {
             if *stop.borrow() {
@@ -124,7 +139,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_stall_timeout() {
     let (mut server_rd, server_wr) = server.into_split();
     let (stop_tx, stop) = watch::channel(false);
     let (tx, mut pushed) = mpsc::unbounded_channel();
-    let pusher = tokio::spawn(push(server_wr, 256, stop, tx));
+    let pusher = tokio::spawn(push(server_wr, 256, false, stop, tx));
 
     let (b0, payload) = within("the backend's Close", async {
         let mut h = [0u8; 2];
@@ -152,7 +167,8 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_stall_timeout() {
         "nothing after the Close: {} bytes",
         rest.len()
     );
-    stop_tx.send(true).expect("the pusher listens");
+    // The pusher may have finished already: what it sent was read and dropped.
+    let _ = stop_tx.send(true);
     let sent = loop {
         match within("the pusher's end", pushed.recv()).await {
             Some(Pushed::Done(n)) => break n,
@@ -204,6 +220,85 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_stall_timeout() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(active, 0.0, "{metrics}");
+}
+
+/// The other way: the backend stops reading while the client pushes;
+/// past the timeout the client gets Close 1001 (unmasked) and EOF, the
+/// backend only part of what was sent and no Close, and the record says
+/// `write_stall`, closed by the backend.
+#[tokio::test]
+async fn a_backend_that_stops_reading_is_closed_after_the_write_stall_timeout() {
+    let (addr, mut accepted) = raw_ws_backend(b"").await;
+    let gw = TestGateway::start(&config(addr, echo_backend().await, "200ms")).await;
+    let mut records = gw.access_log();
+    let mut echo = ws_connect(gw.addr("public"), "/echo").await;
+    let client = raw_client(gw.addr("public")).await;
+    let mut server = within("backend socket", accepted.recv())
+        .await
+        .expect("accepted");
+    let (mut client_rd, client_wr) = client.into_split();
+    let (stop_tx, stop) = watch::channel(false);
+    let (tx, mut pushed) = mpsc::unbounded_channel();
+    let pusher = tokio::spawn(push(client_wr, 256, true, stop, tx));
+    let (b0, payload) = read_frame_from(&mut client_rd).await;
+    assert_eq!(b0, 0x88);
+    assert_eq!(payload[..2], 1001u16.to_be_bytes());
+    assert_eq!(&payload[2..], b"peer not reading");
+    echo_once(&mut echo, "during").await;
+    let mut rest = Vec::new();
+    within("EOF at the client", client_rd.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(
+        rest.is_empty(),
+        "nothing after the Close: {} bytes",
+        rest.len()
+    );
+    // The pusher may have finished already: what it sent was read and dropped.
+    let _ = stop_tx.send(true);
+    let sent = loop {
+        match within("the pusher's end", pushed.recv()).await {
+            Some(Pushed::Done(n)) => break n,
+            Some(Pushed::Blocked(_)) => {}
+            None => panic!("the pusher ended without a word"),
+        }
+    };
+    within("the pusher", pusher).await.expect("no panic");
+    let r = next_record(&mut records).await;
+    assert_eq!(r.end.reason, EndReason::WriteStall, "{r:?}");
+    assert_eq!(r.end.closed_by, Side::Backend);
+    assert_eq!(r.end.close_code, Some(1001));
+    let mut got = Vec::new();
+    within("the backend's EOF", server.read_to_end(&mut got))
+        .await
+        .expect("read");
+    assert!((got.len() as u64) < sent, "{} of {sent}", got.len());
+    // A prefix of what the client sent, so no Close of wsgate's among it.
+    let mut frame = masked_header();
+    let head = frame.len();
+    frame.resize(head + FRAME, 0);
+    let base = base();
+    for (n, part) in got.chunks(frame.len()).enumerate() {
+        fill(n as u64, &base, &mut frame[head..]);
+        assert!(part == &frame[..part.len()], "frame {n} differs");
+    }
+    echo.close(None).await.expect("close");
+    finish(echo).await;
+    gw.wait_idle().await;
+}
+
+/// One frame of at most 125 bytes from the read half of a raw socket:
+/// (first byte, payload), unmasked as a backend sends it.
+async fn read_frame_from(rd: &mut tokio::net::tcp::OwnedReadHalf) -> (u8, Vec<u8>) {
+    within("a frame", async {
+        let mut h = [0u8; 2];
+        rd.read_exact(&mut h).await.expect("header");
+        assert_eq!(h[1] & 0x80, 0, "unmasked, as a server's");
+        let mut payload = vec![0u8; usize::from(h[1])];
+        rd.read_exact(&mut payload).await.expect("payload");
+        (h[0], payload)
+    })
+    .await
 }
 
 /// wsgate's resident memory, from `/proc/PID/status`.
@@ -265,7 +360,7 @@ async fn a_gibibyte_at_a_stopped_reader_keeps_memory_bounded_and_arrives_whole()
     let started = Instant::now();
     let (_stop_tx, stop) = watch::channel(false);
     let (tx, mut pushed) = mpsc::unbounded_channel();
-    let pusher = tokio::spawn(push(server_wr, FRAMES, stop, tx));
+    let pusher = tokio::spawn(push(server_wr, FRAMES, false, stop, tx));
     let blocked_at = match tokio::time::timeout(Duration::from_secs(120), pushed.recv()).await {
         Ok(Some(Pushed::Blocked(n))) => n,
         Ok(Some(Pushed::Done(n))) => panic!("all {n} bytes written to a client that reads nothing"),
