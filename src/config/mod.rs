@@ -61,6 +61,12 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
 /// Default for `timeouts.close`: how long a closing handshake (started by wsgate or by a peer) may take before the connection is cut.
 pub const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
+/// Default for a route's `write_stall_timeout`: the longest a tunnel's
+/// peer may take none of the bytes written to it, as `timeouts.client_write`
+/// for a plain response.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest `messages_per_second` and `burst` a route accepts.
+pub const MAX_MESSAGES_PER_SECOND: usize = 1_000_000;
 /// Longest duration any timeout accepts: a week. Larger values are typos,
 /// and arithmetic on them must not overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -372,6 +378,14 @@ pub struct RouteConfig {
     pub max_message_bytes: Option<u64>,
     /// `allowed_origins` and `allow_missing_origin`; `None`: any Origin.
     pub origins: Option<OriginPolicy>,
+    /// Messages (and pings) a client may begin per second; `None`: no limit.
+    pub messages_per_second: Option<u32>,
+    /// How many of them may come back to back; `None`: as many as
+    /// `messages_per_second`. Only with `messages_per_second`.
+    pub burst: Option<u32>,
+    /// How long a tunnel's direction may have bytes to write and make no
+    /// progress before the tunnel is closed.
+    pub write_stall_timeout: Duration,
 }
 
 /// One `[upstreams.NAME]` table: its servers, and every other setting in
@@ -964,6 +978,40 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
             (p[0].key.as_str(), p[0].line, p[0].column),
             ("timeouts.upstream_response", 2, 21)
         );
+    }
+
+    #[test]
+    fn route_rate_and_stall_keys_have_defaults_and_ranges() {
+        let head = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n[[routes]]\nupstream=\"u\"\n";
+        let c = parse(head, Path::new("c.toml")).expect("valid");
+        let r = &c.routes[0];
+        assert_eq!((r.messages_per_second, r.burst), (None, None));
+        assert_eq!(r.write_stall_timeout, DEFAULT_WRITE_STALL_TIMEOUT);
+        let text = format!(
+            "{head}messages_per_second = 20\nburst = 50\nwrite_stall_timeout = \"250ms\"\n"
+        );
+        let c = parse(&text, Path::new("c.toml")).expect("valid");
+        let r = &c.routes[0];
+        assert_eq!((r.messages_per_second, r.burst), (Some(20), Some(50)));
+        assert_eq!(r.write_stall_timeout, Duration::from_millis(250));
+        for (body, key) in [
+            ("messages_per_second = 0", "messages_per_second"),
+            ("messages_per_second = 1000001", "messages_per_second"),
+            ("messages_per_second = 5\nburst = 0", "burst"),
+            ("burst = 5", "burst"),
+            ("write_stall_timeout = \"0s\"", "write_stall_timeout"),
+            ("write_stall_timeout = \"soon\"", "write_stall_timeout"),
+        ] {
+            let p = problems(&format!("{head}{body}\n"));
+            let line = 8 + body.lines().count() - 1;
+            assert_eq!(
+                p.iter()
+                    .map(|p| (p.key.clone(), p.line))
+                    .collect::<Vec<_>>(),
+                [(format!("routes[0].{key}"), line)],
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub(crate) struct RawRoute {
     pub(crate) max_message_bytes: Option<Spanned<i64>>,
     pub(crate) allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) allow_missing_origin: Option<Spanned<bool>>,
+    pub(crate) messages_per_second: Option<Spanned<i64>>,
+    pub(crate) burst: Option<Spanned<i64>>,
+    pub(crate) write_stall_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -509,6 +509,13 @@ impl<'a> Validator<'a> {
                 let max_message_bytes =
                     self.bytes_at_least_1(r.max_message_bytes, &key, "max_message_bytes");
                 let origins = self.origins(r.allowed_origins, r.allow_missing_origin, &key);
+                let (messages_per_second, burst) =
+                    self.route_rate(&r.messages_per_second, &r.burst, &key);
+                let write_stall_timeout = self.duration(
+                    r.write_stall_timeout,
+                    &format!("{key}.write_stall_timeout"),
+                    DEFAULT_WRITE_STALL_TIMEOUT,
+                );
                 routes.push(RouteConfig {
                     host,
                     path_prefix,
@@ -516,10 +523,38 @@ impl<'a> Validator<'a> {
                     max_frame_bytes,
                     max_message_bytes,
                     origins,
+                    messages_per_second,
+                    burst,
+                    write_stall_timeout,
                 });
             }
         }
         routes
+    }
+
+    /// A route's `messages_per_second` and `burst`: whole numbers from 1,
+    /// `burst` only beside a rate.
+    fn route_rate(
+        &mut self,
+        rate: &Option<Spanned<i64>>,
+        burst: &Option<Spanned<i64>>,
+        key: &str,
+    ) -> (Option<u32>, Option<u32>) {
+        let mut whole = |v: &Option<Spanned<i64>>, name: &str| {
+            let range = 1..=MAX_MESSAGES_PER_SECOND;
+            let n = self.count_in(v.as_ref(), &format!("{key}.{name}"), range, 1);
+            v.as_ref().map(|_| u32::try_from(n).unwrap_or(u32::MAX))
+        };
+        let per_second = whole(rate, "messages_per_second");
+        let burst_n = whole(burst, "burst");
+        if let (Some(b), None) = (burst, per_second) {
+            self.problem(
+                b,
+                format!("{key}.burst"),
+                "needs messages_per_second on the same route",
+            );
+        }
+        (per_second, burst_n)
     }
 
     fn log(&mut self, raw: RawLog) -> LogConfig {

@@ -171,6 +171,12 @@ struct RouteView<'a> {
     /// `null`: any Origin, as when the key is left out.
     allowed_origins: Option<Vec<String>>,
     allow_missing_origin: bool,
+    /// `null`: no limit.
+    messages_per_second: Option<u32>,
+    /// `null`: as `messages_per_second`, as when the key is left out.
+    burst: Option<u32>,
+    #[serde(serialize_with = "humantime")]
+    write_stall_timeout: Duration,
 }
 
 impl<'a> From<&'a RouteConfig> for RouteView<'a> {
@@ -186,6 +192,9 @@ impl<'a> From<&'a RouteConfig> for RouteView<'a> {
                 .as_ref()
                 .map(|o| o.allowed.iter().map(ToString::to_string).collect()),
             allow_missing_origin: r.origins.as_ref().is_some_and(|o| o.allow_missing),
+            messages_per_second: r.messages_per_second,
+            burst: r.burst,
+            write_stall_timeout: r.write_stall_timeout,
         }
     }
 }

@@ -10,9 +10,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts, UpstreamConfig};
 use crate::net::tls::TlsSettings;
+use crate::tunnel::RateLimit;
 use crate::upstream::balancer::{Server, Upstream};
 
 /// What every host-named server resolved to, by name and port, each list
@@ -77,6 +79,10 @@ pub struct Route {
     pub max_message_bytes: Option<u64>,
     /// Which Origins may open a WebSocket here; `None`: any.
     pub origins: Option<crate::config::OriginPolicy>,
+    /// `messages_per_second` and `burst` (filled in) of its tunnels' clients.
+    pub rate: Option<RateLimit>,
+    /// `write_stall_timeout` of its tunnels.
+    pub write_stall_timeout: Duration,
 }
 
 /// Why a snapshot could not be compiled.
@@ -168,6 +174,11 @@ impl Snapshot {
                     max_frame_bytes: r.max_frame_bytes,
                     max_message_bytes: r.max_message_bytes,
                     origins: r.origins.clone(),
+                    rate: r.messages_per_second.map(|per_second| RateLimit {
+                        per_second,
+                        burst: r.burst.unwrap_or(per_second),
+                    }),
+                    write_stall_timeout: r.write_stall_timeout,
                 }))
             })
             .collect();

@@ -3,7 +3,9 @@
 //! Owns: copying both ways with a half-close passed on, following WebSocket
 //! frame headers in each direction (see `frames.rs`), counting bytes,
 //! frames and messages into the connection's live counters as they move,
-//! the half-close deadline, and reacting to shutdown. Returns a
+//! the half-close deadline, and reacting to shutdown. A route's message
+//! rate (`rate.rs`) and its write-stall timeout for a side that stops
+//! reading (`stall.rs`) hook in here and in `direction.rs`. Returns a
 //! [`TunnelOutcome`] saying who ended it and how.
 //!
 //! Each direction is a `Half` (direction.rs), a copy state machine with
@@ -46,13 +48,18 @@ mod direction;
 pub mod frames;
 mod outcome;
 mod policy;
+mod rate;
 pub mod session;
+mod stall;
 #[cfg(test)]
 mod tests;
 
-use outcome::offender_close;
-pub use outcome::{TunnelError, TunnelOutcome, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
+use outcome::{offender_close, violation_error};
+pub use outcome::{
+    TunnelError, TunnelOutcome, CLOSE_POLICY_VIOLATION, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
+};
 pub use policy::{FramePolicy, TunnelTimeouts};
+pub use rate::RateLimit;
 
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
@@ -113,6 +120,7 @@ pub async fn run<C: Splice, B: Splice>(
         first_close: None,
         proxy_close: None,
         violation: None,
+        stall: None,
     };
     // Timers are allocated only when needed, so idle tunnels carry none.
     let mut half_close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -190,14 +198,23 @@ pub async fn run<C: Splice, B: Splice>(
                 .as_mut()
                 .is_some_and(|t| t.as_mut().poll(cx).is_ready());
             if expired || (up.is_done() && down.is_done()) {
-                let error = if source.is_size_limit() {
-                    TunnelError::TooBig { side, source }
-                } else {
-                    TunnelError::Protocol { side, source }
-                };
-                return Poll::Ready(state.end(side, error));
+                return Poll::Ready(state.end(side, violation_error(side, source)));
             }
             return Poll::Pending;
+        }
+        if state.proxy_close.is_none() {
+            let (close, id) = (timeouts.close, stats.id);
+            if let Some(p) = stall::poll_stall(
+                &mut up,
+                &mut down,
+                &mut state,
+                &mut close_timer,
+                close,
+                id,
+                cx,
+            ) {
+                return p;
+            }
         }
         if state.first_close.is_none() && (up.injected() || down.injected()) {
             let code = state.proxy_close.as_ref().map(|o| o.code);
@@ -272,6 +289,9 @@ struct RunState {
     proxy_close: Option<CloseOrder>,
     /// A side broke the protocol: it gets Close 1002, the other side 1001.
     violation: Option<(Side, FrameError)>,
+    /// A side stopped reading for the route's `write_stall_timeout` (given):
+    /// the other side gets Close 1001 (see stall.rs).
+    stall: Option<(Side, Duration)>,
 }
 
 impl RunState {
@@ -410,13 +430,7 @@ fn half_error(
                 source,
             },
         ),
-        HalfError::Protocol(source) => (
-            sender,
-            TunnelError::Protocol {
-                side: sender,
-                source,
-            },
-        ),
+        HalfError::Protocol(source) => (sender, violation_error(sender, source)),
     };
     TunnelOutcome {
         closed_by,

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-/// How a tunnel judges the frames it relays.
+use crate::tunnel::RateLimit;
+
+/// How a tunnel judges the frames it relays, and its route's limits on
+/// the client's message rate and on a peer that stops reading.
 #[derive(Debug, Clone, Copy)]
 pub struct FramePolicy {
     /// `[websocket] strict`: a protocol violation ends the tunnel with
@@ -17,6 +20,13 @@ pub struct FramePolicy {
     pub max_frame: Option<u64>,
     /// The route's `max_message_bytes`, fragments summed: over it, 1009.
     pub max_message: Option<u64>,
+    /// The route's `messages_per_second` and `burst`, on what the client
+    /// sends: over it, Close 1008 (see rate.rs).
+    pub rate: Option<RateLimit>,
+    /// The route's `write_stall_timeout`: a direction with bytes to write
+    /// and no progress for that long ends the tunnel (see stall.rs).
+    /// `None` (unit tests only): never.
+    pub write_stall: Option<Duration>,
 }
 
 impl Default for FramePolicy {
@@ -26,6 +36,8 @@ impl Default for FramePolicy {
             rsv: 0,
             max_frame: None,
             max_message: None,
+            rate: None,
+            write_stall: None,
         }
     }
 }
