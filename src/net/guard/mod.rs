@@ -44,6 +44,8 @@
 mod chunked;
 mod guarded;
 mod malformed;
+#[cfg(test)]
+mod props;
 mod scanner;
 
 pub use guarded::Guarded;

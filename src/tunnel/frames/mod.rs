@@ -23,6 +23,8 @@
 mod close;
 mod error;
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod test_support;
 mod tracker;
 
