@@ -3,7 +3,9 @@
 //! Input: 8 bytes of settings, then the stream. Settings: byte 0 picks the
 //! sender (bit 0), the reserved bits an extension allows (bits 1-3), whether
 //! route limits apply (bit 4) and whether reads stop at frame boundaries as
-//! the tunnel's do when it injects a Close (bit 5); bytes 1-4 are the frame
+//! the tunnel's do when it injects a Close (bit 5), and whether a message
+//! rate allowance applies (bit 6: byte 1 modulo 16 messages and pings may
+//! begin, as the route's token bucket grants them); bytes 1-4 are the frame
 //! and message limits; bytes 5-7 are chunk sizes, used in turn.
 //!
 //! Checked: the stream fed whole and fed in chunks give the same verdict,
@@ -26,6 +28,7 @@ struct Snap {
     at_boundary: bool,
     until_boundary: u64,
     in_message: bool,
+    starts_left: u32,
 }
 
 fn snap(t: &FrameTracker) -> Snap {
@@ -39,6 +42,7 @@ fn snap(t: &FrameTracker) -> Snap {
         at_boundary: t.at_boundary(),
         until_boundary: t.until_boundary(),
         in_message: t.in_message(),
+        starts_left: t.starts_left(),
     }
 }
 
@@ -57,7 +61,10 @@ fn tracker(settings: &[u8; 8]) -> FrameTracker {
         Sender::Server
     };
     let rsv = (settings[0] & 0x0E) << 3;
-    let t = FrameTracker::with_rsv(sender, rsv);
+    let mut t = FrameTracker::with_rsv(sender, rsv);
+    if settings[0] & 0x40 != 0 {
+        t.allow_starts(u32::from(settings[1] % 16));
+    }
     if settings[0] & 0x10 == 0 {
         return t;
     }
