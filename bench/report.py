@@ -91,7 +91,7 @@ def medians(runs):
 def fmt(value):
     if value is None:
         return "—"
-    if value == 0 or abs(value) >= 100:
+    if value == int(value) or abs(value) >= 100:
         return f"{value:,.0f}"
     if abs(value) >= 10:
         return f"{value:.1f}"

@@ -177,7 +177,8 @@ pub(crate) fn merge(mut a: Value, b: Value) -> Value {
 }
 
 /// Opens `n` connections, at most `parallel` handshakes at once; the ones
-/// that failed are counted, not retried.
+/// that failed are counted, not retried, and the first failure is kept (and
+/// printed to stderr) so a run that opened fewer than asked says why.
 pub(crate) async fn open_many(
     target: &Arc<Target>,
     n: usize,
@@ -196,16 +197,31 @@ pub(crate) async fn open_many(
         set.spawn(async move {
             let r = tokio::time::timeout(Duration::from_secs(10), t.open()).await;
             drop(permit);
-            r.ok().and_then(Result::ok)
+            match r {
+                Ok(Ok(ws)) => Ok(ws),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("handshake timed out after 10 s".to_string()),
+            }
         });
     }
     let mut conns = Vec::with_capacity(n);
     let mut failed = 0;
+    let mut first_error = None;
     while let Some(r) = set.join_next().await {
         match r {
-            Ok(Some(ws)) => conns.push(ws),
-            _ => failed += 1,
+            Ok(Ok(ws)) => conns.push(ws),
+            Ok(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e.to_string());
+            }
         }
+    }
+    if let Some(e) = &first_error {
+        eprintln!("loadgen: {failed} of {n} connections failed to open; first: {e}");
     }
     (conns, failed)
 }
