@@ -57,6 +57,7 @@ pub(crate) async fn closed(args: &Args, target: Arc<Target>) -> anyhow::Result<V
     tokio::time::sleep_until(start_at.into()).await;
     let window = Window::open(args.pid);
     tokio::time::sleep_until(end_at.into()).await;
+    let ended = window.end();
     let mut h = histogram();
     let mut per_conn = Vec::new();
     let mut errors = 0;
@@ -68,7 +69,7 @@ pub(crate) async fn closed(args: &Args, target: Arc<Target>) -> anyhow::Result<V
         }
     }
     let total: u64 = per_conn.iter().sum();
-    let (elapsed, cpu) = window.close(total as f64, "cpu_us_per_msg", 1e6);
+    let (elapsed, cpu) = ended.report(total as f64, "cpu_us_per_msg", 1e6);
     Ok(merge(
         json!({
             "opened": per_conn.len(),

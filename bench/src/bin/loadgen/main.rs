@@ -152,11 +152,34 @@ impl Window {
     /// seconds, and under `key` its CPU seconds times `scale` per unit of
     /// work (`per` units done).
     pub(crate) fn close(&self, per: f64, key: &str, scale: f64) -> (f64, Value) {
-        let elapsed = self.began.elapsed().as_secs_f64();
-        let end = self.pid.and_then(|p| proc_sample(p).ok());
+        self.end().report(per, key, scale)
+    }
+
+    /// Reads the process at the window's end, for a report once the work
+    /// done in it is counted.
+    pub(crate) fn end(&self) -> Ended {
+        Ended {
+            elapsed: self.began.elapsed().as_secs_f64(),
+            start: self.start,
+            end: self.pid.and_then(|p| proc_sample(p).ok()),
+        }
+    }
+}
+
+/// A measured window, closed.
+pub(crate) struct Ended {
+    elapsed: f64,
+    start: Option<ProcSample>,
+    end: Option<ProcSample>,
+}
+
+impl Ended {
+    /// See [`Window::close`].
+    pub(crate) fn report(&self, per: f64, key: &str, scale: f64) -> (f64, Value) {
+        let elapsed = self.elapsed;
         let mut m = Map::new();
         m.insert("elapsed_s".into(), json!(elapsed));
-        if let (Some(a), Some(b)) = (self.start, end) {
+        if let (Some(a), Some(b)) = (self.start, self.end) {
             let cpu = b.cpu_s - a.cpu_s;
             m.insert("proxy_cpu_s".into(), json!(cpu));
             m.insert("proxy_cpu_util".into(), json!(cpu / elapsed.max(1e-9)));

@@ -84,6 +84,7 @@ pub(crate) async fn run(args: &Args, target: Arc<Target>) -> anyhow::Result<Valu
     tokio::time::sleep_until(start_at.into()).await;
     let window = Window::open(args.pid);
     tokio::time::sleep_until(end_at.into()).await;
+    let ended = window.end();
     let mut h = histogram();
     let mut received = 0;
     while let Some(r) = readers.join_next().await {
@@ -92,7 +93,7 @@ pub(crate) async fn run(args: &Args, target: Arc<Target>) -> anyhow::Result<Valu
             received += got;
         }
     }
-    let (_, cpu) = window.close(received as f64, "cpu_us_per_msg", 1e6);
+    let (_, cpu) = ended.report(received as f64, "cpu_us_per_msg", 1e6);
     let behind = pacer.join().unwrap_or(0);
     for w in writers {
         w.abort();
