@@ -104,6 +104,8 @@ async fn ticker(tx: broadcast::Sender<Bytes>, subscribers: Arc<AtomicUsize>, eve
     }
 }
 
+// The handshake callback's error type is tungstenite's, whatever its size.
+#[allow(clippy::result_large_err)]
 async fn connection(
     tcp: TcpStream,
     config: WebSocketConfig,
