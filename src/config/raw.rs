@@ -122,6 +122,10 @@ pub(crate) struct RawRoute {
     pub(crate) upstream: Spanned<String>,
     pub(crate) max_frame_bytes: Option<Spanned<i64>>,
     pub(crate) max_message_bytes: Option<Spanned<i64>>,
+    pub(crate) idle_timeout: Option<Spanned<String>>,
+    pub(crate) ping_interval: Option<Spanned<String>>,
+    pub(crate) ping_timeout: Option<Spanned<String>>,
+    pub(crate) max_connection_age: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

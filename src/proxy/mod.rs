@@ -423,6 +423,7 @@ async fn upgrade(
                 policy: FramePolicy {
                     max_frame: routed.route.max_frame_bytes,
                     max_message: routed.route.max_message_bytes,
+                    keepalive: routed.route.keepalive,
                     ..FramePolicy::for_extensions(
                         routed.strict,
                         upstream::answer::extension_names(&headers),

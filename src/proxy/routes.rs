@@ -11,8 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts, UpstreamConfig};
+use crate::config::{
+    Config, HostPattern, Limits, ListenerConfig, RouteConfig, Timeouts, UpstreamConfig,
+};
 use crate::net::tls::TlsSettings;
+use crate::tunnel::keepalive::{KeepalivePolicy, PingPolicy};
 use crate::upstream::balancer::{Server, Upstream};
 
 /// What every host-named server resolved to, by name and port, each list
@@ -72,6 +75,8 @@ pub struct Route {
     pub max_frame_bytes: Option<u64>,
     /// See `max_frame_bytes`.
     pub max_message_bytes: Option<u64>,
+    /// `idle_timeout`, pings and `max_connection_age` of its tunnels.
+    pub keepalive: KeepalivePolicy,
 }
 
 /// Why a snapshot could not be compiled.
@@ -162,6 +167,7 @@ impl Snapshot {
                     upstream,
                     max_frame_bytes: r.max_frame_bytes,
                     max_message_bytes: r.max_message_bytes,
+                    keepalive: keepalive_policy(r),
                 }))
             })
             .collect();
@@ -282,6 +288,19 @@ fn resolved_servers<'a>(u: &'a UpstreamConfig, answers: &Answers) -> Vec<Resolve
         }
     }
     servers
+}
+
+/// A route's keepalive keys as its tunnels apply them.
+fn keepalive_policy(r: &RouteConfig) -> KeepalivePolicy {
+    KeepalivePolicy {
+        idle_timeout: r.idle_timeout,
+        // Validation sets `ping_timeout` whenever `ping_interval` is set.
+        ping: r.ping_interval.map(|interval| PingPolicy {
+            interval,
+            timeout: r.ping_timeout.unwrap_or(interval),
+        }),
+        max_age: r.max_connection_age,
+    }
 }
 
 fn listener_settings(l: &ListenerConfig) -> Result<ListenerSettings, CompileError> {

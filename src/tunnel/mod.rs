@@ -41,14 +41,17 @@ use crate::observe::access::{CloseOrder, Side};
 use crate::observe::registry::{ConnStats, DirectionCounters};
 use crate::tunnel::direction::{Half, HalfError};
 use crate::tunnel::frames::{encode_close, FrameError, Sender};
+use crate::tunnel::keepalive::{Keepalive, KeepaliveEnd};
 
 mod direction;
 pub mod frames;
+pub mod keepalive;
 mod outcome;
 mod policy;
 pub mod session;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use outcome::offender_close;
 pub use outcome::{TunnelError, TunnelOutcome, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
@@ -113,7 +116,10 @@ pub async fn run<C: Splice, B: Splice>(
         first_close: None,
         proxy_close: None,
         violation: None,
+        keepalive: None,
     };
+    // `None` unless the route sets a keepalive policy: no timer otherwise.
+    let mut keep = Keepalive::start(&policy.keepalive);
     // Timers are allocated only when needed, so idle tunnels carry none.
     let mut half_close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -162,6 +168,26 @@ pub async fn run<C: Splice, B: Splice>(
             &mut state,
         ) {
             return Poll::Ready(out);
+        }
+        if let Some(k) = keep.as_mut().filter(|_| state.quiet()) {
+            if let Poll::Ready(end) = k.poll(cx, keepalive::watches(&mut up, &mut down)) {
+                keep = None;
+                keepalive::begin_close(end, &mut up, stats, &mut state);
+                close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
+                cx.waker().wake_by_ref();
+            }
+        }
+        if let Some(end @ KeepaliveEnd::PingTimeout(_)) = state.keepalive {
+            let timer = close_timer.as_mut();
+            return keepalive::cut_client(
+                end,
+                &up,
+                &mut backend,
+                &mut backend_shut,
+                timer,
+                &mut state,
+                cx,
+            );
         }
         if state.violation.is_none() {
             let offender = match (up.violation(), down.violation()) {
@@ -219,6 +245,7 @@ pub async fn run<C: Splice, B: Splice>(
                     }
                     // Both peers had closed on their own: not the proxy's doing.
                     state.proxy_close = None;
+                    state.keepalive = None;
                     let closed_by = state
                         .first_done
                         .or(state.first_close.map(|(s, _)| s))
@@ -272,9 +299,20 @@ struct RunState {
     proxy_close: Option<CloseOrder>,
     /// A side broke the protocol: it gets Close 1002, the other side 1001.
     violation: Option<(Side, FrameError)>,
+    /// A keepalive policy of the route is closing the tunnel.
+    keepalive: Option<KeepaliveEnd>,
 }
 
 impl RunState {
+    /// Nothing is closing the tunnel yet: keepalive policies apply.
+    fn quiet(&self) -> bool {
+        self.first_done.is_none()
+            && self.first_close.is_none()
+            && self.proxy_close.is_none()
+            && self.violation.is_none()
+            && self.keepalive.is_none()
+    }
+
     fn end(&mut self, closed_by: Side, error: TunnelError) -> TunnelOutcome {
         TunnelOutcome {
             closed_by,
@@ -288,7 +326,7 @@ impl RunState {
         TunnelOutcome {
             closed_by,
             first_close: self.first_close,
-            error: None,
+            error: self.keepalive.map(TunnelError::Keepalive),
             proxy_close: self.proxy_close.take(),
         }
     }
@@ -324,6 +362,7 @@ fn step<R: Splice, W: Splice>(
         Poll::Ready(Err(e)) => {
             let mut out = half_error(e, sender, state.first_close);
             out.proxy_close = state.proxy_close.take();
+            keepalive::blame_dead_client(&mut out, state);
             Some(out)
         }
         Poll::Pending => None,

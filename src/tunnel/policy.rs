@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::tunnel::keepalive::KeepalivePolicy;
+
 /// How a tunnel judges the frames it relays.
 #[derive(Debug, Clone, Copy)]
 pub struct FramePolicy {
@@ -17,6 +19,8 @@ pub struct FramePolicy {
     pub max_frame: Option<u64>,
     /// The route's `max_message_bytes`, fragments summed: over it, 1009.
     pub max_message: Option<u64>,
+    /// The route's `idle_timeout`, pings and `max_connection_age`.
+    pub keepalive: KeepalivePolicy,
 }
 
 impl Default for FramePolicy {
@@ -26,6 +30,7 @@ impl Default for FramePolicy {
             rsv: 0,
             max_frame: None,
             max_message: None,
+            keepalive: KeepalivePolicy::default(),
         }
     }
 }

@@ -13,7 +13,8 @@
 //! Here: frames built and decoded by hand, and the harness that starts a
 //! tunnel between two peers. The tests are in `close.rs` (closing on
 //! wsgate's initiative), `flow.rs` (what passes, what ends a tunnel, what
-//! is counted) and `buffer.rs` (one direction's copy buffer); the
+//! is counted), `buffer.rs` (one direction's copy buffer) and `keepalive.rs`
+//! (the routes' idle, ping and age policies); the
 //! in-memory stream is in `mem.rs`.
 
 use std::future::poll_fn;
@@ -39,6 +40,7 @@ use crate::upstream::balancer::Server;
 mod buffer;
 mod close;
 mod flow;
+mod keepalive;
 mod mem;
 
 use mem::Mem;
