@@ -47,3 +47,88 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::validate::parse;
+    use crate::config::RouteConfig;
+
+    const HEAD: &str = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n[[routes]]\nupstream=\"u\"\n";
+
+    fn route(keys: &str) -> RouteConfig {
+        let c = parse(&format!("{HEAD}{keys}"), Path::new("c.toml")).expect("valid");
+        c.routes[0].clone()
+    }
+
+    /// (key, line) of each problem.
+    fn problems(keys: &str) -> Vec<(String, usize)> {
+        match parse(&format!("{HEAD}{keys}"), Path::new("c.toml")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .problems()
+                .iter()
+                .map(|p| (p.key.clone(), p.line))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn all_are_off_by_default() {
+        let r = route("");
+        assert_eq!(
+            (
+                r.idle_timeout,
+                r.ping_interval,
+                r.ping_timeout,
+                r.max_connection_age
+            ),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn each_is_a_duration_and_ping_timeout_defaults_to_ping_interval() {
+        let r =
+            route("idle_timeout = \"5m\"\nping_interval = \"30s\"\nmax_connection_age = \"1h\"\n");
+        assert_eq!(r.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(r.ping_interval, Some(Duration::from_secs(30)));
+        assert_eq!(r.ping_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(r.max_connection_age, Some(Duration::from_secs(3600)));
+        let r = route("ping_interval = \"30s\"\nping_timeout = \"250ms\"\n");
+        assert_eq!(r.ping_timeout, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_and_line() {
+        for key in [
+            "idle_timeout",
+            "ping_interval",
+            "ping_timeout",
+            "max_connection_age",
+        ] {
+            for bad in ["\"0s\"", "\"soon\"", "\"8days\""] {
+                // ping_timeout alone would also lack its ping_interval.
+                let (before, line) = match key {
+                    "ping_interval" => ("", 8),
+                    _ => ("ping_interval = \"1s\"\n", 9),
+                };
+                let p = problems(&format!("{before}{key} = {bad}\n"));
+                assert!(
+                    p.contains(&(format!("routes[0].{key}"), line)),
+                    "{key} = {bad}: {p:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ping_timeout_without_ping_interval_is_refused() {
+        assert_eq!(
+            problems("ping_timeout = \"5s\"\n"),
+            [("routes[0].ping_timeout".to_string(), 8)]
+        );
+    }
+}

@@ -37,6 +37,9 @@ use crate::tunnel::{mask_key, RunState, Splice, TunnelError, TunnelOutcome};
 /// reconnect storm) do not all close together.
 pub const AGE_JITTER_FLOOR: f64 = 0.9;
 
+/// The shortest wait the timer is re-armed for.
+const MIN_REARM: Duration = Duration::from_millis(1);
+
 /// Pings to a silent client, and when to give up on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PingPolicy {
@@ -176,8 +179,10 @@ impl Keepalive {
         }
         loop {
             if rearm {
-                let next = self.next_deadline(Instant::now(), w.up.as_deref(), w.down.as_deref());
-                self.timer.as_mut().reset(next);
+                let now = Instant::now();
+                let next = self.next_deadline(now, w.up.as_deref(), w.down.as_deref());
+                // Never a deadline already past: this loop must not spin.
+                self.timer.as_mut().reset(next.max(now + MIN_REARM));
             }
             if self.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;

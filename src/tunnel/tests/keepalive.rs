@@ -136,6 +136,8 @@ async fn keepalive_pings_do_not_keep_an_idle_tunnel_open() {
     let close = loop {
         let got = next_frame(&mut t.client).await;
         if got.b0 == FIN | PING {
+            // Pings every 100ms: an idle close due at 500ms never needs 50.
+            assert!(answered < 50, "the pongs kept the tunnel open");
             send(&mut t.client, &from_client(FIN | PONG, &got.payload)).await;
             answered += 1;
             continue;
@@ -280,6 +282,8 @@ async fn a_tunnel_past_its_age_gets_1001_both_ways() {
             break f;
         }
         passed += 1;
+        // One every 25ms: an age of 500ms never lets 100 pass.
+        assert!(passed < 100, "the age limit never came");
         tokio::time::sleep(MS_100 / 4).await;
     };
     assert!(passed >= 10, "{passed} frames passed before the limit");
