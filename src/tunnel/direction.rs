@@ -1,6 +1,8 @@
 //! One direction of a tunnel: the copy state machine that moves bytes
 //! from a reader to a writer, follows their frame headers, counts them, and
-//! writes wsgate's own Close frame exactly at a frame boundary.
+//! writes wsgate's own Close frame exactly at a frame boundary (and, for a
+//! route that pings its clients, wsgate's Ping, while the client's Pong to
+//! it is dropped: see `watch.rs`).
 //!
 //! Owns: [`Half`] and its phases. Per-direction phases, and the only legal
 //! transitions: `Idle -> Reading` (reader readable), `Reading -> Writing`

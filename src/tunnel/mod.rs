@@ -20,7 +20,10 @@
 //! the Close frame exactly at that boundary (masked toward the backend), and
 //! from then on reads and discards what its sender sends, until that
 //! sender's own Close or EOF. A direction whose sender already sent a Close
-//! gets none injected. Past `timeouts.close` the tunnel is cut.
+//! gets none injected. Past `timeouts.close` the tunnel is cut. A route's
+//! `idle_timeout` and `max_connection_age` close a tunnel the same way;
+//! its pings, and the end of a client that does not answer them, are
+//! `keepalive.rs`'s, called from one hook in the run loop.
 //!
 //! Must not: log per frame, unmask or buffer whole payloads, or allocate
 //! while a direction is idle.
