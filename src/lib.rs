@@ -1,7 +1,9 @@
 //! wsgate: a reverse proxy and load balancer built for WebSocket traffic.
 //!
 //! # Data path, one WebSocket from accept to close
-//! 1. [`front::listener`] accepts, terminates TLS ([`net::tls`]), wraps the
+//! 1. [`front::listener`] accepts, on a `proxy_protocol` listener reads the
+//!    PROXY header ([`net::proxy_protocol`]) whose client is the client from
+//!    then on, terminates TLS ([`net::tls`]), wraps the
 //!    stream for hyper ([`net::client`]: the raw-byte framing guard of
 //!    [`net::guard`] over the lingering close of [`net::linger`]) and
 //!    serves it with hyper into [`proxy::handle`].
@@ -48,7 +50,8 @@
 //!   ([`config::view`]).
 //! - [`net`]: plain-or-TLS streams ([`net::tls`]), the framing guard
 //!   ([`net::guard`]), lingering close ([`net::linger`]), a client stream
-//!   wrapped for hyper and unwrapped after an upgrade ([`net::client`]).
+//!   wrapped for hyper and unwrapped after an upgrade ([`net::client`]),
+//!   the PROXY protocol header read and written ([`net::proxy_protocol`]).
 //! - [`upstream`]: connecting and the upgrade exchange, servers and
 //!   balancing ([`upstream::balancer`]), the 101's rules
 //!   ([`upstream::answer`]), the keep-alive pool ([`upstream::pool`]),
@@ -64,7 +67,8 @@
 //! - [`proxy`]: one request's phases, the connection context
 //!   ([`proxy::context`]), handshake rules, routing, forwarding headers,
 //!   plain HTTP ([`proxy::plain`], [`proxy::upload`]).
-//! - [`front`]: listeners and the accept loop ([`front::listener`]).
+//! - [`front`]: listeners and the accept loop ([`front::listener`]), the
+//!   PROXY protocol phase before TLS (`front::proxy_header`).
 //! - [`control`]: admin API ([`control::admin`]), reload
 //!   ([`control::reload`]), host-name lookups ([`control::resolve`]), drain
 //!   ([`control::drain`]), readiness and the graceful stop

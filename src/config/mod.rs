@@ -26,6 +26,7 @@ pub mod availability;
 pub mod error;
 pub mod health;
 mod keepalive;
+pub mod origin;
 mod raw;
 pub mod tls;
 pub mod upstream;
@@ -36,6 +37,7 @@ pub mod view;
 pub use availability::Availability;
 pub use error::{render_problems, ConfigError, Location, Problem};
 pub use health::{HealthCheck, HealthKind};
+pub use origin::{OriginPattern, OriginPolicy};
 
 /// Default for `timeouts.client_handshake`: the client must finish TLS and its request headers within this.
 pub const DEFAULT_CLIENT_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -60,6 +62,12 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 pub const DEFAULT_HALF_CLOSE: Duration = Duration::from_secs(30);
 /// Default for `timeouts.close`: how long a closing handshake (started by wsgate or by a peer) may take before the connection is cut.
 pub const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
+/// Default for a route's `write_stall_timeout`: the longest a tunnel's
+/// peer may take none of the bytes written to it, as `timeouts.client_write`
+/// for a plain response.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest `messages_per_second` and `burst` a route accepts.
+pub const MAX_MESSAGES_PER_SECOND: usize = 1_000_000;
 /// Longest duration any timeout accepts: a week. Larger values are typos,
 /// and arithmetic on them must not overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -297,8 +305,13 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// TLS termination; `None` for plain TCP.
     pub tls: Option<TlsConfig>,
-    /// Peers whose `X-Forwarded-For` and `Forwarded` are believed and extended.
+    /// Peers whose `X-Forwarded-For` and `Forwarded` are believed and
+    /// extended, and, with `proxy_protocol`, the only peers accepted.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2),
+    /// whose client address is the client's everywhere; peers outside
+    /// `trusted_proxies` are refused.
+    pub proxy_protocol: bool,
 }
 
 /// TLS settings of a listener: loaded certificates, the first being the default.
@@ -374,6 +387,16 @@ pub struct RouteConfig {
     /// A tunnel is closed when it gets this old, less up to 10% of jitter;
     /// `None`: never.
     pub max_connection_age: Option<Duration>,
+    /// `allowed_origins` and `allow_missing_origin`; `None`: any Origin.
+    pub origins: Option<OriginPolicy>,
+    /// Messages (and pings) a client may begin per second; `None`: no limit.
+    pub messages_per_second: Option<u32>,
+    /// How many of them may come back to back; `None`: as many as
+    /// `messages_per_second`. Only with `messages_per_second`.
+    pub burst: Option<u32>,
+    /// How long a tunnel's direction may have bytes to write and make no
+    /// progress before the tunnel is closed.
+    pub write_stall_timeout: Duration,
 }
 
 /// One `[upstreams.NAME]` table: its servers, and every other setting in
@@ -422,6 +445,9 @@ pub struct UpstreamSettings {
     /// Passive checks, slow start and `close_on_unhealthy` (`availability.rs`).
     #[serde(flatten)]
     pub availability: Availability,
+    /// The PROXY protocol header written first on every connection to the
+    /// servers; `None`: none.
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
     /// The active health check; `None`: no checks, servers count as healthy.
     pub health: Option<HealthCheck>,
 }
@@ -440,8 +466,20 @@ impl Default for UpstreamSettings {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             availability: Availability::default(),
             health: None,
+            send_proxy_protocol: None,
         }
     }
+}
+
+/// A PROXY protocol version, as `send_proxy_protocol` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ProxyProtocolVersion {
+    /// The text form.
+    #[serde(rename = "v1")]
+    V1,
+    /// The binary form.
+    #[serde(rename = "v2")]
+    V2,
 }
 
 /// A server given by host name, kept unresolved so that validation needs
@@ -859,6 +897,47 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
     }
 
     #[test]
+    fn proxy_protocol_keys_are_typed_and_checked() {
+        let routes = "[[routes]]\nupstream=\"u\"\n";
+        let listener = |extra: &str| {
+            format!("[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n{extra}\n{routes}")
+        };
+        let up = |extra: &str| format!("[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n{extra}\n");
+        let c = parse(
+            &format!(
+                "{}{}",
+                listener("trusted_proxies=[\"10.0.0.0/8\"]\nproxy_protocol=true"),
+                up("send_proxy_protocol=\"v2\"")
+            ),
+            Path::new("c.toml"),
+        )
+        .expect("valid");
+        assert!(c.listeners[0].proxy_protocol);
+        let v = c.upstreams["u"].settings.send_proxy_protocol;
+        assert_eq!(v, Some(ProxyProtocolVersion::V2));
+        let c = parse(&format!("{}{}", listener(""), up("")), Path::new("c.toml")).expect("valid");
+        assert!(!c.listeners[0].proxy_protocol);
+        assert_eq!(c.upstreams["u"].settings.send_proxy_protocol, None);
+        // No trusted peer: anyone could name any client.
+        let p = problems(&format!("{}{}", listener("proxy_protocol = true"), up("")));
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.line, p.column, p.key.as_str()))
+                .collect::<Vec<_>>(),
+            [(4, 18, "listeners[0].proxy_protocol")]
+        );
+        let p = problems(&format!(
+            "{}{}",
+            listener(""),
+            up("send_proxy_protocol = \"v3\"")
+        ));
+        assert_eq!(
+            p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["upstreams.u.send_proxy_protocol"]
+        );
+    }
+
+    #[test]
     fn plain_http_keys_are_typed_and_checked() {
         let base = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[routes]]\nupstream=\"u\"\n";
         let c = parse(
@@ -913,6 +992,40 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
     }
 
     #[test]
+    fn route_rate_and_stall_keys_have_defaults_and_ranges() {
+        let head = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n[[routes]]\nupstream=\"u\"\n";
+        let c = parse(head, Path::new("c.toml")).expect("valid");
+        let r = &c.routes[0];
+        assert_eq!((r.messages_per_second, r.burst), (None, None));
+        assert_eq!(r.write_stall_timeout, DEFAULT_WRITE_STALL_TIMEOUT);
+        let text = format!(
+            "{head}messages_per_second = 20\nburst = 50\nwrite_stall_timeout = \"250ms\"\n"
+        );
+        let c = parse(&text, Path::new("c.toml")).expect("valid");
+        let r = &c.routes[0];
+        assert_eq!((r.messages_per_second, r.burst), (Some(20), Some(50)));
+        assert_eq!(r.write_stall_timeout, Duration::from_millis(250));
+        for (body, key) in [
+            ("messages_per_second = 0", "messages_per_second"),
+            ("messages_per_second = 1000001", "messages_per_second"),
+            ("messages_per_second = 5\nburst = 0", "burst"),
+            ("burst = 5", "burst"),
+            ("write_stall_timeout = \"0s\"", "write_stall_timeout"),
+            ("write_stall_timeout = \"soon\"", "write_stall_timeout"),
+        ] {
+            let p = problems(&format!("{head}{body}\n"));
+            let line = 8 + body.lines().count() - 1;
+            assert_eq!(
+                p.iter()
+                    .map(|p| (p.key.clone(), p.line))
+                    .collect::<Vec<_>>(),
+                [(format!("routes[0].{key}"), line)],
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
     fn route_size_limits_are_optional_and_positive() {
         let head = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n[[routes]]\nupstream=\"u\"\n";
         let c = parse(head, Path::new("c.toml")).expect("valid");
@@ -937,6 +1050,40 @@ servers = ["127.0.0.1:9001", "[::1]:9002"]
                     "{key} = {bad}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn route_origins_are_checked_with_their_keys() {
+        let head = "[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[upstreams.u]\nservers=[\"127.0.0.1:2\"]\n[[routes]]\nupstream=\"u\"\n";
+        let c = parse(head, Path::new("c.toml")).expect("valid");
+        assert_eq!(c.routes[0].origins, None, "no key: any Origin");
+        let text = format!("{head}allowed_origins = [\"https://A.test:443\", \"null\"]\n");
+        let c = parse(&text, Path::new("c.toml")).expect("valid");
+        let o = c.routes[0].origins.as_ref().expect("a policy");
+        assert_eq!(o.allowed.len(), 2);
+        assert!(!o.allow_missing);
+        for (body, key, column) in [
+            (
+                "allowed_origins = [\"https://a.test\", \"a.test\"]",
+                "routes[0].allowed_origins[1]",
+                38,
+            ),
+            ("allowed_origins = []", "routes[0].allowed_origins", 19),
+            (
+                "allow_missing_origin = true",
+                "routes[0].allow_missing_origin",
+                24,
+            ),
+        ] {
+            let p = problems(&format!("{head}{body}\n"));
+            assert_eq!(
+                p.iter()
+                    .map(|p| (p.key.as_str(), p.line, p.column))
+                    .collect::<Vec<_>>(),
+                [(key, 8, column)],
+                "{body}"
+            );
         }
     }
 

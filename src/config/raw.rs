@@ -97,6 +97,7 @@ pub(crate) struct RawListener {
     pub(crate) bind: Spanned<String>,
     pub(crate) tls: Option<Spanned<RawTls>>,
     pub(crate) trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub(crate) proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +127,11 @@ pub(crate) struct RawRoute {
     pub(crate) ping_interval: Option<Spanned<String>>,
     pub(crate) ping_timeout: Option<Spanned<String>>,
     pub(crate) max_connection_age: Option<Spanned<String>>,
+    pub(crate) allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) allow_missing_origin: Option<Spanned<bool>>,
+    pub(crate) messages_per_second: Option<Spanned<i64>>,
+    pub(crate) burst: Option<Spanned<i64>>,
+    pub(crate) write_stall_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +153,7 @@ pub(crate) struct RawUpstream {
     pub(crate) client_cert: Option<Spanned<String>>,
     pub(crate) client_key: Option<Spanned<String>>,
     pub(crate) insecure_skip_verify: Option<Spanned<bool>>,
+    pub(crate) send_proxy_protocol: Option<Spanned<String>>,
     // === availability (passive checks, slow start) ===
     pub(crate) max_fails: Option<Spanned<i64>>,
     pub(crate) fail_window: Option<Spanned<String>>,

@@ -137,8 +137,24 @@ impl Validator<'_> {
             &format!("{key}.pool_idle_timeout"),
             DEFAULT_POOL_IDLE_TIMEOUT,
         );
+        let send_proxy_protocol =
+            up.send_proxy_protocol
+                .as_ref()
+                .and_then(|v| match v.get_ref().as_str() {
+                    "v1" => Some(ProxyProtocolVersion::V1),
+                    "v2" => Some(ProxyProtocolVersion::V2),
+                    other => {
+                        self.problem(
+                            v,
+                            format!("{key}.send_proxy_protocol"),
+                            format!("{other:?} is not \"v1\" or \"v2\""),
+                        );
+                        None
+                    }
+                });
         let health = up.health.map(|h| self.health(h, key));
         UpstreamSettings {
+            send_proxy_protocol,
             health,
             balance,
             retries,

@@ -416,12 +416,25 @@ impl<'a> Validator<'a> {
             }
             let tls = l.tls.and_then(|t| self.tls(t, &format!("{key}.tls")));
             let trusted_proxies = self.trusted_proxies(l.trusted_proxies, &key);
+            let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+            if let (true, Some(p)) = (
+                proxy_protocol && trusted_proxies.is_empty(),
+                &l.proxy_protocol,
+            ) {
+                // Without it anyone could name any client address.
+                self.problem(
+                    p,
+                    format!("{key}.proxy_protocol"),
+                    "needs trusted_proxies: the load balancers allowed to send a PROXY header",
+                );
+            }
             if let Some(bind) = bind {
                 listeners.push(ListenerConfig {
                     name,
                     bind,
                     tls,
                     trusted_proxies,
+                    proxy_protocol,
                 });
             }
         }
@@ -496,6 +509,14 @@ impl<'a> Validator<'a> {
                     self.bytes_at_least_1(r.max_frame_bytes, &key, "max_frame_bytes");
                 let max_message_bytes =
                     self.bytes_at_least_1(r.max_message_bytes, &key, "max_message_bytes");
+                let origins = self.origins(r.allowed_origins, r.allow_missing_origin, &key);
+                let (messages_per_second, burst) =
+                    self.route_rate(&r.messages_per_second, &r.burst, &key);
+                let write_stall_timeout = self.duration(
+                    r.write_stall_timeout,
+                    &format!("{key}.write_stall_timeout"),
+                    DEFAULT_WRITE_STALL_TIMEOUT,
+                );
                 routes.push(RouteConfig {
                     host,
                     path_prefix,
@@ -506,10 +527,39 @@ impl<'a> Validator<'a> {
                     ping_interval: keepalive.ping_interval,
                     ping_timeout: keepalive.ping_timeout,
                     max_connection_age: keepalive.max_connection_age,
+                    origins,
+                    messages_per_second,
+                    burst,
+                    write_stall_timeout,
                 });
             }
         }
         routes
+    }
+
+    /// A route's `messages_per_second` and `burst`: whole numbers from 1,
+    /// `burst` only beside a rate.
+    fn route_rate(
+        &mut self,
+        rate: &Option<Spanned<i64>>,
+        burst: &Option<Spanned<i64>>,
+        key: &str,
+    ) -> (Option<u32>, Option<u32>) {
+        let mut whole = |v: &Option<Spanned<i64>>, name: &str| {
+            let range = 1..=MAX_MESSAGES_PER_SECOND;
+            let n = self.count_in(v.as_ref(), &format!("{key}.{name}"), range, 1);
+            v.as_ref().map(|_| u32::try_from(n).unwrap_or(u32::MAX))
+        };
+        let per_second = whole(rate, "messages_per_second");
+        let burst_n = whole(burst, "burst");
+        if let (Some(b), None) = (burst, per_second) {
+            self.problem(
+                b,
+                format!("{key}.burst"),
+                "needs messages_per_second on the same route",
+            );
+        }
+        (per_second, burst_n)
     }
 
     fn log(&mut self, raw: RawLog) -> LogConfig {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::config::validate::Validator;
-use crate::config::{HostPattern, MAX_DURATION};
+use crate::config::{HostPattern, OriginPattern, OriginPolicy, MAX_DURATION};
 
 impl Validator<'_> {
     pub(crate) fn socket_addr(&mut self, s: &Spanned<String>, key: &str) -> Option<SocketAddr> {
@@ -117,6 +117,50 @@ impl Validator<'_> {
             "/".to_string()
         } else {
             trimmed.to_string()
+        })
+    }
+
+    /// A route's `allowed_origins` and `allow_missing_origin`: `None` when
+    /// the route takes any Origin.
+    pub(crate) fn origins(
+        &mut self,
+        allowed: Option<Spanned<Vec<Spanned<String>>>>,
+        allow_missing: Option<Spanned<bool>>,
+        route: &str,
+    ) -> Option<OriginPolicy> {
+        let Some(allowed) = allowed else {
+            if let Some(m) = &allow_missing {
+                self.problem(
+                    m,
+                    format!("{route}.allow_missing_origin"),
+                    "has no effect without allowed_origins on the same route",
+                );
+            }
+            return None;
+        };
+        if allowed.get_ref().is_empty() {
+            self.problem(
+                &allowed,
+                format!("{route}.allowed_origins"),
+                "an empty list would refuse every browser; leave the key out to allow any Origin",
+            );
+        }
+        let patterns = allowed
+            .into_inner()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, o)| match OriginPattern::parse(o.get_ref()) {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    let key = format!("{route}.allowed_origins[{i}]");
+                    self.problem(&o, key, format!("{:?}: {why}", o.get_ref()));
+                    None
+                }
+            })
+            .collect();
+        Some(OriginPolicy {
+            allowed: patterns,
+            allow_missing: allow_missing.is_some_and(|m| *m.get_ref()),
         })
     }
 }

@@ -127,6 +127,7 @@ struct ListenerView<'a> {
     /// `{ certificates = [{ cert, key }] }`, paths only; `null` for plain TCP.
     tls: Option<ListenerTlsView<'a>>,
     trusted_proxies: Vec<String>,
+    proxy_protocol: bool,
 }
 
 #[derive(Serialize)]
@@ -157,6 +158,7 @@ impl<'a> From<&'a ListenerConfig> for ListenerView<'a> {
                     .collect(),
             }),
             trusted_proxies: l.trusted_proxies.iter().map(ToString::to_string).collect(),
+            proxy_protocol: l.proxy_protocol,
         }
     }
 }
@@ -176,6 +178,15 @@ struct RouteView<'a> {
     ping_interval: Option<String>,
     ping_timeout: Option<String>,
     max_connection_age: Option<String>,
+    /// `null`: any Origin, as when the key is left out.
+    allowed_origins: Option<Vec<String>>,
+    allow_missing_origin: bool,
+    /// `null`: no limit.
+    messages_per_second: Option<u32>,
+    /// `null`: as `messages_per_second`, as when the key is left out.
+    burst: Option<u32>,
+    #[serde(serialize_with = "humantime")]
+    write_stall_timeout: Duration,
 }
 
 impl<'a> From<&'a RouteConfig> for RouteView<'a> {
@@ -190,6 +201,14 @@ impl<'a> From<&'a RouteConfig> for RouteView<'a> {
             ping_interval: r.ping_interval.map(shown),
             ping_timeout: r.ping_timeout.map(shown),
             max_connection_age: r.max_connection_age.map(shown),
+            allowed_origins: r
+                .origins
+                .as_ref()
+                .map(|o| o.allowed.iter().map(ToString::to_string).collect()),
+            allow_missing_origin: r.origins.as_ref().is_some_and(|o| o.allow_missing),
+            messages_per_second: r.messages_per_second,
+            burst: r.burst,
+            write_stall_timeout: r.write_stall_timeout,
         }
     }
 }

@@ -36,19 +36,37 @@ pub fn tunnels_of(shared: &Shared, upstream: &Upstream, server: &Server) -> Vec<
         .collect()
 }
 
+/// How often a drain looks whether its server has emptied by itself.
+const EMPTY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Waits `upstream.drain_timeout`, then closes the server's remaining
 /// tunnels with 1001 spread over `upstream.drain_spread`. Stops early when
-/// `stop` fires (the server was enabled again) or wsgate drains.
+/// `stop` fires (the server was enabled again) or wsgate drains, and ends
+/// as soon as the server holds nothing.
 pub async fn drain_server(
     shared: Arc<Shared>,
     upstream: Arc<Upstream>,
     server: Arc<Server>,
     stop: CancellationToken,
 ) {
-    tokio::select! {
-        _ = tokio::time::sleep(upstream.settings.drain_timeout) => {}
-        _ = stop.cancelled() => return,
-        _ = shared.drain.cancelled() => return,
+    let deadline = tokio::time::sleep(upstream.settings.drain_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = stop.cancelled() => return,
+            _ = shared.drain.cancelled() => return,
+            // Nothing on it (tunnels and handshakes in flight both count):
+            // nothing to wait for, and a removed server then leaves the
+            // draining list, its metric series with it. Checked after a
+            // pause, so that a handshake which picked the server just
+            // before it was disabled has counted itself.
+            _ = tokio::time::sleep(EMPTY_CHECK) => {
+                if server.active() == 0 {
+                    return;
+                }
+            }
+        }
     }
     let order = CloseOrder {
         code: CLOSE_GOING_AWAY,

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthCheck;
+use crate::net::proxy_protocol;
 use crate::upstream::balancer::Server;
 use crate::upstream::health::threshold::{Transition, Verdict};
 use crate::upstream::health::{probe, ProbeFailure};
@@ -229,15 +230,19 @@ impl Task {
             next = started + self.check.interval.mul_f64(spread);
             // The upstream's TLS as the running snapshot has it: a reload
             // may change certificates without changing the check.
-            let tls = self
+            let (tls, send) = self
                 .shared
                 .snapshot
                 .load()
                 .upstream(&self.upstream)
-                .and_then(|u| u.tls.clone());
+                .map_or((None, None), |u| {
+                    (u.tls.clone(), u.settings.send_proxy_protocol)
+                });
+            // The probe is wsgate's own connection: it names no client.
+            let preamble = send.map_or_else(Vec::new, |v| proxy_protocol::encode_local(v.into()));
             let result = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                r = probe(&self.server, &self.check, tls.as_deref()) => r,
+                r = probe(&self.server, &self.check, tls.as_deref(), &preamble) => r,
             };
             let flip = verdict.record(
                 result.is_ok(),

@@ -257,6 +257,7 @@ async fn apply_config(
         });
     }
     crate::control::health::sync(shared);
+    shared.metrics.forget_removed_servers();
     Ok(report)
 }
 

@@ -1,7 +1,8 @@
 //! Listeners: binding, the accept loop, TLS termination and HTTP/1.1 serving.
 //!
 //! Owns: turning each accepted socket into a served connection within the
-//! `client_handshake` deadline (TLS handshake and each request's headers),
+//! `client_handshake` deadline (PROXY header, TLS handshake and each
+//! request's headers),
 //! with hyper's HTTP/1.1 server and upgrades enabled. Requests go to
 //! `proxy::handle`.
 //!
@@ -29,6 +30,8 @@ use crate::net::tls::{ClientStream, MaybeTls};
 use crate::proxy::routes::ListenerSettings;
 use crate::proxy::{self, ConnContext};
 use crate::Shared;
+
+use super::proxy_header;
 
 /// A listening socket and the name of its `[[listeners]]` entry.
 pub struct BoundListener {
@@ -189,49 +192,76 @@ too many connections\n";
 /// listener (before the handshake: nothing else can be said without one),
 /// [`REFUSED_RESPONSE`] on a plain one. Refusals are counted by reason and
 /// logged, repeats folded into one line per listener and reason.
+///
+/// On a `proxy_protocol` listener, a peer outside `trusted_proxies` is
+/// closed bare (it is not a client: an HTTP answer would mean nothing to
+/// it), and the per-address limit waits for the address the header
+/// carries (see `proxy_header`).
 fn admit(
     tcp: TcpStream,
     peer: SocketAddr,
     name: &str,
     shared: &Shared,
 ) -> Option<(TcpStream, Admitted)> {
-    let (limits, tls) = {
+    let (limits, tls, proxied) = {
         let snapshot = shared.snapshot.load();
-        let tls = snapshot
-            .listeners
-            .get(name)
-            .is_some_and(|l| l.tls.is_some());
-        (snapshot.limits, tls)
+        let l = snapshot.listeners.get(name);
+        let tls = l.is_some_and(|l| l.tls.is_some());
+        let proxied = l
+            .filter(|l| l.proxy_protocol)
+            .map(|l| l.trusts(peer.ip().to_canonical()));
+        (snapshot.limits, tls, proxied)
     };
-    let refusal = match shared.admission.admit(
-        peer.ip(),
-        limits.max_connections,
-        limits.max_connections_per_ip,
-    ) {
+    let admitted = match proxied {
+        None => shared.admission.admit(
+            peer.ip(),
+            limits.max_connections,
+            limits.max_connections_per_ip,
+        ),
+        Some(true) => shared.admission.admit_any(limits.max_connections),
+        Some(false) => {
+            let why = "the peer is not in trusted_proxies of a proxy_protocol listener";
+            refused(shared, name, peer, proxy_header::UNTRUSTED, &why);
+            return None;
+        }
+    };
+    let refusal = match admitted {
         Ok(place) => return Some((tcp, place)),
         Err(r) => r,
     };
-    shared.metrics.connection_refused(name, refusal.label());
-    let key = format!("refused {name} {}", refusal.label());
-    if let Some(held) = shared.errors.check(&key, std::time::Instant::now()) {
-        tracing::warn!(
-            client = %peer,
-            listener = name,
-            reason = refusal.label(),
-            held_back = held,
-            "connection refused: {refusal}"
-        );
-    }
+    refused(shared, name, peer, refusal.label(), &refusal);
     if !tls {
         refuse_plain(tcp);
     }
     None
 }
 
+/// Counts a connection refused before it was served, and logs it, repeats
+/// folded into one line per listener and reason.
+pub(super) fn refused(
+    shared: &Shared,
+    name: &str,
+    client: SocketAddr,
+    reason: &'static str,
+    why: &dyn std::fmt::Display,
+) {
+    shared.metrics.connection_refused(name, reason);
+    let key = format!("refused {name} {reason}");
+    if let Some(held) = shared.errors.check(&key, std::time::Instant::now()) {
+        tracing::warn!(
+            client = %client,
+            listener = name,
+            reason,
+            held_back = held,
+            "connection refused: {why}"
+        );
+    }
+}
+
 /// Writes [`REFUSED_RESPONSE`] without waiting and closes. What the client
 /// has sent already is read first (a close with unread bytes would be a
 /// reset, which can destroy the answer before the client reads it).
-fn refuse_plain(tcp: TcpStream) {
+pub(super) fn refuse_plain(tcp: TcpStream) {
     use std::io::{Read, Write};
     let Ok(std) = tcp.into_std() else { return };
     let mut sink = [0u8; 4096];
@@ -247,7 +277,7 @@ fn refuse_plain(tcp: TcpStream) {
 /// that hyper refused before wsgate's handler saw it.
 async fn serve(
     tcp: TcpStream,
-    place: Admitted,
+    mut place: Admitted,
     handshake: OwnedSemaphorePermit,
     peer: SocketAddr,
     name: &str,
@@ -261,6 +291,24 @@ async fn serve(
         (settings, snapshot.timeouts, snapshot.limits)
     };
     let _ = tcp.set_nodelay(true);
+    // The header comes first, before TLS; from here on its client is the
+    // peer, in logs, stats, forwarding headers, balancing and limits.
+    let (tcp, peer, local) = if settings.proxy_protocol {
+        let at = proxy_header::Accepted {
+            peer,
+            name,
+            tls: settings.tls.is_some(),
+            timeouts,
+            limits,
+        };
+        let Some((tcp, c)) = proxy_header::read(tcp, &mut place, &at, &shared).await else {
+            return;
+        };
+        (tcp, c.client, c.local)
+    } else {
+        let local = tcp.local_addr().unwrap_or(peer);
+        (tcp, peer, local)
+    };
     let Some(stream) = terminate_tls(tcp, peer, name, &settings, timeouts, &shared).await else {
         return;
     };
@@ -279,6 +327,7 @@ async fn serve(
         shared: shared.clone(),
         listener: settings,
         peer,
+        local,
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         abort: tokio_util::sync::CancellationToken::new(),
         scanner,

@@ -6,6 +6,11 @@
 //! table never holds more than `max_connections` entries however many
 //! addresses come and go.
 //!
+//! On a PROXY protocol listener the client's address is known only once
+//! the header is read: such a connection takes its global place at accept
+//! ([`Admission::admit_any`]) and its per-address place afterwards
+//! ([`Admitted::place`]), under the address the header carries.
+//!
 //! An [`Admitted`] place travels with the client stream (inside the
 //! stream hyper serves, then in the tunnel), so a tunnel counts as the
 //! connection it is until its socket closes.
@@ -58,7 +63,8 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Admitted {
     admission: Admission,
-    ip: IpAddr,
+    /// `None` until the connection's address is known (see [`Admitted::place`]).
+    ip: Option<IpAddr>,
 }
 
 impl Admission {
@@ -95,7 +101,25 @@ impl Admission {
         self.gauge.set(c.total as i64);
         Ok(Admitted {
             admission: self.clone(),
-            ip,
+            ip: Some(ip),
+        })
+    }
+
+    /// Admits a connection whose address is not known yet against the
+    /// global limit only; [`Admitted::place`] counts it under its address.
+    ///
+    /// # Errors
+    /// [`Refusal::Global`].
+    pub fn admit_any(&self, max: usize) -> Result<Admitted, Refusal> {
+        let mut c = self.lock();
+        if c.total >= max {
+            return Err(Refusal::Global);
+        }
+        c.total += 1;
+        self.gauge.set(c.total as i64);
+        Ok(Admitted {
+            admission: self.clone(),
+            ip: None,
         })
     }
 
@@ -115,16 +139,42 @@ impl Admission {
     }
 }
 
+impl Admitted {
+    /// Counts a connection admitted by [`Admission::admit_any`] under `ip`,
+    /// the address its PROXY header carries, if `max_per_ip` allows it.
+    /// Dropping a refused place gives its global place back.
+    ///
+    /// # Errors
+    /// [`Refusal::PerIp`].
+    pub fn place(&mut self, ip: IpAddr, max_per_ip: usize) -> Result<(), Refusal> {
+        debug_assert!(self.ip.is_none(), "placed once");
+        let ip = ip.to_canonical();
+        let mut c = self.admission.lock();
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= max_per_ip {
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+            return Err(Refusal::PerIp);
+        }
+        *n += 1;
+        drop(c);
+        self.ip = Some(ip);
+        Ok(())
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
         let a = &self.admission;
         let mut c = a.lock();
         c.total = c.total.saturating_sub(1);
         a.gauge.set(c.total as i64);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+        let Some(ip) = self.ip else { return };
+        if let Some(n) = c.per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
-                c.per_ip.remove(&self.ip);
+                c.per_ip.remove(&ip);
             }
         }
     }
@@ -172,6 +222,24 @@ mod tests {
             (10, 10),
             "refused ones leave no entry"
         );
+    }
+
+    #[test]
+    fn a_place_taken_before_its_address_is_known_counts_under_it() {
+        let a = Admission::default();
+        let mut first = a.admit_any(3).expect("first");
+        assert_eq!((a.open(), a.addresses()), (1, 0));
+        first.place(ip(9), 1).expect("placed");
+        let mut second = a.admit_any(3).expect("second");
+        assert_eq!(second.place(ip(9), 1).unwrap_err(), Refusal::PerIp);
+        drop(second);
+        assert_eq!((a.open(), a.addresses()), (1, 1));
+        let _direct = a.admit(ip(9), 3, 2).expect("shares the address's count");
+        assert_eq!(a.admit(ip(9), 3, 2).unwrap_err(), Refusal::PerIp);
+        let _third = a.admit_any(3).expect("third");
+        assert_eq!(a.admit_any(3).unwrap_err(), Refusal::Global);
+        drop((first, _direct, _third));
+        assert_eq!((a.open(), a.addresses(), a.gauge.get()), (0, 0, 0));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!   an upgrade.
 //! - [`guard`]: the raw-byte HTTP/1.1 framing guard that refuses anything
 //!   that could desync a backend before hyper parses it.
+//! - [`proxy_protocol`]: the PROXY protocol header (v1 and v2), parsed off
+//!   a client socket without touching the bytes after it, and written to
+//!   backends.
 //! - [`linger`]: lingering close, so a client still sending reads wsgate's
 //!   error answer instead of a reset.
 
@@ -16,4 +19,5 @@ pub mod admission;
 pub mod client;
 pub mod guard;
 pub mod linger;
+pub mod proxy_protocol;
 pub mod tls;

@@ -81,6 +81,12 @@ pub enum EndReason {
     /// `closed_by` sent a frame or message over the route's
     /// `max_frame_bytes` or `max_message_bytes`.
     TooBig,
+    /// `closed_by` (the client) began messages faster than the route's
+    /// `messages_per_second` and `burst` allow.
+    RateLimited,
+    /// `closed_by` took none of the bytes written to it for the route's
+    /// `write_stall_timeout`.
+    WriteStall,
     /// One side finished and the other did not within `timeouts.half_close`.
     HalfCloseTimeout,
     /// A closing handshake (wsgate's or a peer's) did not finish within
@@ -115,6 +121,8 @@ impl EndReason {
             EndReason::WriteError => "write_error",
             EndReason::ProtocolError => "protocol_error",
             EndReason::TooBig => "too_big",
+            EndReason::RateLimited => "rate_limited",
+            EndReason::WriteStall => "write_stall",
             EndReason::HalfCloseTimeout => "half_close_timeout",
             EndReason::CloseTimeout => "close_timeout",
             EndReason::IdleTimeout => "idle_timeout",

@@ -33,8 +33,13 @@ pub struct ConnContext {
     pub shared: Arc<Shared>,
     /// The listener that accepted it.
     pub listener: Arc<ListenerSettings>,
-    /// The peer's socket address.
+    /// The client's socket address: the TCP peer's, or on a
+    /// `proxy_protocol` listener the one its PROXY header carries.
     pub peer: SocketAddr,
+    /// The address the client connected to (the PROXY header's
+    /// destination when there is one): what a PROXY header sent to a
+    /// backend names as the destination.
+    pub local: SocketAddr,
     /// The certificate the client's SNI named, if it named one: a request
     /// for a host that certificate does not cover is misdirected (421).
     pub sni_cert: Option<usize>,

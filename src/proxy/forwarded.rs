@@ -148,6 +148,19 @@ pub fn set_forwarding_headers(
     }
 }
 
+/// The PROXY protocol header an upstream with `send_proxy_protocol` gets
+/// first on a connection for `client` (the real client, as in the
+/// forwarding headers), who connected to `local`; empty without it.
+pub(crate) fn proxy_header(
+    send: Option<crate::config::ProxyProtocolVersion>,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> Vec<u8> {
+    send.map_or_else(Vec::new, |v| {
+        crate::net::proxy_protocol::encode(v.into(), client, local)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,6 +91,9 @@ pub enum HandshakeError {
     /// The client paused in its request body for longer than `timeouts.client_body`.
     #[error("request body stalled")]
     BodyTimeout,
+    /// The route's `allowed_origins` refuse the handshake's Origin.
+    #[error("{0}")]
+    Origin(#[from] crate::config::origin::OriginRefusal),
     /// The client's body could not be read (bad chunked framing, reset).
     #[error("request body unreadable: {0}")]
     BadBody(String),
@@ -106,6 +109,7 @@ impl HandshakeError {
             HandshakeError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             HandshakeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HandshakeError::MethodNotSupported(_) => StatusCode::NOT_IMPLEMENTED,
+            HandshakeError::Origin(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         }
     }

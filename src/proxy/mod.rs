@@ -206,7 +206,8 @@ async fn forward(
     record: &mut RequestRecord,
 ) -> Result<Forwarded, Refusal> {
     let checked = check(&req, ctx, kind)?;
-    let routed = route(&req, ctx, checked.host, &checked.path, record)?;
+    let upgrade_key = checked.key.is_some();
+    let routed = route(&req, ctx, checked.host, &checked.path, upgrade_key, record)?;
     match checked.key {
         None => {
             let response = plain::forward(req, ctx, routed.as_plain(), record).await?;
@@ -303,6 +304,7 @@ fn route(
     ctx: &ConnContext,
     host: String,
     path: &str,
+    upgrade: bool,
     record: &mut RequestRecord,
 ) -> Result<Routed, Refusal> {
     let (route, timeouts, max_body, strict) = {
@@ -317,6 +319,15 @@ fn route(
     };
     record.route = Some(route.label.clone());
     record.upstream = Some(route.upstream.name.clone());
+    // Before the servers are looked at: a page that may not open this
+    // WebSocket hears 403 whatever the state of the upstream. Plain
+    // requests are CORS's business (a navigation sends no Origin).
+    if let (true, Some(origins)) = (upgrade, &route.origins) {
+        let values = req.headers().get_all(http::header::ORIGIN).iter();
+        origins
+            .check(values.map(HeaderValue::as_bytes))
+            .map_err(HandshakeError::Origin)?;
+    }
     // Plain requests use the same key as upgrades, so a long-polling
     // client reaches the server its WebSocket will.
     let hash = match &route.upstream.settings.balance {
@@ -361,6 +372,8 @@ async fn upgrade(
     record: &mut RequestRecord,
 ) -> Result<Forwarded, Refusal> {
     let accept = handshake::accept_key(key.as_bytes());
+    let send = routed.route.upstream.settings.send_proxy_protocol;
+    let preamble = forwarded::proxy_header(send, record.client, ctx.local);
     let hs = upstream::Handshake {
         request: backend_request(&req, ctx, &routed.target)?,
         expected_accept: &accept,
@@ -373,6 +386,7 @@ async fn upgrade(
         shutdown: &ctx.shared.shutdown,
         tls: routed.route.upstream.tls.as_deref(),
         availability: &routed.route.upstream.settings.availability,
+        preamble: &preamble,
     };
     let answer = upstream::open(&routed.candidates, &hs)
         .await
@@ -424,6 +438,8 @@ async fn upgrade(
                     max_frame: routed.route.max_frame_bytes,
                     max_message: routed.route.max_message_bytes,
                     keepalive: routed.route.keepalive,
+                    rate: routed.route.rate,
+                    write_stall: Some(routed.route.write_stall_timeout),
                     ..FramePolicy::for_extensions(
                         routed.strict,
                         upstream::answer::extension_names(&headers),

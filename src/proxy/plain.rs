@@ -95,7 +95,7 @@ pub(crate) async fn forward(
             headers.clone().unwrap_or_default()
         };
         let passive = &route.upstream.settings.availability;
-        match attempt(pool, server, req, &upload, timeouts, record).await {
+        match attempt(pool, server, req, &upload, timeouts, record, ctx.local).await {
             Ok(response) => {
                 upstream::report_outcome(server, passive, None);
                 let client_write = timeouts.client_write;
@@ -169,11 +169,12 @@ async fn attempt(
     upload: &Upload,
     timeouts: Timeouts,
     record: &mut RequestRecord,
+    local: std::net::SocketAddr,
 ) -> Result<Response<Incoming>, Attempt> {
     let addr = server.addr;
     upload.progress();
     let sent = tokio::select! {
-        r = pool.send(server, req) => Ok(r),
+        r = pool.send(server, req, record.client, local) => Ok(r),
         _ = upload.backend_stalled(timeouts.upstream_response) => Err(()),
     };
     record.sent = upload.sent_bytes();

@@ -10,12 +10,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{
     Config, HostPattern, Limits, ListenerConfig, RouteConfig, Timeouts, UpstreamConfig,
 };
 use crate::net::tls::TlsSettings;
 use crate::tunnel::keepalive::{KeepalivePolicy, PingPolicy};
+use crate::tunnel::RateLimit;
 use crate::upstream::balancer::{Server, Upstream};
 
 /// What every host-named server resolved to, by name and port, each list
@@ -52,8 +54,11 @@ pub struct ListenerSettings {
     pub name: Arc<str>,
     /// Certificates for TLS termination; `None` on a plain listener.
     pub tls: Option<Arc<TlsSettings>>,
-    /// Peers whose forwarding headers are believed.
+    /// Peers whose forwarding headers are believed; with `proxy_protocol`,
+    /// the only peers accepted at all.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 impl ListenerSettings {
@@ -77,6 +82,12 @@ pub struct Route {
     pub max_message_bytes: Option<u64>,
     /// `idle_timeout`, pings and `max_connection_age` of its tunnels.
     pub keepalive: KeepalivePolicy,
+    /// Which Origins may open a WebSocket here; `None`: any.
+    pub origins: Option<crate::config::OriginPolicy>,
+    /// `messages_per_second` and `burst` (filled in) of its tunnels' clients.
+    pub rate: Option<RateLimit>,
+    /// `write_stall_timeout` of its tunnels.
+    pub write_stall_timeout: Duration,
 }
 
 /// Why a snapshot could not be compiled.
@@ -168,6 +179,12 @@ impl Snapshot {
                     max_frame_bytes: r.max_frame_bytes,
                     max_message_bytes: r.max_message_bytes,
                     keepalive: keepalive_policy(r),
+                    origins: r.origins.clone(),
+                    rate: r.messages_per_second.map(|per_second| RateLimit {
+                        per_second,
+                        burst: r.burst.unwrap_or(per_second),
+                    }),
+                    write_stall_timeout: r.write_stall_timeout,
                 }))
             })
             .collect();
@@ -317,6 +334,7 @@ fn listener_settings(l: &ListenerConfig) -> Result<ListenerSettings, CompileErro
         name: l.name.as_str().into(),
         tls,
         trusted_proxies: l.trusted_proxies.clone(),
+        proxy_protocol: l.proxy_protocol,
     })
 }
 

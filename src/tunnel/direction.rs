@@ -12,7 +12,12 @@
 //!
 //! An idle direction holds no copy buffer: it takes one when its reader is
 //! readable and drops it once the reader returns `Pending` and what it read
-//! has been written and flushed.
+//! has been written and flushed. While its writer blocks it reads nothing
+//! more (back-pressure: one buffer at most, whatever the sender pushes);
+//! blocked for the route's `write_stall_timeout` it reports a stall
+//! (stall.rs), and once abandoned it writes nothing more and only reads and
+//! drops what its sender still sends. The client's direction meters the
+//! messages it passes against the route's rate (rate.rs).
 //!
 //! Must not: decide when the tunnel ends (tunnel.rs does), log per frame,
 //! unmask or buffer whole payloads.
@@ -27,6 +32,8 @@ use tokio::io::ReadBuf;
 
 use crate::observe::registry::{now_ms, ConnStats, DirectionCounters};
 use crate::tunnel::frames::{encode_close, FrameError, FrameTracker, Sender};
+use crate::tunnel::rate::{metered, Bucket};
+use crate::tunnel::stall::StallWatch;
 use crate::tunnel::watch::HalfWatch;
 use crate::tunnel::{mask_key, FramePolicy, Splice, COPY_BUFFER_SIZE};
 
@@ -83,6 +90,17 @@ pub(crate) struct Half {
     /// What the route's keepalive policies need from this direction
     /// (keepalive.rs); `None` when they watch nothing, so it costs a pointer.
     watch: Option<Box<HalfWatch>>,
+    /// The route's message rate, on the client's direction only; boxed so
+    /// that tunnels of routes without one carry a pointer, not a bucket.
+    rate: Option<Box<Bucket>>,
+    /// The route's `write_stall_timeout`; `None` only in unit tests.
+    stall: Option<StallWatch>,
+    /// The writer made no progress for the whole `write_stall_timeout`.
+    stalled: bool,
+    /// The receiver stopped reading: nothing more is written to it (not
+    /// even a shutdown, which TLS would have to write); what the sender
+    /// still sends is read and dropped.
+    abandoned: bool,
 }
 
 impl Half {
@@ -99,6 +117,10 @@ impl Half {
             violation: None,
             shut_after_inject: false,
             watch: None,
+            rate: None,
+            stall: None,
+            stalled: false,
+            abandoned: false,
         }
     }
 
@@ -114,7 +136,53 @@ impl Half {
                 .keepalive
                 .watches_activity()
                 .then(|| Box::new(HalfWatch::new())),
+            rate: policy
+                .rate
+                .filter(|_| sender == Sender::Client)
+                .map(|r| Box::new(Bucket::new(r, tokio::time::Instant::now()))),
+            stall: policy.write_stall.map(StallWatch::new),
             ..Self::new(sender)
+        }
+    }
+
+    /// The write-stall timeout, once the writer has made no progress for
+    /// that long while it had bytes to write.
+    pub(crate) fn stalled(&self) -> Option<std::time::Duration> {
+        self.stall
+            .as_ref()
+            .filter(|_| self.stalled && !self.abandoned)
+            .map(StallWatch::after)
+    }
+
+    /// The receiver stopped reading: give up writing to it (the buffer
+    /// held for it is dropped) and only read and drop what the sender
+    /// still sends, until its EOF.
+    pub(crate) fn abandon_writer(&mut self) {
+        self.abandoned = true;
+        self.inject = None;
+        self.injecting = false;
+        self.need_flush = false;
+        if let Some(w) = &mut self.stall {
+            w.idle();
+        }
+        self.phase = match self.phase {
+            Phase::Done | Phase::ShuttingDown => Phase::Done,
+            _ => Phase::Idle,
+        };
+    }
+
+    /// The writer would block: once that has lasted the whole
+    /// `write_stall_timeout`, the direction is stalled (the run loop acts on it).
+    fn write_blocked(&mut self, cx: &mut Context<'_>) {
+        if let Some(w) = &mut self.stall {
+            self.stalled |= w.blocked(cx);
+        }
+    }
+
+    /// The writer took bytes: the stall clock starts again.
+    fn write_progress(&mut self) {
+        if let Some(w) = &mut self.stall {
+            w.progress();
         }
     }
 
@@ -245,9 +313,12 @@ impl Half {
         counters: &DirectionCounters,
         stats: &ConnStats,
     ) -> Result<usize, HalfError> {
-        let pass = match self.tracker.feed_at(data) {
+        let fed = metered(self.rate.as_deref_mut(), &mut self.tracker, |t| {
+            t.feed_at(data)
+        });
+        let pass = match fed {
             Ok(pass) => pass,
-            Err((e, _)) if !self.strict && !e.is_size_limit() => data.len(),
+            Err((e, _)) if !self.strict && !e.is_route_limit() => data.len(),
             Err((e, start)) => {
                 self.violation = Some(e);
                 if start.is_some() {
@@ -319,6 +390,10 @@ impl Half {
                         continue;
                     }
                     if let Poll::Ready(r) = reader.poll_read_ready(cx) {
+                        if r.is_err() && self.abandoned {
+                            self.phase = Phase::Done;
+                            return Poll::Ready(Ok(()));
+                        }
                         r.map_err(HalfError::Read)?;
                         self.phase = Phase::Reading(vec![0; COPY_BUFFER_SIZE]);
                         continue;
@@ -349,13 +424,18 @@ impl Half {
                                 if let Poll::Ready(r) = Pin::new(&mut *writer).poll_flush(cx) {
                                     r.map_err(HalfError::Write)?;
                                     self.need_flush = false;
+                                    self.write_progress();
                                 } else {
                                     // Keep the buffer until the flush completes.
                                     self.phase = Phase::Reading(buf);
+                                    self.write_blocked(cx);
                                     return Poll::Pending;
                                 }
                             }
                             // Drained: give the buffer back while idle.
+                            if let Some(w) = &mut self.stall {
+                                w.idle();
+                            }
                             return Poll::Pending;
                         }
                         // rustls reports a TLS peer that closed without close_notify as
@@ -364,6 +444,11 @@ impl Half {
                         Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                             self.eof = true;
                             self.phase = Phase::ShuttingDown;
+                        }
+                        // Its receiver is gone already: a sender's reset is only its end.
+                        Poll::Ready(Err(_)) if self.abandoned => {
+                            self.phase = Phase::Done;
+                            return Poll::Ready(Ok(()));
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(HalfError::Read(e))),
                         Poll::Ready(Ok(())) => {
@@ -377,6 +462,12 @@ impl Half {
                                 w.restore_held(&mut buf);
                             }
                             let n = held + n;
+                            if self.abandoned {
+                                // Its receiver stopped reading: dropped, only followed.
+                                let _ = self.tracker.feed(&buf[..n]);
+                                self.phase = Phase::Reading(buf);
+                                continue;
+                            }
                             if self.violation.is_some() {
                                 // The sender broke the protocol: nothing of its passes now.
                                 self.phase = Phase::Reading(buf);
@@ -416,6 +507,7 @@ impl Half {
                     match Pin::new(&mut *writer).poll_write(cx, &buf[pos..end]) {
                         Poll::Pending => {
                             self.phase = Phase::Writing { buf, pos, end };
+                            self.write_blocked(cx);
                             return Poll::Pending;
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(HalfError::Write(e))),
@@ -425,6 +517,7 @@ impl Half {
                             )))
                         }
                         Poll::Ready(Ok(m)) => {
+                            self.write_progress();
                             let pos = pos + m;
                             if pos < end {
                                 self.phase = Phase::Writing { buf, pos, end };
@@ -448,6 +541,10 @@ impl Half {
                             }
                         }
                     }
+                }
+                Phase::ShuttingDown if self.abandoned => {
+                    self.phase = Phase::Done;
+                    return Poll::Ready(Ok(()));
                 }
                 Phase::ShuttingDown => {
                     if let Poll::Ready(r) = Pin::new(&mut *writer).poll_shutdown(cx) {

@@ -3,7 +3,9 @@
 //! Owns: copying both ways with a half-close passed on, following WebSocket
 //! frame headers in each direction (see `frames.rs`), counting bytes,
 //! frames and messages into the connection's live counters as they move,
-//! the half-close deadline, and reacting to shutdown. Returns a
+//! the half-close deadline, and reacting to shutdown. A route's message
+//! rate (`rate.rs`) and its write-stall timeout for a side that stops
+//! reading (`stall.rs`) hook in here and in `direction.rs`. Returns a
 //! [`TunnelOutcome`] saying who ended it and how.
 //!
 //! Each direction is a `Half` (direction.rs), a copy state machine with
@@ -51,14 +53,19 @@ pub mod frames;
 pub mod keepalive;
 mod outcome;
 mod policy;
+mod rate;
 pub mod session;
+mod stall;
 #[cfg(test)]
 mod tests;
 mod watch;
 
-use outcome::offender_close;
-pub use outcome::{TunnelError, TunnelOutcome, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
+use outcome::{offender_close, violation_error};
+pub use outcome::{
+    TunnelError, TunnelOutcome, CLOSE_POLICY_VIOLATION, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
+};
 pub use policy::{FramePolicy, TunnelTimeouts};
+pub use rate::RateLimit;
 
 /// Size of the copy buffer a direction holds while data moves.
 pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
@@ -120,6 +127,7 @@ pub async fn run<C: Splice, B: Splice>(
         proxy_close: None,
         violation: None,
         keepalive: None,
+        stall: None,
     };
     // `None` unless the route sets a keepalive policy: no timer otherwise.
     let mut keep = Keepalive::start(&policy.keepalive);
@@ -219,14 +227,23 @@ pub async fn run<C: Splice, B: Splice>(
                 .as_mut()
                 .is_some_and(|t| t.as_mut().poll(cx).is_ready());
             if expired || (up.is_done() && down.is_done()) {
-                let error = if source.is_size_limit() {
-                    TunnelError::TooBig { side, source }
-                } else {
-                    TunnelError::Protocol { side, source }
-                };
-                return Poll::Ready(state.end(side, error));
+                return Poll::Ready(state.end(side, violation_error(side, source)));
             }
             return Poll::Pending;
+        }
+        if state.proxy_close.is_none() {
+            let (close, id) = (timeouts.close, stats.id);
+            if let Some(p) = stall::poll_stall(
+                &mut up,
+                &mut down,
+                &mut state,
+                &mut close_timer,
+                close,
+                id,
+                cx,
+            ) {
+                return p;
+            }
         }
         if state.first_close.is_none() && (up.injected() || down.injected()) {
             let code = state.proxy_close.as_ref().map(|o| o.code);
@@ -304,6 +321,9 @@ struct RunState {
     violation: Option<(Side, FrameError)>,
     /// A keepalive policy of the route is closing the tunnel.
     keepalive: Option<KeepaliveEnd>,
+    /// A side stopped reading for the route's `write_stall_timeout` (given):
+    /// the other side gets Close 1001 (see stall.rs).
+    stall: Option<(Side, Duration)>,
 }
 
 impl RunState {
@@ -452,13 +472,7 @@ fn half_error(
                 source,
             },
         ),
-        HalfError::Protocol(source) => (
-            sender,
-            TunnelError::Protocol {
-                side: sender,
-                source,
-            },
-        ),
+        HalfError::Protocol(source) => (sender, violation_error(sender, source)),
     };
     TunnelOutcome {
         closed_by,

@@ -14,12 +14,29 @@ pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 /// Close code to a peer whose frame or message is over the route's limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
+/// Close code to a client that begins messages faster than the route's
+/// `messages_per_second` allows.
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
 /// The Close a side that broke `e` gets.
 pub(crate) fn offender_close(e: FrameError) -> (u16, &'static str) {
     if e.is_size_limit() {
         (CLOSE_TOO_BIG, "message too big")
+    } else if e == FrameError::RateLimited {
+        (CLOSE_POLICY_VIOLATION, "message rate exceeded")
     } else {
         (CLOSE_PROTOCOL_ERROR, "protocol error")
+    }
+}
+
+/// The error that ends a tunnel whose `side` broke `source`.
+pub(crate) fn violation_error(side: Side, source: FrameError) -> TunnelError {
+    if source.is_size_limit() {
+        TunnelError::TooBig { side, source }
+    } else if source == FrameError::RateLimited {
+        TunnelError::RateLimited { side }
+    } else {
+        TunnelError::Protocol { side, source }
     }
 }
 
@@ -61,6 +78,21 @@ pub enum TunnelError {
         /// The limit passed.
         #[source]
         source: FrameError,
+    },
+    /// A client began messages faster than the route's `messages_per_second`.
+    #[error("{} began messages over the route's messages_per_second", side.as_str())]
+    RateLimited {
+        /// The sender (the client).
+        side: Side,
+    },
+    /// A side took none of the bytes written to it for the route's
+    /// `write_stall_timeout`.
+    #[error("{} took no bytes for {after:?} (write_stall_timeout)", side.as_str())]
+    WriteStall {
+        /// The side that stopped reading.
+        side: Side,
+        /// The configured timeout.
+        after: Duration,
     },
     /// One side finished and the other did not within `timeouts.half_close`.
     #[error("other side still open {0:?} after one side closed")]
@@ -129,6 +161,8 @@ impl TunnelError {
             TunnelError::Write { .. } => EndReason::WriteError,
             TunnelError::Protocol { .. } => EndReason::ProtocolError,
             TunnelError::TooBig { .. } => EndReason::TooBig,
+            TunnelError::RateLimited { .. } => EndReason::RateLimited,
+            TunnelError::WriteStall { .. } => EndReason::WriteStall,
             TunnelError::HalfCloseTimeout(_) => EndReason::HalfCloseTimeout,
             TunnelError::CloseTimeout { .. } | TunnelError::CloseUnanswered { .. } => {
                 EndReason::CloseTimeout

@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 use crate::tunnel::keepalive::KeepalivePolicy;
+use crate::tunnel::RateLimit;
 
-/// How a tunnel judges the frames it relays.
+/// How a tunnel judges the frames it relays, and its route's limits: the
+/// client's message rate, a peer that stops reading, idle time, pings and
+/// age.
 #[derive(Debug, Clone, Copy)]
 pub struct FramePolicy {
     /// `[websocket] strict`: a protocol violation ends the tunnel with
@@ -21,6 +24,13 @@ pub struct FramePolicy {
     pub max_message: Option<u64>,
     /// The route's `idle_timeout`, pings and `max_connection_age`.
     pub keepalive: KeepalivePolicy,
+    /// The route's `messages_per_second` and `burst`, on what the client
+    /// sends: over it, Close 1008 (see rate.rs).
+    pub rate: Option<RateLimit>,
+    /// The route's `write_stall_timeout`: a direction with bytes to write
+    /// and no progress for that long ends the tunnel (see stall.rs).
+    /// `None` (unit tests only): never.
+    pub write_stall: Option<Duration>,
 }
 
 impl Default for FramePolicy {
@@ -31,6 +41,8 @@ impl Default for FramePolicy {
             max_frame: None,
             max_message: None,
             keepalive: KeepalivePolicy::default(),
+            rate: None,
+            write_stall: None,
         }
     }
 }

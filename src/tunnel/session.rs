@@ -71,10 +71,10 @@ where
         policy,
     } = session;
     let _active = active;
-    // Registered from the 101 on; the record and metrics are written when
-    // `ending` drops, on every path, a panic included.
+    // Registered from the 101 on (the metrics count open tunnels from the
+    // registry); the record and metrics are written when `ending` drops, on
+    // every path, a panic included.
     let guard = registry.open(conn, &drain);
-    metrics.tunnel_opened(&guard.stats.info);
     let mut ending = Ending {
         metrics,
         guard,

@@ -345,6 +345,8 @@ pub struct Handshake<'a> {
     pub tls: Option<&'a BackendTls>,
     /// The upstream's passive-check settings, to count failures under.
     pub availability: &'a Availability,
+    /// Written first on the connection (`send_proxy_protocol`); empty: nothing.
+    pub preamble: &'a [u8],
 }
 
 /// Tells `server`'s passive checks how one attempt ended: `None` for an
@@ -371,7 +373,7 @@ pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answ
         // Counted from the pick, not from the 101: concurrent handshakes
         // must see each other's load, or a burst lands on one server.
         let active = server.track();
-        let stream = match connect(server, hs.deadlines.connect, hs.tls).await {
+        let stream = match connect(server, hs.deadlines.connect, hs.tls, hs.preamble).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(backend = %server.addr, error = %e, "backend connect failed");
@@ -388,11 +390,14 @@ pub async fn open(candidates: &[Arc<Server>], hs: &Handshake<'_>) -> Result<Answ
     Err(last)
 }
 
-/// TCP connect, then TLS if asked, both within `after`.
+/// TCP connect, then `preamble` (a PROXY protocol header, or nothing),
+/// then TLS if asked, all within `after`. The header goes before TLS: it
+/// is read by whatever accepts the TCP connection.
 pub(crate) async fn connect(
     server: &Server,
     after: Duration,
     tls: Option<&BackendTls>,
+    preamble: &[u8],
 ) -> Result<BackendStream, UpstreamError> {
     let addr = server.addr;
     // One deadline for TCP and TLS together.
@@ -404,6 +409,15 @@ pub(crate) async fn connect(
     };
     // Frames are small and latency-sensitive; Nagle would hold them back.
     let _ = tcp.set_nodelay(true);
+    let mut tcp = tcp;
+    if !preamble.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        match tokio::time::timeout_at(deadline, tcp.write_all(preamble)).await {
+            Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Ok(Ok(())) => {}
+        }
+    }
     let Some(tls) = tls else {
         return Ok(MaybeTls::Plain(tcp));
     };

@@ -9,6 +9,15 @@
 //! response was read to the end, and one whose response could not be framed
 //! (or was cut short) is closed, never reused.
 //!
+//! With `send_proxy_protocol`, a connection starts with a PROXY header
+//! naming one client, so it must never carry another client's request:
+//! the pool is keyed by the client's and the destination's addresses as
+//! well as the server's (they ride in the pool key, the URI's user-info,
+//! which never reaches the backend: hyper sends the origin form and the
+//! client's own `Host`). A client's keep-alive requests still share
+//! connections; idle ones are kept per client under the same
+//! `pool_max_idle` and `pool_idle_timeout`.
+//!
 //! Must not: pick servers (the balancer does) or retry (plain.rs decides).
 
 use std::collections::HashMap;
@@ -27,6 +36,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::net::proxy_protocol::{self, Version};
 use crate::net::tls::{BackendStream, BackendTls, MaybeTls};
 use crate::upstream::balancer::{Server, UpstreamSettings};
 use crate::upstream::{self, UpstreamError};
@@ -45,6 +55,8 @@ pub struct HttpPool {
     /// `https` when the upstream uses TLS: only for the pool key and logs,
     /// since the connector decides TLS itself.
     scheme: &'static str,
+    /// `send_proxy_protocol`: connections are then keyed by client.
+    proxy: Option<Version>,
 }
 
 impl std::fmt::Debug for HttpPool {
@@ -76,10 +88,12 @@ impl HttpPool {
     /// A pool over `parts.servers`.
     pub fn new(parts: PoolParts<'_>) -> Self {
         let scheme = if parts.tls.is_some() { "https" } else { "http" };
+        let proxy = parts.settings.send_proxy_protocol.map(Version::from);
         let connector = Connector {
             servers: Arc::new(parts.servers.iter().map(|s| (s.addr, s.clone())).collect()),
             tls: parts.tls,
             timeout: parts.connect_timeout,
+            proxy,
         };
         let executor = Tracked {
             tasks: parts.tasks,
@@ -90,11 +104,17 @@ impl HttpPool {
             .pool_idle_timeout(parts.settings.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Self { client, scheme }
+        Self {
+            client,
+            scheme,
+            proxy,
+        }
     }
 
     /// Sends `req` (origin-form target, client's headers) to `server`,
-    /// on a pooled connection when one is idle.
+    /// on a pooled connection when one is idle. `client` and `local` are
+    /// what a PROXY header names (see the module's doc): the real client
+    /// and the address it connected to.
     ///
     /// # Errors
     /// hyper-util's error; a connect failure is [`is_connect`] and carries
@@ -105,11 +125,18 @@ impl HttpPool {
         &self,
         server: &Server,
         mut req: Request<PoolBody>,
+        client: SocketAddr,
+        local: SocketAddr,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        // The authority is the server's address: it keys the pool, and the
-        // connector maps it back to the server.
-        if let Ok(uri) = format!("{}://{}{target}", self.scheme, server.addr).parse::<Uri>() {
+        // The authority is the server's address (and the client's with a
+        // PROXY header): it keys the pool, and the connector maps it back.
+        let who = match self.proxy {
+            Some(_) => format!("{}@", pool_key(client, local)),
+            None => String::new(),
+        };
+        let uri = format!("{}://{who}{}{target}", self.scheme, server.addr);
+        if let Ok(uri) = uri.parse::<Uri>() {
             *req.uri_mut() = uri;
         }
         self.client.request(req).await
@@ -128,6 +155,32 @@ struct Connector {
     servers: Arc<HashMap<SocketAddr, Arc<Server>>>,
     tls: Option<Arc<BackendTls>>,
     timeout: Duration,
+    proxy: Option<Version>,
+}
+
+/// The user-info naming a PROXY header's two addresses: URI-safe (`:` of
+/// IPv6 written `-`, fields joined by `_`), and read back by [`from_key`].
+fn pool_key(client: SocketAddr, local: SocketAddr) -> String {
+    let ip = |a: SocketAddr| a.ip().to_string().replace(':', "-");
+    format!(
+        "{}_{}_{}_{}",
+        ip(client),
+        client.port(),
+        ip(local),
+        local.port()
+    )
+}
+
+/// The addresses [`pool_key`] wrote.
+fn from_key(key: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let mut f = key.split('_');
+    let mut addr = || -> Option<SocketAddr> {
+        let ip = f.next()?.replace('-', ":").parse().ok()?;
+        let port = f.next()?.parse().ok()?;
+        Some(SocketAddr::new(ip, port))
+    };
+    let pair = (addr()?, addr()?);
+    f.next().is_none().then_some(pair)
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -142,12 +195,21 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let server = uri
-                .authority()
-                .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+            let authority = uri.authority().map_or("", |a| a.as_str());
+            let (who, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+            let server = host
+                .parse::<SocketAddr>()
+                .ok()
                 .and_then(|a| this.servers.get(&a).cloned())
                 .ok_or(UpstreamError::NoServers)?;
-            let stream = upstream::connect(&server, this.timeout, this.tls.as_deref()).await?;
+            let preamble = match (this.proxy, from_key(who)) {
+                (Some(v), Some((client, local))) => proxy_protocol::encode(v, client, local),
+                // `send` always names the client when the upstream sends headers.
+                (Some(_), None) => return Err(UpstreamError::NoServers),
+                (None, _) => Vec::new(),
+            };
+            let stream =
+                upstream::connect(&server, this.timeout, this.tls.as_deref(), &preamble).await?;
             Ok(TokioIo::new(stream))
         })
     }
@@ -181,5 +243,33 @@ where
                 _ = stop.cancelled() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_key_names_both_addresses_and_reads_back() {
+        for (c, l) in [
+            ("203.0.113.7:56324", "10.0.0.1:443"),
+            ("[2001:db8::7]:1", "[::ffff:10.0.0.1]:0"),
+        ] {
+            let (c, l) = (c.parse().expect("c"), l.parse().expect("l"));
+            let key = pool_key(c, l);
+            let uri: Uri = format!("http://{key}@127.0.0.1:9/x")
+                .parse()
+                .expect("URI-safe");
+            let (who, host) = uri
+                .authority()
+                .expect("a")
+                .as_str()
+                .rsplit_once('@')
+                .expect("@");
+            assert_eq!((from_key(who), host), (Some((c, l)), "127.0.0.1:9"));
+        }
+        assert_eq!(from_key(""), None);
+        assert_eq!(from_key("1.2.3.4_1_5.6.7.8_2_x"), None);
     }
 }

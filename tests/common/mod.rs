@@ -761,6 +761,9 @@ pub struct AppBackend {
     pub addr: SocketAddr,
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub requests: Arc<Mutex<Vec<Seen>>>,
+    /// With [`AppBackend::start_proxied`]: the PROXY header each connection
+    /// began with, by connection index.
+    pub proxy_headers: Arc<Mutex<Vec<(usize, wsgate::net::proxy_protocol::ProxyHeader)>>>,
 }
 
 impl AppBackend {
@@ -770,6 +773,17 @@ impl AppBackend {
 
     /// With `tls`, every connection is a TLS connection first.
     pub async fn start_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        Self::start_with(tls, false).await
+    }
+
+    /// Like [`start_tls`], requiring a PROXY protocol header (v1 or v2)
+    /// before anything else on every connection, as a backend behind an L4
+    /// balancer does: a connection without one is closed unanswered.
+    pub async fn start_proxied(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        Self::start_with(tls, true).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>, proxied: bool) -> Self {
         use std::sync::atomic::Ordering;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -777,13 +791,21 @@ impl AppBackend {
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (conns, reqs) = (connections.clone(), requests.clone());
+        let proxy_headers = Arc::new(Mutex::new(Vec::new()));
+        let (conns, reqs, heads) = (connections.clone(), requests.clone(), proxy_headers.clone());
         tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
+            while let Ok((mut tcp, _)) = listener.accept().await {
                 let conn = conns.fetch_add(1, Ordering::SeqCst);
                 let reqs = reqs.clone();
                 let tls = tls.clone();
+                let heads = heads.clone();
                 tokio::spawn(async move {
+                    if proxied {
+                        match wsgate::net::proxy_protocol::read_header(&mut tcp).await {
+                            Ok(h) => heads.lock().unwrap().push((conn, h)),
+                            Err(_) => return,
+                        }
+                    }
                     let service = hyper::service::service_fn(move |req| {
                         reqs.lock().unwrap().push(Seen {
                             conn,
@@ -814,6 +836,7 @@ impl AppBackend {
             addr,
             connections,
             requests,
+            proxy_headers,
         }
     }
 

@@ -40,7 +40,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as PromRegistry;
 
 use crate::observe::access::AccessRecord;
-use crate::observe::registry::{ConnInfo, Registry};
+use crate::observe::registry::Registry;
 use config_version::InfoCollector;
 pub use health::ServerList;
 use health::{HealthCheckLabels, StateCollector};
@@ -66,8 +66,6 @@ fn duration_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: PromRegistry,
-    tunnels_active: Family<TunnelLabels, Gauge>,
-    tunnels_total: Family<TunnelLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     handshake_seconds: Family<ListenerLabels, Histogram>,
     tunnel_seconds: Family<DurationLabels, Histogram>,
@@ -92,8 +90,6 @@ impl Metrics {
     /// Registers every family; `live` is read at each scrape for open tunnels.
     pub fn new(live: Arc<Registry>, config_version: &str) -> Self {
         let mut registry = PromRegistry::default();
-        let tunnels_active = Family::<TunnelLabels, Gauge>::default();
-        let tunnels_total = Family::<TunnelLabels, Counter>::default();
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         let handshake_seconds = Family::<ListenerLabels, Histogram>::new_with_constructor(
             handshake_histogram as fn() -> Histogram,
@@ -141,16 +137,6 @@ impl Metrics {
             "wsgate_http_responses_aborted",
             "Plain HTTP responses wsgate cut short, by reason (client_write: the client took no bytes)",
             aborted.clone(),
-        );
-        registry.register(
-            "wsgate_tunnels_active",
-            "Open WebSocket tunnels",
-            tunnels_active.clone(),
-        );
-        registry.register(
-            "wsgate_tunnels",
-            "WebSocket tunnels opened",
-            tunnels_total.clone(),
         );
         registry.register(
             "wsgate_handshakes",
@@ -214,8 +200,6 @@ impl Metrics {
             health_checks,
             states,
             registry,
-            tunnels_active,
-            tunnels_total,
             handshakes,
             handshake_seconds,
             tunnel_seconds,
@@ -327,16 +311,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A tunnel opened.
-    pub fn tunnel_opened(&self, info: &ConnInfo) {
-        let labels = TunnelLabels::of(info);
-        self.tunnels_active.get_or_create(&labels).inc();
-        self.tunnels_total.get_or_create(&labels).inc();
-    }
-
-    /// A tunnel closed with this record.
+    /// A tunnel closed with this record. (Open tunnels are counted from
+    /// the live registry at each scrape.)
     pub fn tunnel_closed(&self, labels: &TunnelLabels, record: &AccessRecord) {
-        self.tunnels_active.get_or_create(labels).dec();
         self.tunnel_seconds
             .get_or_create(&DurationLabels {
                 listener: labels.listener.clone(),
@@ -368,8 +345,9 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let t = closed.entry(labels.clone()).or_default();
-        t.0.add(&record.to_backend);
-        t.1.add(&record.to_client);
+        t.opened += 1;
+        t.to_backend.add(&record.to_backend);
+        t.to_client.add(&record.to_client);
         self.traffic.live.remove(record.id);
     }
 
@@ -379,7 +357,9 @@ impl Metrics {
         self.availability.ejected(upstream, server, n);
     }
 
-    /// A client connection refused at accept, over the limit `reason` names.
+    /// A client connection refused before it was served: over the limit
+    /// `reason` names, or on a `proxy_protocol` listener an untrusted peer or
+    /// a bad PROXY header.
     pub fn connection_refused(&self, listener: &str, reason: &'static str) {
         self.refused.refused(listener, reason);
     }
@@ -407,6 +387,20 @@ impl Metrics {
                 result,
             });
         }
+    }
+
+    /// Folds the tunnel and traffic totals of servers no longer configured
+    /// (and with no live tunnel) into `server="removed"` series; called
+    /// after each snapshot swap and at each scrape.
+    pub fn forget_removed_servers(&self) {
+        let Some(list) = self.states.servers.get() else {
+            return;
+        };
+        let configured = list()
+            .into_iter()
+            .map(|(upstream, server)| (upstream.to_string(), server.addr.to_string()))
+            .collect();
+        self.traffic.fold_removed(&configured);
     }
 
     /// Drops the ejection series of a server no longer in the config.
@@ -450,6 +444,7 @@ impl Metrics {
     /// # Errors
     /// Only if formatting fails, which writing to a `String` does not.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        self.forget_removed_servers();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

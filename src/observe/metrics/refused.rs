@@ -28,7 +28,7 @@ impl RefusedMetrics {
         let m = Self::default();
         registry.register(
             "wsgate_connections_refused",
-            "Client connections refused at accept, by the limit they were over (max_connections, max_connections_per_ip)",
+            "Client connections refused before they were served, by reason: the limit they were over (max_connections, max_connections_per_ip), a peer outside trusted_proxies on a proxy_protocol listener (untrusted_proxy), or a PROXY header invalid, cut short or late (proxy_header)",
             m.refused.clone(),
         );
         registry.register(

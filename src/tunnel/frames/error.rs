@@ -5,7 +5,8 @@
 //! tracker can repeat it.
 
 /// A protocol violation found in a stream's frame headers (or Close code),
-/// or a frame over the route's size limits.
+/// a frame over the route's size limits, or a message begun over the
+/// route's message rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// Reserved bits (RSV1 = 4, RSV2 = 2, RSV3 = 1) set that no negotiated
@@ -48,6 +49,10 @@ pub enum FrameError {
     /// A Close frame carried a code that must not appear on the wire.
     #[error("close code {0} is not allowed on the wire")]
     InvalidCloseCode(u16),
+    /// A message or ping began with none of the route's
+    /// `messages_per_second` (and `burst`) left.
+    #[error("message begun over the route's messages_per_second")]
+    RateLimited,
 }
 
 impl FrameError {
@@ -58,6 +63,12 @@ impl FrameError {
             self,
             FrameError::FrameTooBig(_) | FrameError::MessageTooBig(_)
         )
+    }
+
+    /// Whether this is one of the route's limits (size or rate) rather than
+    /// a broken rule: enforced even when not strict.
+    pub fn is_route_limit(self) -> bool {
+        self.is_size_limit() || self == FrameError::RateLimited
     }
 }
 
@@ -85,6 +96,7 @@ mod tests {
             FrameError::LengthOverflow,
             FrameError::CloseTooShort,
             FrameError::InvalidCloseCode(1005),
+            FrameError::RateLimited,
         ];
         for e in all {
             let s = e.to_string();

@@ -33,6 +33,10 @@ pub struct FrameTracker {
     // Frames whose header completed after this sender's Close (saturating;
     // u32 keeps the tracker within a cache line).
     late: u32,
+    // Messages (text, binary) and pings this sender may still begin before
+    // its Close: the caller's message-rate budget (`u32::MAX`: unmetered).
+    // Set before a feed and read after it; the tracker knows no time.
+    starts_left: u32,
     // Route limits on one data frame's and one message's payload
     // (u64::MAX: none), and the current message's payload so far.
     max_frame: u64,
@@ -64,6 +68,7 @@ impl FrameTracker {
             messages: 0,
             control_frames: 0,
             late: 0,
+            starts_left: u32::MAX,
             max_frame: u64::MAX,
             max_message: u64::MAX,
             message_len: 0,
@@ -96,6 +101,20 @@ impl FrameTracker {
         self.max_frame = max_frame.unwrap_or(u64::MAX);
         self.max_message = max_message.unwrap_or(u64::MAX);
         self
+    }
+
+    /// How many more messages (text or binary, counted by their first
+    /// frame) and pings the sender may begin; the next one past it is
+    /// refused with [`FrameError::RateLimited`], judged from its first
+    /// header byte. `u32::MAX`: no limit (the default). Pongs, Closes and
+    /// continuations are never counted, nor frames after the sender's Close.
+    pub fn allow_starts(&mut self, n: u32) {
+        self.starts_left = n;
+    }
+
+    /// What is left of [`FrameTracker::allow_starts`]'s allowance.
+    pub fn starts_left(&self) -> u32 {
+        self.starts_left
     }
 
     /// Like [`FrameTracker::feed`], and on a violation also says where, in
@@ -343,6 +362,13 @@ impl FrameTracker {
             OP_CLOSE | OP_PING | OP_PONG if !fin => return Err(FrameError::FragmentedControl),
             OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
             op => return Err(FrameError::ReservedOpcode(op)),
+        }
+        if matches!(b & 0x0F, OP_TEXT | OP_BINARY | OP_PING) && !self.closed() {
+            match self.starts_left {
+                0 => return Err(FrameError::RateLimited),
+                u32::MAX => {}
+                _ => self.starts_left -= 1,
+            }
         }
         self.b0 = b;
         Ok(())

@@ -142,7 +142,9 @@ impl ProbeFailure {
     }
 }
 
-/// Probes `server` once as `check` says, with the upstream's TLS; returns
+/// Probes `server` once as `check` says, with the upstream's TLS and
+/// `preamble` first (a PROXY header naming no client, for an upstream with
+/// `send_proxy_protocol`: its backends may require one); returns
 /// the latency (to the connect, the answer, or the pong), or what failed.
 ///
 /// # Errors
@@ -151,10 +153,11 @@ pub async fn probe(
     server: &Server,
     check: &HealthCheck,
     tls: Option<&BackendTls>,
+    preamble: &[u8],
 ) -> Result<Duration, ProbeFailure> {
     let started = Instant::now();
     let deadline = started + check.timeout;
-    let mut stream = match crate::upstream::connect(server, check.timeout, tls).await {
+    let mut stream = match crate::upstream::connect(server, check.timeout, tls, preamble).await {
         Ok(s) => s,
         Err(UpstreamError::Connect { source, .. }) => return Err(ProbeFailure::Connect(source)),
         Err(UpstreamError::Tls { source, .. }) => return Err(ProbeFailure::Tls(source)),
