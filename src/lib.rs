@@ -62,7 +62,8 @@
 //!   ([`observe::access`]), metrics ([`observe::metrics`]), the backend
 //!   error throttle ([`observe::errorlog`]).
 //! - [`tunnel`]: splicing two streams at frame boundaries, frame headers
-//!   ([`tunnel::frames`]), one tunnel's task ([`tunnel::session`]).
+//!   ([`tunnel::frames`]), one tunnel's task ([`tunnel::session`]), the
+//!   routes' idle, ping and age policies ([`tunnel::keepalive`]).
 //! - [`proxy`]: one request's phases, the connection context
 //!   ([`proxy::context`]), handshake rules, routing, forwarding headers,
 //!   plain HTTP ([`proxy::plain`], [`proxy::upload`]).

@@ -25,6 +25,7 @@ use serde::Serialize;
 pub mod availability;
 pub mod error;
 pub mod health;
+mod keepalive;
 pub mod origin;
 mod raw;
 pub mod tls;
@@ -376,6 +377,16 @@ pub struct RouteConfig {
     pub max_frame_bytes: Option<u64>,
     /// Largest message (fragments summed) either side may send; `None`: no limit.
     pub max_message_bytes: Option<u64>,
+    /// No bytes relayed either way for this long closes a tunnel; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// A client silent this long gets a ping from wsgate; `None`: no pings.
+    pub ping_interval: Option<Duration>,
+    /// How long a client has to answer wsgate's ping; set exactly when
+    /// `ping_interval` is (its value when the file leaves it out).
+    pub ping_timeout: Option<Duration>,
+    /// A tunnel is closed when it gets this old, less up to 10% of jitter;
+    /// `None`: never.
+    pub max_connection_age: Option<Duration>,
     /// `allowed_origins` and `allow_missing_origin`; `None`: any Origin.
     pub origins: Option<OriginPolicy>,
     /// Messages (and pings) a client may begin per second; `None`: no limit.

@@ -504,6 +504,7 @@ impl<'a> Validator<'a> {
                         "another route has the same host and path_prefix",
                     );
                 }
+                let keepalive = self.route_keepalive(&r, &key);
                 let max_frame_bytes =
                     self.bytes_at_least_1(r.max_frame_bytes, &key, "max_frame_bytes");
                 let max_message_bytes =
@@ -522,6 +523,10 @@ impl<'a> Validator<'a> {
                     upstream,
                     max_frame_bytes,
                     max_message_bytes,
+                    idle_timeout: keepalive.idle_timeout,
+                    ping_interval: keepalive.ping_interval,
+                    ping_timeout: keepalive.ping_timeout,
+                    max_connection_age: keepalive.max_connection_age,
                     origins,
                     messages_per_second,
                     burst,

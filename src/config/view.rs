@@ -26,6 +26,11 @@ pub(crate) fn humantime<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::E
     s.collect_str(&humantime::format_duration(*d))
 }
 
+/// A duration as `humantime` writes it, for an optional key.
+fn shown(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 /// The whole running config.
 #[derive(Serialize)]
 pub struct ConfigView<'a> {
@@ -168,6 +173,11 @@ struct RouteView<'a> {
     /// `null`: no limit, as when the key is left out.
     max_frame_bytes: Option<u64>,
     max_message_bytes: Option<u64>,
+    /// `null`: off, as when the key is left out.
+    idle_timeout: Option<String>,
+    ping_interval: Option<String>,
+    ping_timeout: Option<String>,
+    max_connection_age: Option<String>,
     /// `null`: any Origin, as when the key is left out.
     allowed_origins: Option<Vec<String>>,
     allow_missing_origin: bool,
@@ -187,6 +197,10 @@ impl<'a> From<&'a RouteConfig> for RouteView<'a> {
             upstream: &r.upstream,
             max_frame_bytes: r.max_frame_bytes,
             max_message_bytes: r.max_message_bytes,
+            idle_timeout: r.idle_timeout.map(shown),
+            ping_interval: r.ping_interval.map(shown),
+            ping_timeout: r.ping_timeout.map(shown),
+            max_connection_age: r.max_connection_age.map(shown),
             allowed_origins: r
                 .origins
                 .as_ref()

@@ -93,6 +93,15 @@ pub enum EndReason {
     /// `timeouts.close`; after a peer's Close, `closed_by` is the side that
     /// never answered.
     CloseTimeout,
+    /// No bytes relayed either way for the route's `idle_timeout`: wsgate
+    /// closed both sides with 1001.
+    IdleTimeout,
+    /// The client did not answer wsgate's ping within the route's
+    /// `ping_timeout`: the backend got 1001, the client's connection was cut.
+    PingTimeout,
+    /// The tunnel reached the route's `max_connection_age` (with jitter):
+    /// wsgate closed both sides with 1001.
+    MaxAge,
     /// Cut by a hard shutdown.
     Shutdown,
     /// The client's connection never reached the tunnel (it left between
@@ -116,6 +125,9 @@ impl EndReason {
             EndReason::WriteStall => "write_stall",
             EndReason::HalfCloseTimeout => "half_close_timeout",
             EndReason::CloseTimeout => "close_timeout",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::PingTimeout => "ping_timeout",
+            EndReason::MaxAge => "max_age",
             EndReason::Shutdown => "shutdown",
             EndReason::NotStarted => "not_started",
             EndReason::Aborted => "aborted",

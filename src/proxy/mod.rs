@@ -437,6 +437,7 @@ async fn upgrade(
                 policy: FramePolicy {
                     max_frame: routed.route.max_frame_bytes,
                     max_message: routed.route.max_message_bytes,
+                    keepalive: routed.route.keepalive,
                     rate: routed.route.rate,
                     write_stall: Some(routed.route.write_stall_timeout),
                     ..FramePolicy::for_extensions(

@@ -12,8 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, HostPattern, Limits, ListenerConfig, Timeouts, UpstreamConfig};
+use crate::config::{
+    Config, HostPattern, Limits, ListenerConfig, RouteConfig, Timeouts, UpstreamConfig,
+};
 use crate::net::tls::TlsSettings;
+use crate::tunnel::keepalive::{KeepalivePolicy, PingPolicy};
 use crate::tunnel::RateLimit;
 use crate::upstream::balancer::{Server, Upstream};
 
@@ -77,6 +80,8 @@ pub struct Route {
     pub max_frame_bytes: Option<u64>,
     /// See `max_frame_bytes`.
     pub max_message_bytes: Option<u64>,
+    /// `idle_timeout`, pings and `max_connection_age` of its tunnels.
+    pub keepalive: KeepalivePolicy,
     /// Which Origins may open a WebSocket here; `None`: any.
     pub origins: Option<crate::config::OriginPolicy>,
     /// `messages_per_second` and `burst` (filled in) of its tunnels' clients.
@@ -173,6 +178,7 @@ impl Snapshot {
                     upstream,
                     max_frame_bytes: r.max_frame_bytes,
                     max_message_bytes: r.max_message_bytes,
+                    keepalive: keepalive_policy(r),
                     origins: r.origins.clone(),
                     rate: r.messages_per_second.map(|per_second| RateLimit {
                         per_second,
@@ -299,6 +305,19 @@ fn resolved_servers<'a>(u: &'a UpstreamConfig, answers: &Answers) -> Vec<Resolve
         }
     }
     servers
+}
+
+/// A route's keepalive keys as its tunnels apply them.
+fn keepalive_policy(r: &RouteConfig) -> KeepalivePolicy {
+    KeepalivePolicy {
+        idle_timeout: r.idle_timeout,
+        // Validation sets `ping_timeout` whenever `ping_interval` is set.
+        ping: r.ping_interval.map(|interval| PingPolicy {
+            interval,
+            timeout: r.ping_timeout.unwrap_or(interval),
+        }),
+        max_age: r.max_connection_age,
+    }
 }
 
 fn listener_settings(l: &ListenerConfig) -> Result<ListenerSettings, CompileError> {

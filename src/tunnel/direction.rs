@@ -1,6 +1,8 @@
 //! One direction of a tunnel: the copy state machine that moves bytes
 //! from a reader to a writer, follows their frame headers, counts them, and
-//! writes wsgate's own Close frame exactly at a frame boundary.
+//! writes wsgate's own Close frame exactly at a frame boundary (and, for a
+//! route that pings its clients, wsgate's Ping, while the client's Pong to
+//! it is dropped: see `watch.rs`).
 //!
 //! Owns: [`Half`] and its phases. Per-direction phases, and the only legal
 //! transitions: `Idle -> Reading` (reader readable), `Reading -> Writing`
@@ -32,6 +34,7 @@ use crate::observe::registry::{now_ms, ConnStats, DirectionCounters};
 use crate::tunnel::frames::{encode_close, FrameError, FrameTracker, Sender};
 use crate::tunnel::rate::{metered, Bucket};
 use crate::tunnel::stall::StallWatch;
+use crate::tunnel::watch::HalfWatch;
 use crate::tunnel::{mask_key, FramePolicy, Splice, COPY_BUFFER_SIZE};
 
 /// Close code to the side that did not break the protocol: its peer is going away.
@@ -84,6 +87,9 @@ pub(crate) struct Half {
     /// After wsgate's Close is written, shut the receiver's writer down
     /// (the receiver broke the protocol: nothing more goes to it).
     shut_after_inject: bool,
+    /// What the route's keepalive policies need from this direction
+    /// (keepalive.rs); `None` when they watch nothing, so it costs a pointer.
+    watch: Option<Box<HalfWatch>>,
     /// The route's message rate, on the client's direction only; boxed so
     /// that tunnels of routes without one carry a pointer, not a bucket.
     rate: Option<Box<Bucket>>,
@@ -110,6 +116,7 @@ impl Half {
             strict: true,
             violation: None,
             shut_after_inject: false,
+            watch: None,
             rate: None,
             stall: None,
             stalled: false,
@@ -125,6 +132,10 @@ impl Half {
             tracker: FrameTracker::with_rsv(sender, policy.rsv)
                 .with_limits(policy.max_frame, policy.max_message),
             strict: policy.strict,
+            watch: policy
+                .keepalive
+                .watches_activity()
+                .then(|| Box::new(HalfWatch::new())),
             rate: policy
                 .rate
                 .filter(|_| sender == Sender::Client)
@@ -238,6 +249,27 @@ impl Half {
         self.discard
     }
 
+    /// wsgate's own Close has been written and flushed to the receiver.
+    pub(crate) fn injection_flushed(&self) -> bool {
+        self.discard && !self.need_flush && !matches!(self.phase, Phase::Writing { .. })
+    }
+
+    /// The keepalive record of this direction, when the route keeps one.
+    pub(crate) fn watch_mut(&mut self) -> Option<&mut HalfWatch> {
+        self.watch.as_deref_mut()
+    }
+
+    /// wsgate's ping, when one waits and this is a frame boundary with
+    /// everything read so far written; never once a Close has passed either
+    /// way of this direction, nor after a violation.
+    fn take_ping(&mut self) -> Option<Vec<u8>> {
+        let closing = self.inject.is_some() || self.discard || self.violation.is_some();
+        if closing || !self.tracker.at_boundary() || self.tracker.close().is_some() {
+            return None;
+        }
+        self.watch.as_mut()?.take_ping()
+    }
+
     /// Queues bytes read past the handshake as the first to deliver.
     pub(crate) fn start_with(
         &mut self,
@@ -315,6 +347,19 @@ impl Half {
         Ok(pass)
     }
 
+    /// Drops the pong that answers wsgate's ping from `buf[..n]`; the
+    /// client was heard even when nothing is left to pass.
+    fn swallow_pong(&mut self, buf: &mut [u8], n: usize) -> usize {
+        let Some(w) = self.watch.as_mut() else {
+            return n;
+        };
+        let left = w.swallow_pong(&self.tracker, buf, n);
+        if left < n {
+            w.heard(false);
+        }
+        left
+    }
+
     fn start_injection(&mut self, frame: Vec<u8>) {
         self.injecting = true;
         let end = frame.len();
@@ -340,6 +385,10 @@ impl Half {
                         self.start_injection(frame);
                         continue;
                     }
+                    if let Some(ping) = self.take_ping() {
+                        self.phase = write_whole(ping);
+                        continue;
+                    }
                     if let Poll::Ready(r) = reader.poll_read_ready(cx) {
                         if r.is_err() && self.abandoned {
                             self.phase = Phase::Done;
@@ -356,13 +405,19 @@ impl Half {
                         self.start_injection(frame);
                         continue;
                     }
+                    if let Some(ping) = self.take_ping() {
+                        self.phase = write_whole(ping);
+                        continue;
+                    }
                     // While a Close waits, never read past the end of the current frame.
                     let limit = match self.inject {
                         Some(_) => usize::try_from(self.tracker.until_boundary())
                             .map_or(buf.len(), |u| u.min(buf.len())),
                         None => buf.len(),
                     };
-                    let mut rb = ReadBuf::new(&mut buf[..limit]);
+                    // Bytes held back by the pong check go in front of this read.
+                    let held = self.watch.as_ref().map_or(0, |w| w.held());
+                    let mut rb = ReadBuf::new(&mut buf[held..limit.max(held + 1)]);
                     match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
                         Poll::Pending => {
                             if self.need_flush {
@@ -403,6 +458,10 @@ impl Half {
                                 self.phase = Phase::ShuttingDown;
                                 continue;
                             }
+                            if let Some(w) = self.watch.as_mut() {
+                                w.restore_held(&mut buf);
+                            }
+                            let n = held + n;
                             if self.abandoned {
                                 // Its receiver stopped reading: dropped, only followed.
                                 let _ = self.tracker.feed(&buf[..n]);
@@ -424,7 +483,11 @@ impl Half {
                                 self.phase = Phase::Reading(buf);
                                 continue;
                             }
+                            let n = self.swallow_pong(&mut buf, n);
                             let end = self.account(&buf[..n], counters, stats)?;
+                            if let Some(w) = self.watch.as_mut() {
+                                w.heard(end > 0);
+                            }
                             if self.violation.is_some() && self.inject.is_none() && end == 0 {
                                 // The bad frame began in bytes already passed: no
                                 // boundary is left for a Close, only the shutdown.
@@ -503,5 +566,16 @@ impl Half {
                 }
             }
         }
+    }
+}
+
+/// Writing a frame of wsgate's own that is not a Close: the direction
+/// goes on as before once it is out.
+fn write_whole(frame: Vec<u8>) -> Phase {
+    let end = frame.len();
+    Phase::Writing {
+        buf: frame,
+        pos: 0,
+        end,
     }
 }

@@ -22,7 +22,10 @@
 //! the Close frame exactly at that boundary (masked toward the backend), and
 //! from then on reads and discards what its sender sends, until that
 //! sender's own Close or EOF. A direction whose sender already sent a Close
-//! gets none injected. Past `timeouts.close` the tunnel is cut.
+//! gets none injected. Past `timeouts.close` the tunnel is cut. A route's
+//! `idle_timeout` and `max_connection_age` close a tunnel the same way;
+//! its pings, and the end of a client that does not answer them, are
+//! `keepalive.rs`'s, called from one hook in the run loop.
 //!
 //! Must not: log per frame, unmask or buffer whole payloads, or allocate
 //! while a direction is idle.
@@ -43,9 +46,11 @@ use crate::observe::access::{CloseOrder, Side};
 use crate::observe::registry::{ConnStats, DirectionCounters};
 use crate::tunnel::direction::{Half, HalfError};
 use crate::tunnel::frames::{encode_close, FrameError, Sender};
+use crate::tunnel::keepalive::{Keepalive, KeepaliveEnd};
 
 mod direction;
 pub mod frames;
+pub mod keepalive;
 mod outcome;
 mod policy;
 mod rate;
@@ -53,6 +58,7 @@ pub mod session;
 mod stall;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use outcome::{offender_close, violation_error};
 pub use outcome::{
@@ -120,8 +126,11 @@ pub async fn run<C: Splice, B: Splice>(
         first_close: None,
         proxy_close: None,
         violation: None,
+        keepalive: None,
         stall: None,
     };
+    // `None` unless the route sets a keepalive policy: no timer otherwise.
+    let mut keep = Keepalive::start(&policy.keepalive);
     // Timers are allocated only when needed, so idle tunnels carry none.
     let mut half_close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -170,6 +179,26 @@ pub async fn run<C: Splice, B: Splice>(
             &mut state,
         ) {
             return Poll::Ready(out);
+        }
+        if let Some(k) = keep.as_mut().filter(|_| state.quiet()) {
+            if let Poll::Ready(end) = k.poll(cx, keepalive::watches(&mut up, &mut down)) {
+                keep = None;
+                keepalive::begin_close(end, &mut up, stats, &mut state);
+                close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
+                cx.waker().wake_by_ref();
+            }
+        }
+        if let Some(end @ KeepaliveEnd::PingTimeout(_)) = state.keepalive {
+            let timer = close_timer.as_mut();
+            return keepalive::cut_client(
+                end,
+                &up,
+                &mut backend,
+                &mut backend_shut,
+                timer,
+                &mut state,
+                cx,
+            );
         }
         if state.violation.is_none() {
             let offender = match (up.violation(), down.violation()) {
@@ -236,6 +265,7 @@ pub async fn run<C: Splice, B: Splice>(
                     }
                     // Both peers had closed on their own: not the proxy's doing.
                     state.proxy_close = None;
+                    state.keepalive = None;
                     let closed_by = state
                         .first_done
                         .or(state.first_close.map(|(s, _)| s))
@@ -289,12 +319,23 @@ struct RunState {
     proxy_close: Option<CloseOrder>,
     /// A side broke the protocol: it gets Close 1002, the other side 1001.
     violation: Option<(Side, FrameError)>,
+    /// A keepalive policy of the route is closing the tunnel.
+    keepalive: Option<KeepaliveEnd>,
     /// A side stopped reading for the route's `write_stall_timeout` (given):
     /// the other side gets Close 1001 (see stall.rs).
     stall: Option<(Side, Duration)>,
 }
 
 impl RunState {
+    /// Nothing is closing the tunnel yet: keepalive policies apply.
+    fn quiet(&self) -> bool {
+        self.first_done.is_none()
+            && self.first_close.is_none()
+            && self.proxy_close.is_none()
+            && self.violation.is_none()
+            && self.keepalive.is_none()
+    }
+
     fn end(&mut self, closed_by: Side, error: TunnelError) -> TunnelOutcome {
         TunnelOutcome {
             closed_by,
@@ -308,7 +349,7 @@ impl RunState {
         TunnelOutcome {
             closed_by,
             first_close: self.first_close,
-            error: None,
+            error: self.keepalive.map(TunnelError::Keepalive),
             proxy_close: self.proxy_close.take(),
         }
     }
@@ -344,6 +385,7 @@ fn step<R: Splice, W: Splice>(
         Poll::Ready(Err(e)) => {
             let mut out = half_error(e, sender, state.first_close);
             out.proxy_close = state.proxy_close.take();
+            keepalive::blame_dead_client(&mut out, state);
             Some(out)
         }
         Poll::Pending => None,

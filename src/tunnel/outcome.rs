@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::observe::access::{CloseOrder, EndReason, Side, TunnelEnd};
 use crate::tunnel::frames::FrameError;
+use crate::tunnel::keepalive::KeepaliveEnd;
 
 /// Close code to a peer that broke RFC 6455.
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
@@ -116,6 +117,9 @@ pub enum TunnelError {
     /// wsgate is shutting down.
     #[error("proxy shutting down")]
     Shutdown,
+    /// A keepalive policy of the route ended it.
+    #[error(transparent)]
+    Keepalive(KeepaliveEnd),
 }
 
 /// How a tunnel ended.
@@ -164,6 +168,7 @@ impl TunnelError {
                 EndReason::CloseTimeout
             }
             TunnelError::Shutdown => EndReason::Shutdown,
+            TunnelError::Keepalive(k) => k.reason(),
         }
     }
 }

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use crate::tunnel::keepalive::KeepalivePolicy;
 use crate::tunnel::RateLimit;
 
-/// How a tunnel judges the frames it relays, and its route's limits on
-/// the client's message rate and on a peer that stops reading.
+/// How a tunnel judges the frames it relays, and its route's limits: the
+/// client's message rate, a peer that stops reading, idle time, pings and
+/// age.
 #[derive(Debug, Clone, Copy)]
 pub struct FramePolicy {
     /// `[websocket] strict`: a protocol violation ends the tunnel with
@@ -20,6 +22,8 @@ pub struct FramePolicy {
     pub max_frame: Option<u64>,
     /// The route's `max_message_bytes`, fragments summed: over it, 1009.
     pub max_message: Option<u64>,
+    /// The route's `idle_timeout`, pings and `max_connection_age`.
+    pub keepalive: KeepalivePolicy,
     /// The route's `messages_per_second` and `burst`, on what the client
     /// sends: over it, Close 1008 (see rate.rs).
     pub rate: Option<RateLimit>,
@@ -36,6 +40,7 @@ impl Default for FramePolicy {
             rsv: 0,
             max_frame: None,
             max_message: None,
+            keepalive: KeepalivePolicy::default(),
             rate: None,
             write_stall: None,
         }

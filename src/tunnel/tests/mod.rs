@@ -13,8 +13,9 @@
 //! Here: frames built and decoded by hand, and the harness that starts a
 //! tunnel between two peers. The tests are in `close.rs` (closing on
 //! wsgate's initiative), `flow.rs` (what passes, what ends a tunnel, what
-//! is counted), `buffer.rs` (one direction's copy buffer), `rate.rs` (the
-//! client's message rate) and `stall.rs` (a side that stops reading); the
+//! is counted), `buffer.rs` (one direction's copy buffer), `keepalive.rs`
+//! (the routes' idle, ping and age policies), `rate.rs` (the client's
+//! message rate) and `stall.rs` (a side that stops reading); the
 //! in-memory stream is in `mem.rs`.
 
 use std::future::poll_fn;
@@ -40,6 +41,7 @@ use crate::upstream::balancer::Server;
 mod buffer;
 mod close;
 mod flow;
+mod keepalive;
 mod mem;
 mod rate;
 mod stall;
