@@ -990,9 +990,17 @@ async fn mixed_traffic_good_and_bad_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_request_body_is_a_413() {
     let backend = AppBackend::start().await;
+    // A linger far longer than any upload here: what is tested is that the
+    // client reads the 413, not how fast a loaded machine sends 8 MiB (with
+    // the 2s default a debug client under load could still be sending when
+    // the linger ends, and meet the reset lingering exists to prevent).
     let toml = format!(
         "[limits]\nmax_request_body = 1000\n{}",
-        config(&[backend.addr], "")
+        config(&[backend.addr], "").replacen(
+            "client_handshake = \"5s\"\n",
+            "client_handshake = \"5s\"\nlinger = \"60s\"\n",
+            1
+        )
     );
     let gw = TestGateway::start(&toml).await;
     let addr = gw.addr("public");
