@@ -142,6 +142,8 @@ pub struct Shared {
     pub errors: errorlog::Throttle,
     /// Open client connections, for `limits.max_connections` and `max_connections_per_ip`.
     pub admission: net::admission::Admission,
+    /// The threads that accept and serve client connections.
+    pub workers: front::workers::Workers,
     /// Accepting listeners by name; a reload adds and removes entries.
     listeners: std::sync::Mutex<std::collections::HashMap<String, reload::RunningListener>>,
     /// One reload at a time.
@@ -220,6 +222,9 @@ pub enum StartError {
     /// A bound listener has no entry in the config.
     #[error("listener {0} is not in the config")]
     UnknownListener(String),
+    /// The worker threads could not be started.
+    #[error("starting the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
     /// The blocking lookup task failed (it panicked or was cancelled).
     #[error("resolving host names: {0}")]
     Internal(String),
@@ -351,7 +356,12 @@ impl Gateway {
         let winding = drain.child_token();
         let stopping = winding.child_token();
         let admission = net::admission::Admission::new(metrics.client_connections_gauge());
+        let workers = front::workers::Workers::start(front::workers::Workers::count(
+            snapshot.config.runtime.workers,
+        ))
+        .map_err(StartError::Workers)?;
         let shared = Arc::new(Shared {
+            workers,
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,

@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             init_logging(flag, &c.log)?;
             // Before any thread starts: this clears the LISTEN_* variables.
             let inherited = systemd::take_inherited()?;
-            runtime(&c)?.block_on(run(c, inherited))
+            runtime()?.block_on(run(c, inherited))
         })),
         #[cfg(feature = "demo")]
         Command::Demo { config } => report(
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
                 .and_then(|cas| {
                     let c = load(&config)?;
                     init_logging(flag, &c.log)?;
-                    runtime(&c)?.block_on(run_demo(c, cas))
+                    runtime()?.block_on(run_demo(c, cas))
                 }),
         ),
         #[cfg(feature = "demo")]
@@ -221,12 +221,14 @@ fn init_logging(flag: Option<LogFormat>, log: &config::LogConfig) -> anyhow::Res
     Ok(())
 }
 
-fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.runtime.workers {
-        b.worker_threads(n);
-    }
-    b.enable_all().build().context("starting the runtime")
+/// The control plane's runtime, on the main thread: signals, reloads, health
+/// checks and the admin API. Client connections are served by the worker
+/// threads the gateway starts (`front::workers`, `runtime.workers`).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 /// SIGINT and SIGTERM, watched from before anything is bound: a signal

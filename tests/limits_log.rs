@@ -1,8 +1,9 @@
 //! A refusal at accept is logged, and repeats of it within the throttle
 //! window are folded into the next line instead of one line each.
 //!
-//! Alone in its binary: it captures log lines with a subscriber set for
-//! its thread (see health_log.rs for why).
+//! Alone in its binary: it captures log lines with a process-wide
+//! subscriber, since connections are accepted on wsgate's worker threads,
+//! not the test's.
 
 #[path = "support/capture.rs"]
 mod capture;
@@ -33,7 +34,7 @@ async fn a_refusal_is_logged_once_per_window_with_its_reason() {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 
     let backend = echo_backend().await;
     let toml = format!(

@@ -410,7 +410,7 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
     assert!(outcome.proxy_close.is_none());
     assert_eq!(outcome.closed_by, Side::Client);
     assert_eq!(outcome.first_close, Some((Side::Client, Some(1000))));
-    guard.finish(outcome.to_end());
+    guard.finish(outcome.to_end(), |_| {});
 }
 
 #[tokio::test]

@@ -124,7 +124,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 /// `[runtime]`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuntimeConfig {
-    /// Tokio worker threads; `None` means one per CPU.
+    /// Threads serving client connections, each with its own event loop
+    /// (`front::workers`); `None` means one per CPU. Read at start only.
     pub workers: Option<usize>,
     /// Reload when the config file changes.
     pub watch_config: bool,

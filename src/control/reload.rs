@@ -66,6 +66,10 @@ pub enum ReloadError {
         "[admin] cannot change in a reload (restart to change the admin listener or its token)"
     )]
     AdminChanged,
+    /// `runtime.workers` differs from the running count: the worker
+    /// threads are started once, so this needs a restart.
+    #[error("runtime.workers cannot change in a reload (restart to change the number of worker threads)")]
+    WorkersChanged,
     /// wsgate is draining: nothing new may start.
     #[error("wsgate is draining; reloads are refused")]
     Draining,
@@ -168,6 +172,11 @@ async fn apply_config(
     }
     if config.admin != shared.admin {
         return Err(ReloadError::AdminChanged);
+    }
+    if crate::front::workers::Workers::count(config.runtime.workers)
+        != shared.workers.handles().len()
+    {
+        return Err(ReloadError::WorkersChanged);
     }
     let old = shared.snapshot.load_full();
     let draining = shared.draining_servers();
@@ -311,9 +320,7 @@ pub fn start_listener(shared: &Arc<Shared>, l: BoundListener, bind: SocketAddr) 
             stop: stop.clone(),
         },
     );
-    shared
-        .tasks
-        .spawn(listener::accept_loop(l, shared.clone(), stop));
+    listener::accept_on_workers(l, shared, stop);
 }
 
 fn diff(old: &Snapshot, new: &Snapshot) -> ReloadReport {

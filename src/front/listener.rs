@@ -117,61 +117,135 @@ pub async fn bind_one(l: &crate::config::ListenerConfig) -> Result<BoundListener
     })
 }
 
-/// Accepts connections until shutdown, at most
+/// Starts accepting on `listener` on every worker (see
+/// `front::workers`), until `stop`. Each worker accepts on its own
+/// descriptor of the socket; the listener's handshake places are shared.
+pub fn accept_on_workers(
+    listener: BoundListener,
+    shared: &Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let name: Arc<str> = listener.name.into();
+    let socket = match listener.socket.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "cannot hand the socket to the workers");
+            return;
+        }
+    };
+    let places = Arc::new(HandshakePlaces::default());
+    for (worker, handle) in shared.workers.handles().iter().enumerate() {
+        let socket = match socket.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(listener = %name, error = %e, "cannot give a worker the socket");
+                continue;
+            }
+        };
+        let (name, shared2, places, stop) =
+            (name.clone(), shared.clone(), places.clone(), stop.clone());
+        shared.tasks.spawn_on(
+            async move {
+                // Registered with this worker's event loop, in its thread.
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => {
+                        let this = Acceptor {
+                            socket,
+                            name,
+                            accepted: shared2.metrics.worker_accepted(worker),
+                        };
+                        accept_loop(this, shared2, &places, stop).await;
+                    }
+                    Err(e) => tracing::error!(listener = %name, error = %e, "worker cannot accept"),
+                }
+            },
+            handle,
+        );
+    }
+}
+
+/// A listener's places for connections in their handshake, shared by its
+/// workers' accept loops.
+struct HandshakePlaces {
+    semaphore: Arc<Semaphore>,
+    /// How many places exist now; `resize` changes it.
+    count: Mutex<usize>,
+}
+
+impl Default for HandshakePlaces {
+    fn default() -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(0)),
+            count: Mutex::new(0),
+        }
+    }
+}
+
+impl HandshakePlaces {
+    /// Makes the places `want` (a reload may change it): places in use
+    /// when it shrinks are forgotten as they come back.
+    fn resize(&self, want: usize) {
+        let mut places = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        if want > *places {
+            self.semaphore.add_permits(want - *places);
+            *places = want;
+        } else if want < *places {
+            *places -= self.semaphore.forget_permits(*places - want);
+        }
+    }
+}
+
+/// One worker's side of a listener.
+struct Acceptor {
+    socket: TcpListener,
+    name: Arc<str>,
+    /// This worker's `wsgate_worker_connections_accepted`.
+    accepted: prometheus_client::metrics::counter::Counter,
+}
+
+/// Accepts connections until `stop`, at most
 /// `limits.max_handshakes_in_flight` of them at once in their TLS handshake
 /// (on a plain listener the place is given back at once). Each accepted
 /// socket is first admitted against the connection limits ([`admit`]); a
 /// refused one costs no task, no TLS handshake and no read.
-pub async fn accept_loop(
-    listener: BoundListener,
+async fn accept_loop(
+    me: Acceptor,
     shared: Arc<Shared>,
+    places: &HandshakePlaces,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let handshakes = Arc::new(Semaphore::new(0));
-    let mut places = 0;
     loop {
-        let want = shared.snapshot.load().limits.max_handshakes_in_flight;
-        resize(&handshakes, &mut places, want);
+        places.resize(shared.snapshot.load().limits.max_handshakes_in_flight);
         // At the limit, stop accepting: new connections wait in the
         // kernel's backlog, costing wsgate nothing.
         let permit = tokio::select! {
             _ = stop.cancelled() => return,
-            p = handshakes.clone().acquire_owned() => p,
+            p = places.semaphore.clone().acquire_owned() => p,
         };
         let Ok(permit) = permit else { return };
         let accepted = tokio::select! {
             // A reload removing this listener, or a drain.
             _ = stop.cancelled() => return,
-            r = listener.socket.accept() => r,
+            r = me.socket.accept() => r,
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let Some((tcp, place)) = admit(tcp, peer, &listener.name, &shared) else {
+                me.accepted.inc();
+                let Some((tcp, place)) = admit(tcp, peer, &me.name, &shared) else {
                     continue;
                 };
                 let shared2 = shared.clone();
-                let name = listener.name.clone();
+                let name = me.name.clone();
                 shared
                     .tasks
                     .spawn(async move { serve(tcp, place, permit, peer, &name, shared2).await });
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
-                tracing::warn!(listener = %listener.name, error = %e, "accept failed");
+                tracing::warn!(listener = %me.name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// Makes the listener's handshake places `want` (a reload may change it):
-/// places in use when it shrinks are forgotten as they come back.
-fn resize(handshakes: &Semaphore, places: &mut usize, want: usize) {
-    if want > *places {
-        handshakes.add_permits(want - *places);
-        *places = want;
-    } else if want < *places {
-        *places -= handshakes.forget_permits(*places - want);
     }
 }
 

@@ -235,8 +235,13 @@ pub struct RegistryGuard {
 }
 
 impl RegistryGuard {
-    /// Writes the access-log line and publishes the record. Call once, at the end.
-    pub fn finish(&self, end: TunnelEnd) -> Arc<AccessRecord> {
+    /// Ends the tunnel: builds its record, hands it to `account` (the
+    /// metrics), takes the tunnel out of the live set, and only then writes
+    /// the access-log line and publishes the record. Whoever sees the
+    /// record or the line (a test, the admin API, a log shipper) therefore
+    /// finds every count already settled, even when the tunnel ran on
+    /// another thread. Call once, at the end.
+    pub fn finish(&self, end: TunnelEnd, account: impl FnOnce(&AccessRecord)) -> Arc<AccessRecord> {
         let s = &self.stats;
         let record = Arc::new(AccessRecord {
             id: s.id,
@@ -252,6 +257,8 @@ impl RegistryGuard {
             to_client: s.to_client.totals(),
             end,
         });
+        account(&record);
+        self.registry.lock().remove(&s.id);
         record.emit();
         let _ = self.registry.finished.send(record.clone());
         record

@@ -52,9 +52,14 @@ pub struct Session {
 /// Runs one tunnel to its end: waits for hyper to hand over the client's
 /// upgraded connection, splices it with the backend, and records the end.
 ///
+/// The tunnel is registered when this is called, before the 101 goes out,
+/// not when the returned future first runs (on a busy worker, after the
+/// client may already hold its 101): `/api/connections`, the metrics and a
+/// drain see every tunnel whose client has been told it is open.
+///
 /// `client_upgrade` is hyper's `OnUpgrade` in production; any future of
 /// the same output serves in tests.
-pub async fn serve<U>(session: Session, client_upgrade: U)
+pub fn serve<U>(session: Session, client_upgrade: U) -> impl Future<Output = ()>
 where
     U: Future<Output = hyper::Result<Upgraded>>,
 {
@@ -70,20 +75,45 @@ where
         timeouts,
         policy,
     } = session;
-    let _active = active;
     // Registered from the 101 on (the metrics count open tunnels from the
     // registry); the record and metrics are written when `ending` drops, on
     // every path, a panic included.
     let guard = registry.open(conn, &drain);
-    let mut ending = Ending {
+    let ending = Ending {
         metrics,
         guard,
         end: None,
     };
+    async move {
+        let _active = active;
+        let mut ending = ending;
+        splice_upgraded(
+            &mut ending,
+            client_upgrade,
+            (backend, backend_leftover),
+            timeouts,
+            policy,
+            &shutdown,
+        )
+        .await;
+    }
+}
+
+/// [`serve`] once registered: records the end in `ending`.
+async fn splice_upgraded<U>(
+    ending: &mut Ending,
+    client_upgrade: U,
+    (backend, backend_leftover): (BackendStream, Bytes),
+    timeouts: TunnelTimeouts,
+    policy: FramePolicy,
+    shutdown: &CancellationToken,
+) where
+    U: Future<Output = hyper::Result<Upgraded>>,
+{
     let upgraded = handover(
         client_upgrade,
         &ending.guard.stats.close,
-        &shutdown,
+        shutdown,
         timeouts,
     )
     .await;
@@ -105,7 +135,7 @@ where
         &ending.guard.stats,
         timeouts,
         policy,
-        &shutdown,
+        shutdown,
     )
     .await;
     ending.end = Some(outcome.to_end());
@@ -206,11 +236,11 @@ impl Drop for Ending {
             .end
             .take()
             .unwrap_or_else(|| TunnelEnd::bare(Side::Proxy, EndReason::Aborted, None));
-        let record = self.guard.finish(end);
         // Labels are rebuilt here rather than held for the tunnel's life:
         // an idle tunnel should carry as little as possible.
         let labels = TunnelLabels::of(&self.guard.stats.info);
-        self.metrics.tunnel_closed(&labels, &record);
+        self.guard
+            .finish(end, |record| self.metrics.tunnel_closed(&labels, record));
     }
 }
 

@@ -370,6 +370,11 @@ impl Metrics {
         self.refused.open.clone()
     }
 
+    /// The counter of connections worker `index` accepts.
+    pub fn worker_accepted(&self, index: usize) -> Counter {
+        self.refused.worker(index)
+    }
+
     /// A request to `upstream` was refused at once: no server was usable.
     pub fn no_usable_server(&self, upstream: &str) {
         self.availability.unavailable(upstream);

@@ -1,8 +1,10 @@
-//! Client connections refused at accept, by listener and the limit they
-//! were over, and the open client connections those limits count.
+//! Client connections at accept: refused ones, by listener and the limit
+//! they were over; the open ones those limits count; and how many each
+//! worker thread accepted, to see how evenly the kernel spreads them.
 //!
 //! Must not: take a label value from anything but the config (listener
-//! names) and a fixed set of reasons; never a client address.
+//! names, the worker count) and a fixed set of reasons; never a client
+//! address.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,11 +18,17 @@ struct RefusedLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
 /// The connection-limit families.
 #[derive(Debug, Default)]
 pub(super) struct RefusedMetrics {
     refused: Family<RefusedLabels, Counter>,
     pub(super) open: Gauge,
+    accepted: Family<WorkerLabels, Counter>,
 }
 
 impl RefusedMetrics {
@@ -36,7 +44,21 @@ impl RefusedMetrics {
             "Open client connections, all listeners together (what limits.max_connections counts)",
             m.open.clone(),
         );
+        registry.register(
+            "wsgate_worker_connections_accepted",
+            "Client connections accepted by each worker thread (runtime.workers), all listeners together, refused ones included",
+            m.accepted.clone(),
+        );
         m
+    }
+
+    /// Worker `index`'s accept counter, fetched once by its accept loops.
+    pub(super) fn worker(&self, index: usize) -> Counter {
+        self.accepted
+            .get_or_create(&WorkerLabels {
+                worker: index.to_string(),
+            })
+            .clone()
     }
 
     pub(super) fn refused(&self, listener: &str, reason: &'static str) {
