@@ -35,7 +35,7 @@ use crate::tunnel::frames::{encode_close, FrameError, FrameTracker, Sender};
 use crate::tunnel::rate::{metered, Bucket};
 use crate::tunnel::stall::StallWatch;
 use crate::tunnel::watch::HalfWatch;
-use crate::tunnel::{mask_key, FramePolicy, Splice, COPY_BUFFER_SIZE};
+use crate::tunnel::{buffers, mask_key, FramePolicy, Splice, COPY_BUFFER_SIZE};
 
 /// Close code to the side that did not break the protocol: its peer is going away.
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -395,17 +395,19 @@ impl Half {
                             return Poll::Ready(Ok(()));
                         }
                         r.map_err(HalfError::Read)?;
-                        self.phase = Phase::Reading(vec![0; COPY_BUFFER_SIZE]);
+                        self.phase = Phase::Reading(buffers::take());
                         continue;
                     }
                     return Poll::Pending;
                 }
                 Phase::Reading(mut buf) => {
                     if let Some(frame) = self.take_injection() {
+                        buffers::give(buf);
                         self.start_injection(frame);
                         continue;
                     }
                     if let Some(ping) = self.take_ping() {
+                        buffers::give(buf);
                         self.phase = write_whole(ping);
                         continue;
                     }
@@ -433,6 +435,7 @@ impl Half {
                                 }
                             }
                             // Drained: give the buffer back while idle.
+                            buffers::give(buf);
                             if let Some(w) = &mut self.stall {
                                 w.idle();
                             }
@@ -531,11 +534,11 @@ impl Half {
                                         continue;
                                     }
                                 }
-                                // Leftover buffers may be any size; keep only standard ones.
+                                // A frame of wsgate's own is any size; read into a copy buffer.
                                 let buf = if buf.len() == COPY_BUFFER_SIZE {
                                     buf
                                 } else {
-                                    vec![0; COPY_BUFFER_SIZE]
+                                    buffers::take()
                                 };
                                 self.phase = Phase::Reading(buf);
                             }

@@ -48,6 +48,7 @@ use crate::tunnel::direction::{Half, HalfError};
 use crate::tunnel::frames::{encode_close, FrameError, Sender};
 use crate::tunnel::keepalive::{Keepalive, KeepaliveEnd};
 
+mod buffers;
 mod direction;
 pub mod frames;
 pub mod keepalive;
