@@ -54,7 +54,9 @@ mod tests {
         assert_eq!(first.len(), COPY_BUFFER_SIZE);
         let ptr = first.as_ptr();
         give(first);
-        assert_eq!(take().as_ptr(), ptr, "reused, not reallocated");
+        let again = take();
+        assert_eq!(again.as_ptr(), ptr, "reused, not reallocated");
+        give(again);
 
         let many: Vec<Vec<u8>> = (0..POOL_CAP + 10).map(|_| take()).collect();
         for b in many {
