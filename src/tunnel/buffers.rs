@@ -1,16 +1,18 @@
 //! Copy buffers, reused per thread.
 //!
-//! A direction takes a buffer when its sender becomes readable and gives it
-//! back once drained, so an idle tunnel holds none. Allocating and zeroing
-//! a fresh 16 KiB each time cost two allocations and two 16 KiB memsets per
-//! echoed message; a small pool per worker thread (each worker is one
-//! event loop, so the pool needs no lock) keeps the few buffers in use at
-//! any moment warm instead.
+//! A direction takes a buffer when its sender becomes readable and lets it
+//! go once drained, so an idle tunnel holds none. Allocating and zeroing a
+//! fresh 16 KiB each time cost two allocations and two 16 KiB memsets per
+//! echoed message; a small pool per worker thread (each worker is one event
+//! loop, so the pool needs no lock) keeps the few buffers in use at any
+//! moment warm instead. A [`Buffer`] goes back to its thread's pool when it
+//! is dropped, whatever drops it: a drained read, a tunnel's end, an error.
 //!
 //! Must not: grow with the number of tunnels. At most [`POOL_CAP`] idle
 //! buffers stay per thread; the rest are freed.
 
 use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 
 use super::COPY_BUFFER_SIZE;
 
@@ -23,51 +25,104 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A buffer of [`COPY_BUFFER_SIZE`] bytes. Its contents are whatever it
-/// last held: callers only read back what they wrote into it.
-pub(crate) fn take() -> Vec<u8> {
-    POOL.with_borrow_mut(Vec::pop)
-        .unwrap_or_else(|| vec![0; COPY_BUFFER_SIZE])
+/// Bytes a direction is moving: a pooled copy buffer of
+/// [`COPY_BUFFER_SIZE`] bytes, or a frame of wsgate's own (never pooled).
+pub(crate) struct Buffer {
+    bytes: Vec<u8>,
+    pooled: bool,
 }
 
-/// Gives `buf` back for reuse; a buffer of another size (a frame of
-/// wsgate's own) is freed.
-pub(crate) fn give(buf: Vec<u8>) {
-    if buf.len() != COPY_BUFFER_SIZE {
-        return;
-    }
-    POOL.with_borrow_mut(|pool| {
-        if pool.len() < POOL_CAP {
-            pool.push(buf);
+impl Buffer {
+    /// A copy buffer. Its contents are whatever it last held: callers only
+    /// read back what they wrote into it.
+    pub(crate) fn take() -> Self {
+        let bytes = POOL
+            .try_with(|p| p.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| vec![0; COPY_BUFFER_SIZE]);
+        Self {
+            bytes,
+            pooled: true,
         }
-    });
+    }
+
+    /// Whether this is a copy buffer (and not a frame of wsgate's own).
+    pub(crate) fn is_copy_buffer(&self) -> bool {
+        self.pooled
+    }
+}
+
+impl From<Vec<u8>> for Buffer {
+    /// A frame of wsgate's own, or bytes read past a handshake.
+    fn from(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes,
+            pooled: false,
+        }
+    }
+}
+
+impl Deref for Buffer {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.bytes
+    }
+}
+
+impl DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if !self.pooled || self.bytes.len() != COPY_BUFFER_SIZE {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.bytes);
+        // At thread exit the pool may be gone already: then it is freed.
+        let _ = POOL.try_with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < POOL_CAP {
+                pool.push(bytes);
+            }
+        });
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_given_buffer_is_taken_again_and_the_pool_is_bounded() {
-        // Each test runs on its own thread, so the pool starts empty.
-        let first = take();
-        assert_eq!(first.len(), COPY_BUFFER_SIZE);
-        let ptr = first.as_ptr();
-        give(first);
-        let again = take();
-        assert_eq!(again.as_ptr(), ptr, "reused, not reallocated");
-        give(again);
-
-        let many: Vec<Vec<u8>> = (0..POOL_CAP + 10).map(|_| take()).collect();
-        for b in many {
-            give(b);
-        }
-        assert_eq!(POOL.with_borrow(Vec::len), POOL_CAP);
+    fn pooled() -> usize {
+        POOL.with_borrow(Vec::len)
     }
 
     #[test]
-    fn buffers_of_another_size_are_not_kept() {
-        give(vec![0; 7]);
-        assert_eq!(POOL.with_borrow(Vec::len), 0);
+    fn a_dropped_buffer_is_taken_again_and_the_pool_is_bounded() {
+        // Each test runs on its own thread, so the pool starts empty.
+        let first = Buffer::take();
+        assert_eq!(first.len(), COPY_BUFFER_SIZE);
+        let ptr = first.as_ptr();
+        drop(first);
+        assert_eq!(pooled(), 1);
+        let again = Buffer::take();
+        assert_eq!(again.as_ptr(), ptr, "reused, not reallocated");
+        drop(again);
+
+        let many: Vec<Buffer> = (0..POOL_CAP + 10).map(|_| Buffer::take()).collect();
+        drop(many);
+        assert_eq!(pooled(), POOL_CAP);
+    }
+
+    #[test]
+    fn frames_of_our_own_are_not_kept() {
+        drop(Buffer::from(vec![0; 7]));
+        drop(Buffer::from(vec![0; COPY_BUFFER_SIZE]));
+        assert_eq!(pooled(), 0);
+        assert!(!Buffer::from(vec![1]).is_copy_buffer());
+        assert!(Buffer::take().is_copy_buffer());
     }
 }

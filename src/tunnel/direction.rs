@@ -31,11 +31,12 @@ use bytes::Bytes;
 use tokio::io::ReadBuf;
 
 use crate::observe::registry::{now_ms, ConnStats, DirectionCounters};
+use crate::tunnel::buffers::Buffer;
 use crate::tunnel::frames::{encode_close, FrameError, FrameTracker, Sender};
 use crate::tunnel::rate::{metered, Bucket};
 use crate::tunnel::stall::StallWatch;
 use crate::tunnel::watch::HalfWatch;
-use crate::tunnel::{buffers, mask_key, FramePolicy, Splice, COPY_BUFFER_SIZE};
+use crate::tunnel::{mask_key, FramePolicy, Splice};
 
 /// Close code to the side that did not break the protocol: its peer is going away.
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -43,12 +44,8 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 /// Where one direction is (see the transitions above).
 enum Phase {
     Idle,
-    Reading(Vec<u8>),
-    Writing {
-        buf: Vec<u8>,
-        pos: usize,
-        end: usize,
-    },
+    Reading(Buffer),
+    Writing { buf: Buffer, pos: usize, end: usize },
     ShuttingDown,
     Done,
 }
@@ -285,7 +282,7 @@ impl Half {
             return Ok(());
         }
         self.phase = Phase::Writing {
-            buf: leftover.to_vec(),
+            buf: leftover.to_vec().into(),
             pos: 0,
             end,
         };
@@ -364,7 +361,7 @@ impl Half {
         self.injecting = true;
         let end = frame.len();
         self.phase = Phase::Writing {
-            buf: frame,
+            buf: frame.into(),
             pos: 0,
             end,
         };
@@ -395,19 +392,19 @@ impl Half {
                             return Poll::Ready(Ok(()));
                         }
                         r.map_err(HalfError::Read)?;
-                        self.phase = Phase::Reading(buffers::take());
+                        self.phase = Phase::Reading(Buffer::take());
                         continue;
                     }
                     return Poll::Pending;
                 }
                 Phase::Reading(mut buf) => {
                     if let Some(frame) = self.take_injection() {
-                        buffers::give(buf);
+                        drop(buf);
                         self.start_injection(frame);
                         continue;
                     }
                     if let Some(ping) = self.take_ping() {
-                        buffers::give(buf);
+                        drop(buf);
                         self.phase = write_whole(ping);
                         continue;
                     }
@@ -435,7 +432,7 @@ impl Half {
                                 }
                             }
                             // Drained: give the buffer back while idle.
-                            buffers::give(buf);
+                            drop(buf);
                             if let Some(w) = &mut self.stall {
                                 w.idle();
                             }
@@ -535,10 +532,10 @@ impl Half {
                                     }
                                 }
                                 // A frame of wsgate's own is any size; read into a copy buffer.
-                                let buf = if buf.len() == COPY_BUFFER_SIZE {
+                                let buf = if buf.is_copy_buffer() {
                                     buf
                                 } else {
-                                    buffers::take()
+                                    Buffer::take()
                                 };
                                 self.phase = Phase::Reading(buf);
                             }
@@ -577,7 +574,7 @@ impl Half {
 fn write_whole(frame: Vec<u8>) -> Phase {
     let end = frame.len();
     Phase::Writing {
-        buf: frame,
+        buf: frame.into(),
         pos: 0,
         end,
     }
