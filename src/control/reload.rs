@@ -115,6 +115,9 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
             Err(_) => format!("reload failed; config {version} still runs"),
         });
     }
+    shared
+        .reload_history
+        .record(&result, &shared.snapshot.load().config.version);
     match &result {
         Ok(r) => {
             shared.metrics.reload(true, &r.version);
