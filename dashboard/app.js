@@ -140,7 +140,7 @@ function renderUpstreams(list) {
     el('h3', {}, u.name,
       el('button', { type: 'button', class: 'rebalance', onclick: () => confirmRebalance(u.name) }, 'Rebalance…')),
     el('table', {},
-      el('thead', {}, el('tr', {}, ['server', 'state', 'active', 'weight', 'recent errors', ''].map((h) => el('th', {}, h)))),
+      el('thead', {}, el('tr', {}, [['server', ''], ['state', ''], ['active', 'num'], ['weight', 'num'], ['recent errors', ''], ['', '']].map(([h, c]) => el('th', { class: c }, h)))),
       el('tbody', {}, u.servers.map((s) => el('tr', { data: { server: s.addr } },
         el('td', {}, s.addr),
         el('td', { class: 'state state-' + s.state }, s.state + (s.slow_start ? ' (slow start)' : '')),
