@@ -133,6 +133,68 @@ async fn the_page_shows_the_tunnels_opened_with_their_bytes_growing() {
     page.close().await;
 }
 
+/// The ids of the rows the connections table shows, in order.
+async fn shown_ids(page: &Page) -> Vec<u64> {
+    let v = page
+        .eval(
+            "return [...document.querySelectorAll('#conns tbody tr')].map(r => Number(r.dataset.id));",
+            vec![],
+        )
+        .await;
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connections_table_is_paged_and_sorts_by_any_column() {
+    let echo = echo_backend().await;
+    let gw = TestGateway::start(&config(&[echo], false)).await;
+    let mut clients = Vec::new();
+    for i in 0..60 {
+        clients.push(ws_connect(gw.addr("public"), &format!("/chat/{i}")).await);
+    }
+    gw.wait_live(60).await;
+    // Three tunnels carry more than the others, the most on the 7th.
+    for (i, len) in [(7, 3000), (30, 2000), (55, 1000)] {
+        echo_once(&mut clients[i], &"y".repeat(len)).await;
+    }
+    let busiest: Vec<u64> = [7, 30, 55]
+        .iter()
+        .map(|i| live_conn(&gw, &format!("/chat/{i}")).id)
+        .collect();
+
+    let mut driver = Driver::start();
+    let page = open_dashboard(&mut driver, gw.admin.expect("admin")).await;
+    page.wait_text("sixty tunnels", "#conn-count", |t| t == "60 shown of 60")
+        .await;
+    assert_eq!(page.text("#page").await.as_deref(), Some("1/2"));
+    assert_eq!(shown_ids(&page).await.len(), 50, "one page of rows");
+    page.click("#next").await;
+    page.wait_text("the second page", "#page", |t| t == "2/2")
+        .await;
+    assert_eq!(shown_ids(&page).await.len(), 10);
+    page.click("#prev").await;
+
+    // Bytes to backends, most first: a click sorts up, a second down.
+    page.click("#conns th button[data-sort=\"up_bytes\"]").await;
+    page.click("#conns th button[data-sort=\"up_bytes\"]").await;
+    let top = page
+        .wait_for("the busiest tunnels first", || async {
+            let ids = shown_ids(&page).await;
+            (ids.len() == 50 && ids[..3] == busiest[..]).then_some(ids)
+        })
+        .await;
+    assert_eq!(top.len(), 50);
+    assert_eq!(
+        page.attr("#conns th button[data-sort=\"up_bytes\"]", "aria-sort")
+            .await
+            .as_deref(),
+        Some("descending")
+    );
+    page.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_close_button_ends_that_tunnel_with_the_chosen_code() {
     let echo = echo_backend().await;

@@ -326,6 +326,27 @@ mod tests {
     }
 
     #[test]
+    fn ten_thousand_idle_tunnels_cost_a_small_delta() {
+        let rows = || (0..10_000).map(|id| row(id, 7)).collect::<Vec<_>>();
+        let mut feed = Feed::default();
+        let t0 = Instant::now();
+        let full = feed.next(reading(rows(), "a", 0), t0, UNIX_EPOCH);
+        assert_eq!(
+            full["conns"]["upsert"].as_array().map(Vec::len),
+            Some(10_000)
+        );
+        let quiet = feed.next(
+            reading(rows(), "a", 0),
+            t0 + Duration::from_secs(1),
+            UNIX_EPOCH,
+        );
+        assert_eq!(quiet["conns"]["upsert"], json!([]));
+        assert_eq!(quiet["totals"]["active"], 10_000);
+        let size = quiet.to_string().len();
+        assert!(size < 1024, "{size} bytes: {quiet}");
+    }
+
+    #[test]
     fn a_counter_that_went_down_counts_as_no_traffic() {
         assert_eq!(rate(5, 10, Duration::from_secs(1)), 0.0);
         assert_eq!(rate(10, 5, Duration::ZERO), 0.0);
