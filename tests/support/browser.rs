@@ -119,8 +119,7 @@ impl Driver {
             match builder.connect(&url).await {
                 Ok(client) => return Page { client },
                 // chromedriver not listening yet.
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(POLL).await;
                 }
                 Err(e) => panic!("no browser session from chromedriver at {url}: {e}"),

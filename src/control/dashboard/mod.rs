@@ -132,6 +132,10 @@ pub fn live(
                     .to_string(),
             )));
             *res.status_mut() = StatusCode::BAD_REQUEST;
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             return res;
         }
     };
