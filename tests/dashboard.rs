@@ -525,4 +525,16 @@ async fn the_feed_takes_the_token_as_a_subprotocol_and_sends_deltas() {
         quiet.get("config").is_none(),
         "unchanged sections are left out: {quiet}"
     );
+
+    // The page leaves: its feed ends with it, and nothing runs for none.
+    let board = &gw.gateway.shared().dashboard;
+    assert_eq!(board.open_feeds(), 1);
+    ws.close(None).await.expect("close the feed");
+    while let Some(Ok(_)) = within("the feed's closing handshake", ws.next()).await {}
+    within("the feed to end", async {
+        while board.open_feeds() != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }

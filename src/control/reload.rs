@@ -116,7 +116,8 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
         });
     }
     shared
-        .reload_history
+        .dashboard
+        .reloads
         .record(&result, &shared.snapshot.load().config.version);
     match &result {
         Ok(r) => {

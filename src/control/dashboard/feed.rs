@@ -139,7 +139,7 @@ impl Reading {
         );
         sections.insert(
             "reloads",
-            serde_json::to_value(shared.reload_history.list()).unwrap_or(Value::Null),
+            serde_json::to_value(shared.dashboard.reloads.list()).unwrap_or(Value::Null),
         );
         let totals = shared
             .metrics

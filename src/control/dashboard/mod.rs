@@ -22,6 +22,7 @@
 mod feed;
 mod history;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -54,6 +55,38 @@ pub const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
 const INDEX: &str = include_str!("../../../dashboard/index.html");
 const APP_JS: &str = include_str!("../../../dashboard/app.js");
 const STYLE: &str = include_str!("../../../dashboard/style.css");
+
+/// What the dashboard keeps in the running wsgate.
+#[derive(Debug, Default)]
+pub struct Board {
+    /// The last reloads and their results.
+    pub reloads: ReloadHistory,
+    /// Feeds open now: each is one task and one timer, none without a page.
+    feeds: AtomicUsize,
+}
+
+impl Board {
+    /// How many pages are being fed now.
+    pub fn open_feeds(&self) -> usize {
+        self.feeds.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one open feed while it lives.
+struct FeedCount<'a>(&'a AtomicUsize);
+
+impl<'a> FeedCount<'a> {
+    fn open(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for FeedCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Where the feeds run: the admin listener's tasks, stopped with it.
 #[derive(Clone, Debug, Default)]
@@ -178,6 +211,7 @@ async fn run_feed<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let _counted = FeedCount::open(&shared.dashboard.feeds);
     let mut feed = Feed::default();
     let mut tick = tokio::time::interval(LIVE_INTERVAL);
     // A slow page gets the next reading, not a burst of stale ones.
