@@ -279,6 +279,61 @@ async fn the_drain_and_enable_buttons_change_the_server() {
     page.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rebalance_button_closes_tunnels_above_the_mean() {
+    let (a, b) = (echo_backend().await, echo_backend().await);
+    let toml = config(&[a], false).replace(
+        "balance = \"round_robin\"",
+        "balance = \"round_robin\"\ndrain_spread = \"100ms\"",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        clients.push(ws_connect(gw.addr("public"), &format!("/chat/{i}")).await);
+    }
+    gw.wait_live(4).await;
+    // A scale-out: the new server has none of the tunnels.
+    std::fs::write(
+        gw.dir.path().join("wsgate.toml"),
+        toml.replace(&server_list(&[a]), &server_list(&[a, b])),
+    )
+    .expect("write config");
+    gw.gateway.reload().await.expect("reload");
+
+    let mut driver = Driver::start();
+    let page = open_dashboard(&mut driver, gw.admin.expect("admin")).await;
+    page.wait_text("the new server", "div[data-upstream=\"chat\"] tbody", |t| {
+        t.contains(&b.to_string())
+    })
+    .await;
+    page.click("div[data-upstream=\"chat\"] button.rebalance")
+        .await;
+    page.type_into("#fraction", "0.5").await;
+    page.click("#confirm-ok").await;
+
+    // Half of the four, down to the mean of two: two get 1012.
+    gw.wait_live(2).await;
+    let left: Vec<String> = gw
+        .gateway
+        .registry()
+        .live()
+        .iter()
+        .map(|c| c.info.path.clone())
+        .collect();
+    let mut closed = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        if !left.contains(&format!("/chat/{i}")) {
+            let (code, reason) = expect_close(c, "the rebalance's Close").await;
+            assert_eq!((code, reason.as_str()), (1012, "rebalancing"));
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 2);
+    page.wait_text("the toast", "#toast", |t| t.starts_with("done: Rebalance"))
+        .await;
+    page.close().await;
+}
+
 /// Starts wsgate from the config file in `dir`, its admin listener on
 /// `admin` (the address a previous run had), as a restart would.
 async fn start_on(dir: &std::path::Path, admin: SocketAddr) -> (Gateway, CancellationToken) {
