@@ -156,6 +156,8 @@ pub struct Shared {
     draining: std::sync::Mutex<Vec<DrainingServer>>,
     /// Tells the service manager about reloads (and nothing without `NOTIFY_SOCKET`).
     pub notifier: systemd::Notifier,
+    /// The dashboard's state: the last reloads, the open feeds.
+    pub dashboard: control::dashboard::Board,
     /// The active health checkers, one per server with a check.
     pub health: health::Checkers,
     /// How host-named servers are resolved again.
@@ -373,6 +375,7 @@ impl Gateway {
             draining: std::sync::Mutex::new(Vec::new()),
             resolver: std::sync::Mutex::new(launch.resolver),
             notifier: launch.notifier,
+            dashboard: control::dashboard::Board::default(),
             ejection_watchers: control::eject::Watchers::default(),
             health: health::Checkers::default(),
             tasks: TaskTracker::new(),

@@ -9,7 +9,9 @@
 //! `GET|DELETE /api/connections/{id}[?code=&reason=]`, `GET /api/upstreams`,
 //! `POST /api/upstreams/{name}/servers/{addr}/drain|enable`,
 //! `POST /api/upstreams/{name}/rebalance?fraction=`, `GET /api/config`,
-//! `POST /reload`.
+//! `POST /reload`; the dashboard's page at `GET /` (open: it asks for the
+//! token itself) and its live feed, the WebSocket `GET /api/live`
+//! ([`dashboard`]).
 //!
 //! Must not: serve traffic, or block the data path: everything here reads
 //! the registry and the snapshot, and acts through `CloseControl` and the
@@ -40,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::control::dashboard::{self, LiveTasks};
 use crate::control::{drain, lifecycle};
 use crate::observe::access::{CloseOrder, DirectionTotals};
 use crate::observe::registry::ConnStats;
@@ -79,20 +82,26 @@ pub async fn serve(
         };
         let target = target.clone();
         let stop = stop.clone();
+        let live = LiveTasks {
+            tasks: tasks.clone(),
+            stop: stop.clone(),
+        };
         tasks.spawn(async move {
             let service = service_fn(move |req| {
-                let target = target.clone();
+                let (target, live) = (target.clone(), live.clone());
                 async move {
                     Ok::<_, Infallible>(match target.get() {
-                        Some(shared) => handle(req, shared).await,
+                        Some(shared) => handle(req, shared, &live).await,
                         None => starting(&req),
                     })
                 }
             });
+            // Upgrades: the dashboard's live feed is a WebSocket.
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), service);
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}
@@ -129,9 +138,18 @@ fn starting(req: &Request<Incoming>) -> AdminResponse {
     }
 }
 
-/// Answers one admin request.
-pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminResponse {
+/// Answers one admin request; a live feed it accepts runs on `live`.
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    live: &LiveTasks,
+) -> AdminResponse {
     let path = req.uri().path().to_string();
+    if req.method() == Method::GET {
+        if let Some((body, content_type)) = dashboard::asset(&path) {
+            return dashboard::serve_asset(body, content_type);
+        }
+    }
     let query: HashMap<String, String> = req
         .uri()
         .query()
@@ -157,7 +175,15 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminRespon
     );
     let open = matches!(segs.as_slice(), ["healthz"] | ["readyz"])
         || (metrics_public && segs == ["metrics"]);
-    if !open && !authorized(&req, token.as_deref()) {
+    // A browser cannot set headers on a WebSocket: the feed's token comes
+    // as a subprotocol instead.
+    let live_token = || {
+        segs == ["api", "live"]
+            && token.as_deref().is_some_and(|t| {
+                dashboard::protocol_token(&req).is_some_and(|p| token_matches(&p, t))
+            })
+    };
+    if !open && !authorized(&req, token.as_deref()) && !live_token() {
         let mut res = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
         res.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -183,6 +209,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminRespon
                 "metrics could not be encoded",
             ),
         },
+        (&Method::GET, ["api", "live"]) => dashboard::live(req, shared, live),
         (&Method::GET, ["api", "connections"]) => list_connections(shared, &query),
         (&Method::GET, ["api", "connections", id]) => match find(shared, id) {
             Ok(c) => json_response(StatusCode::OK, &view(&c)),
@@ -215,7 +242,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminRespon
             }
         },
         (_, ["healthz" | "readyz" | "metrics" | "reload"])
-        | (_, ["api", "connections" | "upstreams" | "config", ..]) => error(
+        | (_, ["api", "connections" | "upstreams" | "config" | "live", ..]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{method} is not allowed on {path}"),
         ),
@@ -233,6 +260,10 @@ fn authorized<B>(req: &Request<B>, token: Option<&str>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    token_matches(presented, token)
+}
+
+fn token_matches(presented: &str, token: &str) -> bool {
     let a = Sha1::digest(presented.trim().as_bytes());
     let b = Sha1::digest(token.as_bytes());
     bool::from(a.as_slice().ct_eq(b.as_slice()))
@@ -377,6 +408,12 @@ fn upstream(shared: &Shared, name: &str) -> Result<Arc<Upstream>, AdminResponse>
 }
 
 fn list_upstreams(shared: &Shared) -> AdminResponse {
+    json_response(StatusCode::OK, &upstreams_value(shared))
+}
+
+/// Every upstream and its servers as `/api/upstreams` shows them (the
+/// dashboard's feed sends the same).
+pub(crate) fn upstreams_value(shared: &Shared) -> Vec<Value> {
     let snapshot = shared.snapshot.load();
     let ups: Vec<Value> = snapshot
         .upstreams()
@@ -410,7 +447,7 @@ fn list_upstreams(shared: &Shared) -> AdminResponse {
             })
         })
         .collect();
-    json_response(StatusCode::OK, &ups)
+    ups
 }
 
 fn server_action(shared: &Arc<Shared>, name: &str, addr: &str, action: &str) -> AdminResponse {

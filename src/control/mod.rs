@@ -1,6 +1,8 @@
 //! The control path: the admin API, live reload, and draining.
 //!
 //! - [`admin`]: the HTTP admin API and its probes.
+//! - [`dashboard`]: the admin listener's page, its live feed, and the
+//!   history of reloads it shows.
 //! - [`reload`]: re-reads the config, compiles a new snapshot and swaps it,
 //!   binding and closing listeners as needed.
 //! - [`resolve`]: looks up servers' host names, at start and for reloads.
@@ -12,6 +14,7 @@
 //!   metrics, `close_on_unhealthy`.
 
 pub mod admin;
+pub mod dashboard;
 pub mod drain;
 pub mod eject;
 pub mod health;

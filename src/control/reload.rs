@@ -119,6 +119,10 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
             Err(_) => format!("reload failed; config {version} still runs"),
         });
     }
+    shared
+        .dashboard
+        .reloads
+        .record(&result, &shared.snapshot.load().config.version);
     match &result {
         Ok(r) => {
             shared.metrics.reload(true, &r.version);

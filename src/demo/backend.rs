@@ -1,26 +1,84 @@
-//! The demo backend: a small application on each server address of the
-//! config, serving a page and WebSocket echo on one port, as real
-//! applications do behind wsgate.
+//! The demo backend: a small chat application on each server address of
+//! the config, serving its page and its WebSocket on one port, as real
+//! applications do behind wsgate. Every backend of one demo shares one
+//! [`ChatRoom`] (an in-process broadcast channel), so a message sent
+//! through any backend reaches every client on every backend: the
+//! "server broadcasts to every connected client" application, working
+//! through the proxy.
+//!
+//! Two kinds of client: the page asks for the `wsgate.chat` subprotocol
+//! and gets JSON (a hello naming its backend, then each message with the
+//! backend it came through); any other client gets each message as sent,
+//! so one alone hears its own messages back, as from an echo server (the
+//! self-check and `wsgate client` rely on that).
 //!
 //! Must not: outlive the shutdown token; every task belongs to the caller's
 //! tracker.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{io_err, DemoError};
 
-/// Serves a small application on `listener` until `shutdown`, as a real
-/// backend would behind wsgate: WebSocket echo on any path (every text or
-/// binary message comes back unchanged; pings are answered; a Close is
-/// returned), and for any plain request a page whose script opens that
-/// WebSocket, so a browser shows pages and WebSockets through one route.
+/// The subprotocol the chat page asks for, to get JSON with backends named.
+pub const CHAT_PROTOCOL: &str = "wsgate.chat";
+
+/// Messages a slow client may fall behind by before it misses some.
+const ROOM_BACKLOG: usize = 256;
+
+/// One message said in the room.
+#[derive(Debug, Clone)]
+struct Said {
+    /// The message as its client sent it (text or binary).
+    message: Message,
+    /// The client's number in the room.
+    from: u64,
+    /// The backend it came in through.
+    backend: SocketAddr,
+}
+
+/// The chat room every demo backend of one process shares.
+#[derive(Debug, Clone)]
+pub struct ChatRoom {
+    tx: broadcast::Sender<Said>,
+    next_client: Arc<AtomicU64>,
+}
+
+impl Default for ChatRoom {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(ROOM_BACKLOG).0,
+            next_client: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+/// Serves the demo chat on `listener` until `shutdown`, in a room of its
+/// own (see [`chat_backend`] to share one).
 pub async fn echo_backend(listener: TcpListener, tasks: TaskTracker, shutdown: CancellationToken) {
+    chat_backend(listener, ChatRoom::default(), tasks, shutdown).await;
+}
+
+/// Serves the demo chat on `listener` until `shutdown`: a WebSocket on any
+/// path joins `room` (pings are answered; a Close is returned), and any
+/// plain request gets the chat page, whose script opens that WebSocket.
+pub async fn chat_backend(
+    listener: TcpListener,
+    room: ChatRoom,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let Ok(me) = listener.local_addr() else {
+        return;
+    };
     loop {
         let (tcp, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -35,12 +93,15 @@ pub async fn echo_backend(listener: TcpListener, tasks: TaskTracker, shutdown: C
         };
         let token = shutdown.clone();
         let upgrades = tasks.clone();
+        let room = room.clone();
         tasks.spawn(async move {
             let stop = token.clone();
             let service = hyper::service::service_fn(move |req| {
-                let (upgrades, token) = (upgrades.clone(), token.clone());
+                let (upgrades, token, room) = (upgrades.clone(), token.clone(), room.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(app_answer(req, &upgrades, &token).await)
+                    Ok::<_, std::convert::Infallible>(
+                        app_answer(req, me, &room, &upgrades, &token).await,
+                    )
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -54,32 +115,15 @@ pub async fn echo_backend(listener: TcpListener, tasks: TaskTracker, shutdown: C
     }
 }
 
-/// The demo page: a tiny chat box over a WebSocket to the same path.
-const PAGE: &str = r#"<!doctype html>
-<meta charset="utf-8"><title>wsgate demo</title>
-<h1>wsgate demo</h1>
-<p>This page and its WebSocket come through wsgate, on the same route, to the same backend.</p>
-<form id="f"><input id="m" autocomplete="off" placeholder="a message"> <button>send</button></form>
-<pre id="log"></pre>
-<script>
-const log = t => document.getElementById('log').textContent += t + '\n';
-const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + location.pathname + location.search);
-ws.onopen = () => log('connected to ' + ws.url);
-ws.onmessage = e => log('< ' + e.data);
-ws.onclose = e => log('closed: ' + e.code + ' ' + e.reason);
-document.getElementById('f').onsubmit = e => {
-  e.preventDefault();
-  const m = document.getElementById('m');
-  if (ws.readyState !== WebSocket.OPEN) { log('not connected'); return; }
-  ws.send(m.value); log('> ' + m.value); m.value = '';
-};
-</script>
-"#;
+/// The chat page: it opens a WebSocket to its own path.
+const PAGE: &str = include_str!("chat.html");
 
 type DemoBody = http_body_util::Full<bytes::Bytes>;
 
 async fn app_answer(
     mut req: hyper::Request<hyper::body::Incoming>,
+    me: SocketAddr,
+    room: &ChatRoom,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> hyper::Response<DemoBody> {
@@ -102,32 +146,25 @@ async fn app_answer(
         );
         return res;
     };
+    let json = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == CHAT_PROTOCOL);
     let accept = crate::proxy::handshake::accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
-    let token = shutdown.clone();
+    let (token, room) = (shutdown.clone(), room.clone());
     tasks.spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             hyper_util::rt::TokioIo::new(upgraded),
             tokio_tungstenite::tungstenite::protocol::Role::Server,
             None,
         )
         .await;
-        loop {
-            let msg = tokio::select! {
-                _ = token.cancelled() => return,
-                m = ws.next() => m,
-            };
-            match msg {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return,
-            }
-        }
+        member(ws, me, json, room, token).await;
     });
     let mut res = hyper::Response::new(DemoBody::default());
     *res.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
@@ -143,10 +180,78 @@ async fn app_answer(
     if let Ok(v) = header::HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
+    if json {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::HeaderValue::from_static(CHAT_PROTOCOL),
+        );
+    }
     res
 }
 
-/// Binds an echo backend on every address.
+/// What a JSON client is sent for `said`; `None` for a binary message,
+/// which the page does not show.
+fn chat_json(said: &Said) -> Option<Message> {
+    let Message::Text(text) = &said.message else {
+        return None;
+    };
+    let v = serde_json::json!({
+        "type": "message",
+        "from": said.from,
+        "backend": said.backend,
+        "text": text.as_str(),
+    });
+    Some(Message::text(v.to_string()))
+}
+
+/// One client in the room, from its 101 until it or the demo goes.
+async fn member<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    me: SocketAddr,
+    json: bool,
+    room: ChatRoom,
+    token: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let id = room.next_client.fetch_add(1, Ordering::Relaxed);
+    let mut heard = room.tx.subscribe();
+    if json {
+        let hello = serde_json::json!({"type": "hello", "you": id, "backend": me});
+        if ws.send(Message::text(hello.to_string())).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            m = ws.next() => match m {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    // Nobody listening is no error: the room is empty.
+                    let _ = room.tx.send(Said { message: m, from: id, backend: me });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            },
+            said = heard.recv() => {
+                let out = match said {
+                    Ok(s) if json => chat_json(&s),
+                    Ok(s) => Some(s.message),
+                    // Fell behind: the missed messages are gone, the next ones come.
+                    Err(broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if let Some(out) = out {
+                    if ws.send(out).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Binds a demo backend on every address, all in one chat room.
 ///
 /// # Errors
 /// [`DemoError::Io`] naming the address that could not be bound.
@@ -155,11 +260,17 @@ pub async fn start_echo_backends(
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), DemoError> {
+    let room = ChatRoom::default();
     for addr in addrs {
         let l = TcpListener::bind(addr)
             .await
             .map_err(io_err(format!("binding demo backend {addr}")))?;
-        tasks.spawn(echo_backend(l, tasks.clone(), shutdown.clone()));
+        tasks.spawn(chat_backend(
+            l,
+            room.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        ));
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `wsgate demo` and `wsgate client`: a newcomer's first contact.
 //!
-//! Owns: small backends on the addresses a config names (a page and
-//! WebSocket echo on one port, as real applications serve them), a
+//! Owns: small backends on the addresses a config names (a chat page and
+//! its WebSocket on one port, as real applications serve them; every
+//! backend in one chat room), a
 //! self-made CA and server certificate when the config's are missing, a
 //! self-check that sends one message through the proxy, and a line-based
 //! WebSocket client for trying it by hand.
@@ -9,7 +10,8 @@
 //! Must not: be used by the data path. Nothing here runs in `wsgate run`.
 //!
 //! - `certs.rs`: the self-made CA and server certificate.
-//! - `backend.rs`: the demo application (a page and WebSocket echo).
+//! - `backend.rs`: the demo application, a chat whose backends share one
+//!   broadcast channel; `chat.html`: its page.
 //! - `client.rs`: connecting as a WebSocket client, and `wsgate client`.
 //! - here: [`DemoError`] and the self-check.
 
@@ -24,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-pub use backend::{echo_backend, start_echo_backends};
+pub use backend::{chat_backend, echo_backend, start_echo_backends, ChatRoom, CHAT_PROTOCOL};
 pub use certs::{ensure_certificates, make_certificates};
 pub use client::{client, close_code_name, close_line, connect, Io};
 
@@ -78,6 +80,21 @@ pub fn backend_addrs(
         }
     }
     Ok(addrs)
+}
+
+/// The line `wsgate demo` prints once it runs: the chat page's URL (from
+/// the first plain listener's `ws://` URL) and the dashboard's, side by
+/// side, so a newcomer opens both.
+pub fn open_line(chat_ws_url: &str, admin: Option<SocketAddr>) -> String {
+    let chat = chat_ws_url.replacen("ws://", "http://", 1);
+    match admin {
+        Some(a) => format!(
+            "demo: open {chat} in a browser, in two tabs: a message typed in one appears in the other              | dashboard: http://{a}/"
+        ),
+        None => format!(
+            "demo: open {chat} in a browser, in two tabs: a message typed in one appears in the other"
+        ),
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
@@ -163,6 +180,23 @@ mod tests {
             SocketAddr::from(([127, 0, 0, 7], port)),
             SocketAddr::from(([127, 0, 0, 1], 9001)),
         ])
+    }
+
+    #[test]
+    fn the_chat_and_the_dashboard_are_printed_side_by_side() {
+        let line = open_line(
+            "ws://127.0.0.1:8080/chat",
+            Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        );
+        assert!(
+            line.starts_with("demo: open http://127.0.0.1:8080/chat in a browser"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("| dashboard: http://127.0.0.1:9090/"),
+            "{line}"
+        );
+        assert!(!open_line("ws://127.0.0.1:8080/chat", None).contains("dashboard"));
     }
 
     #[test]

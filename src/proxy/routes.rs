@@ -242,6 +242,11 @@ impl Snapshot {
         self.routes.iter().map(|r| &*r.label)
     }
 
+    /// Every route, most specific first.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
     /// The pool called `name`.
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.get(name)

@@ -84,12 +84,14 @@ pub(super) struct MalformedLabels {
 /// Statuses wsgate itself answers, plus the common ones a backend may
 /// relay, keep their own series; any other becomes its class (`2xx`...), so
 /// a backend cannot create hundreds of series.
+/// Statuses labelled exactly; any other becomes its class (`4xx`).
+pub(super) const KNOWN_OUTCOMES: [u16; 23] = [
+    101, 200, 204, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 421, 426, 429, 431, 499, 500,
+    501, 502, 503, 504,
+];
+
 pub(super) fn outcome_label(status: u16) -> String {
-    const KNOWN: [u16; 23] = [
-        101, 200, 204, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 421, 426, 429, 431, 499,
-        500, 501, 502, 503, 504,
-    ];
-    if KNOWN.contains(&status) {
+    if KNOWN_OUTCOMES.contains(&status) {
         status.to_string()
     } else {
         format!("{}xx", status / 100)

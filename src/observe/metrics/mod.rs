@@ -20,11 +20,13 @@
 //!   a usable server.
 //! - `health.rs`: servers' states, computed at scrape time.
 //! - `refused.rs`: connections refused at accept, and those open.
+//! - `live.rs`: running totals read by the dashboard's live feed.
 
 mod availability;
 mod config_version;
 mod health;
 mod labels;
+mod live;
 mod process;
 mod refused;
 mod traffic;
@@ -49,6 +51,7 @@ use labels::{
     close_code_class, outcome_label, CloseLabels, DurationLabels, EndLabels, HandshakeLabels,
     HttpBytesLabels, ListenerLabels, MalformedLabels, ResultLabels,
 };
+pub use live::LiveTotals;
 use process::ProcessCollector;
 use traffic::TrafficCollector;
 

@@ -123,6 +123,37 @@ impl TrafficCollector {
     }
 }
 
+impl Sums {
+    fn totals(&self) -> DirectionTotals {
+        DirectionTotals {
+            bytes: self.bytes,
+            frames: self.frames,
+            messages: self.messages,
+            discarded_frames: self.discarded_frames,
+        }
+    }
+}
+
+impl TrafficCollector {
+    /// Everything relayed so far, closed tunnels and live ones, summed over
+    /// every label set: `(to_backend, to_client)`.
+    pub(super) fn totals(&self) -> (DirectionTotals, DirectionTotals) {
+        // Lock order: closed sums, then the live registry, as in tunnel_closed.
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut up, mut down) = (Sums::default(), Sums::default());
+        for t in closed.values() {
+            up.merge(&t.to_backend);
+            down.merge(&t.to_client);
+        }
+        drop(closed);
+        for conn in self.live.live() {
+            up.add(&conn.to_backend.totals());
+            down.add(&conn.to_client.totals());
+        }
+        (up.totals(), down.totals())
+    }
+}
+
 impl prometheus_client::collector::Collector for TrafficCollector {
     fn encode(
         &self,
