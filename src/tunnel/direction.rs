@@ -202,11 +202,11 @@ impl Half {
         }
     }
 
-    /// Queues `frame` for the next boundary, unless this direction is over
-    /// or its sender already sent a Close (a second one would break the
-    /// protocol).
+    /// Queues `frame` for the next boundary, unless this direction is over,
+    /// its sender already sent a Close (a second one would break the
+    /// protocol), or its receiver was given up on (it may hold half a frame).
     pub(crate) fn begin_close(&mut self, frame: Vec<u8>) {
-        let over = matches!(self.phase, Phase::ShuttingDown | Phase::Done);
+        let over = matches!(self.phase, Phase::ShuttingDown | Phase::Done) || self.abandoned;
         if !over && self.tracker.close().is_none() {
             self.inject = Some(frame);
         }
@@ -261,9 +261,11 @@ impl Half {
 
     /// wsgate's ping, when one waits and this is a frame boundary with
     /// everything read so far written; never once a Close has passed either
-    /// way of this direction, nor after a violation.
+    /// way of this direction, nor after a violation, nor to a receiver
+    /// given up on (the ping may have been queued before).
     fn take_ping(&mut self) -> Option<Vec<u8>> {
-        let closing = self.inject.is_some() || self.discard || self.violation.is_some();
+        let closing =
+            self.inject.is_some() || self.discard || self.violation.is_some() || self.abandoned;
         if closing || !self.tracker.at_boundary() || self.tracker.close().is_some() {
             return None;
         }
