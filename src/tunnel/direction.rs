@@ -130,7 +130,8 @@ impl Half {
     pub(crate) fn with_policy(sender: Sender, policy: &FramePolicy) -> Self {
         Self {
             tracker: FrameTracker::with_rsv(sender, policy.rsv)
-                .with_limits(policy.max_frame, policy.max_message),
+                .with_limits(policy.max_frame, policy.max_message)
+                .lenient(!policy.strict),
             strict: policy.strict,
             watch: policy
                 .keepalive

@@ -58,7 +58,15 @@ pub struct FrameTracker {
     // Close payload bytes seen so far, capped at 2: only the code matters.
     close_pos: u8,
     flags: u8,
+    // `[websocket] strict = false`: RFC 6455's rules are not enforced, but
+    // frames are still followed, so the route's limits (sizes, rate) hold
+    // after a broken frame as before it.
+    lenient: bool,
 }
+
+// `close_pos` of a Close whose payload is too short to hold a code
+// (lenient only): none is read from it.
+const CLOSE_NO_CODE: u8 = 3;
 
 impl FrameTracker {
     /// A tracker for frames sent by `sender`, positioned at the start of the stream.
@@ -82,7 +90,19 @@ impl FrameTracker {
             hdr_pos: 0,
             close_pos: 0,
             flags: 0,
+            lenient: false,
         }
+    }
+
+    /// When `yes`, a tracker that lets RFC 6455's rules go
+    /// (`[websocket] strict = false`) yet keeps following frames: only the
+    /// route's limits ([`FrameError::is_route_limit`]) are errors then, and
+    /// they hold after a broken frame as before it. Frame boundaries, the
+    /// Close and the counters stay known, so a proxy can still close at a
+    /// boundary.
+    pub fn lenient(mut self, yes: bool) -> Self {
+        self.lenient = yes;
+        self
     }
 
     /// A tracker whose sender may set the reserved bits in `rsv` (a mask of
@@ -317,7 +337,7 @@ impl FrameTracker {
             1 => {
                 let masked = b & MASK_BIT != 0;
                 let expected_masked = self.sender == Sender::Client;
-                if masked != expected_masked {
+                if masked != expected_masked && !self.lenient {
                     return Err(FrameError::Masking { expected_masked });
                 }
                 self.b1 = b;
@@ -328,7 +348,7 @@ impl FrameTracker {
             pos => {
                 let ext_end = 2 + self.ext_len();
                 if pos < ext_end {
-                    if self.ext_len() == 8 && pos == 2 && b & 0x80 != 0 {
+                    if self.ext_len() == 8 && pos == 2 && b & 0x80 != 0 && !self.lenient {
                         return Err(FrameError::LengthOverflow);
                     }
                     self.remaining = (self.remaining << 8) | u64::from(b);
@@ -347,6 +367,23 @@ impl FrameTracker {
     // Everything knowable from the first byte is checked here so a bad frame
     // is reported before the rest of its header has to arrive.
     fn check_first_byte(&mut self, b: u8) -> Result<(), FrameError> {
+        match self.check_rules(b) {
+            Err(e) if !self.lenient => return Err(e),
+            _ => {}
+        }
+        if matches!(b & 0x0F, OP_TEXT | OP_BINARY | OP_PING) && !self.closed() {
+            match self.starts_left {
+                0 => return Err(FrameError::RateLimited),
+                u32::MAX => {}
+                _ => self.starts_left -= 1,
+            }
+        }
+        self.b0 = b;
+        Ok(())
+    }
+
+    // RFC 6455's rules for a frame's first byte.
+    fn check_rules(&self, b: u8) -> Result<(), FrameError> {
         let fin = b & FIN_BIT != 0;
         let rsv = b & RSV_BITS & !self.flags;
         if rsv != 0 {
@@ -363,14 +400,6 @@ impl FrameTracker {
             OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
             op => return Err(FrameError::ReservedOpcode(op)),
         }
-        if matches!(b & 0x0F, OP_TEXT | OP_BINARY | OP_PING) && !self.closed() {
-            match self.starts_left {
-                0 => return Err(FrameError::RateLimited),
-                u32::MAX => {}
-                _ => self.starts_left -= 1,
-            }
-        }
-        self.b0 = b;
         Ok(())
     }
 
@@ -379,14 +408,27 @@ impl FrameTracker {
         // Control length is checked only now so non-minimal encodings of a
         // short length stay legal, and the error carries the real length.
         if op >= OP_CLOSE && self.remaining > 125 {
-            return Err(FrameError::ControlTooLong(self.remaining));
+            if !self.lenient {
+                return Err(FrameError::ControlTooLong(self.remaining));
+            }
+            // Let through, a control frame is still a frame: it may not
+            // pass the frame limit.
+            if self.remaining > self.max_frame && !self.closed() {
+                return Err(FrameError::FrameTooBig(self.remaining));
+            }
         }
         if op < OP_CLOSE && !self.closed() {
             if self.remaining > self.max_frame {
                 return Err(FrameError::FrameTooBig(self.remaining));
             }
+            // Strict, a continuation is always within a message; lenient,
+            // any frame but a new text or binary one adds to the message
+            // in progress, so a broken frame cannot reset its size.
             self.message_len = match op {
-                OP_CONTINUATION => self.message_len.saturating_add(self.remaining),
+                OP_TEXT | OP_BINARY => self.remaining,
+                _ if self.flags & IN_MESSAGE != 0 => {
+                    self.message_len.saturating_add(self.remaining)
+                }
                 _ => self.remaining,
             };
             if self.message_len > self.max_message {
@@ -394,12 +436,15 @@ impl FrameTracker {
             }
         }
         if op == OP_CLOSE && !self.closed() {
-            if self.remaining == 1 {
-                return Err(FrameError::CloseTooShort);
-            }
             // Two shifted-in bytes replace close_code entirely; only the
             // position needs resetting.
             self.close_pos = 0;
+            if self.remaining == 1 {
+                if !self.lenient {
+                    return Err(FrameError::CloseTooShort);
+                }
+                self.close_pos = CLOSE_NO_CODE;
+            }
         }
         if self.closed() {
             self.late = self.late.saturating_add(1);
@@ -422,7 +467,8 @@ impl FrameTracker {
     fn pass_payload<'a>(&mut self, mut data: &'a [u8]) -> Result<&'a [u8], FrameError> {
         if self.opcode() == OP_CLOSE && !self.closed() {
             // A Close payload here has at least 2 bytes (0 never enters the
-            // payload state, 1 is rejected), so remaining cannot underflow.
+            // payload state, 1 is rejected, or, lenient, read without a
+            // code), so remaining cannot underflow.
             while self.close_pos < 2 {
                 let Some((&b, rest)) = data.split_first() else {
                     return Ok(data);
@@ -439,8 +485,8 @@ impl FrameTracker {
                 self.remaining -= 1;
                 data = rest;
             }
-            if self.flags & CLOSE_HAS_CODE == 0 {
-                if !close_code_allowed(self.close_code) {
+            if self.close_pos == 2 && self.flags & CLOSE_HAS_CODE == 0 {
+                if !close_code_allowed(self.close_code) && !self.lenient {
                     return Err(FrameError::InvalidCloseCode(self.close_code));
                 }
                 self.flags |= CLOSE_HAS_CODE;
@@ -470,7 +516,7 @@ impl FrameTracker {
                 self.flags |= CLOSED;
             }
             OP_PING | OP_PONG => self.control_frames += 1,
-            _ if self.fin() => {
+            OP_CONTINUATION | OP_TEXT | OP_BINARY if self.fin() => {
                 self.messages += 1;
                 self.flags &= !IN_MESSAGE;
             }

@@ -143,3 +143,50 @@ async fn the_rate_holds_when_not_strict() {
         "message rate exceeded",
     );
 }
+
+/// Not strict, a broken frame passes untouched, and the route's limits
+/// still hold after it: one frame with a reserved opcode or an unmasked
+/// header must not turn the rate (and the size limits) off for the rest
+/// of the tunnel.
+#[tokio::test(start_paused = true)]
+async fn a_broken_frame_when_not_strict_does_not_turn_the_limits_off() {
+    let broken = [
+        ("reserved opcode", from_client(FIN | 0x3, b"?")),
+        ("reserved bit", from_client(FIN | 0x40 | PONG, b"?")),
+        ("unmasked", from_backend(FIN | PONG, b"?")),
+        ("lone continuation", from_client(FIN | CONT, b"?")),
+        ("fragmented control", from_client(PONG, b"?")),
+        ("long control", from_client(FIN | PONG, &payload(200))),
+    ];
+    for (what, bad) in broken {
+        let mut t = Setup {
+            policy: FramePolicy {
+                strict: false,
+                rate: Some(RateLimit {
+                    per_second: 1,
+                    burst: 1,
+                }),
+                ..FramePolicy::default()
+            },
+            ..Setup::default()
+        }
+        .start();
+        let one = from_client(FIN | TEXT, b"x");
+        let sent = [bad.clone(), one.clone(), one.clone()].concat();
+        send(&mut t.client, &sent).await;
+        let passed = bad.len() + one.len();
+        let got = read_n(
+            &mut t.backend,
+            passed + 31,
+            "the broken frame, one, a Close",
+        )
+        .await;
+        assert_eq!(got[..passed], sent[..passed], "{what}");
+        decode(&got[passed..])[0].assert_close(true, 1001, "peer broke the protocol");
+        decode(&read_all(&mut t.client, "the 1008").await)[0].assert_close(
+            false,
+            1008,
+            "message rate exceeded",
+        );
+    }
+}
