@@ -12,7 +12,8 @@
 //! the deadlines that time gives. Only bytes relayed between the peers
 //! count against `idle_timeout`; wsgate's own pings and the pongs that
 //! answer them do not, so keepalive pings never hold an idle tunnel open.
-//! Any byte from the client counts as hearing from it for `ping_interval`.
+//! Any byte from the client counts as hearing from it for `ping_interval`,
+//! and, once a ping is out, as its answer for `ping_timeout`.
 //!
 //! Must not: allocate anything for a tunnel whose route sets none of the
 //! policies, or arm a timer per read.
@@ -171,7 +172,12 @@ impl Keepalive {
             rearm = true;
         }
         if let Some(up) = w.up.as_deref_mut() {
-            if up.take_answered() {
+            // Heard since the ping went out, whatever it sent: alive. A
+            // client may answer only the latest of several pings (RFC 6455
+            // 5.5.3), the backend's when it follows wsgate's; then wsgate's
+            // Pong never comes, and is dropped if it comes later.
+            let heard = matches!(self.ping, PingState::Sent(at) if up.heard_at() >= at);
+            if up.take_answered() || heard {
                 // The next ping is due an interval after this answer.
                 self.ping = PingState::Quiet;
                 rearm = true;

@@ -318,3 +318,39 @@ async fn without_a_policy_a_silent_tunnel_is_left_alone() {
     assert_eq!(read_n(&mut t.client, down.len(), "the reply").await, down);
     assert!(!t.task.is_finished());
 }
+
+/// A client may answer only the most recent of several pings (RFC 6455
+/// 5.5.3; tungstenite keeps one pending Pong, the last): when the
+/// backend's Ping follows wsgate's and the client answers only the
+/// backend's, the client is alive. Its Pong goes to the backend, and it
+/// is not cut at `ping_timeout`.
+#[tokio::test]
+async fn a_client_answering_only_the_backends_later_ping_is_not_cut() {
+    tokio::time::pause();
+    let mut t = with(KeepalivePolicy {
+        ping: pings(MS_100, MS_100 * 2),
+        ..KeepalivePolicy::default()
+    });
+    ping_at_client(&mut t).await;
+    let theirs = from_backend(FIN | PING, b"backend");
+    send(&mut t.backend, &theirs).await;
+    assert_eq!(
+        read_n(&mut t.client, theirs.len(), "its ping").await,
+        theirs
+    );
+    let answer = from_client(FIN | PONG, b"backend");
+    send(&mut t.client, &answer).await;
+    assert_eq!(
+        read_n(&mut t.backend, answer.len(), "the answer").await,
+        answer
+    );
+    // Well past ping_timeout: the next thing at the client is wsgate's
+    // next ping, not the end of its connection.
+    ping_at_client(&mut t).await;
+    assert!(!t.task.is_finished());
+    t.shutdown.cancel();
+    assert!(matches!(
+        t.outcome().await.error,
+        Some(TunnelError::Shutdown)
+    ));
+}
