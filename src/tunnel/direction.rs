@@ -196,6 +196,10 @@ impl Half {
     /// shuts its writer once the frame is out.
     pub(crate) fn close_offender(&mut self, frame: Vec<u8>) {
         self.shut_after_inject = true;
+        if self.injecting {
+            // wsgate's Close is half-way out: the shutdown follows it.
+            return;
+        }
         self.begin_close(frame);
         if self.inject.is_none() && !matches!(self.phase, Phase::Done) {
             // Its peer's Close already reached it: only the shutdown is left.
@@ -204,10 +208,14 @@ impl Half {
     }
 
     /// Queues `frame` for the next boundary, unless this direction is over,
-    /// its sender already sent a Close (a second one would break the
-    /// protocol), or its receiver was given up on (it may hold half a frame).
+    /// its sender already sent a Close or wsgate already wrote one (a
+    /// second would break the protocol), or its receiver was given up on
+    /// (it may hold half a frame).
     pub(crate) fn begin_close(&mut self, frame: Vec<u8>) {
-        let over = matches!(self.phase, Phase::ShuttingDown | Phase::Done) || self.abandoned;
+        let over = matches!(self.phase, Phase::ShuttingDown | Phase::Done)
+            || self.abandoned
+            || self.injecting
+            || self.discard;
         if !over && self.tracker.close().is_none() {
             self.inject = Some(frame);
         }
@@ -324,6 +332,9 @@ impl Half {
             Err((e, _)) if !self.strict && !e.is_route_limit() => data.len(),
             Err((e, start)) => {
                 self.violation = Some(e);
+                // Begun in bytes already passed, the bad frame leaves no
+                // boundary: not even a Close queued before may go now.
+                self.inject = None;
                 if start.is_some() {
                     let mask =
                         (self.tracker.sender() == Sender::Client).then(|| mask_key(stats.id));

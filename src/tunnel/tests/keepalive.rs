@@ -344,3 +344,48 @@ async fn a_client_answering_only_the_backends_later_ping_is_not_cut() {
     ping_at_client(&mut t).await;
     shut_down(t).await;
 }
+
+/// A drain that comes while wsgate's Close for a ping timeout is half-way
+/// out to a slow backend adds no second Close: the backend gets the rest
+/// of the client's frame, one Close ("ping timeout"), then EOF.
+#[tokio::test(start_paused = true)]
+async fn a_drain_during_the_ping_timeout_close_adds_no_second_close() {
+    let mut t = Setup {
+        backend_pipe: 64,
+        policy: FramePolicy {
+            keepalive: KeepalivePolicy {
+                ping: pings(MS_100, MS_100 * 2),
+                ..KeepalivePolicy::default()
+            },
+            ..FramePolicy::default()
+        },
+        ..Setup::default()
+    }
+    .start();
+    // 124 bytes: 64 fill the pipe, 60 wait in the tunnel.
+    let up = from_client(FIN | BINARY, &payload(118));
+    send(&mut t.client, &up).await;
+    ping_at_client(&mut t).await;
+    // Past the ping timeout, the Close waits behind the frame.
+    tokio::time::sleep(MS_100 * 5).await;
+    let mut got = read_n(&mut t.backend, 64, "what fits in the pipe").await;
+    // The rest of the frame goes, and the first 4 bytes of the Close.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    t.drain.cancel();
+    got.extend(read_all(&mut t.backend, "the backend's EOF").await);
+    assert_eq!(got[..up.len()], up[..]);
+    let closes = decode(&got[up.len()..]);
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    closes[0].assert_close(true, 1001, "ping timeout");
+    let out = t.outcome().await;
+    assert!(
+        matches!(
+            out.error,
+            Some(TunnelError::Keepalive(KeepaliveEnd::PingTimeout(_)))
+        ),
+        "{:?}",
+        out.error
+    );
+}
