@@ -187,6 +187,14 @@ impl Half {
         }
     }
 
+    /// The receiver has sent `n` pings so far: as many of the sender's
+    /// pongs answer them, free of the route's rate (rate.rs).
+    pub(crate) fn peer_pings(&mut self, n: u32) {
+        if let Some(b) = &mut self.rate {
+            b.peer_pings(n);
+        }
+    }
+
     /// The violation this direction's sender committed, if any.
     pub(crate) fn violation(&self) -> Option<FrameError> {
         self.violation

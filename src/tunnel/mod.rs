@@ -158,6 +158,7 @@ pub async fn run<C: Splice, B: Splice>(
             state.proxy_close = Some(order);
             close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
         }
+        up.peer_pings(down.tracker.pings());
         if let Some(out) = step(
             &mut up,
             Side::Client,

@@ -33,10 +33,15 @@ pub struct FrameTracker {
     // Frames whose header completed after this sender's Close (saturating;
     // u32 keeps the tracker within a cache line).
     late: u32,
-    // Messages (text, binary) and pings this sender may still begin before
-    // its Close: the caller's message-rate budget (`u32::MAX`: unmetered).
-    // Set before a feed and read after it; the tracker knows no time.
+    // Frames this sender may still begin before its Close, continuations,
+    // Closes and owed pongs aside: the caller's message-rate budget
+    // (`u32::MAX`: unmetered). Set before a feed and read after it; the
+    // tracker knows no time.
     starts_left: u32,
+    // Pongs that answer the peer's pings, free of the budget (metered only).
+    pongs_owed: u32,
+    // Pings this sender sent, whole (saturating): the pongs its peer owes.
+    pings: u32,
     // Route limits on one data frame's and one message's payload
     // (u64::MAX: none), and the current message's payload so far.
     max_frame: u64,
@@ -77,6 +82,8 @@ impl FrameTracker {
             control_frames: 0,
             late: 0,
             starts_left: u32::MAX,
+            pongs_owed: 0,
+            pings: 0,
             max_frame: u64::MAX,
             max_message: u64::MAX,
             message_len: 0,
@@ -123,11 +130,13 @@ impl FrameTracker {
         self
     }
 
-    /// How many more messages (text or binary, counted by their first
-    /// frame) and pings the sender may begin; the next one past it is
-    /// refused with [`FrameError::RateLimited`], judged from its first
-    /// header byte. `u32::MAX`: no limit (the default). Pongs, Closes and
-    /// continuations are never counted, nor frames after the sender's Close.
+    /// How many more frames the sender may begin: messages (text or
+    /// binary, counted by their first frame), pings, and pongs beyond
+    /// [`FrameTracker::allow_pongs`]'s (and, lenient, frames of reserved
+    /// opcodes); the next one past it is refused with
+    /// [`FrameError::RateLimited`], judged from its first header byte.
+    /// `u32::MAX`: no limit (the default). Closes and continuations are
+    /// never counted, nor frames after the sender's Close.
     pub fn allow_starts(&mut self, n: u32) {
         self.starts_left = n;
     }
@@ -135,6 +144,23 @@ impl FrameTracker {
     /// What is left of [`FrameTracker::allow_starts`]'s allowance.
     pub fn starts_left(&self) -> u32 {
         self.starts_left
+    }
+
+    /// How many pongs the sender owes its peer for the peer's pings: those
+    /// are free of [`FrameTracker::allow_starts`]'s allowance, so answering
+    /// pings never costs a client its rate, and unasked pongs do.
+    pub fn allow_pongs(&mut self, n: u32) {
+        self.pongs_owed = n;
+    }
+
+    /// What is left of [`FrameTracker::allow_pongs`]'s allowance.
+    pub fn pongs_owed(&self) -> u32 {
+        self.pongs_owed
+    }
+
+    /// Pings this sender has sent whole (saturating at `u32::MAX`).
+    pub fn pings(&self) -> u32 {
+        self.pings
     }
 
     /// Like [`FrameTracker::feed`], and on a violation also says where, in
@@ -371,11 +397,20 @@ impl FrameTracker {
             Err(e) if !self.lenient => return Err(e),
             _ => {}
         }
-        if matches!(b & 0x0F, OP_TEXT | OP_BINARY | OP_PING) && !self.closed() {
-            match self.starts_left {
-                0 => return Err(FrameError::RateLimited),
-                u32::MAX => {}
-                _ => self.starts_left -= 1,
+        if self.starts_left != u32::MAX && !self.closed() {
+            let free = match b & 0x0F {
+                OP_CONTINUATION | OP_CLOSE => true,
+                OP_PONG if self.pongs_owed > 0 => {
+                    self.pongs_owed -= 1;
+                    true
+                }
+                _ => false,
+            };
+            if !free {
+                if self.starts_left == 0 {
+                    return Err(FrameError::RateLimited);
+                }
+                self.starts_left -= 1;
             }
         }
         self.b0 = b;
@@ -515,7 +550,11 @@ impl FrameTracker {
                 self.control_frames += 1;
                 self.flags |= CLOSED;
             }
-            OP_PING | OP_PONG => self.control_frames += 1,
+            OP_PING => {
+                self.control_frames += 1;
+                self.pings = self.pings.saturating_add(1);
+            }
+            OP_PONG => self.control_frames += 1,
             OP_CONTINUATION | OP_TEXT | OP_BINARY if self.fin() => {
                 self.messages += 1;
                 self.flags &= !IN_MESSAGE;
