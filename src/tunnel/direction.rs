@@ -271,6 +271,12 @@ impl Half {
         self.discard && !self.need_flush && !matches!(self.phase, Phase::Writing { .. })
     }
 
+    /// Bytes of the sender's wait for the receiver to take them: until it
+    /// does, nothing more is read from the sender (back-pressure).
+    pub(crate) fn backlogged(&self) -> bool {
+        matches!(self.phase, Phase::Writing { .. }) && !self.injecting
+    }
+
     /// The keepalive record of this direction, when the route keeps one.
     pub(crate) fn watch_mut(&mut self) -> Option<&mut HalfWatch> {
         self.watch.as_deref_mut()

@@ -271,9 +271,18 @@ impl Keepalive {
 // === the run loop's hooks ===
 
 /// Lends the run loop's two directions' watches to [`Keepalive::poll`].
+/// While the backend does not take the client's bytes, wsgate reads none
+/// from the client, so whatever it sends (its answer to a ping included)
+/// cannot be heard: it counts as heard, and the backend's stall is for
+/// `write_stall_timeout` to judge, not the client's silence.
 pub(crate) fn watches<'a>(up: &'a mut Half, down: &'a mut Half) -> Watches<'a> {
+    let unheard = up.backlogged();
+    let mut up = up.watch_mut();
+    if let Some(w) = up.as_deref_mut().filter(|_| unheard) {
+        w.heard(false);
+    }
     Watches {
-        up: up.watch_mut(),
+        up,
         down: down.watch_mut(),
     }
 }

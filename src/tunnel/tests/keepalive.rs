@@ -362,14 +362,14 @@ async fn a_drain_during_the_ping_timeout_close_adds_no_second_close() {
         ..Setup::default()
     }
     .start();
-    // 124 bytes: 64 fill the pipe, 60 wait in the tunnel.
-    let up = from_client(FIN | BINARY, &payload(118));
+    // 64 bytes: they fill the pipe.
+    let up = from_client(FIN | BINARY, &payload(58));
     send(&mut t.client, &up).await;
     ping_at_client(&mut t).await;
-    // Past the ping timeout, the Close waits behind the frame.
+    // Past the ping timeout, the Close waits for room in the pipe.
     tokio::time::sleep(MS_100 * 5).await;
-    let mut got = read_n(&mut t.backend, 64, "what fits in the pipe").await;
-    // The rest of the frame goes, and the first 4 bytes of the Close.
+    let mut got = read_n(&mut t.backend, 4, "room for 4 bytes").await;
+    // The first 4 bytes of the Close go.
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
@@ -385,6 +385,41 @@ async fn a_drain_during_the_ping_timeout_close_adds_no_second_close() {
             out.error,
             Some(TunnelError::Keepalive(KeepaliveEnd::PingTimeout(_)))
         ),
+        "{:?}",
+        out.error
+    );
+}
+
+/// A backend that stops reading stops wsgate reading the client (back-
+/// pressure), so the client's answer to a ping could not be heard: that
+/// is no sign of a dead client. It is neither pinged nor cut for a ping
+/// timeout; the backend's stall ends the tunnel, the client getting
+/// Close 1001.
+#[tokio::test(start_paused = true)]
+async fn a_client_unheard_because_the_backend_stopped_reading_is_not_cut_as_dead() {
+    let stall = MS_100 * 30;
+    let mut t = Setup {
+        backend_pipe: 64,
+        policy: FramePolicy {
+            keepalive: KeepalivePolicy {
+                ping: pings(MS_100, MS_100 * 2),
+                ..KeepalivePolicy::default()
+            },
+            write_stall: Some(stall),
+            ..FramePolicy::default()
+        },
+        ..Setup::default()
+    }
+    .start();
+    send(&mut t.client, &from_client(FIN | BINARY, &payload(1000))).await;
+    // No ping first: its answer could not be heard.
+    next_frame(&mut t.client)
+        .await
+        .assert_close(false, 1001, "peer not reading");
+    t.client.shutdown().await.expect("EOF");
+    let out = t.outcome().await;
+    assert!(
+        matches!(out.error, Some(TunnelError::WriteStall { side: Side::Backend, after }) if after == stall),
         "{:?}",
         out.error
     );
