@@ -13,7 +13,9 @@
 //! count against `idle_timeout`; wsgate's own pings and the pongs that
 //! answer them do not, so keepalive pings never hold an idle tunnel open.
 //! Any byte from the client counts as hearing from it for `ping_interval`,
-//! and, once a ping is out, as its answer for `ping_timeout`.
+//! and, once a ping is out, as its answer for `ping_timeout`. A direction
+//! held up by a receiver that takes nothing counts as heard and relayed:
+//! that is a stall (`stall.rs`), not silence.
 //!
 //! Must not: allocate anything for a tunnel whose route sets none of the
 //! policies, or arm a timer per read.
@@ -271,20 +273,24 @@ impl Keepalive {
 // === the run loop's hooks ===
 
 /// Lends the run loop's two directions' watches to [`Keepalive::poll`].
-/// While the backend does not take the client's bytes, wsgate reads none
-/// from the client, so whatever it sends (its answer to a ping included)
-/// cannot be heard: it counts as heard, and the backend's stall is for
-/// `write_stall_timeout` to judge, not the client's silence.
+/// A direction whose receiver does not take its bytes reads none from its
+/// sender: whatever the sender sends meanwhile (a client's answer to a
+/// ping included) cannot be heard, and bytes waiting to move are not
+/// idleness. Such a direction counts as heard and relayed: a receiver
+/// that stopped reading is `write_stall_timeout`'s to judge, not the
+/// keepalive policies'.
 pub(crate) fn watches<'a>(up: &'a mut Half, down: &'a mut Half) -> Watches<'a> {
-    let unheard = up.backlogged();
-    let mut up = up.watch_mut();
-    if let Some(w) = up.as_deref_mut().filter(|_| unheard) {
-        w.heard(false);
+    let (up_waits, down_waits) = (up.backlogged(), down.backlogged());
+    let (mut up, mut down) = (up.watch_mut(), down.watch_mut());
+    for (w, waits) in [
+        (up.as_deref_mut(), up_waits),
+        (down.as_deref_mut(), down_waits),
+    ] {
+        if let Some(w) = w.filter(|_| waits) {
+            w.heard(true);
+        }
     }
-    Watches {
-        up,
-        down: down.watch_mut(),
-    }
+    Watches { up, down }
 }
 
 /// Starts the close `end` calls for. Idle and age close both sides with

@@ -424,3 +424,40 @@ async fn a_client_unheard_because_the_backend_stopped_reading_is_not_cut_as_dead
         out.error
     );
 }
+
+/// Bytes waiting for a receiver that takes none are not idleness: a
+/// tunnel whose backend stopped reading is ended by its stall (the client
+/// getting 1001 "peer not reading", the record blaming the backend), not
+/// by `idle_timeout` with a Close the stalled backend could never take.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_tunnel_is_not_idle() {
+    let stall = MS_100 * 30;
+    let mut t = Setup {
+        backend_pipe: 64,
+        policy: FramePolicy {
+            keepalive: KeepalivePolicy {
+                idle_timeout: Some(MS_100 * 2),
+                ..KeepalivePolicy::default()
+            },
+            write_stall: Some(stall),
+            ..FramePolicy::default()
+        },
+        timeouts: TunnelTimeouts {
+            half_close: stall * 100,
+            close: stall * 3,
+        },
+        ..Setup::default()
+    }
+    .start();
+    send(&mut t.client, &from_client(FIN | BINARY, &payload(1000))).await;
+    next_frame(&mut t.client)
+        .await
+        .assert_close(false, 1001, "peer not reading");
+    t.client.shutdown().await.expect("EOF");
+    let out = t.outcome().await;
+    assert!(
+        matches!(out.error, Some(TunnelError::WriteStall { side: Side::Backend, after }) if after == stall),
+        "{:?}",
+        out.error
+    );
+}
