@@ -1,14 +1,14 @@
-//! The PROXY protocol, accepted and sent, with real sockets: a listener
-//! with `proxy_protocol = true` takes a v1 or v2 header (in the same write
-//! as the request, or split over many) from `trusted_proxies` only, before
+//! The PROXY protocol accepted, with real sockets: a listener with
+//! `proxy_protocol = true` takes a v1 or v2 header (in the same write as
+//! the request, or split over many) from `trusted_proxies` only, before
 //! TLS on a TLS listener, and its client is the client in the access log,
 //! the live registry, `X-Forwarded-For`/`Forwarded`, `hash_key = "ip"` and
 //! `max_connections_per_ip`; bad headers are closed and counted beside a
-//! steady client. An upstream with `send_proxy_protocol` gets the header
-//! first on every connection (tunnels, plain requests, before TLS, health
-//! probes), and a pooled connection never carries another client.
+//! steady client. Sending headers to upstreams is in proxy_protocol_send.rs.
 
 mod common;
+#[path = "support/proxy.rs"]
+mod proxy;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -17,62 +17,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::*;
+use proxy::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use wsgate::front::listener::REFUSED_RESPONSE;
-use wsgate::net::proxy_protocol::{ProxyHeader, Version};
-
-/// Where the load balancer says its clients connected to.
-const FRONT: &str = "198.51.100.1:443";
-
-/// A v1 header for `client`, written out by hand (not by wsgate's encoder).
-fn v1(client: &str) -> Vec<u8> {
-    let c: SocketAddr = client.parse().expect("client");
-    format!("PROXY TCP4 {} 198.51.100.1 {} 443\r\n", c.ip(), c.port()).into_bytes()
-}
-
-/// A v2 PROXY header for an IPv4 `client`, byte by byte.
-fn v2(client: &str) -> Vec<u8> {
-    let c: std::net::SocketAddrV4 = client.parse().expect("client");
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
-    h.extend_from_slice(&c.ip().octets());
-    h.extend_from_slice(&[198, 51, 100, 1]);
-    h.extend_from_slice(&c.port().to_be_bytes());
-    h.extend_from_slice(&443u16.to_be_bytes());
-    h
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("address")
-}
-
-/// `[limits]` body, then a plain listener `lb` and a TLS listener `lbs`
-/// taking PROXY headers from `trusted`, routing to `upstreams` (TOML of
-/// routes and upstreams).
-async fn start(limits: &str, trusted: &str, upstreams: &str) -> TestGateway {
-    let dir = tempfile::tempdir().expect("tempdir");
-    make_cert(dir.path(), "a", &["a.test"]);
-    let toml = format!(
-        "[timeouts]\nconnect = \"2s\"\nupstream_handshake = \"2s\"\nclient_handshake = \"500ms\"\n\n\
-         [limits]\n{limits}\n\n\
-         [[listeners]]\nname = \"lb\"\nbind = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_proxies = [{trusted}]\n\n\
-         [[listeners]]\nname = \"lbs\"\nbind = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_proxies = [{trusted}]\n\
-         tls = {{ cert = \"a.pem\", key = \"a.key\" }}\n\n\
-         [[listeners]]\nname = \"direct\"\nbind = \"127.0.0.1:0\"\n\n{upstreams}"
-    );
-    TestGateway::start_in(dir, &toml).await
-}
-
-/// One route to one upstream of `servers`, with `extra` keys.
-fn upstream(servers: &[SocketAddr], extra: &str) -> String {
-    format!(
-        "[[routes]]\nupstream = \"u\"\n\n[upstreams.u]\nservers = {}\n{extra}\n",
-        server_list(servers)
-    )
-}
 
 async fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> TcpStream {
     let s = TcpSocket::new_v4().expect("socket");
@@ -99,47 +50,6 @@ async fn exchange(tcp: &mut TcpStream, header: &[u8], request: &str) -> (u16, St
     all.extend_from_slice(request.as_bytes());
     raw_exchange(tcp, &all).await
 }
-
-fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n")
-}
-
-async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    within("the connection to close", async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => all.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    all
-}
-
-fn refused(gw: &TestGateway, listener: &str, reason: &str) -> u64 {
-    let series =
-        format!("wsgate_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} ");
-    let text = gw.gateway.shared().metrics.encode().expect("encode");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-async fn wait_open(gw: &TestGateway, n: usize) {
-    let shared = gw.gateway.shared();
-    within(&format!("{n} open client connections"), async {
-        while shared.admission.open() != n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
-
-// === accepting ===
 
 #[tokio::test]
 async fn the_carried_address_is_the_client_in_logs_registry_and_forwarding_headers() {
@@ -472,175 +382,4 @@ async fn bad_headers_are_closed_and_counted_beside_a_steady_client() {
     drop(steady);
     wait_open(&gw, 0).await;
     gw.wait_idle().await;
-}
-
-// === sending ===
-
-/// The headers a backend received, in connection order.
-fn headers_of(b: &AppBackend) -> Vec<(usize, ProxyHeader)> {
-    let mut h = b.proxy_headers.lock().expect("lock").clone();
-    h.sort_by_key(|(c, _)| *c);
-    h
-}
-
-#[tokio::test]
-async fn tunnels_send_v1_or_v2_with_the_client_the_balancer_named() {
-    let (one, two) = (
-        AppBackend::start_proxied(None).await,
-        AppBackend::start_proxied(None).await,
-    );
-    let routes = format!(
-        "[[routes]]\npath_prefix = \"/one\"\nupstream = \"one\"\n[[routes]]\npath_prefix = \"/two\"\nupstream = \"two\"\n\
-         [upstreams.one]\nservers = [\"{}\"]\nsend_proxy_protocol = \"v1\"\n\
-         [upstreams.two]\nservers = [\"{}\"]\nsend_proxy_protocol = \"v2\"\n",
-        one.addr, two.addr
-    );
-    let gw = start("", "\"127.0.0.1/32\"", &routes).await;
-    let lb = gw.addr("lb");
-    for (path, backend, version) in [("/one", &one, Version::V1), ("/two", &two, Version::V2)] {
-        let mut tcp = TcpStream::connect(lb).await.expect("connect");
-        tcp.write_all(&v2("203.0.113.7:4000"))
-            .await
-            .expect("header");
-        let (mut ws, _) = within(
-            "the handshake",
-            tokio_tungstenite::client_async(format!("ws://{lb}{path}"), tcp),
-        )
-        .await
-        .expect("a backend that requires the header took it");
-        echo_once(&mut ws, "through").await;
-        let got = headers_of(backend);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1.version, version);
-        assert_eq!(
-            got[0].1.addresses,
-            Some((addr("203.0.113.7:4000"), addr(FRONT)))
-        );
-        drop(ws);
-    }
-    wait_open(&gw, 0).await;
-}
-
-#[tokio::test]
-async fn a_pooled_backend_connection_never_carries_another_client() {
-    let backend = AppBackend::start_proxied(None).await;
-    let gw = start(
-        "",
-        "\"127.0.0.1/32\"",
-        &upstream(&[backend.addr], "send_proxy_protocol = \"v2\""),
-    )
-    .await;
-    let lb = gw.addr("lb");
-    let mut a = TcpStream::connect(lb).await.expect("connect");
-    let mut b = TcpStream::connect(lb).await.expect("connect");
-    a.write_all(&v1("203.0.113.7:4000")).await.expect("header");
-    b.write_all(&v1("203.0.113.9:4000")).await.expect("header");
-    // Each response is read whole, so its backend connection goes back to
-    // the pool before the next request.
-    for round in 0..2 {
-        for (client, tcp) in [("a", &mut a), ("b", &mut b)] {
-            let (status, _, _) = raw_exchange(tcp, get("/headers").as_bytes()).await;
-            assert_eq!(status, 200, "client {client}, round {round}");
-        }
-    }
-    let headers = headers_of(&backend);
-    let seen = backend.seen();
-    assert_eq!(seen.len(), 4);
-    for s in &seen {
-        let (_, h) = headers
-            .iter()
-            .find(|(c, _)| *c == s.conn)
-            .expect("every connection began with a header");
-        let carried = h.addresses.expect("a client").0.ip().to_string();
-        assert_eq!(
-            s.headers["x-forwarded-for"], carried,
-            "connection {} carried {carried}",
-            s.conn
-        );
-    }
-    assert!(headers.len() >= 2, "one connection per client at least");
-    drop((a, b));
-    wait_open(&gw, 0).await;
-}
-
-#[tokio::test]
-async fn the_header_goes_before_tls_to_the_backend() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (acceptor, _) = backend_tls_acceptor(dir.path(), None);
-    let backend = AppBackend::start_proxied(Some(acceptor)).await;
-    std::fs::copy(dir.path().join("backend-ca.pem"), dir.path().join("ca.pem")).expect("copy");
-    let toml = format!(
-        "[[listeners]]\nname = \"direct\"\nbind = \"127.0.0.1:0\"\n\
-         [[routes]]\nupstream = \"u\"\n\
-         [upstreams.u]\nservers = [\"{}\"]\ntls = true\nsni = \"localhost\"\nca_file = \"ca.pem\"\nsend_proxy_protocol = \"v1\"\n",
-        backend.addr
-    );
-    let gw = TestGateway::start_in(dir, &toml).await;
-    let direct = gw.addr("direct");
-    let tcp = TcpStream::connect(direct).await.expect("connect");
-    let me = tcp.local_addr().expect("addr");
-    let (mut ws, _) = within(
-        "the handshake",
-        tokio_tungstenite::client_async(format!("ws://{direct}/ws"), tcp),
-    )
-    .await
-    .expect("handshake over TLS after the header");
-    echo_once(&mut ws, "over TLS").await;
-    let got = headers_of(&backend);
-    assert_eq!(
-        got[0].1.addresses,
-        Some((me, direct)),
-        "the TCP peer, no balancer in front"
-    );
-    let (status, _, body) = http_text_via(direct, "/headers").await;
-    assert_eq!(status, 200, "{body}");
-    drop(ws);
-    wait_open(&gw, 0).await;
-}
-
-/// A plain GET on a new connection to a plain listener.
-async fn http_text_via(to: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut tcp = TcpStream::connect(to).await.expect("connect");
-    let (status, head, body) = raw_exchange(&mut tcp, get(path).as_bytes()).await;
-    (status, head, String::from_utf8_lossy(&body).into_owned())
-}
-
-#[tokio::test]
-async fn health_probes_send_a_header_naming_no_client() {
-    let (one, two) = (
-        AppBackend::start_proxied(None).await,
-        AppBackend::start_proxied(None).await,
-    );
-    let health = "health = { kind = \"http\", path = \"/whoami\", interval = \"100ms\", timeout = \"100ms\" }";
-    let toml = format!(
-        "[[listeners]]\nname = \"direct\"\nbind = \"127.0.0.1:0\"\n\
-         [[routes]]\npath_prefix = \"/one\"\nupstream = \"one\"\n[[routes]]\npath_prefix = \"/two\"\nupstream = \"two\"\n\
-         [upstreams.one]\nservers = [\"{}\"]\nsend_proxy_protocol = \"v1\"\n{health}\n\
-         [upstreams.two]\nservers = [\"{}\"]\nsend_proxy_protocol = \"v2\"\n{health}\n",
-        one.addr, two.addr
-    );
-    let _gw = TestGateway::start(&toml).await;
-    for (backend, version) in [(&one, Version::V1), (&two, Version::V2)] {
-        within("a probe answered", async {
-            loop {
-                let answered = backend
-                    .seen()
-                    .iter()
-                    .any(|s| s.target == "/whoami" && s.headers.get("x-forwarded-for").is_none());
-                if answered {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        let probe = headers_of(backend)[0].1;
-        assert_eq!(
-            probe,
-            ProxyHeader {
-                version,
-                addresses: None
-            }
-        );
-    }
 }

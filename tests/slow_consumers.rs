@@ -13,49 +13,16 @@
 mod common;
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/push.rs"]
+mod push;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use push::*;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
 use wsgate::observe::access::{EndReason, Side};
-
-/// Payload of each frame the backends push: large, so that a debug build
-/// moves a gibibyte in seconds.
-const FRAME: usize = 1 << 20;
-
-/// Header of an unmasked binary frame of `FRAME` bytes (64-bit length).
-fn header() -> [u8; 10] {
-    let mut h = [0x82, 127, 0, 0, 0, 0, 0, 0, 0, 0];
-    h[2..].copy_from_slice(&(FRAME as u64).to_be_bytes());
-    h
-}
-
-/// The header of a frame as a client sends it: masked, with the all-zero
-/// key (legal, and the payload is then sent as it is).
-fn masked_header() -> Vec<u8> {
-    let mut h = header().to_vec();
-    h[1] |= 0x80;
-    h.extend_from_slice(&[0; 4]);
-    h
-}
-
-/// The payload every frame shares: little-endian 64-bit words counting
-/// from 0, so a byte lost, repeated or moved within a frame shows.
-fn base() -> Vec<u8> {
-    (0..FRAME as u64 / 8).flat_map(u64::to_le_bytes).collect()
-}
-
-/// Frame `n`'s payload: the base with its first word set to `n`, so a
-/// frame lost, repeated or out of order shows too. Copies and compares
-/// stay memcpy and memcmp, fast even in a debug build.
-fn fill(n: u64, base: &[u8], buf: &mut [u8]) {
-    buf.copy_from_slice(base);
-    buf[..8].copy_from_slice(&n.to_le_bytes());
-}
 
 fn config(backend: std::net::SocketAddr, echo: std::net::SocketAddr, stall: &str) -> String {
     format!(
@@ -64,60 +31,6 @@ fn config(backend: std::net::SocketAddr, echo: std::net::SocketAddr, stall: &str
          [[routes]]\npath_prefix = \"/echo\"\nupstream = \"e\"\n\n\
          [upstreams.u]\nservers = [\"{backend}\"]\n\n[upstreams.e]\nservers = [\"{echo}\"]\n"
     )
-}
-
-/// What a pushing backend reports.
-enum Pushed {
-    /// One write made no progress for a second: the path is full.
-    Blocked(u64),
-    /// Everything was written: the bytes.
-    Done(u64),
-}
-
-/// Writes `frames` frames of `FRAME` bytes to `w`, until `stop` is set or
-/// a write fails; says once when a write has been blocked for a second,
-/// and at the end how much it wrote.
-async fn push(
-    mut w: OwnedWriteHalf,
-    frames: u64,
-    masked: bool,
-    stop: watch::Receiver<bool>,
-    tx: mpsc::UnboundedSender<Pushed>,
-) {
-    let mut frame = if masked {
-        masked_header()
-    } else {
-        header().to_vec()
-    };
-    let head = frame.len();
-    frame.resize(head + FRAME, 0);
-    let base = base();
-    let (mut written, mut said_blocked) = (0u64, false);
-    'frames: for n in 0..frames {
-        fill(n, &base, &mut frame[head..]);
-        let mut pos = 0;
-        while pos < frame.len() {
-            if *stop.borrow() {
-                break 'frames;
-            }
-            let write = w.write(&frame[pos..]);
-            let m = match tokio::time::timeout(Duration::from_secs(1), write).await {
-                Ok(Ok(m)) if m > 0 => m,
-                Ok(_) => break 'frames,
-                Err(_) => {
-                    if !said_blocked {
-                        said_blocked = true;
-                        let _ = tx.send(Pushed::Blocked(written));
-                    }
-                    continue;
-                }
-            };
-            pos += m;
-            written += m as u64;
-        }
-    }
-    let _ = w.shutdown().await;
-    let _ = tx.send(Pushed::Done(written));
 }
 
 /// The client stops reading while the backend pushes; past the route's
@@ -137,46 +50,11 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_stall_timeout() {
         .await
         .expect("accepted");
     let (mut server_rd, server_wr) = server.into_split();
-    let (stop_tx, stop) = watch::channel(false);
-    let (tx, mut pushed) = mpsc::unbounded_channel();
-    let pusher = tokio::spawn(push(server_wr, 256, false, stop, tx));
-
-    let (b0, payload) = within("the backend's Close", async {
-        let mut h = [0u8; 2];
-        server_rd.read_exact(&mut h).await.expect("header");
-        let mut rest = vec![0u8; 4 + usize::from(h[1] & 0x7f)];
-        server_rd.read_exact(&mut rest).await.expect("frame");
-        let (key, payload) = rest.split_at_mut(4);
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= key[i % 4];
-        }
-        assert_eq!(h[1] & 0x80, 0x80, "masked, as a client's");
-        (h[0], payload.to_vec())
-    })
-    .await;
-    assert_eq!(b0, 0x88);
-    assert_eq!(payload[..2], 1001u16.to_be_bytes());
-    assert_eq!(&payload[2..], b"peer not reading");
+    let (pusher, pushed, stop) = start_push(server_wr, 256, false);
+    assert_peer_not_reading(&mut server_rd, true).await;
     echo_once(&mut echo, "during").await;
-    let mut rest = Vec::new();
-    within("EOF at the backend", server_rd.read_to_end(&mut rest))
-        .await
-        .expect("read");
-    assert!(
-        rest.is_empty(),
-        "nothing after the Close: {} bytes",
-        rest.len()
-    );
-    // The pusher may have finished already: what it sent was read and dropped.
-    let _ = stop_tx.send(true);
-    let sent = loop {
-        match within("the pusher's end", pushed.recv()).await {
-            Some(Pushed::Done(n)) => break n,
-            Some(Pushed::Blocked(_)) => {}
-            None => panic!("the pusher ended without a word"),
-        }
-    };
-    within("the pusher", pusher).await.expect("no panic");
+    assert_nothing_more(&mut server_rd, "EOF at the backend").await;
+    let sent = stop_push(pusher, pushed, stop).await;
 
     let r = next_record(&mut records).await;
     assert_eq!(r.end.reason, EndReason::WriteStall, "{r:?}");
@@ -189,14 +67,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_stall_timeout() {
     within("the client's EOF", client.read_to_end(&mut got))
         .await
         .expect("read");
-    assert!((got.len() as u64) < sent, "{} of {sent}", got.len());
-    let mut frame = header().to_vec();
-    frame.resize(header().len() + FRAME, 0);
-    let base = base();
-    for (n, part) in got.chunks(frame.len()).enumerate() {
-        fill(n as u64, &base, &mut frame[header().len()..]);
-        assert!(part == &frame[..part.len()], "frame {n} differs");
-    }
+    assert_prefix_of_pushed(&got, sent, false);
 
     echo_once(&mut echo, "after").await;
     echo.close(None).await.expect("close");
@@ -237,33 +108,11 @@ async fn a_backend_that_stops_reading_is_closed_after_the_write_stall_timeout() 
         .await
         .expect("accepted");
     let (mut client_rd, client_wr) = client.into_split();
-    let (stop_tx, stop) = watch::channel(false);
-    let (tx, mut pushed) = mpsc::unbounded_channel();
-    let pusher = tokio::spawn(push(client_wr, 256, true, stop, tx));
-    let (b0, payload) = read_frame_from(&mut client_rd).await;
-    assert_eq!(b0, 0x88);
-    assert_eq!(payload[..2], 1001u16.to_be_bytes());
-    assert_eq!(&payload[2..], b"peer not reading");
+    let (pusher, pushed, stop) = start_push(client_wr, 256, true);
+    assert_peer_not_reading(&mut client_rd, false).await;
     echo_once(&mut echo, "during").await;
-    let mut rest = Vec::new();
-    within("EOF at the client", client_rd.read_to_end(&mut rest))
-        .await
-        .expect("read");
-    assert!(
-        rest.is_empty(),
-        "nothing after the Close: {} bytes",
-        rest.len()
-    );
-    // The pusher may have finished already: what it sent was read and dropped.
-    let _ = stop_tx.send(true);
-    let sent = loop {
-        match within("the pusher's end", pushed.recv()).await {
-            Some(Pushed::Done(n)) => break n,
-            Some(Pushed::Blocked(_)) => {}
-            None => panic!("the pusher ended without a word"),
-        }
-    };
-    within("the pusher", pusher).await.expect("no panic");
+    assert_nothing_more(&mut client_rd, "EOF at the client").await;
+    let sent = stop_push(pusher, pushed, stop).await;
     let r = next_record(&mut records).await;
     assert_eq!(r.end.reason, EndReason::WriteStall, "{r:?}");
     assert_eq!(r.end.closed_by, Side::Backend);
@@ -272,33 +121,11 @@ async fn a_backend_that_stops_reading_is_closed_after_the_write_stall_timeout() 
     within("the backend's EOF", server.read_to_end(&mut got))
         .await
         .expect("read");
-    assert!((got.len() as u64) < sent, "{} of {sent}", got.len());
     // A prefix of what the client sent, so no Close of wsgate's among it.
-    let mut frame = masked_header();
-    let head = frame.len();
-    frame.resize(head + FRAME, 0);
-    let base = base();
-    for (n, part) in got.chunks(frame.len()).enumerate() {
-        fill(n as u64, &base, &mut frame[head..]);
-        assert!(part == &frame[..part.len()], "frame {n} differs");
-    }
+    assert_prefix_of_pushed(&got, sent, true);
     echo.close(None).await.expect("close");
     finish(echo).await;
     gw.wait_idle().await;
-}
-
-/// One frame of at most 125 bytes from the read half of a raw socket:
-/// (first byte, payload), unmasked as a backend sends it.
-async fn read_frame_from(rd: &mut tokio::net::tcp::OwnedReadHalf) -> (u8, Vec<u8>) {
-    within("a frame", async {
-        let mut h = [0u8; 2];
-        rd.read_exact(&mut h).await.expect("header");
-        assert_eq!(h[1] & 0x80, 0, "unmasked, as a server's");
-        let mut payload = vec![0u8; usize::from(h[1])];
-        rd.read_exact(&mut payload).await.expect("payload");
-        (h[0], payload)
-    })
-    .await
 }
 
 /// wsgate's resident memory, from `/proc/PID/status`.
@@ -358,9 +185,7 @@ async fn a_gibibyte_at_a_stopped_reader_keeps_memory_bounded_and_arrives_whole()
     let baseline = rss(pid);
 
     let started = Instant::now();
-    let (_stop_tx, stop) = watch::channel(false);
-    let (tx, mut pushed) = mpsc::unbounded_channel();
-    let pusher = tokio::spawn(push(server_wr, FRAMES, false, stop, tx));
+    let (pusher, mut pushed, _stop) = start_push(server_wr, FRAMES, false);
     let blocked_at = match tokio::time::timeout(Duration::from_secs(120), pushed.recv()).await {
         Ok(Some(Pushed::Blocked(n))) => n,
         Ok(Some(Pushed::Done(n))) => panic!("all {n} bytes written to a client that reads nothing"),

@@ -5,8 +5,11 @@
 //! route limits apply (bit 4) and whether reads stop at frame boundaries as
 //! the tunnel's do when it injects a Close (bit 5), and whether a message
 //! rate allowance applies (bit 6: byte 1 modulo 16 messages and pings may
-//! begin, as the route's token bucket grants them); bytes 1-4 are the frame
-//! and message limits; bytes 5-7 are chunk sizes, used in turn.
+//! begin, as the route's token bucket grants them, and byte 2 modulo 4
+//! pongs are owed free), and whether the tracker is lenient (bit 7:
+//! `[websocket] strict = false`, RFC 6455's rules let go while frames are
+//! still followed); bytes 1-4 are the frame and message limits; bytes 5-7
+//! are chunk sizes, used in turn.
 //!
 //! Checked: the stream fed whole and fed in chunks give the same verdict,
 //! the same counters and the same place for the offending frame; no call
@@ -29,6 +32,8 @@ struct Snap {
     until_boundary: u64,
     in_message: bool,
     starts_left: u32,
+    pongs_owed: u32,
+    pings: u32,
 }
 
 fn snap(t: &FrameTracker) -> Snap {
@@ -43,6 +48,8 @@ fn snap(t: &FrameTracker) -> Snap {
         until_boundary: t.until_boundary(),
         in_message: t.in_message(),
         starts_left: t.starts_left(),
+        pongs_owed: t.pongs_owed(),
+        pings: t.pings(),
     }
 }
 
@@ -61,9 +68,10 @@ fn tracker(settings: &[u8; 8]) -> FrameTracker {
         Sender::Server
     };
     let rsv = (settings[0] & 0x0E) << 3;
-    let mut t = FrameTracker::with_rsv(sender, rsv);
+    let mut t = FrameTracker::with_rsv(sender, rsv).lenient(settings[0] & 0x80 != 0);
     if settings[0] & 0x40 != 0 {
         t.allow_starts(u32::from(settings[1] % 16));
+        t.allow_pongs(u32::from(settings[2] % 4));
     }
     if settings[0] & 0x10 == 0 {
         return t;

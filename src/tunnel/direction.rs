@@ -127,7 +127,8 @@ impl Half {
     pub(crate) fn with_policy(sender: Sender, policy: &FramePolicy) -> Self {
         Self {
             tracker: FrameTracker::with_rsv(sender, policy.rsv)
-                .with_limits(policy.max_frame, policy.max_message),
+                .with_limits(policy.max_frame, policy.max_message)
+                .lenient(!policy.strict),
             strict: policy.strict,
             watch: policy
                 .keepalive
@@ -183,6 +184,14 @@ impl Half {
         }
     }
 
+    /// The receiver has sent `n` pings so far: as many of the sender's
+    /// pongs answer them, free of the route's rate (rate.rs).
+    pub(crate) fn peer_pings(&mut self, n: u32) {
+        if let Some(b) = &mut self.rate {
+            b.peer_pings(n);
+        }
+    }
+
     /// The violation this direction's sender committed, if any.
     pub(crate) fn violation(&self) -> Option<FrameError> {
         self.violation
@@ -192,6 +201,10 @@ impl Half {
     /// shuts its writer once the frame is out.
     pub(crate) fn close_offender(&mut self, frame: Vec<u8>) {
         self.shut_after_inject = true;
+        if self.injecting {
+            // wsgate's Close is half-way out: the shutdown follows it.
+            return;
+        }
         self.begin_close(frame);
         if self.inject.is_none() && !matches!(self.phase, Phase::Done) {
             // Its peer's Close already reached it: only the shutdown is left.
@@ -199,11 +212,15 @@ impl Half {
         }
     }
 
-    /// Queues `frame` for the next boundary, unless this direction is over
-    /// or its sender already sent a Close (a second one would break the
-    /// protocol).
+    /// Queues `frame` for the next boundary, unless this direction is over,
+    /// its sender already sent a Close or wsgate already wrote one (a
+    /// second would break the protocol), or its receiver was given up on
+    /// (it may hold half a frame).
     pub(crate) fn begin_close(&mut self, frame: Vec<u8>) {
-        let over = matches!(self.phase, Phase::ShuttingDown | Phase::Done);
+        let over = matches!(self.phase, Phase::ShuttingDown | Phase::Done)
+            || self.abandoned
+            || self.injecting
+            || self.discard;
         if !over && self.tracker.close().is_none() {
             self.inject = Some(frame);
         }
@@ -251,6 +268,12 @@ impl Half {
         self.discard && !self.need_flush && !matches!(self.phase, Phase::Writing { .. })
     }
 
+    /// Bytes of the sender's wait for the receiver to take them: until it
+    /// does, nothing more is read from the sender (back-pressure).
+    pub(crate) fn backlogged(&self) -> bool {
+        matches!(self.phase, Phase::Writing { .. }) && !self.injecting
+    }
+
     /// The keepalive record of this direction, when the route keeps one.
     pub(crate) fn watch_mut(&mut self) -> Option<&mut HalfWatch> {
         self.watch.as_deref_mut()
@@ -258,9 +281,11 @@ impl Half {
 
     /// wsgate's ping, when one waits and this is a frame boundary with
     /// everything read so far written; never once a Close has passed either
-    /// way of this direction, nor after a violation.
+    /// way of this direction, nor after a violation, nor to a receiver
+    /// given up on (the ping may have been queued before).
     fn take_ping(&mut self) -> Option<Vec<u8>> {
-        let closing = self.inject.is_some() || self.discard || self.violation.is_some();
+        let closing =
+            self.inject.is_some() || self.discard || self.violation.is_some() || self.abandoned;
         if closing || !self.tracker.at_boundary() || self.tracker.close().is_some() {
             return None;
         }
@@ -318,6 +343,9 @@ impl Half {
             Err((e, _)) if !self.strict && !e.is_route_limit() => data.len(),
             Err((e, start)) => {
                 self.violation = Some(e);
+                // Begun in bytes already passed, the bad frame leaves no
+                // boundary: not even a Close queued before may go now.
+                self.inject = None;
                 if start.is_some() {
                     let mask =
                         (self.tracker.sender() == Sender::Client).then(|| mask_key(stats.id));

@@ -12,7 +12,10 @@
 //! the deadlines that time gives. Only bytes relayed between the peers
 //! count against `idle_timeout`; wsgate's own pings and the pongs that
 //! answer them do not, so keepalive pings never hold an idle tunnel open.
-//! Any byte from the client counts as hearing from it for `ping_interval`.
+//! Any byte from the client counts as hearing from it for `ping_interval`,
+//! and, once a ping is out, as its answer for `ping_timeout`. A direction
+//! held up by a receiver that takes nothing counts as heard and relayed:
+//! that is a stall (`stall.rs`), not silence.
 //!
 //! Must not: allocate anything for a tunnel whose route sets none of the
 //! policies, or arm a timer per read.
@@ -171,7 +174,12 @@ impl Keepalive {
             rearm = true;
         }
         if let Some(up) = w.up.as_deref_mut() {
-            if up.take_answered() {
+            // Heard since the ping went out, whatever it sent: alive. A
+            // client may answer only the latest of several pings (RFC 6455
+            // 5.5.3), the backend's when it follows wsgate's; then wsgate's
+            // Pong never comes, and is dropped if it comes later.
+            let heard = matches!(self.ping, PingState::Sent(at) if up.heard_at() >= at);
+            if up.take_answered() || heard {
                 // The next ping is due an interval after this answer.
                 self.ping = PingState::Quiet;
                 rearm = true;
@@ -265,11 +273,24 @@ impl Keepalive {
 // === the run loop's hooks ===
 
 /// Lends the run loop's two directions' watches to [`Keepalive::poll`].
+/// A direction whose receiver does not take its bytes reads none from its
+/// sender: whatever the sender sends meanwhile (a client's answer to a
+/// ping included) cannot be heard, and bytes waiting to move are not
+/// idleness. Such a direction counts as heard and relayed: a receiver
+/// that stopped reading is `write_stall_timeout`'s to judge, not the
+/// keepalive policies'.
 pub(crate) fn watches<'a>(up: &'a mut Half, down: &'a mut Half) -> Watches<'a> {
-    Watches {
-        up: up.watch_mut(),
-        down: down.watch_mut(),
+    let (up_waits, down_waits) = (up.backlogged(), down.backlogged());
+    let (mut up, mut down) = (up.watch_mut(), down.watch_mut());
+    for (w, waits) in [
+        (up.as_deref_mut(), up_waits),
+        (down.as_deref_mut(), down_waits),
+    ] {
+        if let Some(w) = w.filter(|_| waits) {
+            w.heard(true);
+        }
     }
+    Watches { up, down }
 }
 
 /// Starts the close `end` calls for. Idle and age close both sides with

@@ -145,9 +145,11 @@ pub async fn run<C: Splice, B: Splice>(
         if cancelled.as_mut().poll(cx).is_ready() {
             return Poll::Ready(state.end(Side::Proxy, TunnelError::Shutdown));
         }
-        // After a violation the tunnel is already closing, with its own codes.
+        // After a violation or a stall the tunnel is already closing, with
+        // its own codes: a second close would write to a side given up on.
         if state.proxy_close.is_none()
             && state.violation.is_none()
+            && state.stall.is_none()
             && close_requested.as_mut().poll(cx).is_ready()
         {
             let order = stats.close.order();
@@ -157,6 +159,7 @@ pub async fn run<C: Splice, B: Splice>(
             state.proxy_close = Some(order);
             close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
         }
+        up.peer_pings(down.tracker.pings());
         if let Some(out) = step(
             &mut up,
             Side::Client,
@@ -335,6 +338,7 @@ impl RunState {
             && self.proxy_close.is_none()
             && self.violation.is_none()
             && self.keepalive.is_none()
+            && self.stall.is_none()
     }
 
     fn end(&mut self, closed_by: Side, error: TunnelError) -> TunnelOutcome {

@@ -5,8 +5,11 @@
 //! tokens) and [`metered`], the hook through which a direction feeds its
 //! frame tracker with the bucket's allowance. Each text or binary message
 //! (counted once, by its first frame) and each ping takes a token: a ping
-//! costs the backend an answer. Pongs, Closes and continuation frames are
-//! free. The refusal is decided by the tracker from the first header byte
+//! costs the backend an answer. So does a pong, unless it answers one of
+//! the backend's pings (each of those owes the client one free pong):
+//! answering pings never costs a client its rate, and unasked pongs, which
+//! a backend's library hands its application as messages, cannot flood it.
+//! Closes and continuation frames are free. The refusal is decided by the tracker from the first header byte
 //! of the frame over the budget, so the frames before it pass whole and
 //! the Close 1008 goes out at that boundary.
 //!
@@ -35,6 +38,10 @@ pub(crate) struct Bucket {
     tokens: f64,
     /// When `tokens` was last brought up to date.
     at: Instant,
+    /// Pings the backend has sent the client so far (see [`Bucket::peer_pings`]).
+    peer_pings: u32,
+    /// Pongs of the client's that answered them, free.
+    answered: u32,
 }
 
 impl Bucket {
@@ -44,7 +51,15 @@ impl Bucket {
             limit,
             tokens: f64::from(limit.burst),
             at: now,
+            peer_pings: 0,
+            answered: 0,
         }
+    }
+
+    /// The backend has sent `n` pings so far: as many of the client's
+    /// pongs are free.
+    pub(crate) fn peer_pings(&mut self, n: u32) {
+        self.peer_pings = n;
     }
 
     /// Whole tokens available at `now`, after the refill since the last call.
@@ -81,10 +96,14 @@ pub(crate) fn metered<T>(
     };
     // Below u32::MAX, which would mean "unmetered" to the tracker.
     let allowed = bucket.available(Instant::now()).min(u32::MAX - 1);
+    let owed = bucket.peer_pings.saturating_sub(bucket.answered);
     tracker.allow_starts(allowed);
+    tracker.allow_pongs(owed);
     let out = feed(tracker);
     bucket.spend(allowed - tracker.starts_left());
+    bucket.answered += owed - tracker.pongs_owed();
     tracker.allow_starts(u32::MAX);
+    tracker.allow_pongs(0);
     out
 }
 
@@ -136,13 +155,14 @@ mod tests {
         assert_eq!(b.available(t0), 0, "an earlier instant is no refill");
     }
 
-    /// Messages count by their first frame, pings count, and pongs, Closes
-    /// and continuations are free.
+    /// Messages count by their first frame, pings and unasked pongs count,
+    /// and pongs answering the backend's pings, Closes and continuations
+    /// are free.
     #[test]
     fn what_takes_a_token() {
         let t0 = Instant::now();
         let free = [
-            client_frame(0x8A, 0), // pong
+            client_frame(0x8A, 0), // pong, answering
             client_frame(0x01, 1), // text, first of three
             client_frame(0x00, 1), // continuation
             client_frame(0x80, 1), // final continuation
@@ -150,12 +170,25 @@ mod tests {
         .concat();
         let mut tracker = FrameTracker::new(Sender::Client);
         let mut b = Bucket::new(limit(1, 1), t0);
+        b.peer_pings(1);
         assert_eq!(
             metered(Some(&mut b), &mut tracker, |t| t.feed_at(&free)),
             Ok(free.len()),
-            "one token for the fragmented message, none for the pong"
+            "one token for the fragmented message, none for the answer"
         );
-        for (what, f) in [("text", 0x81), ("binary", 0x82), ("ping", 0x89)] {
+        let pong = client_frame(0x8A, 0);
+        b.peer_pings(2);
+        assert_eq!(
+            metered(Some(&mut b), &mut tracker, |t| t.feed_at(&pong.repeat(2))),
+            Err((FrameError::RateLimited, Some(pong.len()))),
+            "one more ping owes one more pong, not two"
+        );
+        for (what, f) in [
+            ("text", 0x81),
+            ("binary", 0x82),
+            ("ping", 0x89),
+            ("unasked pong", 0x8A),
+        ] {
             let mut tracker = FrameTracker::new(Sender::Client);
             let mut b = Bucket::new(limit(1, 1), t0);
             let two = [client_frame(f, 2), client_frame(f, 2)].concat();

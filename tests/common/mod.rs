@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -559,8 +559,15 @@ pub async fn start_frames_both_ways(
     (client_frame, server_frame)
 }
 
-/// Reads one whole frame from a raw socket: (first byte, payload unmasked).
-pub async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+/// Reads one whole frame from a raw stream: (first byte, payload unmasked).
+pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> (u8, Vec<u8>) {
+    let (b0, _, payload) = read_frame_masked(s).await;
+    (b0, payload)
+}
+
+/// Reads one whole frame from a raw stream: (first byte, whether it was
+/// masked, payload unmasked).
+pub async fn read_frame_masked<S: AsyncRead + Unpin>(s: &mut S) -> (u8, bool, Vec<u8>) {
     within("a frame", async {
         let mut h = [0u8; 2];
         s.read_exact(&mut h).await.expect("frame header");
@@ -574,18 +581,19 @@ pub async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
             s.read_exact(&mut l).await.expect("len64");
             len = u64::from_be_bytes(l);
         }
+        let masked = h[1] & 0x80 != 0;
         let mut mask = [0u8; 4];
-        if h[1] & 0x80 != 0 {
+        if masked {
             s.read_exact(&mut mask).await.expect("mask");
         }
         let mut payload = vec![0u8; usize::try_from(len).expect("len")];
         s.read_exact(&mut payload).await.expect("payload");
-        if h[1] & 0x80 != 0 {
+        if masked {
             for (i, b) in payload.iter_mut().enumerate() {
                 *b ^= mask[i % 4];
             }
         }
-        (h[0], payload)
+        (h[0], masked, payload)
     })
     .await
 }

@@ -25,6 +25,9 @@ pub struct Wsgate {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<String>>,
+    /// The thread reading stderr to its end, joined once the child exits so
+    /// that [`Wsgate::stderr`] is then complete.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     /// Every stdout line read so far.
     pub seen: Vec<String>,
     /// The sockets passed to it, by name.
@@ -66,7 +69,7 @@ impl Wsgate {
         let mut err_pipe = child.stderr.take().expect("stderr");
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = err_pipe.read_to_string(&mut s);
             sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&s);
@@ -75,6 +78,7 @@ impl Wsgate {
             child,
             lines,
             stderr,
+            stderr_reader: Some(stderr_reader),
             seen: Vec::new(),
             sockets: HashMap::new(),
         };
@@ -161,10 +165,16 @@ impl Wsgate {
             }
         })
         .await;
-        waited.unwrap_or_else(|_| panic!("wsgate did not exit\nstdout:\n{}", self.seen.join("\n")))
+        let status = waited
+            .unwrap_or_else(|_| panic!("wsgate did not exit\nstdout:\n{}", self.seen.join("\n")));
+        // wsgate was exec'd, so its exit closed the pipe: the read ends now.
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        status
     }
 
-    /// What it wrote to stderr (complete once it has exited).
+    /// What it wrote to stderr (complete once [`Wsgate::wait_exit`] returned).
     pub fn stderr(&self) -> String {
         self.stderr
             .lock()

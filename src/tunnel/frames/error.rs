@@ -49,8 +49,8 @@ pub enum FrameError {
     /// A Close frame carried a code that must not appear on the wire.
     #[error("close code {0} is not allowed on the wire")]
     InvalidCloseCode(u16),
-    /// A message or ping began with none of the route's
-    /// `messages_per_second` (and `burst`) left.
+    /// A message, a ping or an unasked pong began with none of the
+    /// route's `messages_per_second` (and `burst`) left.
     #[error("message begun over the route's messages_per_second")]
     RateLimited,
 }

@@ -11,6 +11,8 @@
 //! - `close.rs`: Close frames: which codes may appear on the wire, what a
 //!   peer said ([`CloseInfo`]), and encoding one to inject.
 //! - `error.rs`: [`FrameError`], each protocol violation the tracker finds.
+//! - `lenient.rs` (tests): a tracker that lets the rules go but follows
+//!   frames, for `[websocket] strict = false`.
 //!
 //! What it must not do: no I/O and no async (it is a pure state machine), no
 //! allocation per frame or per call to [`FrameTracker::feed`], and it never
@@ -22,6 +24,8 @@
 
 mod close;
 mod error;
+#[cfg(test)]
+mod lenient;
 #[cfg(test)]
 mod props;
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Property: a tracker's verdict does not depend on how the stream was cut
 //! into reads. Streams are mostly well-formed frames (every opcode, length
 //! form, mask and Close code) with stray bytes mixed in, fed whole and at
-//! arbitrary cuts, under both senders, with and without limits and
-//! negotiated reserved bits. The fuzz target `tracker` (fuzz/) checks the
+//! arbitrary cuts, under both senders, with and without limits,
+//! negotiated reserved bits and strictness. The fuzz target `tracker` (fuzz/) checks the
 //! same on unstructured input for much longer.
 
 use proptest::prelude::*;
@@ -138,12 +138,13 @@ proptest! {
         pieces in prop::collection::vec(piece(), 0..12),
         limits in prop::option::of((0u64..400, 0u64..800)),
         rsv in prop::sample::select(vec![0u8, 0x40]),
+        lenient in any::<bool>(),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
     ) {
         let sender = if client { Sender::Client } else { Sender::Server };
         let bytes = encode(sender, &pieces);
         let make = || {
-            let t = FrameTracker::with_rsv(sender, rsv);
+            let t = FrameTracker::with_rsv(sender, rsv).lenient(lenient);
             match limits {
                 Some((frame, message)) => t.with_limits(Some(frame), Some(message)),
                 None => t,
@@ -152,6 +153,10 @@ proptest! {
         let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
         cuts.sort_unstable();
         let whole = feed_cut(make, &bytes, &[]);
+        if let (true, Err(e)) = (lenient, whole.passed) {
+            // Not strict, only the route's limits stop a stream.
+            prop_assert!(e.is_route_limit(), "{:?}", e);
+        }
         prop_assert_eq!(&feed_cut(make, &bytes, &cuts), &whole, "cut at {:?}", cuts);
         let every_byte: Vec<usize> = (1..bytes.len()).collect();
         prop_assert_eq!(&feed_cut(make, &bytes, &every_byte), &whole, "byte by byte");

@@ -33,10 +33,15 @@ pub struct FrameTracker {
     // Frames whose header completed after this sender's Close (saturating;
     // u32 keeps the tracker within a cache line).
     late: u32,
-    // Messages (text, binary) and pings this sender may still begin before
-    // its Close: the caller's message-rate budget (`u32::MAX`: unmetered).
-    // Set before a feed and read after it; the tracker knows no time.
+    // Frames this sender may still begin before its Close, continuations,
+    // Closes and owed pongs aside: the caller's message-rate budget
+    // (`u32::MAX`: unmetered). Set before a feed and read after it; the
+    // tracker knows no time.
     starts_left: u32,
+    // Pongs that answer the peer's pings, free of the budget (metered only).
+    pongs_owed: u32,
+    // Pings this sender sent, whole (saturating): the pongs its peer owes.
+    pings: u32,
     // Route limits on one data frame's and one message's payload
     // (u64::MAX: none), and the current message's payload so far.
     max_frame: u64,
@@ -58,7 +63,15 @@ pub struct FrameTracker {
     // Close payload bytes seen so far, capped at 2: only the code matters.
     close_pos: u8,
     flags: u8,
+    // `[websocket] strict = false`: RFC 6455's rules are not enforced, but
+    // frames are still followed, so the route's limits (sizes, rate) hold
+    // after a broken frame as before it.
+    lenient: bool,
 }
+
+// `close_pos` of a Close whose payload is too short to hold a code
+// (lenient only): none is read from it.
+const CLOSE_NO_CODE: u8 = 3;
 
 impl FrameTracker {
     /// A tracker for frames sent by `sender`, positioned at the start of the stream.
@@ -69,6 +82,8 @@ impl FrameTracker {
             control_frames: 0,
             late: 0,
             starts_left: u32::MAX,
+            pongs_owed: 0,
+            pings: 0,
             max_frame: u64::MAX,
             max_message: u64::MAX,
             message_len: 0,
@@ -82,7 +97,19 @@ impl FrameTracker {
             hdr_pos: 0,
             close_pos: 0,
             flags: 0,
+            lenient: false,
         }
+    }
+
+    /// When `yes`, a tracker that lets RFC 6455's rules go
+    /// (`[websocket] strict = false`) yet keeps following frames: only the
+    /// route's limits ([`FrameError::is_route_limit`]) are errors then, and
+    /// they hold after a broken frame as before it. Frame boundaries, the
+    /// Close and the counters stay known, so a proxy can still close at a
+    /// boundary.
+    pub fn lenient(mut self, yes: bool) -> Self {
+        self.lenient = yes;
+        self
     }
 
     /// A tracker whose sender may set the reserved bits in `rsv` (a mask of
@@ -103,11 +130,13 @@ impl FrameTracker {
         self
     }
 
-    /// How many more messages (text or binary, counted by their first
-    /// frame) and pings the sender may begin; the next one past it is
-    /// refused with [`FrameError::RateLimited`], judged from its first
-    /// header byte. `u32::MAX`: no limit (the default). Pongs, Closes and
-    /// continuations are never counted, nor frames after the sender's Close.
+    /// How many more frames the sender may begin: messages (text or
+    /// binary, counted by their first frame), pings, and pongs beyond
+    /// [`FrameTracker::allow_pongs`]'s (and, lenient, frames of reserved
+    /// opcodes); the next one past it is refused with
+    /// [`FrameError::RateLimited`], judged from its first header byte.
+    /// `u32::MAX`: no limit (the default). Closes and continuations are
+    /// never counted, nor frames after the sender's Close.
     pub fn allow_starts(&mut self, n: u32) {
         self.starts_left = n;
     }
@@ -115,6 +144,23 @@ impl FrameTracker {
     /// What is left of [`FrameTracker::allow_starts`]'s allowance.
     pub fn starts_left(&self) -> u32 {
         self.starts_left
+    }
+
+    /// How many pongs the sender owes its peer for the peer's pings: those
+    /// are free of [`FrameTracker::allow_starts`]'s allowance, so answering
+    /// pings never costs a client its rate, and unasked pongs do.
+    pub fn allow_pongs(&mut self, n: u32) {
+        self.pongs_owed = n;
+    }
+
+    /// What is left of [`FrameTracker::allow_pongs`]'s allowance.
+    pub fn pongs_owed(&self) -> u32 {
+        self.pongs_owed
+    }
+
+    /// Pings this sender has sent whole (saturating at `u32::MAX`).
+    pub fn pings(&self) -> u32 {
+        self.pings
     }
 
     /// Like [`FrameTracker::feed`], and on a violation also says where, in
@@ -317,7 +363,7 @@ impl FrameTracker {
             1 => {
                 let masked = b & MASK_BIT != 0;
                 let expected_masked = self.sender == Sender::Client;
-                if masked != expected_masked {
+                if masked != expected_masked && !self.lenient {
                     return Err(FrameError::Masking { expected_masked });
                 }
                 self.b1 = b;
@@ -328,7 +374,7 @@ impl FrameTracker {
             pos => {
                 let ext_end = 2 + self.ext_len();
                 if pos < ext_end {
-                    if self.ext_len() == 8 && pos == 2 && b & 0x80 != 0 {
+                    if self.ext_len() == 8 && pos == 2 && b & 0x80 != 0 && !self.lenient {
                         return Err(FrameError::LengthOverflow);
                     }
                     self.remaining = (self.remaining << 8) | u64::from(b);
@@ -347,6 +393,32 @@ impl FrameTracker {
     // Everything knowable from the first byte is checked here so a bad frame
     // is reported before the rest of its header has to arrive.
     fn check_first_byte(&mut self, b: u8) -> Result<(), FrameError> {
+        match self.check_rules(b) {
+            Err(e) if !self.lenient => return Err(e),
+            _ => {}
+        }
+        if self.starts_left != u32::MAX && !self.closed() {
+            let free = match b & 0x0F {
+                OP_CONTINUATION | OP_CLOSE => true,
+                OP_PONG if self.pongs_owed > 0 => {
+                    self.pongs_owed -= 1;
+                    true
+                }
+                _ => false,
+            };
+            if !free {
+                if self.starts_left == 0 {
+                    return Err(FrameError::RateLimited);
+                }
+                self.starts_left -= 1;
+            }
+        }
+        self.b0 = b;
+        Ok(())
+    }
+
+    // RFC 6455's rules for a frame's first byte.
+    fn check_rules(&self, b: u8) -> Result<(), FrameError> {
         let fin = b & FIN_BIT != 0;
         let rsv = b & RSV_BITS & !self.flags;
         if rsv != 0 {
@@ -363,14 +435,6 @@ impl FrameTracker {
             OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
             op => return Err(FrameError::ReservedOpcode(op)),
         }
-        if matches!(b & 0x0F, OP_TEXT | OP_BINARY | OP_PING) && !self.closed() {
-            match self.starts_left {
-                0 => return Err(FrameError::RateLimited),
-                u32::MAX => {}
-                _ => self.starts_left -= 1,
-            }
-        }
-        self.b0 = b;
         Ok(())
     }
 
@@ -379,14 +443,27 @@ impl FrameTracker {
         // Control length is checked only now so non-minimal encodings of a
         // short length stay legal, and the error carries the real length.
         if op >= OP_CLOSE && self.remaining > 125 {
-            return Err(FrameError::ControlTooLong(self.remaining));
+            if !self.lenient {
+                return Err(FrameError::ControlTooLong(self.remaining));
+            }
+            // Let through, a control frame is still a frame: it may not
+            // pass the frame limit.
+            if self.remaining > self.max_frame && !self.closed() {
+                return Err(FrameError::FrameTooBig(self.remaining));
+            }
         }
         if op < OP_CLOSE && !self.closed() {
             if self.remaining > self.max_frame {
                 return Err(FrameError::FrameTooBig(self.remaining));
             }
+            // Strict, a continuation is always within a message; lenient,
+            // any frame but a new text or binary one adds to the message
+            // in progress, so a broken frame cannot reset its size.
             self.message_len = match op {
-                OP_CONTINUATION => self.message_len.saturating_add(self.remaining),
+                OP_TEXT | OP_BINARY => self.remaining,
+                _ if self.flags & IN_MESSAGE != 0 => {
+                    self.message_len.saturating_add(self.remaining)
+                }
                 _ => self.remaining,
             };
             if self.message_len > self.max_message {
@@ -394,12 +471,15 @@ impl FrameTracker {
             }
         }
         if op == OP_CLOSE && !self.closed() {
-            if self.remaining == 1 {
-                return Err(FrameError::CloseTooShort);
-            }
             // Two shifted-in bytes replace close_code entirely; only the
             // position needs resetting.
             self.close_pos = 0;
+            if self.remaining == 1 {
+                if !self.lenient {
+                    return Err(FrameError::CloseTooShort);
+                }
+                self.close_pos = CLOSE_NO_CODE;
+            }
         }
         if self.closed() {
             self.late = self.late.saturating_add(1);
@@ -422,7 +502,8 @@ impl FrameTracker {
     fn pass_payload<'a>(&mut self, mut data: &'a [u8]) -> Result<&'a [u8], FrameError> {
         if self.opcode() == OP_CLOSE && !self.closed() {
             // A Close payload here has at least 2 bytes (0 never enters the
-            // payload state, 1 is rejected), so remaining cannot underflow.
+            // payload state, 1 is rejected, or, lenient, read without a
+            // code), so remaining cannot underflow.
             while self.close_pos < 2 {
                 let Some((&b, rest)) = data.split_first() else {
                     return Ok(data);
@@ -439,8 +520,8 @@ impl FrameTracker {
                 self.remaining -= 1;
                 data = rest;
             }
-            if self.flags & CLOSE_HAS_CODE == 0 {
-                if !close_code_allowed(self.close_code) {
+            if self.close_pos == 2 && self.flags & CLOSE_HAS_CODE == 0 {
+                if !close_code_allowed(self.close_code) && !self.lenient {
                     return Err(FrameError::InvalidCloseCode(self.close_code));
                 }
                 self.flags |= CLOSE_HAS_CODE;
@@ -469,8 +550,12 @@ impl FrameTracker {
                 self.control_frames += 1;
                 self.flags |= CLOSED;
             }
-            OP_PING | OP_PONG => self.control_frames += 1,
-            _ if self.fin() => {
+            OP_PING => {
+                self.control_frames += 1;
+                self.pings = self.pings.saturating_add(1);
+            }
+            OP_PONG => self.control_frames += 1,
+            OP_CONTINUATION | OP_TEXT | OP_BINARY if self.fin() => {
                 self.messages += 1;
                 self.flags &= !IN_MESSAGE;
             }

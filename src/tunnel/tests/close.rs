@@ -313,3 +313,120 @@ async fn a_hard_shutdown_cuts_the_tunnel_without_a_close_frame() {
         .is_empty());
     assert!(read_all(&mut t.client, "the client's EOF").await.is_empty());
 }
+
+/// A close is asked while the client's frame is half-way through its
+/// header, and the rest of that header breaks the protocol: no boundary is
+/// left toward the backend, so it gets no Close in the middle of the frame
+/// (only the bytes that had passed, then EOF), and the client, which
+/// already has wsgate's Close, gets no second one. The same when the bad
+/// frame is the backend's.
+#[tokio::test]
+async fn a_violation_in_the_frame_a_close_waits_for_gets_no_close_mid_frame_and_no_second_close() {
+    for offender in [Side::Client, Side::Backend] {
+        let mut t = Setup {
+            timeouts: TunnelTimeouts {
+                half_close: Duration::from_secs(3600),
+                close: Duration::from_secs(1),
+            },
+            ..Setup::default()
+        }
+        .start();
+        // A text frame's first byte; the second says unmasked from a client,
+        // masked from a backend: the wrong way each time.
+        let (first, bad) = match offender {
+            Side::Client => (vec![FIN | TEXT], vec![5, b'h', b'e', b'l', b'l', b'o']),
+            _ => (
+                vec![FIN | TEXT],
+                vec![0x85, 1, 2, 3, 4, b'h', b'e', b'l', b'l', b'o'],
+            ),
+        };
+        let (from, to) = match offender {
+            Side::Client => (&mut t.client, &mut t.backend),
+            _ => (&mut t.backend, &mut t.client),
+        };
+        send(from, &first).await;
+        assert_eq!(read_n(to, 1, "the first byte").await, first);
+        let (code, reason) = Ask::Order.apply(&t);
+        let (from, to) = match offender {
+            Side::Client => (&mut t.client, &mut t.backend),
+            _ => (&mut t.backend, &mut t.client),
+        };
+        // The offender has wsgate's Close at once: its side was at a boundary.
+        let masked = offender == Side::Backend;
+        let got = read_n(from, if masked { 19 } else { 15 }, "wsgate's Close").await;
+        decode(&got)[0].assert_close(masked, code, reason);
+        send(from, &bad).await;
+        let after = read_all(to, "the other side's EOF").await;
+        assert!(
+            after.is_empty(),
+            "{offender:?}: {after:?} after the frame's first byte"
+        );
+        let after = read_all(from, "the offender's EOF").await;
+        assert!(
+            after.is_empty(),
+            "{offender:?}: {after:?} after wsgate's Close"
+        );
+        let out = t.outcome().await;
+        assert!(
+            matches!(out.error, Some(TunnelError::Protocol { side, .. }) if side == offender),
+            "{offender:?}: {:?}",
+            out.error
+        );
+    }
+}
+
+/// wsgate's Close is half-way out to a slow backend when the backend
+/// breaks the protocol: that Close is finished whole (never cut short,
+/// never followed by a second), then the backend's writer is shut.
+#[tokio::test(start_paused = true)]
+async fn a_close_half_way_out_is_finished_whole_when_its_receiver_then_breaks_the_protocol() {
+    let mut t = Setup {
+        backend_pipe: 64,
+        ..Setup::default()
+    }
+    .start();
+    // The backend is mid-header, so its direction's Close waits.
+    send(&mut t.backend, &[FIN | TEXT]).await;
+    assert_eq!(
+        read_n(&mut t.client, 1, "the first byte").await,
+        [FIN | TEXT]
+    );
+    // 124 bytes: 64 fill the pipe, 60 wait in the tunnel.
+    let up = from_client(FIN | BINARY, &payload(118));
+    send(&mut t.client, &up).await;
+    within("the tunnel to take the frame", async {
+        while t.stats.to_backend.totals().bytes < up.len() as u64 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let (code, reason) = Ask::Order.apply(&t);
+    let mut got = read_n(&mut t.backend, 64, "what fits in the pipe").await;
+    // The rest of the frame goes, and the first 4 bytes of the Close.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // Masked, from a backend: the wrong way.
+    send(&mut t.backend, &[0x85, 1, 2, 3, 4]).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    got.extend(read_all(&mut t.backend, "the backend's EOF").await);
+    assert_eq!(got[..up.len()], up[..]);
+    let closes = decode(&got[up.len()..]);
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    closes[0].assert_close(true, code, reason);
+    t.client.shutdown().await.expect("EOF");
+    let out = t.outcome().await;
+    assert!(
+        matches!(
+            out.error,
+            Some(TunnelError::Protocol {
+                side: Side::Backend,
+                ..
+            })
+        ),
+        "{:?}",
+        out.error
+    );
+}

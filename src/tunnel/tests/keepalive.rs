@@ -45,6 +45,30 @@ async fn next_frame(peer: &mut DuplexStream) -> Frame {
     decode(&[head, rest].concat()).remove(0)
 }
 
+/// wsgate's Close 1001 with `reason` is the next frame at each peer (the
+/// client's first: the backend's may already be through); both answer it,
+/// and nothing else reaches either before EOF.
+async fn closed_both_ways(t: &mut Tunnel, reason: &str) {
+    next_frame(&mut t.client)
+        .await
+        .assert_close(false, 1001, reason);
+    next_frame(&mut t.backend)
+        .await
+        .assert_close(true, 1001, reason);
+    let (at_client, at_backend) = answer_close(t).await;
+    assert!(at_client.is_empty(), "{at_client:?}");
+    assert!(at_backend.is_empty(), "{at_backend:?}");
+}
+
+/// Ends a tunnel that is still running with a shutdown, which must be
+/// what ends it.
+async fn shut_down(mut t: Tunnel) {
+    assert!(!t.task.is_finished());
+    t.shutdown.cancel();
+    let out = t.outcome().await;
+    assert!(matches!(out.error, Some(TunnelError::Shutdown)), "{out:?}");
+}
+
 /// Both peers answer wsgate's Close with their own, then everything each
 /// received until EOF.
 async fn answer_close(t: &mut Tunnel) -> (Vec<Frame>, Vec<Frame>) {
@@ -63,9 +87,8 @@ async fn answer_close(t: &mut Tunnel) -> (Vec<Frame>, Vec<Frame>) {
     (decode(&at_client), decode(&at_backend))
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_idle_tunnel_gets_1001_both_ways_and_says_idle_timeout() {
-    tokio::time::pause();
     let mut t = with(KeepalivePolicy {
         idle_timeout: Some(MS_100),
         ..KeepalivePolicy::default()
@@ -73,14 +96,7 @@ async fn an_idle_tunnel_gets_1001_both_ways_and_says_idle_timeout() {
     let up = from_client(FIN | TEXT, b"hello");
     send(&mut t.client, &up).await;
     assert_eq!(read_n(&mut t.backend, up.len(), "the text").await, up);
-    next_frame(&mut t.client)
-        .await
-        .assert_close(false, 1001, "idle timeout");
-    next_frame(&mut t.backend)
-        .await
-        .assert_close(true, 1001, "idle timeout");
-    let (at_client, at_backend) = answer_close(&mut t).await;
-    assert!(at_client.is_empty() && at_backend.is_empty());
+    closed_both_ways(&mut t, "idle timeout").await;
     let out = t.outcome().await;
     assert!(
         matches!(out.error, Some(TunnelError::Keepalive(KeepaliveEnd::Idle(d))) if d == MS_100),
@@ -95,9 +111,8 @@ async fn an_idle_tunnel_gets_1001_both_ways_and_says_idle_timeout() {
 }
 
 /// The idle close waits for the end of a frame half-way through.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_idle_close_lands_after_the_frame_in_flight() {
-    tokio::time::pause();
     let mut t = with(KeepalivePolicy {
         idle_timeout: Some(MS_100),
         ..KeepalivePolicy::default()
@@ -112,21 +127,14 @@ async fn the_idle_close_lands_after_the_frame_in_flight() {
     send(&mut t.backend, &down[50..]).await;
     let rest = read_n(&mut t.client, down.len() - 50, "the rest of the frame").await;
     assert_eq!(rest, &down[50..]);
-    next_frame(&mut t.client)
-        .await
-        .assert_close(false, 1001, "idle timeout");
-    next_frame(&mut t.backend)
-        .await
-        .assert_close(true, 1001, "idle timeout");
-    answer_close(&mut t).await;
+    closed_both_ways(&mut t, "idle timeout").await;
     assert_eq!(t.outcome().await.to_end().reason, EndReason::IdleTimeout);
 }
 
 /// wsgate's pings and the pongs answering them are not traffic between
 /// the peers: a client that only answers pings is still idle.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn keepalive_pings_do_not_keep_an_idle_tunnel_open() {
-    tokio::time::pause();
     let mut t = with(KeepalivePolicy {
         idle_timeout: Some(MS_100 * 5),
         ping: pings(MS_100, MS_100 * 10),
@@ -157,9 +165,8 @@ async fn keepalive_pings_do_not_keep_an_idle_tunnel_open() {
 
 /// A silent client that answers is pinged again and again and stays; the
 /// backend sees none of the pongs, and its own traffic still flows.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_answering_client_is_pinged_and_its_pongs_never_reach_the_backend() {
-    tokio::time::pause();
     let mut t = with(KeepalivePolicy {
         ping: pings(MS_100, MS_100),
         ..KeepalivePolicy::default()
@@ -181,17 +188,12 @@ async fn an_answering_client_is_pinged_and_its_pongs_never_reach_the_backend() {
     assert_eq!(read_n(&mut t.backend, up.len(), "the text").await, up);
     let sent = t.stats.to_backend.totals();
     assert_eq!(sent.bytes, up.len() as u64, "no pong counted as passed");
-    t.shutdown.cancel();
-    assert!(matches!(
-        t.outcome().await.error,
-        Some(TunnelError::Shutdown)
-    ));
+    shut_down(t).await;
 }
 
 /// A pong wsgate did not ask for (another payload) passes untouched.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_pong_that_does_not_match_passes_to_the_backend() {
-    tokio::time::pause();
     let mut t = with(KeepalivePolicy {
         ping: pings(MS_100, MS_100 * 10),
         ..KeepalivePolicy::default()
@@ -209,15 +211,13 @@ async fn a_pong_that_does_not_match_passes_to_the_backend() {
     let up = from_client(FIN | TEXT, b"next");
     send(&mut t.client, &up).await;
     assert_eq!(read_n(&mut t.backend, up.len(), "the text").await, up);
-    t.shutdown.cancel();
-    t.outcome().await;
+    shut_down(t).await;
 }
 
 /// wsgate's Ping never lands inside a frame: due while the backend's frame
 /// is half-way through, it follows that frame's last byte.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_ping_waits_for_the_end_of_the_backends_frame() {
-    tokio::time::pause();
     let mut t = with(KeepalivePolicy {
         ping: pings(MS_100, MS_100 * 10),
         ..KeepalivePolicy::default()
@@ -230,15 +230,13 @@ async fn the_ping_waits_for_the_end_of_the_backends_frame() {
     let got = read_n(&mut t.client, down.len() - 7, "the rest of the frame").await;
     assert_eq!(got, &down[7..]);
     ping_at_client(&mut t).await;
-    t.shutdown.cancel();
-    t.outcome().await;
+    shut_down(t).await;
 }
 
 /// A client that never answers is dead: the backend gets Close 1001 and
 /// EOF, the client only EOF, and the outcome blames the client.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_does_not_answer_is_cut_and_the_backend_gets_1001() {
-    tokio::time::pause();
     let mut t = with(KeepalivePolicy {
         ping: pings(MS_100, MS_100 * 2),
         ..KeepalivePolicy::default()
@@ -265,9 +263,8 @@ async fn a_client_that_does_not_answer_is_cut_and_the_backend_gets_1001() {
 
 /// A busy tunnel still ends at its age limit, at a frame boundary, both
 /// sides getting 1001; the limit drawn is within its jitter.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_tunnel_past_its_age_gets_1001_both_ways() {
-    tokio::time::pause();
     let age = MS_100 * 5;
     let mut t = with(KeepalivePolicy {
         max_age: Some(age),
@@ -305,9 +302,8 @@ async fn a_tunnel_past_its_age_gets_1001_both_ways() {
 
 /// A route with no keepalive policy: a silent tunnel gets no ping and is
 /// never closed for it.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_a_policy_a_silent_tunnel_is_left_alone() {
-    tokio::time::pause();
     let mut t = start();
     tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
     let up = from_client(FIN | TEXT, b"still here");
@@ -317,4 +313,151 @@ async fn without_a_policy_a_silent_tunnel_is_left_alone() {
     send(&mut t.backend, &down).await;
     assert_eq!(read_n(&mut t.client, down.len(), "the reply").await, down);
     assert!(!t.task.is_finished());
+}
+
+/// A client may answer only the most recent of several pings (RFC 6455
+/// 5.5.3; tungstenite keeps one pending Pong, the last): when the
+/// backend's Ping follows wsgate's and the client answers only the
+/// backend's, the client is alive. Its Pong goes to the backend, and it
+/// is not cut at `ping_timeout`.
+#[tokio::test(start_paused = true)]
+async fn a_client_answering_only_the_backends_later_ping_is_not_cut() {
+    let mut t = with(KeepalivePolicy {
+        ping: pings(MS_100, MS_100 * 2),
+        ..KeepalivePolicy::default()
+    });
+    ping_at_client(&mut t).await;
+    let theirs = from_backend(FIN | PING, b"backend");
+    send(&mut t.backend, &theirs).await;
+    assert_eq!(
+        read_n(&mut t.client, theirs.len(), "its ping").await,
+        theirs
+    );
+    let answer = from_client(FIN | PONG, b"backend");
+    send(&mut t.client, &answer).await;
+    assert_eq!(
+        read_n(&mut t.backend, answer.len(), "the answer").await,
+        answer
+    );
+    // Well past ping_timeout: the next thing at the client is wsgate's
+    // next ping, not the end of its connection.
+    ping_at_client(&mut t).await;
+    shut_down(t).await;
+}
+
+/// A drain that comes while wsgate's Close for a ping timeout is half-way
+/// out to a slow backend adds no second Close: the backend gets the rest
+/// of the client's frame, one Close ("ping timeout"), then EOF.
+#[tokio::test(start_paused = true)]
+async fn a_drain_during_the_ping_timeout_close_adds_no_second_close() {
+    let mut t = Setup {
+        backend_pipe: 64,
+        policy: FramePolicy {
+            keepalive: KeepalivePolicy {
+                ping: pings(MS_100, MS_100 * 2),
+                ..KeepalivePolicy::default()
+            },
+            ..FramePolicy::default()
+        },
+        ..Setup::default()
+    }
+    .start();
+    // 64 bytes: they fill the pipe.
+    let up = from_client(FIN | BINARY, &payload(58));
+    send(&mut t.client, &up).await;
+    ping_at_client(&mut t).await;
+    // Past the ping timeout, the Close waits for room in the pipe.
+    tokio::time::sleep(MS_100 * 5).await;
+    let mut got = read_n(&mut t.backend, 4, "room for 4 bytes").await;
+    // The first 4 bytes of the Close go.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    t.drain.cancel();
+    got.extend(read_all(&mut t.backend, "the backend's EOF").await);
+    assert_eq!(got[..up.len()], up[..]);
+    let closes = decode(&got[up.len()..]);
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    closes[0].assert_close(true, 1001, "ping timeout");
+    let out = t.outcome().await;
+    assert!(
+        matches!(
+            out.error,
+            Some(TunnelError::Keepalive(KeepaliveEnd::PingTimeout(_)))
+        ),
+        "{:?}",
+        out.error
+    );
+}
+
+/// A backend that stops reading stops wsgate reading the client (back-
+/// pressure), so the client's answer to a ping could not be heard: that
+/// is no sign of a dead client. It is neither pinged nor cut for a ping
+/// timeout; the backend's stall ends the tunnel, the client getting
+/// Close 1001.
+#[tokio::test(start_paused = true)]
+async fn a_client_unheard_because_the_backend_stopped_reading_is_not_cut_as_dead() {
+    let stall = MS_100 * 30;
+    let mut t = Setup {
+        backend_pipe: 64,
+        policy: FramePolicy {
+            keepalive: KeepalivePolicy {
+                ping: pings(MS_100, MS_100 * 2),
+                ..KeepalivePolicy::default()
+            },
+            write_stall: Some(stall),
+            ..FramePolicy::default()
+        },
+        ..Setup::default()
+    }
+    .start();
+    send(&mut t.client, &from_client(FIN | BINARY, &payload(1000))).await;
+    // No ping first: its answer could not be heard.
+    next_frame(&mut t.client)
+        .await
+        .assert_close(false, 1001, "peer not reading");
+    t.client.shutdown().await.expect("EOF");
+    let out = t.outcome().await;
+    assert!(
+        matches!(out.error, Some(TunnelError::WriteStall { side: Side::Backend, after }) if after == stall),
+        "{:?}",
+        out.error
+    );
+}
+
+/// Bytes waiting for a receiver that takes none are not idleness: a
+/// tunnel whose backend stopped reading is ended by its stall (the client
+/// getting 1001 "peer not reading", the record blaming the backend), not
+/// by `idle_timeout` with a Close the stalled backend could never take.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_tunnel_is_not_idle() {
+    let stall = MS_100 * 30;
+    let mut t = Setup {
+        backend_pipe: 64,
+        policy: FramePolicy {
+            keepalive: KeepalivePolicy {
+                idle_timeout: Some(MS_100 * 2),
+                ..KeepalivePolicy::default()
+            },
+            write_stall: Some(stall),
+            ..FramePolicy::default()
+        },
+        timeouts: TunnelTimeouts {
+            half_close: stall * 100,
+            close: stall * 3,
+        },
+        ..Setup::default()
+    }
+    .start();
+    send(&mut t.client, &from_client(FIN | BINARY, &payload(1000))).await;
+    next_frame(&mut t.client)
+        .await
+        .assert_close(false, 1001, "peer not reading");
+    t.client.shutdown().await.expect("EOF");
+    let out = t.outcome().await;
+    assert!(
+        matches!(out.error, Some(TunnelError::WriteStall { side: Side::Backend, after }) if after == stall),
+        "{:?}",
+        out.error
+    );
 }

@@ -74,34 +74,41 @@ async fn the_bucket_refills_at_its_rate() {
     );
 }
 
-/// Pongs, Closes and continuations are free; pings are not; the
+/// Pongs that answer the backend's pings, Closes and continuations are
+/// free; pings and unasked pongs are not (a backend's library hands its
+/// application every pong, so a flood of them must not pass free); the
 /// backend's direction is never metered.
 #[tokio::test(start_paused = true)]
-async fn pongs_and_continuations_are_free_pings_are_not_and_the_backend_is_unmetered() {
-    let mut t = rated(1, 1);
-    let free = [
-        from_client(FIN | TEXT, b"a"),
-        from_client(FIN | PONG, b""),
-        from_client(FIN | PONG, b""),
-    ]
-    .concat();
-    send(&mut t.client, &free).await;
-    assert_eq!(
-        read_n(&mut t.backend, free.len(), "a message, two pongs").await,
-        free
-    );
-    let many = from_backend(FIN | TEXT, b"down").repeat(50);
-    send(&mut t.backend, &many).await;
-    assert_eq!(
-        read_n(&mut t.client, many.len(), "the backend's").await,
-        many
-    );
-    send(&mut t.client, &from_client(FIN | PING, b"")).await;
-    decode(&read_n(&mut t.backend, 31, "the Close").await)[0].assert_close(
-        true,
-        1001,
-        "peer broke the protocol",
-    );
+async fn answers_and_continuations_are_free_pings_and_unasked_pongs_are_not() {
+    for extra in [PING, PONG] {
+        let mut t = rated(1, 1);
+        let pings = from_backend(FIN | PING, b"").repeat(2);
+        send(&mut t.backend, &pings).await;
+        assert_eq!(read_n(&mut t.client, pings.len(), "two pings").await, pings);
+        let free = [
+            from_client(FIN | TEXT, b"a"),
+            from_client(FIN | PONG, b""),
+            from_client(FIN | PONG, b""),
+        ]
+        .concat();
+        send(&mut t.client, &free).await;
+        assert_eq!(
+            read_n(&mut t.backend, free.len(), "a message, two answers").await,
+            free
+        );
+        let many = from_backend(FIN | TEXT, b"down").repeat(50);
+        send(&mut t.backend, &many).await;
+        assert_eq!(
+            read_n(&mut t.client, many.len(), "the backend's").await,
+            many
+        );
+        send(&mut t.client, &from_client(FIN | extra, b"")).await;
+        decode(&read_n(&mut t.backend, 31, "the Close").await)[0].assert_close(
+            true,
+            1001,
+            "peer broke the protocol",
+        );
+    }
 
     let mut t = rated(1, 1);
     let fragmented = [
@@ -142,4 +149,46 @@ async fn the_rate_holds_when_not_strict() {
         1008,
         "message rate exceeded",
     );
+}
+
+/// Not strict, a broken frame passes untouched, and the route's limits
+/// still hold after it: one frame with a reserved opcode or an unmasked
+/// header must not turn the rate (and the size limits) off for the rest
+/// of the tunnel.
+#[tokio::test(start_paused = true)]
+async fn a_broken_frame_when_not_strict_does_not_turn_the_limits_off() {
+    let broken = [
+        ("reserved opcode", from_client(FIN | 0x3, b"?")),
+        ("reserved bit", from_client(FIN | 0x40 | PONG, b"?")),
+        ("unmasked", from_backend(FIN | PONG, b"?")),
+        ("lone continuation", from_client(FIN | CONT, b"?")),
+        ("fragmented control", from_client(PONG, b"?")),
+        ("long control", from_client(FIN | PONG, &payload(200))),
+    ];
+    for (what, bad) in broken {
+        let mut t = Setup {
+            policy: FramePolicy {
+                strict: false,
+                rate: Some(RateLimit {
+                    per_second: 1,
+                    burst: 1,
+                }),
+                ..FramePolicy::default()
+            },
+            ..Setup::default()
+        }
+        .start();
+        let one = from_client(FIN | TEXT, b"x");
+        // The message takes the one token; the broken frame takes another
+        // or none, and the refusal falls on it or on the message after it.
+        let sent = [one.clone(), bad.clone(), one.clone()].concat();
+        send(&mut t.client, &sent).await;
+        let got = read_n(&mut t.backend, one.len(), "the first message").await;
+        assert_eq!(got, one, "{what}");
+        decode(&read_all(&mut t.client, "the 1008").await)[0].assert_close(
+            false,
+            1008,
+            "message rate exceeded",
+        );
+    }
 }

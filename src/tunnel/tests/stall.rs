@@ -3,6 +3,7 @@
 //! and the tunnel ends. Paused time: nothing here touches a socket.
 
 use super::*;
+use crate::tunnel::keepalive::{KeepalivePolicy, PingPolicy};
 
 const STALL: Duration = Duration::from_millis(100);
 
@@ -110,4 +111,160 @@ async fn a_slow_reader_that_keeps_reading_is_not_a_stall() {
     let reply = from_backend(FIN | TEXT, b"done");
     send(&mut t.backend, &reply).await;
     assert_eq!(read_n(&mut t.client, reply.len(), "the reply").await, reply);
+}
+
+/// Four 60 kB frames the backend pushes at a client that has stopped
+/// reading; the task gives the backend's writing half back once the
+/// tunnel has taken all four (read and dropped past the stall).
+fn push_at_stopped_client(
+    backend: DuplexStream,
+) -> (
+    tokio::io::ReadHalf<DuplexStream>,
+    JoinHandle<tokio::io::WriteHalf<DuplexStream>>,
+    Vec<u8>,
+) {
+    let frame = from_backend(FIN | BINARY, &payload(60_000));
+    let all = frame.repeat(4);
+    let (backend_rd, mut backend_wr) = tokio::io::split(backend);
+    let pushing = tokio::spawn(async move {
+        for _ in 0..4 {
+            backend_wr
+                .write_all(&frame)
+                .await
+                .expect("the tunnel reads on");
+        }
+        backend_wr
+    });
+    (backend_rd, pushing, all)
+}
+
+/// The next whole Close at `rd`, decoded.
+async fn close_at(rd: &mut tokio::io::ReadHalf<DuplexStream>) -> Frame {
+    let mut head = [0u8; 2];
+    within("a Close", rd.read_exact(&mut head))
+        .await
+        .expect("pipe");
+    let mut rest = vec![0u8; usize::from(head[1] & 0x7f) + 4 * usize::from(head[1] >> 7)];
+    within("its payload", rd.read_exact(&mut rest))
+        .await
+        .expect("pipe");
+    decode(&[&head[..], &rest].concat()).remove(0)
+}
+
+/// A ping of wsgate's own, due while the backend's frame toward a client
+/// that stopped reading was half-way out, is never written once that
+/// client is given up on: the client gets a prefix of the backend's bytes
+/// and nothing after it, and the backend's later frames are still read
+/// and dropped (its writes finish) rather than held behind the ping.
+#[tokio::test(start_paused = true)]
+async fn a_queued_ping_is_not_written_to_a_client_given_up_on() {
+    let mut t = Setup {
+        policy: FramePolicy {
+            write_stall: Some(STALL),
+            keepalive: KeepalivePolicy {
+                ping: Some(PingPolicy {
+                    interval: STALL / 2,
+                    timeout: STALL * 100,
+                }),
+                ..KeepalivePolicy::default()
+            },
+            ..FramePolicy::default()
+        },
+        ..Setup::default()
+    }
+    .start();
+    let backend = std::mem::replace(&mut t.backend, tokio::io::duplex(1).0);
+    let (mut backend_rd, pushing, sent) = push_at_stopped_client(backend);
+    close_at(&mut backend_rd)
+        .await
+        .assert_close(true, 1001, "peer not reading");
+    let mut backend_wr = within("the backend's writes", pushing)
+        .await
+        .expect("no panic");
+    backend_wr.shutdown().await.expect("EOF");
+    let out = t.outcome().await;
+    assert!(
+        matches!(
+            out.error,
+            Some(TunnelError::WriteStall {
+                side: Side::Client,
+                ..
+            })
+        ),
+        "{:?}",
+        out.error
+    );
+    let got = read_all(&mut t.client, "what the client had room for").await;
+    assert!(!got.is_empty() && got.len() < sent.len(), "{}", got.len());
+    assert_eq!(got[..], sent[..got.len()], "a prefix, nothing after it");
+}
+
+/// While a stall is closing the tunnel, a keepalive deadline (here the
+/// idle timeout: nothing is relayed once the stalled side is given up on)
+/// or an operator's close starts no second close: nothing is written to
+/// the side that stopped reading, and the record keeps `write_stall`.
+#[tokio::test(start_paused = true)]
+async fn a_close_asked_for_during_a_stall_writes_nothing_to_the_stalled_side() {
+    for ask in [None, Some(Ask::Order), Some(Ask::Drain)] {
+        let t = Setup {
+            policy: FramePolicy {
+                write_stall: Some(STALL),
+                keepalive: KeepalivePolicy {
+                    idle_timeout: ask.is_none().then_some(STALL * 2),
+                    ..KeepalivePolicy::default()
+                },
+                ..FramePolicy::default()
+            },
+            // The backend never answers: the stall's close ends on this.
+            timeouts: TunnelTimeouts {
+                half_close: STALL * 100,
+                close: STALL * 10,
+            },
+            ..Setup::default()
+        }
+        .start();
+        let mut t = t;
+        let backend = std::mem::replace(&mut t.backend, tokio::io::duplex(1).0);
+        let (mut backend_rd, pushing, sent) = push_at_stopped_client(backend);
+        close_at(&mut backend_rd)
+            .await
+            .assert_close(true, 1001, "peer not reading");
+        let _backend_wr = within("the backend's writes", pushing)
+            .await
+            .expect("no panic");
+        if let Some(ask) = ask {
+            ask.apply(&t);
+        } else {
+            // Past the idle timeout, with nothing relayed since the stall.
+            tokio::time::sleep(STALL * 4).await;
+        }
+        // The client reads again, and the backend stays silent.
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while got.len() < 64 * 1024 {
+            let n = within("what the client had room for", t.client.read(&mut chunk))
+                .await
+                .expect("pipe");
+            assert!(n > 0, "{ask:?}: EOF after {}", got.len());
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let out = t.outcome().await;
+        assert!(
+            matches!(
+                out.error,
+                Some(TunnelError::WriteStall {
+                    side: Side::Client,
+                    ..
+                })
+            ),
+            "{ask:?}: {:?}",
+            out.error
+        );
+        got.extend(read_all(&mut t.client, "the client's EOF").await);
+        assert_eq!(
+            got[..],
+            sent[..got.len()],
+            "{ask:?}: a prefix, nothing after it"
+        );
+    }
 }
