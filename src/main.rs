@@ -378,8 +378,10 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
     let bound = listener::bind_all(&config).await?;
     let admin = bind_admin(&config).await?;
     let gateway = Gateway::start(config, bound, shutdown.clone())?;
+    let mut admin_addr = None;
     if let Some(l) = admin {
-        if let Ok(a) = l.local_addr() {
+        admin_addr = l.local_addr().ok();
+        if let Some(a) = admin_addr {
             println!(
                 "demo: admin API at http://{a}/api/connections, metrics at http://{a}/metrics"
             );
@@ -393,7 +395,7 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
         &tasks,
     );
     println!(
-        "demo: backends (a page and WebSocket echo) on {}",
+        "demo: chat backends (its page, and one room shared by both) on {}",
         servers
             .iter()
             .map(ToString::to_string)
@@ -421,10 +423,7 @@ async fn run_demo(config: Config, cas: Vec<PathBuf>) -> anyhow::Result<()> {
             .await
             .context("demo self-check")?;
         println!("demo: self-check passed: a message to {url} came back through wsgate, and so did its page");
-        println!(
-            "demo: open {} in a browser: a page and its WebSocket through one route",
-            url.replacen("ws://", "http://", 1)
-        );
+        println!("{}", demo::open_line(url, admin_addr));
         println!("demo: try it yourself:\n    cargo run --release -- client {url}");
         if let Some(ca) = cas.first().or(None) {
             println!("demo: or over TLS:\n    cargo run --release -- client --ca {} wss://localhost:8443/chat", ca.display());

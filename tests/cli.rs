@@ -672,10 +672,19 @@ async fn demo_runs_the_example_config() {
     // A form post to the same page: the demo backend reads it, no reset.
     let (status, _) = http_send(addr, "POST", "/chat", PatternBody::new(100_000, false)).await;
     assert_eq!(status, 200);
-    demo.line_until("the page's URL", |l| {
-        l.contains("open http://127.0.0.1:8080/chat in a browser")
-    })
-    .await;
+    let open = demo
+        .line_until("the page's URL", |l| {
+            l.contains("open http://127.0.0.1:8080/chat in a browser")
+        })
+        .await;
+    // The dashboard's URL beside it, and the page is there.
+    assert!(
+        open.ends_with("|  dashboard: http://127.0.0.1:9090/"),
+        "{open}"
+    );
+    let (status, page) = http_text("127.0.0.1:9090".parse().expect("addr"), "GET", "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
     let mut ws = ws_connect(addr, "/chat").await;
     ws.send(Message::text("ping through the demo"))
         .await

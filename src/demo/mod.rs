@@ -89,7 +89,7 @@ pub fn open_line(chat_ws_url: &str, admin: Option<SocketAddr>) -> String {
     let chat = chat_ws_url.replacen("ws://", "http://", 1);
     match admin {
         Some(a) => format!(
-            "demo: open {chat} in a browser, in two tabs: a message typed in one appears in the other              | dashboard: http://{a}/"
+            "demo: open {chat} in a browser, in two tabs: a message typed in one appears in the other  |  dashboard: http://{a}/"
         ),
         None => format!(
             "demo: open {chat} in a browser, in two tabs: a message typed in one appears in the other"
@@ -193,7 +193,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.ends_with("| dashboard: http://127.0.0.1:9090/"),
+            line.ends_with("|  dashboard: http://127.0.0.1:9090/"),
             "{line}"
         );
         assert!(!open_line("ws://127.0.0.1:8080/chat", None).contains("dashboard"));
