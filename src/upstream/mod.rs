@@ -442,18 +442,13 @@ async fn exchange(
         .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
         .map_err(http)?;
-    let token = hs.shutdown.clone();
-    // The connection task drives the exchange and, for a non-101 answer, the
-    // response body; it ends with the body, the upgrade, or shutdown.
-    hs.tasks.spawn(async move {
-        tokio::select! {
-            _ = conn.with_upgrades() => {}
-            _ = token.cancelled() => {}
-        }
-    });
+    // The connection is driven here, beside the request, rather than by a
+    // task of its own: a handshake that ends in a 101 then costs no task.
+    // Only a non-101 answer, whose body is still to come, gets one.
+    let mut conn = Driven::new(conn.with_upgrades());
     let response = match tokio::time::timeout(
         deadlines.handshake,
-        sender.send_request(clone_request(&hs.request)),
+        conn.beside(sender.send_request(clone_request(&hs.request))),
     )
     .await
     {
@@ -466,6 +461,16 @@ async fn exchange(
         Ok(r) => r.map_err(http)?,
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The body goes on; the task ends with it, or at shutdown.
+        if let Some(conn) = conn.rest() {
+            let token = hs.shutdown.clone();
+            hs.tasks.spawn(async move {
+                tokio::select! {
+                    _ = conn => {}
+                    _ = token.cancelled() => {}
+                }
+            });
+        }
         return Ok(Answer::Http {
             server: server.clone(),
             response,
@@ -474,7 +479,11 @@ async fn exchange(
     check_backend_101(&response, hs.expected_accept, hs.offered)
         .map_err(|source| UpstreamError::BadAnswer { addr, source })?;
     let headers = response.headers().clone();
-    let upgraded = hyper::upgrade::on(response).await.map_err(http)?;
+    // hyper hands the stream over once its connection has seen the 101 through.
+    let upgraded = conn
+        .beside(hyper::upgrade::on(response))
+        .await
+        .map_err(http)?;
     let parts =
         upgraded
             .downcast::<TokioIo<BackendStream>>()
@@ -489,6 +498,38 @@ async fn exchange(
         leftover: parts.read_buf,
         headers,
     })
+}
+
+/// A backend connection's future, polled beside what waits on it until it
+/// completes (then never again: a finished future must not be polled).
+struct Driven<C> {
+    conn: Option<C>,
+}
+
+impl<C: std::future::Future<Output = hyper::Result<()>> + Unpin> Driven<C> {
+    fn new(conn: C) -> Self {
+        Self { conn: Some(conn) }
+    }
+
+    /// Awaits `f` while driving the connection. Once the connection has
+    /// ended (upgraded, closed or failed), `f` is awaited alone: hyper has
+    /// settled it by then, with its answer or its error.
+    async fn beside<T>(&mut self, f: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(f);
+        if let Some(conn) = self.conn.as_mut() {
+            tokio::select! {
+                biased;
+                out = &mut f => return out,
+                _ = conn => self.conn = None,
+            }
+        }
+        f.await
+    }
+
+    /// The connection, if it has not ended yet.
+    fn rest(self) -> Option<C> {
+        self.conn
+    }
 }
 
 fn clone_request(req: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
