@@ -4,19 +4,25 @@
 //! Must not: take a label value from anything a client or backend controls
 //! without bucketing it: a status becomes its class, a close code its range.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 
 use crate::observe::registry::ConnInfo;
+
+// Names from the config are `Arc<str>` here, as they are in the routing
+// snapshot: a label set for a lookup then costs reference counts, not an
+// allocation per string, on paths taken once per connection.
 
 /// Where a tunnel runs: listener, route, upstream and server.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TunnelLabels {
     /// Listener name.
-    pub listener: String,
+    pub listener: Arc<str>,
     /// Route label.
-    pub route: String,
+    pub route: Arc<str>,
     /// Upstream name.
-    pub upstream: String,
+    pub upstream: Arc<str>,
     /// Server address.
     pub server: String,
 }
@@ -25,9 +31,9 @@ impl TunnelLabels {
     /// Labels of a tunnel.
     pub fn of(info: &ConnInfo) -> Self {
         Self {
-            listener: info.listener.to_string(),
-            route: info.route.to_string(),
-            upstream: info.upstream.to_string(),
+            listener: info.listener.clone(),
+            route: info.route.clone(),
+            upstream: info.upstream.clone(),
             server: info.backend.to_string(),
         }
     }
@@ -35,25 +41,25 @@ impl TunnelLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct HandshakeLabels {
-    pub(super) listener: String,
-    pub(super) outcome: String,
+    pub(super) listener: Arc<str>,
+    pub(super) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ListenerLabels {
-    pub(super) listener: String,
+    pub(super) listener: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct DurationLabels {
-    pub(super) listener: String,
-    pub(super) route: String,
+    pub(super) listener: Arc<str>,
+    pub(super) route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct EndLabels {
-    pub(super) listener: String,
-    pub(super) route: String,
+    pub(super) listener: Arc<str>,
+    pub(super) route: Arc<str>,
     pub(super) closed_by: &'static str,
     pub(super) reason: &'static str,
 }
@@ -90,11 +96,22 @@ pub(super) const KNOWN_OUTCOMES: [u16; 23] = [
     501, 502, 503, 504,
 ];
 
-pub(super) fn outcome_label(status: u16) -> String {
-    if KNOWN_OUTCOMES.contains(&status) {
-        status.to_string()
-    } else {
-        format!("{}xx", status / 100)
+/// [`KNOWN_OUTCOMES`] as label values, in the same order.
+const KNOWN_LABELS: [&str; 23] = [
+    "101", "200", "204", "301", "302", "304", "400", "401", "403", "404", "405", "408", "413",
+    "421", "426", "429", "431", "499", "500", "501", "502", "503", "504",
+];
+
+/// The label of every other status, by class.
+pub(super) const CLASS_LABELS: [&str; 10] = [
+    "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+];
+
+pub(super) fn outcome_label(status: u16) -> &'static str {
+    match KNOWN_OUTCOMES.iter().position(|&s| s == status) {
+        Some(i) => KNOWN_LABELS[i],
+        // hyper's StatusCode is 100-999.
+        None => CLASS_LABELS[usize::from(status / 100).min(9)],
     }
 }
 
@@ -118,7 +135,16 @@ mod tests {
         assert_eq!(outcome_label(101), "101");
         assert_eq!(outcome_label(418), "4xx");
         assert_eq!(outcome_label(299), "2xx");
+        assert_eq!(outcome_label(999), "9xx");
         assert_eq!(outcome_label(504), "504");
+    }
+
+    #[test]
+    fn every_known_status_is_its_own_label() {
+        for (status, label) in KNOWN_OUTCOMES.iter().zip(KNOWN_LABELS) {
+            assert_eq!(status.to_string(), label);
+            assert_eq!(outcome_label(*status), label);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::labels::{HandshakeLabels, KNOWN_OUTCOMES};
+use super::labels::{outcome_label, HandshakeLabels, CLASS_LABELS, KNOWN_OUTCOMES};
 use super::Metrics;
 use crate::observe::access::DirectionTotals;
 
@@ -28,22 +28,23 @@ impl Metrics {
     /// The totals, with requests summed over `listeners` (those the
     /// running config names: a removed listener's counts stop moving).
     pub fn live_totals<'a>(&self, listeners: impl IntoIterator<Item = &'a str>) -> LiveTotals {
-        let outcomes: Vec<String> = KNOWN_OUTCOMES
+        let outcomes: Vec<&'static str> = KNOWN_OUTCOMES
             .iter()
-            .map(u16::to_string)
-            .chain((1..=5).map(|c| format!("{c}xx")))
+            .map(|&s| outcome_label(s))
+            .chain(CLASS_LABELS[1..=5].iter().copied())
             .collect();
         let mut answered = BTreeMap::new();
         for listener in listeners {
-            for outcome in &outcomes {
+            let listener: std::sync::Arc<str> = listener.into();
+            for &outcome in &outcomes {
                 let labels = HandshakeLabels {
-                    listener: listener.to_string(),
-                    outcome: outcome.clone(),
+                    listener: listener.clone(),
+                    outcome,
                 };
                 if let Some(c) = self.handshakes.get(&labels) {
                     let n = c.get();
                     if n > 0 {
-                        *answered.entry(outcome.clone()).or_insert(0) += n;
+                        *answered.entry(outcome.to_string()).or_insert(0) += n;
                     }
                 }
             }
@@ -68,12 +69,12 @@ mod tests {
     #[test]
     fn answered_requests_are_summed_over_the_listeners_asked_about() {
         let m = Metrics::new(Arc::new(Registry::default()), "v1");
-        m.handshake("public", 101, Duration::from_millis(1));
-        m.handshake("public", 101, Duration::from_millis(1));
-        m.handshake("internal", 101, Duration::from_millis(1));
-        m.handshake("public", 404, Duration::from_millis(1));
-        m.handshake("public", 418, Duration::from_millis(1));
-        m.handshake("gone", 502, Duration::from_millis(1));
+        m.handshake(&"public".into(), 101, Duration::from_millis(1));
+        m.handshake(&"public".into(), 101, Duration::from_millis(1));
+        m.handshake(&"internal".into(), 101, Duration::from_millis(1));
+        m.handshake(&"public".into(), 404, Duration::from_millis(1));
+        m.handshake(&"public".into(), 418, Duration::from_millis(1));
+        m.handshake(&"gone".into(), 502, Duration::from_millis(1));
         let t = m.live_totals(["public", "internal"]);
         let expected: BTreeMap<String, u64> = [("101", 3), ("404", 1), ("4xx", 1)]
             .into_iter()

@@ -223,40 +223,41 @@ impl Metrics {
     /// Creates a listener's handshake series at zero, so that rates and
     /// alerts work before the first occurrence of each outcome.
     pub fn prepare_listener(&self, listener: &str) {
+        let listener: Arc<str> = listener.into();
         let _ = self.http_active.get_or_create(&ListenerLabels {
-            listener: listener.to_string(),
+            listener: listener.clone(),
         });
         // 431 is hyper's own answer, before any handler: it is counted in
         // `wsgate_requests_malformed_total{reason="too_large"}` instead.
         for outcome in [101, 400, 403, 404, 426, 429, 502, 503, 504] {
             let _ = self.handshakes.get_or_create(&HandshakeLabels {
-                listener: listener.to_string(),
-                outcome: outcome.to_string(),
+                listener: listener.clone(),
+                outcome: outcome_label(outcome),
             });
         }
     }
 
     /// A request was answered with `status` after `elapsed`.
-    pub fn handshake(&self, listener: &str, status: u16, elapsed: Duration) {
+    pub fn handshake(&self, listener: &Arc<str>, status: u16, elapsed: Duration) {
         self.handshakes
             .get_or_create(&HandshakeLabels {
-                listener: listener.to_string(),
+                listener: listener.clone(),
                 outcome: outcome_label(status),
             })
             .inc();
         self.handshake_seconds
             .get_or_create(&ListenerLabels {
-                listener: listener.to_string(),
+                listener: listener.clone(),
             })
             .observe(elapsed.as_secs_f64());
     }
 
     /// A plain request began; [`Metrics::http_request`] ends it, once, on
     /// every path.
-    pub fn http_request_started(&self, listener: &str) {
+    pub fn http_request_started(&self, listener: &Arc<str>) {
         self.http_active
             .get_or_create(&ListenerLabels {
-                listener: listener.to_string(),
+                listener: listener.clone(),
             })
             .inc();
     }
@@ -265,7 +266,7 @@ impl Metrics {
     /// done (or abandoned) after `elapsed`.
     pub fn http_request(
         &self,
-        listener: &str,
+        listener: &Arc<str>,
         status: u16,
         elapsed: Duration,
         to_backend: u64,
@@ -273,12 +274,12 @@ impl Metrics {
     ) {
         self.http_requests
             .get_or_create(&HandshakeLabels {
-                listener: listener.to_string(),
+                listener: listener.clone(),
                 outcome: outcome_label(status),
             })
             .inc();
         let labels = ListenerLabels {
-            listener: listener.to_string(),
+            listener: listener.clone(),
         };
         self.http_active.get_or_create(&labels).dec();
         self.http_seconds
@@ -466,7 +467,7 @@ mod tests {
     #[test]
     fn exposition_has_every_family() {
         let m = Metrics::new(Arc::new(Registry::default()), "abc123");
-        m.handshake("public", 404, Duration::from_millis(3));
+        m.handshake(&"public".into(), 404, Duration::from_millis(3));
         let text = m.encode().expect("encode");
         for needle in [
             "wsgate_handshakes_total{listener=\"public\",outcome=\"404\"} 1",

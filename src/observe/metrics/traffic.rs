@@ -27,9 +27,9 @@ use crate::observe::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct TrafficLabels {
-    pub(super) listener: String,
-    pub(super) route: String,
-    pub(super) upstream: String,
+    pub(super) listener: Arc<str>,
+    pub(super) route: Arc<str>,
+    pub(super) upstream: Arc<str>,
     pub(super) server: String,
     pub(super) direction: &'static str,
 }
@@ -106,7 +106,7 @@ impl TrafficCollector {
             .keys()
             .filter(|l| l.server != REMOVED_SERVER)
             .filter(|l| {
-                let key = (l.upstream.clone(), l.server.clone());
+                let key = (l.upstream.to_string(), l.server.clone());
                 !configured.contains(&key) && !live.contains(&key)
             })
             .cloned()
