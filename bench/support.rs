@@ -34,7 +34,9 @@ pub fn start(workers: usize, rest: &str) -> Wsgate {
         format!("[runtime]\nworkers = {workers}\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n{rest}"),
     )
     .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+    // WSGATE_BIN runs another build (before and after figures of a change).
+    let bin = std::env::var("WSGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wsgate").into());
+    let child = Command::new(bin)
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
