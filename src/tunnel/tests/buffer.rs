@@ -50,3 +50,59 @@ async fn a_direction_holds_a_buffer_only_while_data_moves() {
         );
     }
 }
+
+/// Copy buffers are reused across tunnels on a thread without being
+/// cleared: what one direction forwards must be only what it read itself.
+#[tokio::test]
+async fn a_reused_buffer_carries_nothing_of_the_tunnel_that_had_it_before() {
+    let stats = stats(&CancellationToken::new());
+    // The first direction fills a whole buffer with one byte value.
+    let (mut client, from) = tokio::io::duplex(64 * 1024);
+    let (to, mut backend) = tokio::io::duplex(64 * 1024);
+    let (mut from, mut to) = (Mem::new(from), Mem::new(to));
+    let mut first = Half::new(Sender::Client);
+    let big = from_client(FIN | BINARY, &vec![0xAA; 16_000]);
+    send(&mut client, &big).await;
+    let mut got = Vec::new();
+    while got.len() < big.len() {
+        assert!(poll_once(&mut first, &mut from, &mut to, &stats).await);
+        let mut piece = vec![0u8; 64 * 1024];
+        let n = within("the big frame", backend.read(&mut piece))
+            .await
+            .expect("pipes never fail a read");
+        got.extend_from_slice(&piece[..n]);
+    }
+    assert!(
+        got == big,
+        "the big frame came out changed ({} bytes)",
+        got.len()
+    );
+    assert!(poll_once(&mut first, &mut from, &mut to, &stats).await);
+    assert!(
+        !first.holds_buffer(),
+        "drained: the buffer is back in the pool"
+    );
+    drop(first);
+
+    // The second, on the same thread, takes that buffer for a short frame.
+    let (mut client, from) = tokio::io::duplex(64 * 1024);
+    let (to, mut backend) = tokio::io::duplex(64 * 1024);
+    let (mut from, mut to) = (Mem::new(from), Mem::new(to));
+    let mut second = Half::new(Sender::Client);
+    let small = from_client(FIN | TEXT, b"hi");
+    send(&mut client, &small).await;
+    drop(client);
+    // The frame, then the end of the stream: the direction runs to its end.
+    within("the second direction to end", async {
+        while poll_once(&mut second, &mut from, &mut to, &stats).await {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    drop(to);
+    let mut rest = Vec::new();
+    within("the backend's bytes", backend.read_to_end(&mut rest))
+        .await
+        .expect("pipes never fail a read");
+    assert_eq!(rest, small, "exactly the second sender's bytes");
+}
