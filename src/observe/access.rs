@@ -175,6 +175,10 @@ impl TunnelEnd {
     }
 }
 
+fn as_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// The access-log record of one tunnel, with fixed field names.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessRecord {
@@ -192,8 +196,11 @@ pub struct AccessRecord {
     pub backend: SocketAddr,
     /// Forwarded path.
     pub path: String,
-    /// RFC 3339 start time.
-    pub started: String,
+    /// Start time, written in RFC 3339 with milliseconds. Kept as the
+    /// time and formatted only when the record is logged or serialized:
+    /// with the access log off, a tunnel's end formats nothing.
+    #[serde(serialize_with = "as_display")]
+    pub started: humantime::Rfc3339Timestamp,
     /// Lifetime in milliseconds.
     pub duration_ms: u64,
     /// Client-to-backend totals.

@@ -251,7 +251,7 @@ impl RegistryGuard {
             upstream: s.info.upstream.to_string(),
             backend: s.info.backend,
             path: s.info.path.clone(),
-            started: humantime::format_rfc3339_millis(s.started_at).to_string(),
+            started: humantime::format_rfc3339_millis(s.started_at),
             duration_ms: u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             to_backend: s.to_backend.totals(),
             to_client: s.to_client.totals(),
