@@ -593,3 +593,80 @@ async fn the_feed_takes_the_token_as_a_subprotocol_and_sends_deltas() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_sending_a_large_message_gets_1009_not_a_buffer() {
+    let echo = echo_backend().await;
+    let gw = TestGateway::start(&config(&[echo], false)).await;
+    let (mut ws, _) = feed(gw.admin.expect("admin"), Some("wsgate.live"))
+        .await
+        .expect("the feed");
+    assert_eq!(next_json(&mut ws).await["type"], "full");
+    let big = "z".repeat(wsgate::control::dashboard::LIVE_MAX_INCOMING * 16);
+    futures_util::SinkExt::send(&mut ws, Message::text(big))
+        .await
+        .expect("send");
+    let (code, reason) = within("the feed's Close", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return (u16::from(f.code), f.reason.to_string())
+                }
+                // Deltas already on their way.
+                Some(Ok(Message::Text(_))) => {}
+                other => panic!("expected Close 1009, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1009, "the page sends no messages")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_feeds_are_bounded_and_a_freed_place_is_taken_again() {
+    use wsgate::control::dashboard::MAX_FEEDS;
+    let echo = echo_backend().await;
+    let gw = TestGateway::start(&config(&[echo], false)).await;
+    let admin = gw.admin.expect("admin");
+    let mut open = Vec::new();
+    for _ in 0..MAX_FEEDS {
+        let (mut ws, _) = feed(admin, Some("wsgate.live")).await.expect("a feed");
+        assert_eq!(next_json(&mut ws).await["type"], "full");
+        open.push(ws);
+    }
+    let board = &gw.gateway.shared().dashboard;
+    assert_eq!(board.open_feeds(), MAX_FEEDS);
+    match feed(admin, Some("wsgate.live")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), 503);
+            let body: Value =
+                serde_json::from_slice(res.body().as_deref().unwrap_or_default()).expect("JSON");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("close a page")),
+                "{body}"
+            );
+        }
+        other => panic!("expected 503 past {MAX_FEEDS} feeds, got {other:?}"),
+    }
+    // The others still flow.
+    assert_eq!(next_json(&mut open[0]).await["type"], "delta");
+
+    let mut gone = open.pop().expect("a feed");
+    gone.close(None).await.expect("close a feed");
+    while let Some(Ok(_)) = within("the closing handshake", gone.next()).await {}
+    within("the place to be freed", async {
+        while board.open_feeds() != MAX_FEEDS - 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (mut again, _) = feed(admin, Some("wsgate.live"))
+        .await
+        .expect("a feed again");
+    assert_eq!(next_json(&mut again).await["type"], "full");
+}
