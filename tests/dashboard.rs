@@ -670,3 +670,132 @@ async fn open_feeds_are_bounded_and_a_freed_place_is_taken_again() {
         .expect("a feed again");
     assert_eq!(next_json(&mut again).await["type"], "full");
 }
+
+// === another site in the operator's browser ===
+
+/// A raw request `method path` to the admin listener with `headers`
+/// (each `Name: value`) and the admin address as `Host` unless given.
+async fn admin_raw(admin: SocketAddr, method: &str, path: &str, headers: &[&str]) -> u16 {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        head.push_str(&format!("Host: {admin}\r\n"));
+    }
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    if path == "/api/live" {
+        head.push_str("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n");
+    } else {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    let mut tcp = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    raw_exchange(&mut tcp, head.as_bytes()).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_other_sites_in_a_browser_are_refused() {
+    let (a, b) = (echo_backend().await, echo_backend().await);
+    let gw = TestGateway::start(&config(&[a, b], false)).await;
+    let admin = gw.admin.expect("admin");
+    let port = admin.port();
+    let drain = format!("/api/upstreams/chat/servers/{a}/drain");
+    let evil = "Origin: http://evil.example";
+    let rebound_host = format!("Host: evil.example:{port}");
+    let rebound_origin = format!("Origin: http://evil.example:{port}");
+    let other_port = "Origin: http://127.0.0.1:1".to_string();
+    let refused: Vec<(&str, &str, Vec<&str>)> = vec![
+        // Cross-site WebSocket hijacking of the live feed.
+        ("GET", "/api/live", vec![evil]),
+        ("GET", "/api/live", vec!["Origin: null"]),
+        // Another port on this host: the demo's chat page, say.
+        ("GET", "/api/live", vec![&other_port]),
+        // A form on another site.
+        ("POST", &drain, vec![evil]),
+        ("POST", &drain, vec!["Sec-Fetch-Site: cross-site"]),
+        ("POST", &drain, vec!["Sec-Fetch-Site: same-site"]),
+        ("POST", "/reload", vec![evil]),
+        // DNS rebinding: the other site's name now leads here.
+        ("GET", "/api/live", vec![&rebound_host, &rebound_origin]),
+        (
+            "GET",
+            "/api/connections",
+            vec![&rebound_host, "Sec-Fetch-Site: same-origin"],
+        ),
+    ];
+    for (method, path, headers) in &refused {
+        assert_eq!(
+            admin_raw(admin, method, path, headers).await,
+            403,
+            "{method} {path} {headers:?}"
+        );
+    }
+    let server = gw
+        .gateway
+        .shared()
+        .snapshot
+        .load()
+        .upstream("chat")
+        .and_then(|u| u.server(a).cloned())
+        .expect("the server");
+    assert_eq!(server.state().as_str(), "up", "no refused request acted");
+
+    // The page itself, and clients that are not browsers, are served.
+    let own = format!("Origin: http://{admin}");
+    let localhost_host = format!("Host: localhost:{port}");
+    let localhost_origin = format!("Origin: http://localhost:{port}");
+    let served: Vec<(&str, &str, Vec<&str>, u16)> = vec![
+        (
+            "GET",
+            "/api/live",
+            vec![&own, "Sec-Fetch-Site: same-origin"],
+            101,
+        ),
+        (
+            "GET",
+            "/api/live",
+            vec![&localhost_host, &localhost_origin],
+            101,
+        ),
+        ("GET", "/api/live", vec![], 101),
+        (
+            "GET",
+            "/api/connections",
+            vec!["Sec-Fetch-Site: same-origin"],
+            200,
+        ),
+        ("GET", "/", vec![evil], 200),
+        ("POST", &drain, vec![&own], 202),
+    ];
+    for (method, path, headers, status) in &served {
+        assert_eq!(
+            admin_raw(admin, method, path, headers).await,
+            *status,
+            "{method} {path} {headers:?}"
+        );
+    }
+    assert_eq!(server.state().as_str(), "draining");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_the_token_decides_whatever_the_origin() {
+    let echo = echo_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token file");
+    let gw = TestGateway::start_in(dir, &config(&[echo], true)).await;
+    let admin = gw.admin.expect("admin");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(TOKEN);
+    let protocol = format!("Sec-WebSocket-Protocol: wsgate.live, bearer.{b64}");
+    let evil = "Origin: http://evil.example";
+    assert_eq!(admin_raw(admin, "GET", "/api/live", &[evil]).await, 401);
+    assert_eq!(
+        admin_raw(admin, "GET", "/api/live", &[evil, &protocol]).await,
+        101
+    );
+}
