@@ -799,3 +799,28 @@ async fn with_a_token_the_token_decides_whatever_the_origin() {
         101
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_from_a_config_is_shown_as_text_never_as_html() {
+    let echo = echo_backend().await;
+    let toml = config(&[echo], false);
+    let gw = TestGateway::start(&toml).await;
+    let mut driver = Driver::start();
+    let page = open_dashboard(&mut driver, gw.admin.expect("admin")).await;
+    // A rejected reload's problems quote the file: here, a key that is markup.
+    let markup = "<img src=x id=injected onerror=alert(1)>";
+    std::fs::write(
+        gw.dir.path().join("wsgate.toml"),
+        format!("{toml}\n\"{markup}\" = 1\n"),
+    )
+    .expect("write config");
+    gw.gateway.reload().await.expect_err("an unknown key");
+    let row = page
+        .wait_text("the rejected reload's row", "#reloads tbody tr", |t| {
+            t.contains("rejected")
+        })
+        .await;
+    assert!(row.contains(markup), "the markup shown as text: {row}");
+    assert_eq!(page.text("#injected").await, None, "no element made of it");
+    page.close().await;
+}
