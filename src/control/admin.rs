@@ -174,7 +174,7 @@ pub async fn handle(
         admin.is_some_and(|a| a.metrics_public),
     );
     if token.is_none() {
-        if let Some(why) = browser_refusal(&req) {
+        if let Some(why) = dashboard::browser::refusal(req.headers()) {
             return error(StatusCode::FORBIDDEN, why);
         }
     }
@@ -253,61 +253,6 @@ pub async fn handle(
         ),
         _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
     }
-}
-
-/// Why a browser's request is refused by an admin listener without a token,
-/// or `None` for any other request.
-///
-/// Without a token, whatever reaches the listener may use it, but a browser
-/// on the operator's machine also runs other sites' scripts, and browsers
-/// let any page send a form `POST` (a drain, a reload) or open a WebSocket
-/// (the live feed) to any address. So a request a browser marks as made
-/// by another origin (its `Origin` header naming another host than `Host`,
-/// or `Sec-Fetch-Site` other than `same-origin` or `none`) is refused; and
-/// so is any browser request addressed to a host *name*, since another
-/// site can point its own name at this listener (DNS rebinding) and then
-/// be same-origin. curl, Prometheus and other clients send neither header
-/// and are not affected; with a token set, the token is the protection.
-fn browser_refusal<B>(req: &Request<B>) -> Option<&'static str> {
-    let headers = req.headers();
-    let origin = headers.get(header::ORIGIN);
-    let fetch_site = headers.get("sec-fetch-site");
-    if origin.is_none() && fetch_site.is_none() {
-        return None;
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let host_is_address = host
-        .and_then(|h| h.parse::<http::uri::Authority>().ok())
-        .is_some_and(|a| {
-            let name = a.host().trim_start_matches('[').trim_end_matches(']');
-            name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
-        });
-    if !host_is_address {
-        return Some(
-            "without an admin token, browsers are answered only at an IP address or localhost \
-             (another site could point a name at this listener): open the dashboard by address, \
-             or set [admin] token_file",
-        );
-    }
-    let same_origin = origin.is_none_or(|o| {
-        o.to_str()
-            .ok()
-            .and_then(|o| o.parse::<http::Uri>().ok())
-            .is_some_and(|o| {
-                matches!(o.scheme_str(), Some("http" | "https"))
-                    && o.authority()
-                        .zip(host)
-                        .is_some_and(|(a, h)| a.as_str().eq_ignore_ascii_case(h))
-            })
-    });
-    let fetched_here = fetch_site.is_none_or(|s| s == "same-origin" || s == "none");
-    if !(same_origin && fetched_here) {
-        return Some(
-            "a page from another origin may not use an admin listener without a token: \
-             set [admin] token_file",
-        );
-    }
-    None
 }
 
 /// Compares hashes of the presented and expected tokens in constant time,

@@ -25,6 +25,7 @@
 //!
 //! Must not: act on anything itself. The page's buttons call the admin API.
 
+pub mod browser;
 mod feed;
 mod history;
 
