@@ -252,6 +252,7 @@ async fn member<S>(
                         reason: "the chat takes messages of 64 KiB at most".into(),
                     };
                     let _ = tokio::time::timeout(CHAT_WRITE_TIMEOUT, ws.close(Some(too_big))).await;
+                    linger(ws.get_mut()).await;
                     return;
                 }
                 Some(Err(_)) | None => return,
@@ -276,6 +277,25 @@ async fn member<S>(
             }
         }
     }
+}
+
+/// Reads and drops what the client still sends (the rest of a message too
+/// big to take, its Close) until it closes, for a while and up to a few
+/// MiB: closing a socket with unread bytes resets the connection, and the
+/// reset could overtake the Close 1009 that says why.
+async fn linger<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut left: usize = 64 * CHAT_MAX_MESSAGE;
+    let mut buf = vec![0u8; 16 * 1024];
+    let drain = async {
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CHAT_WRITE_TIMEOUT, drain).await;
 }
 
 /// Binds a demo backend on every address, all in one chat room.
