@@ -277,6 +277,8 @@ async function connect() {
   let check;
   try { check = await api('GET', '/api/config'); } catch (_) { return retry(); }
   if (check.status === 401) { askToken(token() ? 'That token was refused.' : ''); return undefined; }
+  // Refused for good (another origin, or a host name without a token): say why, do not retry.
+  if (check.status === 403) { setStatus('down', (check.body && check.body.error) || 'refused'); return undefined; }
   if (check.status !== 200) return retry();
   $('#forget-token').hidden = !token();
   const protocols = ['wsgate.live'];

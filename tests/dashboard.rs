@@ -2,8 +2,8 @@
 //! against a real wsgate: the page loads, shows the tunnels a test opened
 //! with their bytes growing, closes one with the chosen code, drains and
 //! enables a server, survives a reload and reconnects by itself after a
-//! restart; and its feed over a plain WebSocket client: token, full
-//! message, then deltas.
+//! restart, and shows text from a config as text. The feed over a plain
+//! WebSocket client is tested in `tests/dashboard_feed.rs`.
 
 #[path = "support/browser.rs"]
 mod browser;
@@ -12,14 +12,10 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use base64::Engine;
 use browser::{Driver, Page};
 use common::*;
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use wsgate::front::listener::BoundListener;
 use wsgate::observe::registry::ConnStats;
@@ -473,123 +469,27 @@ async fn the_page_asks_for_the_token_once_per_session() {
     page.close().await;
 }
 
-// === the feed without a browser ===
-
-async fn feed(
-    admin: SocketAddr,
-    protocols: Option<&str>,
-) -> Result<
-    (
-        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-        http::Response<Option<Vec<u8>>>,
-    ),
-    tokio_tungstenite::tungstenite::Error,
-> {
-    let mut req = format!("ws://{admin}/api/live")
-        .into_client_request()
-        .expect("request");
-    if let Some(p) = protocols {
-        req.headers_mut()
-            .insert("sec-websocket-protocol", p.parse().expect("header"));
-    }
-    let tcp = tokio::net::TcpStream::connect(admin)
-        .await
-        .expect("connect");
-    within(
-        "the feed's handshake",
-        tokio_tungstenite::client_async(req, tcp),
-    )
-    .await
-}
-
-async fn next_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    match within("a feed message", ws.next()).await {
-        Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
-        other => panic!("expected a feed message, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_feed_takes_the_token_as_a_subprotocol_and_sends_deltas() {
+async fn text_from_a_config_is_shown_as_text_never_as_html() {
     let echo = echo_backend().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token file");
-    let gw = TestGateway::start_in(dir, &config(&[echo], true)).await;
-    let admin = gw.admin.expect("admin");
-
-    for protocols in [
-        None,
-        Some("wsgate.live"),
-        Some("wsgate.live, bearer.bm90LWl0"),
-    ] {
-        match feed(admin, protocols).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
-                assert_eq!(res.status(), 401, "{protocols:?}")
-            }
-            other => panic!("{protocols:?}: expected 401, got {other:?}"),
-        }
-    }
-    // The page's files are open: they hold no data.
-    let (status, page) = http_text(admin, "GET", "/").await;
-    assert_eq!(status, 200);
-    assert!(page.contains("/dashboard/app.js"), "{page}");
-
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(TOKEN);
-    let (mut ws, res) = feed(admin, Some(&format!("wsgate.live, bearer.{b64}")))
-        .await
-        .expect("the feed with the token");
-    assert_eq!(
-        res.headers()
-            .get("sec-websocket-protocol")
-            .map(|v| v.as_bytes()),
-        Some(&b"wsgate.live"[..]),
-        "the token's subprotocol is never echoed back"
-    );
-    let full = next_json(&mut ws).await;
-    assert_eq!(full["type"], "full");
-    assert_eq!(full["conns"]["reset"], true);
-    assert_eq!(full["conns"]["upsert"], Value::Array(vec![]));
-    assert_eq!(full["upstreams"][0]["name"], "chat");
-    assert!(full["config"]["version"].is_string(), "{full}");
-
-    // A tunnel opens: the next deltas carry it, and only once unchanged.
-    let _client = ws_connect(gw.addr("public"), "/chat/feed").await;
-    gw.wait_live(1).await;
-    let id = live_conn(&gw, "/chat/feed").id;
-    let mut seen = 0;
-    let mut quiet = None;
-    while quiet.is_none() {
-        let d = next_json(&mut ws).await;
-        assert_eq!(d["type"], "delta");
-        assert!(d.get("upstreams").is_none() || seen == 0, "{d}");
-        let rows = d["conns"]["upsert"].as_array().cloned().unwrap_or_default();
-        if rows.iter().any(|r| r["id"] == id) {
-            seen += 1;
-            assert_eq!(rows[0]["path"], "/chat/feed");
-        } else if seen > 0 {
-            quiet = Some(d);
-        }
-    }
-    assert_eq!(seen, 1, "an unchanged row is sent once");
-    let quiet = quiet.expect("a quiet delta");
-    assert_eq!(quiet["totals"]["active"], 1);
-    assert!(
-        quiet.get("config").is_none(),
-        "unchanged sections are left out: {quiet}"
-    );
-
-    // The page leaves: its feed ends with it, and nothing runs for none.
-    let board = &gw.gateway.shared().dashboard;
-    assert_eq!(board.open_feeds(), 1);
-    ws.close(None).await.expect("close the feed");
-    while let Some(Ok(_)) = within("the feed's closing handshake", ws.next()).await {}
-    within("the feed to end", async {
-        while board.open_feeds() != 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let toml = config(&[echo], false);
+    let gw = TestGateway::start(&toml).await;
+    let mut driver = Driver::start();
+    let page = open_dashboard(&mut driver, gw.admin.expect("admin")).await;
+    // A rejected reload's problems quote the file: here, a key that is markup.
+    let markup = "<img src=x id=injected onerror=alert(1)>";
+    std::fs::write(
+        gw.dir.path().join("wsgate.toml"),
+        format!("{toml}\n\"{markup}\" = 1\n"),
+    )
+    .expect("write config");
+    gw.gateway.reload().await.expect_err("an unknown key");
+    let row = page
+        .wait_text("the rejected reload's row", "#reloads tbody tr", |t| {
+            t.contains("rejected")
+        })
+        .await;
+    assert!(row.contains(markup), "the markup shown as text: {row}");
+    assert_eq!(page.text("#injected").await, None, "no element made of it");
+    page.close().await;
 }

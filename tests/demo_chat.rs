@@ -201,3 +201,40 @@ async fn a_message_typed_in_one_page_appears_in_a_page_on_the_other_backend() {
         p.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_a_megabyte_gets_1009_and_the_room_goes_on() {
+    let b = backends().await;
+    let gw = TestGateway::start(&config(&b)).await;
+    let addr = gw.addr("public");
+    let mut sender = chat_client(addr).await;
+    let mut other = chat_client(addr).await;
+    for ws in [&mut sender, &mut other] {
+        assert_eq!(next_json(ws).await["type"], "hello");
+    }
+
+    let megabyte = "m".repeat(1 << 20);
+    sender.send(Message::text(megabyte)).await.expect("send");
+    let (code, reason) = expect_close(&mut sender, "the chat's Close").await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1009, "the chat takes messages of 64 KiB at most")
+    );
+
+    // Nobody heard it; the room still carries messages up to the limit.
+    let mut third = chat_client(addr).await;
+    let hello = next_json(&mut third).await;
+    let largest = "l".repeat(wsgate::demo::CHAT_MAX_MESSAGE);
+    third
+        .send(Message::text(largest.clone()))
+        .await
+        .expect("send");
+    for ws in [&mut other, &mut third] {
+        let heard = next_json(ws).await;
+        assert_eq!(
+            heard["from"], hello["you"],
+            "the megabyte was not passed on"
+        );
+        assert_eq!(heard["text"].as_str().map(str::len), Some(largest.len()));
+    }
+}

@@ -173,6 +173,11 @@ pub async fn handle(
         admin.and_then(|a| a.token.clone()),
         admin.is_some_and(|a| a.metrics_public),
     );
+    if token.is_none() {
+        if let Some(why) = dashboard::browser::refusal(req.headers()) {
+            return error(StatusCode::FORBIDDEN, why);
+        }
+    }
     let open = matches!(segs.as_slice(), ["healthz"] | ["readyz"])
         || (metrics_public && segs == ["metrics"]);
     // A browser cannot set headers on a WebSocket: the feed's token comes

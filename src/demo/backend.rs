@@ -22,6 +22,8 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +35,16 @@ pub const CHAT_PROTOCOL: &str = "wsgate.chat";
 
 /// Messages a slow client may fall behind by before it misses some.
 const ROOM_BACKLOG: usize = 256;
+
+/// The largest message the chat takes; a larger one is answered with
+/// Close 1009. The room keeps its last [`ROOM_BACKLOG`] messages for slow
+/// clients, so this bounds what it holds (16 MiB) where the WebSocket
+/// library's own limit (64 MiB) would let one tab make it hold 16 GiB.
+pub const CHAT_MAX_MESSAGE: usize = 64 * 1024;
+
+/// How long a message may take to reach a client before it is let go: a
+/// client that stopped reading must not hold its task (nor the demo's stop).
+const CHAT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One message said in the room.
 #[derive(Debug, Clone)]
@@ -158,10 +170,13 @@ async fn app_answer(
     let (token, room) = (shutdown.clone(), room.clone());
     tasks.spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(CHAT_MAX_MESSAGE))
+            .max_frame_size(Some(CHAT_MAX_MESSAGE));
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             hyper_util::rt::TokioIo::new(upgraded),
             tokio_tungstenite::tungstenite::protocol::Role::Server,
-            None,
+            Some(config),
         )
         .await;
         member(ws, me, json, room, token).await;
@@ -231,6 +246,15 @@ async fn member<S>(
                     let _ = room.tx.send(Said { message: m, from: id, backend: me });
                 }
                 Some(Ok(_)) => {}
+                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                    let too_big = CloseFrame {
+                        code: CloseCode::Size,
+                        reason: "the chat takes messages of 64 KiB at most".into(),
+                    };
+                    let _ = tokio::time::timeout(CHAT_WRITE_TIMEOUT, ws.close(Some(too_big))).await;
+                    linger(ws.get_mut()).await;
+                    return;
+                }
                 Some(Err(_)) | None => return,
             },
             said = heard.recv() => {
@@ -242,13 +266,36 @@ async fn member<S>(
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
                 if let Some(out) = out {
-                    if ws.send(out).await.is_err() {
+                    let sent = tokio::select! {
+                        r = tokio::time::timeout(CHAT_WRITE_TIMEOUT, ws.send(out)) => matches!(r, Ok(Ok(()))),
+                        _ = token.cancelled() => false,
+                    };
+                    if !sent {
                         return;
                     }
                 }
             }
         }
     }
+}
+
+/// Reads and drops what the client still sends (the rest of a message too
+/// big to take, its Close) until it closes, for a while and up to a few
+/// MiB: closing a socket with unread bytes resets the connection, and the
+/// reset could overtake the Close 1009 that says why.
+async fn linger<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut left: usize = 64 * CHAT_MAX_MESSAGE;
+    let mut buf = vec![0u8; 16 * 1024];
+    let drain = async {
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CHAT_WRITE_TIMEOUT, drain).await;
 }
 
 /// Binds a demo backend on every address, all in one chat room.
@@ -273,4 +320,63 @@ pub async fn start_echo_backends(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// A member on an in-memory pipe whose client reads nothing (a socket's
+    /// kernel buffers would take long to fill), and a message far larger
+    /// than the pipe said in its room.
+    async fn stuck_member(
+        token: CancellationToken,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        tokio::io::DuplexStream,
+        ChatRoom,
+    ) {
+        let (server, client) = tokio::io::duplex(1024);
+        let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let room = ChatRoom::default();
+        let me = SocketAddr::from(([127, 0, 0, 1], 9001));
+        let mut joined = room.tx.subscribe();
+        let member = tokio::spawn(member(ws, me, false, room.clone(), token));
+        // Wait until the member has joined (its receiver counts).
+        while room.tx.receiver_count() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let big = Message::text("b".repeat(CHAT_MAX_MESSAGE));
+        let _ = room.tx.send(Said {
+            message: big,
+            from: 99,
+            backend: me,
+        });
+        let _ = joined.recv().await;
+        (member, client, room)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_a_member_stuck_writing_to_its_client() {
+        let token = CancellationToken::new();
+        let (member, _client, _room) = stuck_member(token.clone()).await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(!member.is_finished(), "stuck writing the message");
+        token.cancel();
+        tokio::time::timeout(CHAT_WRITE_TIMEOUT / 2, member)
+            .await
+            .expect("the stop ends the member")
+            .expect("the member's task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_let_go() {
+        let (member, _client, _room) = stuck_member(CancellationToken::new()).await;
+        tokio::time::timeout(CHAT_WRITE_TIMEOUT * 10, member)
+            .await
+            .expect("the member let its client go")
+            .expect("the member's task");
+    }
 }

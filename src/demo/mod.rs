@@ -26,7 +26,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-pub use backend::{chat_backend, echo_backend, start_echo_backends, ChatRoom, CHAT_PROTOCOL};
+pub use backend::{
+    chat_backend, echo_backend, start_echo_backends, ChatRoom, CHAT_MAX_MESSAGE, CHAT_PROTOCOL,
+};
 pub use certs::{ensure_certificates, make_certificates};
 pub use client::{client, close_code_name, close_line, connect, Io};
 
