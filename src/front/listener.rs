@@ -218,12 +218,17 @@ async fn accept_loop(
         places.resize(shared.snapshot.load().limits.max_handshakes_in_flight);
         // At the limit, stop accepting: new connections wait in the
         // kernel's backlog, costing wsgate nothing.
+        // `biased`, the stop first: a worker that wakes late, with the stop
+        // and a new connection both ready, must not take the connection
+        // (a random pick would serve a client after listeners closed).
         let permit = tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             p = places.semaphore.clone().acquire_owned() => p,
         };
         let Ok(permit) = permit else { return };
         let accepted = tokio::select! {
+            biased;
             // A reload removing this listener, or a drain.
             _ = stop.cancelled() => return,
             r = me.socket.accept() => r,
