@@ -44,8 +44,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::control::dashboard::{self, LiveTasks};
 use crate::control::{drain, lifecycle};
-use crate::observe::access::{CloseOrder, DirectionTotals};
-use crate::observe::registry::ConnStats;
+use crate::observe::access::CloseOrder;
+use crate::observe::registry::{ConnStats, ConnSummary};
 use crate::tunnel::frames::close_code_allowed;
 use crate::upstream::balancer::Upstream;
 use crate::Shared;
@@ -292,34 +292,19 @@ fn error(status: StatusCode, message: &str) -> AdminResponse {
 /// One tunnel as the API shows it.
 #[derive(Serialize)]
 struct ConnView {
-    id: u64,
-    client: SocketAddr,
-    listener: String,
-    route: String,
-    upstream: String,
-    server: SocketAddr,
-    path: String,
+    #[serde(flatten)]
+    conn: ConnSummary,
     started: String,
     age_ms: u64,
     idle_ms: u64,
-    to_backend: DirectionTotals,
-    to_client: DirectionTotals,
 }
 
 fn view(c: &ConnStats) -> ConnView {
     ConnView {
-        id: c.id,
-        client: c.info.client,
-        listener: c.info.listener.to_string(),
-        route: c.info.route.to_string(),
-        upstream: c.info.upstream.to_string(),
-        server: c.info.backend,
-        path: c.info.path.clone(),
+        conn: c.summary(),
         started: humantime::format_rfc3339_millis(c.started_at).to_string(),
         age_ms: u64::try_from(c.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         idle_ms: u64::try_from(c.idle_for().as_millis()).unwrap_or(u64::MAX),
-        to_backend: c.to_backend.totals(),
-        to_client: c.to_client.totals(),
     }
 }
 

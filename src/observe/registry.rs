@@ -132,6 +132,46 @@ impl ConnStats {
             now_ms().saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)),
         )
     }
+
+    /// What `/api/connections` and the dashboard both show of this tunnel;
+    /// each adds its own time fields.
+    pub fn summary(&self) -> ConnSummary {
+        ConnSummary {
+            id: self.id,
+            client: self.info.client,
+            listener: self.info.listener.to_string(),
+            route: self.info.route.to_string(),
+            upstream: self.info.upstream.to_string(),
+            server: self.info.backend,
+            path: self.info.path.clone(),
+            to_backend: self.to_backend.totals(),
+            to_client: self.to_client.totals(),
+        }
+    }
+}
+
+/// A live tunnel as the admin API and the dashboard show it (see
+/// [`ConnStats::summary`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConnSummary {
+    /// Registry id, as in `/api/connections/{id}`.
+    pub id: u64,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Listener name.
+    pub listener: String,
+    /// Route label.
+    pub route: String,
+    /// Upstream name.
+    pub upstream: String,
+    /// The server it landed on.
+    pub server: SocketAddr,
+    /// Request path.
+    pub path: String,
+    /// Client to backend.
+    pub to_backend: DirectionTotals,
+    /// Backend to client.
+    pub to_client: DirectionTotals,
 }
 
 /// The live tunnels, by id, and the feed of finished ones.

@@ -11,7 +11,6 @@
 //! every value comes from what the admin API already computes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -19,48 +18,25 @@ use serde_json::{json, Map, Value};
 
 use crate::observe::access::DirectionTotals;
 use crate::observe::metrics::LiveTotals;
-use crate::observe::registry::ConnStats;
+use crate::observe::registry::{ConnStats, ConnSummary};
 use crate::Shared;
 
 /// One row of the connections table. Its age is computed by the page from
 /// `started_ms`, so a row that moved no bytes is not sent again.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConnRow {
-    /// Registry id, as in `/api/connections/{id}`.
-    pub id: u64,
-    /// The client's address.
-    pub client: SocketAddr,
-    /// Listener name.
-    pub listener: String,
-    /// Route label.
-    pub route: String,
-    /// Upstream name.
-    pub upstream: String,
-    /// The server it landed on.
-    pub server: SocketAddr,
-    /// Request path.
-    pub path: String,
+    /// What `/api/connections` shows too.
+    #[serde(flatten)]
+    pub conn: ConnSummary,
     /// Start, in milliseconds since the Unix epoch.
     pub started_ms: u64,
-    /// Client to backend.
-    pub to_backend: DirectionTotals,
-    /// Backend to client.
-    pub to_client: DirectionTotals,
 }
 
 impl ConnRow {
     fn of(c: &ConnStats) -> Self {
         Self {
-            id: c.id,
-            client: c.info.client,
-            listener: c.info.listener.to_string(),
-            route: c.info.route.to_string(),
-            upstream: c.info.upstream.to_string(),
-            server: c.info.backend,
-            path: c.info.path.clone(),
+            conn: c.summary(),
             started_ms: unix_ms(c.started_at),
-            to_backend: c.to_backend.totals(),
-            to_client: c.to_client.totals(),
         }
     }
 }
@@ -91,8 +67,8 @@ impl Reading {
         let mut per_listener: HashMap<&str, u64> = HashMap::new();
         let mut per_route: HashMap<&str, u64> = HashMap::new();
         for c in &conns {
-            *per_listener.entry(&c.listener).or_default() += 1;
-            *per_route.entry(&c.route).or_default() += 1;
+            *per_listener.entry(&c.conn.listener).or_default() += 1;
+            *per_route.entry(&c.conn.route).or_default() += 1;
         }
         let running = shared.listeners();
         let listeners: Vec<Value> = snapshot
@@ -224,10 +200,10 @@ impl Feed {
         let mut upsert = Vec::new();
         let mut next = HashMap::with_capacity(rows.len());
         for row in rows {
-            if self.conns.get(&row.id) != Some(&row) {
+            if self.conns.get(&row.conn.id) != Some(&row) {
                 upsert.push(serde_json::to_value(&row).unwrap_or(Value::Null));
             }
-            next.insert(row.id, row);
+            next.insert(row.conn.id, row);
         }
         let mut remove: Vec<u64> = self
             .conns
@@ -247,19 +223,21 @@ mod tests {
 
     fn row(id: u64, bytes: u64) -> ConnRow {
         ConnRow {
-            id,
-            client: "127.0.0.1:50000".parse().expect("addr"),
-            listener: "public".into(),
-            route: "/chat".into(),
-            upstream: "chat".into(),
-            server: "127.0.0.1:9001".parse().expect("addr"),
-            path: "/chat".into(),
-            started_ms: 1,
-            to_backend: DirectionTotals {
-                bytes,
-                ..DirectionTotals::default()
+            conn: ConnSummary {
+                id,
+                client: "127.0.0.1:50000".parse().expect("addr"),
+                listener: "public".into(),
+                route: "/chat".into(),
+                upstream: "chat".into(),
+                server: "127.0.0.1:9001".parse().expect("addr"),
+                path: "/chat".into(),
+                to_backend: DirectionTotals {
+                    bytes,
+                    ..DirectionTotals::default()
+                },
+                to_client: DirectionTotals::default(),
             },
-            to_client: DirectionTotals::default(),
+            started_ms: 1,
         }
     }
 
