@@ -8,9 +8,10 @@
 #[path = "support/browser.rs"]
 mod browser;
 mod common;
+#[path = "support/dashboard.rs"]
+mod dashboard_support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use browser::{Driver, Page};
 use common::*;
@@ -18,33 +19,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsgate::front::listener::BoundListener;
-use wsgate::observe::registry::ConnStats;
 use wsgate::Gateway;
 
-const TOKEN: &str = "dash-board-token-77";
-
-/// One listener, `/chat` to upstream `chat` with `servers` in round robin,
-/// and an admin listener (with a token file `token` when asked).
-fn config(servers: &[SocketAddr], token: bool) -> String {
-    let token = if token {
-        "token_file = \"token\"\n"
-    } else {
-        ""
-    };
-    format!(
-        "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[routes]]\npath_prefix = \"/chat\"\nupstream = \"chat\"\n\n[upstreams.chat]\nservers = {}\nbalance = \"round_robin\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n{token}",
-        server_list(servers)
-    )
-}
-
-fn live_conn(gw: &TestGateway, path: &str) -> Arc<ConnStats> {
-    gw.gateway
-        .registry()
-        .live()
-        .into_iter()
-        .find(|c| c.info.path == path)
-        .unwrap_or_else(|| panic!("a live tunnel for {path}"))
-}
+use dashboard_support::{config, live_conn, TOKEN};
 
 async fn open_dashboard(driver: &mut Driver, admin: SocketAddr) -> Page {
     let page = driver.session().await;

@@ -6,9 +6,10 @@
 //! tested in `tests/dashboard.rs`.
 
 mod common;
+#[path = "support/dashboard.rs"]
+mod dashboard_support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use base64::Engine;
 use common::*;
@@ -16,32 +17,8 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::observe::registry::ConnStats;
 
-const TOKEN: &str = "dash-board-token-77";
-
-/// One listener, `/chat` to upstream `chat` with `servers` in round robin,
-/// and an admin listener (with a token file `token` when asked).
-fn config(servers: &[SocketAddr], token: bool) -> String {
-    let token = if token {
-        "token_file = \"token\"\n"
-    } else {
-        ""
-    };
-    format!(
-        "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[routes]]\npath_prefix = \"/chat\"\nupstream = \"chat\"\n\n[upstreams.chat]\nservers = {}\nbalance = \"round_robin\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n{token}",
-        server_list(servers)
-    )
-}
-
-fn live_conn(gw: &TestGateway, path: &str) -> Arc<ConnStats> {
-    gw.gateway
-        .registry()
-        .live()
-        .into_iter()
-        .find(|c| c.info.path == path)
-        .unwrap_or_else(|| panic!("a live tunnel for {path}"))
-}
+use dashboard_support::{config, live_conn, TOKEN};
 
 // === the feed without a browser ===
 
