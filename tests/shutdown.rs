@@ -363,10 +363,10 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
             bytes::Bytes::new(),
             wsgate::net::tls::BackendStream::Plain(proxy_backend),
             bytes::Bytes::new(),
-            &stats,
+            stats,
             timeouts,
-            tunnel::FramePolicy::default(),
-            &hard,
+            &tunnel::FramePolicy::default(),
+            hard,
         )
         .await
     });

@@ -233,6 +233,7 @@ impl Registry {
         RegistryGuard {
             registry: self.clone(),
             stats,
+            listed: true,
         }
     }
 
@@ -272,6 +273,8 @@ pub struct RegistryGuard {
     registry: Arc<Registry>,
     /// The tunnel's live stats.
     pub stats: Arc<ConnStats>,
+    /// Still in the live set: `finish` takes it out, so its drop need not.
+    listed: bool,
 }
 
 impl RegistryGuard {
@@ -281,7 +284,11 @@ impl RegistryGuard {
     /// record or the line (a test, the admin API, a log shipper) therefore
     /// finds every count already settled, even when the tunnel ran on
     /// another thread. Call once, at the end.
-    pub fn finish(&self, end: TunnelEnd, account: impl FnOnce(&AccessRecord)) -> Arc<AccessRecord> {
+    pub fn finish(
+        mut self,
+        end: TunnelEnd,
+        account: impl FnOnce(&AccessRecord),
+    ) -> Arc<AccessRecord> {
         let s = &self.stats;
         let record = Arc::new(AccessRecord {
             id: s.id,
@@ -299,6 +306,7 @@ impl RegistryGuard {
         });
         account(&record);
         self.registry.lock().remove(&s.id);
+        self.listed = false;
         record.emit();
         let _ = self.registry.finished.send(record.clone());
         record
@@ -307,6 +315,8 @@ impl RegistryGuard {
 
 impl Drop for RegistryGuard {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.stats.id);
+        if self.listed {
+            self.registry.lock().remove(&self.stats.id);
+        }
     }
 }

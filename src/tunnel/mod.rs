@@ -30,16 +30,18 @@
 //! Must not: log per frame, unmask or buffer whole payloads, or allocate
 //! while a direction is idle.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::net::tls::{MaybeTls, OverTcp};
 use crate::observe::access::{CloseOrder, Side};
@@ -104,45 +106,97 @@ impl<T: OverTcp + AsyncRead + AsyncWrite + Unpin> Splice for MaybeTls<T> {
 // Two streams with their leftovers, and what judges them: grouping them
 // into a struct would only rename the same list.
 #[allow(clippy::too_many_arguments)]
-pub async fn run<C: Splice, B: Splice>(
-    mut client: C,
+pub fn run<C: Splice, B: Splice>(
+    client: C,
     client_leftover: Bytes,
-    mut backend: B,
+    backend: B,
     backend_leftover: Bytes,
-    stats: &ConnStats,
+    stats: Arc<ConnStats>,
     timeouts: TunnelTimeouts,
-    policy: FramePolicy,
-    shutdown: &CancellationToken,
-) -> TunnelOutcome {
-    let mut up = Half::with_policy(Sender::Client, &policy);
-    let mut down = Half::with_policy(Sender::Server, &policy);
-    if let Err(e) = up.start_with(client_leftover, &stats.to_backend, stats) {
-        return half_error(e, Side::Client, None);
-    }
-    if let Err(e) = down.start_with(backend_leftover, &stats.to_client, stats) {
-        return half_error(e, Side::Backend, None);
-    }
-    let mut state = RunState {
-        first_done: None,
-        first_close: None,
-        proxy_close: None,
-        violation: None,
-        keepalive: None,
-        stall: None,
+    policy: &FramePolicy,
+    shutdown: CancellationToken,
+) -> Tunnel<C, B> {
+    let mut up = Half::with_policy(Sender::Client, policy);
+    let mut down = Half::with_policy(Sender::Server, policy);
+    let failed = match up.start_with(client_leftover, &stats.to_backend, &stats) {
+        Err(e) => Some(half_error(e, Side::Client, None)),
+        Ok(()) => match down.start_with(backend_leftover, &stats.to_client, &stats) {
+            Err(e) => Some(half_error(e, Side::Backend, None)),
+            Ok(()) => None,
+        },
     };
-    // `None` unless the route sets a keepalive policy: no timer otherwise.
-    let mut keep = Keepalive::start(&policy.keepalive);
-    // Timers are allocated only when needed, so idle tunnels carry none.
-    let mut half_close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    let close_requested = stats.close.token().cancelled();
-    tokio::pin!(close_requested);
-    let (mut client_shut, mut backend_shut) = (false, false);
+    Tunnel {
+        shutdown: shutdown.cancelled_owned(),
+        close_requested: stats.close.token().clone().cancelled_owned(),
+        client,
+        backend,
+        up,
+        down,
+        state: RunState {
+            first_done: None,
+            first_close: None,
+            proxy_close: None,
+            violation: None,
+            keepalive: None,
+            stall: None,
+        },
+        // `None` unless the route sets a keepalive policy: no timer otherwise.
+        keep: Keepalive::start(&policy.keepalive),
+        half_close_timer: None,
+        close_timer: None,
+        failed: failed.map(Box::new),
+        stats,
+        timeouts,
+        client_shut: false,
+        backend_shut: false,
+    }
+}
 
-    poll_fn(|cx| {
-        if cancelled.as_mut().poll(cx).is_ready() {
+pin_project_lite::pin_project! {
+    /// A tunnel being spliced: the future [`run`] returns, ending with how
+    /// the tunnel ended. Written out as a struct rather than an async fn
+    /// so that each piece of a tunnel's state is stored once: an idle
+    /// tunnel's task is mostly this (an async fn keeps its arguments beside
+    /// the locals made from them, and every nested await adds a frame).
+    pub struct Tunnel<C, B> {
+        // Hard shutdown of wsgate: cut now.
+        #[pin]
+        shutdown: WaitForCancellationFutureOwned,
+        // A close ordered through `stats.close` (operator, drain).
+        #[pin]
+        close_requested: WaitForCancellationFutureOwned,
+        client: C,
+        backend: B,
+        up: Half,
+        down: Half,
+        state: RunState,
+        keep: Option<Box<Keepalive>>,
+        // Timers are allocated only when needed, so idle tunnels carry none.
+        half_close_timer: Option<Pin<Box<Sleep>>>,
+        close_timer: Option<Pin<Box<Sleep>>>,
+        // A leftover could not be taken: the outcome, given on first poll.
+        failed: Option<Box<TunnelOutcome>>,
+        stats: Arc<ConnStats>,
+        timeouts: TunnelTimeouts,
+        client_shut: bool,
+        backend_shut: bool,
+    }
+}
+
+impl<C: Splice, B: Splice> Future for Tunnel<C, B> {
+    type Output = TunnelOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelOutcome> {
+        let this = self.project();
+        if let Some(out) = this.failed.take() {
+            return Poll::Ready(*out);
+        }
+        let (up, down, state) = (this.up, this.down, this.state);
+        let (client, backend) = (this.client, this.backend);
+        let (close_timer, keep) = (this.close_timer, this.keep);
+        let stats: &ConnStats = this.stats;
+        let timeouts = *this.timeouts;
+        if this.shutdown.poll(cx).is_ready() {
             return Poll::Ready(state.end(Side::Proxy, TunnelError::Shutdown));
         }
         // After a violation or a stall the tunnel is already closing, with
@@ -150,59 +204,51 @@ pub async fn run<C: Splice, B: Splice>(
         if state.proxy_close.is_none()
             && state.violation.is_none()
             && state.stall.is_none()
-            && close_requested.as_mut().poll(cx).is_ready()
+            && this.close_requested.poll(cx).is_ready()
         {
             let order = stats.close.order();
             let mask = mask_key(stats.id);
             up.begin_close(encode_close(order.code, &order.reason, Some(mask)));
             down.begin_close(encode_close(order.code, &order.reason, None));
             state.proxy_close = Some(order);
-            close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
+            *close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
         }
         up.peer_pings(down.tracker.pings());
         if let Some(out) = step(
-            &mut up,
+            up,
             Side::Client,
             cx,
-            &mut client,
-            &mut backend,
+            client,
+            backend,
             &stats.to_backend,
             stats,
-            &mut state,
+            state,
         ) {
             return Poll::Ready(out);
         }
         if let Some(out) = step(
-            &mut down,
+            down,
             Side::Backend,
             cx,
-            &mut backend,
-            &mut client,
+            backend,
+            client,
             &stats.to_client,
             stats,
-            &mut state,
+            state,
         ) {
             return Poll::Ready(out);
         }
         if let Some(k) = keep.as_mut().filter(|_| state.quiet()) {
-            if let Poll::Ready(end) = k.poll(cx, keepalive::watches(&mut up, &mut down)) {
-                keep = None;
-                keepalive::begin_close(end, &mut up, stats, &mut state);
-                close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
+            if let Poll::Ready(end) = k.poll(cx, keepalive::watches(up, down)) {
+                *keep = None;
+                keepalive::begin_close(end, up, stats, state);
+                *close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
                 cx.waker().wake_by_ref();
             }
         }
         if let Some(end @ KeepaliveEnd::PingTimeout(_)) = state.keepalive {
             let timer = close_timer.as_mut();
-            return keepalive::cut_client(
-                end,
-                &up,
-                &mut backend,
-                &mut backend_shut,
-                timer,
-                &mut state,
-                cx,
-            );
+            return keepalive::cut_client(end, up, backend, this.backend_shut, timer, state, cx);
         }
         if state.violation.is_none() {
             let offender = match (up.violation(), down.violation()) {
@@ -218,7 +264,7 @@ pub async fn run<C: Splice, B: Splice>(
                     _ => up.close_offender(frame(Some(mask_key(stats.id)))),
                 }
                 state.violation = Some((side, e));
-                close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
+                *close_timer = Some(Box::pin(tokio::time::sleep(timeouts.close)));
                 // The other direction has a Close to write now.
                 cx.waker().wake_by_ref();
             }
@@ -237,15 +283,7 @@ pub async fn run<C: Splice, B: Splice>(
         }
         if state.proxy_close.is_none() {
             let (close, id) = (timeouts.close, stats.id);
-            if let Some(p) = stall::poll_stall(
-                &mut up,
-                &mut down,
-                &mut state,
-                &mut close_timer,
-                close,
-                id,
-                cx,
-            ) {
+            if let Some(p) = stall::poll_stall(up, down, state, close_timer, close, id, cx) {
                 return p;
             }
         }
@@ -257,13 +295,13 @@ pub async fn run<C: Splice, B: Splice>(
             if up.close_finished() && down.close_finished() {
                 // Shut both writers down (FIN, and close_notify for TLS) before
                 // letting go, so nothing written is lost in a buffer.
-                if !client_shut {
-                    client_shut = Pin::new(&mut client).poll_shutdown(cx).is_ready();
+                if !*this.client_shut {
+                    *this.client_shut = Pin::new(&mut *client).poll_shutdown(cx).is_ready();
                 }
-                if !backend_shut {
-                    backend_shut = Pin::new(&mut backend).poll_shutdown(cx).is_ready();
+                if !*this.backend_shut {
+                    *this.backend_shut = Pin::new(&mut *backend).poll_shutdown(cx).is_ready();
                 }
-                if client_shut && backend_shut {
+                if *this.client_shut && *this.backend_shut {
                     if up.injected() || down.injected() {
                         return Poll::Ready(state.clean(Side::Proxy));
                     }
@@ -291,8 +329,7 @@ pub async fn run<C: Splice, B: Splice>(
             }
         }
         if state.proxy_close.is_none() && !(up.is_done() && down.is_done()) {
-            if let Some(out) =
-                peer_close_deadline(&mut close_timer, &up, &down, &mut state, timeouts.close, cx)
+            if let Some(out) = peer_close_deadline(close_timer, up, down, state, timeouts.close, cx)
             {
                 return Poll::Ready(out);
             }
@@ -303,7 +340,8 @@ pub async fn run<C: Splice, B: Splice>(
                 Poll::Ready(state.clean(closed_by))
             }
             Some(closed_by) => {
-                let timer = half_close_timer
+                let timer = this
+                    .half_close_timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeouts.half_close)));
                 ready!(timer.as_mut().poll(cx));
                 Poll::Ready(state.end(
@@ -312,8 +350,7 @@ pub async fn run<C: Splice, B: Splice>(
                 ))
             }
         }
-    })
-    .await
+    }
 }
 
 /// What the tunnel has learned so far about how it is ending.

@@ -286,10 +286,10 @@ impl Setup {
                     client_leftover,
                     Mem::new(backend_side).buffered(buffered),
                     backend_leftover,
-                    &stats,
+                    stats,
                     timeouts,
-                    policy,
-                    &shutdown,
+                    &policy,
+                    shutdown,
                 )
                 .await
             }
