@@ -10,10 +10,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Fewer instructions per handshake than the system's malloc (see Cargo.toml).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use wsgate::config::{self, Config};
 use wsgate::control::lifecycle::{self, StopPlan};
 use wsgate::control::systemd;
