@@ -350,6 +350,22 @@ fn the_deployment_agrees_with_its_config() {
             .expect("number")
     };
     assert_eq!(port_of("admin"), port(&config["admin"]["bind"]));
+    // The wide source-port range leaves out every port the pod listens on,
+    // or a backend connection could hold one when the container restarts.
+    let reserved = spec["securityContext"]["sysctls"]
+        .as_array()
+        .expect("sysctls")
+        .iter()
+        .find(|s| s["name"] == "net.ipv4.ip_local_reserved_ports")
+        .map(|s| str_of(&s["value"]))
+        .expect("ip_local_reserved_ports set");
+    for p in c["ports"].as_array().expect("ports") {
+        let n = p["containerPort"].as_u64().expect("number").to_string();
+        assert!(
+            reserved.split(',').any(|r| r.trim() == n),
+            "container port {n} not in ip_local_reserved_ports {reserved}"
+        );
+    }
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], "admin");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
