@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use wsgate::front::listener::BoundListener;
 use wsgate::Gateway;
 
-use dashboard_support::{config, live_conn, TOKEN};
+use dashboard_support::{config, gateway_with_token, live_conn, TOKEN};
 
 async fn open_dashboard(driver: &mut Driver, admin: SocketAddr) -> Page {
     let page = driver.session().await;
@@ -415,10 +415,7 @@ async fn the_page_survives_a_reload_and_reconnects_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_asks_for_the_token_once_per_session() {
-    let echo = echo_backend().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token file");
-    let gw = TestGateway::start_in(dir, &config(&[echo], true)).await;
+    let gw = gateway_with_token().await;
     let admin = gw.admin.expect("admin");
     let mut driver = Driver::start();
     let page = driver.session().await;

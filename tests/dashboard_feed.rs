@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use dashboard_support::{config, live_conn, TOKEN};
+use dashboard_support::{config, gateway_with_token, live_conn, TOKEN};
 
 // === the feed without a browser ===
 
@@ -49,22 +49,9 @@ async fn feed(
     .await
 }
 
-async fn next_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    match within("a feed message", ws.next()).await {
-        Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
-        other => panic!("expected a feed message, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_takes_the_token_as_a_subprotocol_and_sends_deltas() {
-    let echo = echo_backend().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token file");
-    let gw = TestGateway::start_in(dir, &config(&[echo], true)).await;
+    let gw = gateway_with_token().await;
     let admin = gw.admin.expect("admin");
 
     for protocols in [
@@ -95,7 +82,7 @@ async fn the_feed_takes_the_token_as_a_subprotocol_and_sends_deltas() {
         Some(&b"wsgate.live"[..]),
         "the token's subprotocol is never echoed back"
     );
-    let full = next_json(&mut ws).await;
+    let full = next_json(&mut ws, "a feed message").await;
     assert_eq!(full["type"], "full");
     assert_eq!(full["conns"]["reset"], true);
     assert_eq!(full["conns"]["upsert"], Value::Array(vec![]));
@@ -109,7 +96,7 @@ async fn the_feed_takes_the_token_as_a_subprotocol_and_sends_deltas() {
     let mut seen = 0;
     let mut quiet = None;
     while quiet.is_none() {
-        let d = next_json(&mut ws).await;
+        let d = next_json(&mut ws, "a feed message").await;
         assert_eq!(d["type"], "delta");
         assert!(d.get("upstreams").is_none() || seen == 0, "{d}");
         let rows = d["conns"]["upsert"].as_array().cloned().unwrap_or_default();
@@ -148,7 +135,7 @@ async fn a_page_sending_a_large_message_gets_1009_not_a_buffer() {
     let (mut ws, _) = feed(gw.admin.expect("admin"), Some("wsgate.live"))
         .await
         .expect("the feed");
-    assert_eq!(next_json(&mut ws).await["type"], "full");
+    assert_eq!(next_json(&mut ws, "a feed message").await["type"], "full");
     let big = "z".repeat(wsgate::control::dashboard::LIVE_MAX_INCOMING * 16);
     futures_util::SinkExt::send(&mut ws, Message::text(big))
         .await
@@ -181,7 +168,7 @@ async fn open_feeds_are_bounded_and_a_freed_place_is_taken_again() {
     let mut open = Vec::new();
     for _ in 0..MAX_FEEDS {
         let (mut ws, _) = feed(admin, Some("wsgate.live")).await.expect("a feed");
-        assert_eq!(next_json(&mut ws).await["type"], "full");
+        assert_eq!(next_json(&mut ws, "a feed message").await["type"], "full");
         open.push(ws);
     }
     let board = &gw.gateway.shared().dashboard;
@@ -201,7 +188,10 @@ async fn open_feeds_are_bounded_and_a_freed_place_is_taken_again() {
         other => panic!("expected 503 past {MAX_FEEDS} feeds, got {other:?}"),
     }
     // The others still flow.
-    assert_eq!(next_json(&mut open[0]).await["type"], "delta");
+    assert_eq!(
+        next_json(&mut open[0], "a feed message").await["type"],
+        "delta"
+    );
 
     let mut gone = open.pop().expect("a feed");
     gone.close(None).await.expect("close a feed");
@@ -215,7 +205,10 @@ async fn open_feeds_are_bounded_and_a_freed_place_is_taken_again() {
     let (mut again, _) = feed(admin, Some("wsgate.live"))
         .await
         .expect("a feed again");
-    assert_eq!(next_json(&mut again).await["type"], "full");
+    assert_eq!(
+        next_json(&mut again, "a feed message").await["type"],
+        "full"
+    );
 }
 
 // === another site in the operator's browser ===
@@ -332,10 +325,7 @@ async fn without_a_token_other_sites_in_a_browser_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_the_token_decides_whatever_the_origin() {
-    let echo = echo_backend().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token file");
-    let gw = TestGateway::start_in(dir, &config(&[echo], true)).await;
+    let gw = gateway_with_token().await;
     let admin = gw.admin.expect("admin");
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(TOKEN);
     let protocol = format!("Sec-WebSocket-Protocol: wsgate.live, bearer.{b64}");

@@ -90,16 +90,6 @@ async fn chat_client(
     ws
 }
 
-async fn next_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    match within("a chat message", ws.next()).await {
-        Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
-        other => panic!("expected a chat message, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_through_one_backend_reaches_clients_on_both() {
     let b = backends().await;
@@ -107,7 +97,7 @@ async fn a_message_through_one_backend_reaches_clients_on_both() {
     let addr = gw.addr("public");
 
     let mut page = chat_client(addr).await;
-    let hello = next_json(&mut page).await;
+    let hello = next_json(&mut page, "a chat message").await;
     assert_eq!(hello["type"], "hello");
     // A plain client (as the self-check): least_conn puts it on the other backend.
     let mut plain = ws_connect(addr, "/chat").await;
@@ -131,7 +121,7 @@ async fn a_message_through_one_backend_reaches_clients_on_both() {
         Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "hello room"),
         other => panic!("expected the message back, got {other:?}"),
     }
-    let heard = next_json(&mut page).await;
+    let heard = next_json(&mut page, "a chat message").await;
     assert_eq!(heard["type"], "message");
     assert_eq!(heard["text"], "hello room");
     assert_eq!(heard["backend"], Value::from(plain_backend), "{heard}");
@@ -210,7 +200,7 @@ async fn a_message_of_a_megabyte_gets_1009_and_the_room_goes_on() {
     let mut sender = chat_client(addr).await;
     let mut other = chat_client(addr).await;
     for ws in [&mut sender, &mut other] {
-        assert_eq!(next_json(ws).await["type"], "hello");
+        assert_eq!(next_json(ws, "a chat message").await["type"], "hello");
     }
 
     let megabyte = "m".repeat(1 << 20);
@@ -223,14 +213,14 @@ async fn a_message_of_a_megabyte_gets_1009_and_the_room_goes_on() {
 
     // Nobody heard it; the room still carries messages up to the limit.
     let mut third = chat_client(addr).await;
-    let hello = next_json(&mut third).await;
+    let hello = next_json(&mut third, "a chat message").await;
     let largest = "l".repeat(wsgate::demo::CHAT_MAX_MESSAGE);
     third
         .send(Message::text(largest.clone()))
         .await
         .expect("send");
     for ws in [&mut other, &mut third] {
-        let heard = next_json(ws).await;
+        let heard = next_json(ws, "a chat message").await;
         assert_eq!(
             heard["from"], hello["you"],
             "the megabyte was not passed on"

@@ -479,6 +479,18 @@ where
     }
 }
 
+/// The next message must be a text message of JSON, `what` (a feed's
+/// update, a chat message); returns it parsed.
+pub async fn next_json<S>(ws: &mut WebSocketStream<S>, what: &str) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match within(what, ws.next()).await {
+        Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
+        other => panic!("expected {what}, got {other:?}"),
+    }
+}
+
 /// Sends `text` to an echo backend and asserts the next message is its echo.
 pub async fn echo_once<S>(ws: &mut WebSocketStream<S>, text: &str)
 where

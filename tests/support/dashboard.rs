@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use wsgate::observe::registry::ConnStats;
 
-use crate::common::{server_list, TestGateway};
+use crate::common::{echo_backend, server_list, TestGateway};
 
 pub const TOKEN: &str = "dash-board-token-77";
 
@@ -24,6 +24,15 @@ pub fn config(servers: &[SocketAddr], token: bool) -> String {
         "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[routes]]\npath_prefix = \"/chat\"\nupstream = \"chat\"\n\n[upstreams.chat]\nservers = {}\nbalance = \"round_robin\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n{token}",
         server_list(servers)
     )
+}
+
+/// A gateway on `config(&[an echo backend], true)`, its token file
+/// holding [`TOKEN`].
+pub async fn gateway_with_token() -> TestGateway {
+    let echo = echo_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token file");
+    TestGateway::start_in(dir, &config(&[echo], true)).await
 }
 
 /// The live tunnel whose path is `path`.
