@@ -14,8 +14,8 @@
 #![allow(dead_code)]
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use fantoccini::elements::Element;
@@ -45,42 +45,99 @@ fn tool(env: &str, default: &str) -> PathBuf {
 pub struct Driver {
     child: Child,
     port: u16,
+    chromedriver: PathBuf,
     chromium: PathBuf,
+    /// chromedriver's log, with the browsers' own output in it: quoted
+    /// when no session comes, since that is the only place saying why.
+    log: tempfile::TempDir,
     profiles: Vec<tempfile::TempDir>,
 }
+
+/// How many browsers of one test binary may be starting at once. The
+/// tests of a binary run in parallel, and eight Chromiums starting
+/// together on two cores is the load under which CI once saw one never
+/// answer its chromedriver ("chrome not reachable").
+static STARTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Attempts at a session, each with a fresh chromedriver, before a test
+/// fails: a browser that dies while starting is the machine's hiccup,
+/// not the page's fault, and chromedriver itself waits up to a minute
+/// for it, so a test gets at most a few such minutes.
+const SESSION_ATTEMPTS: usize = 3;
 
 impl Driver {
     /// Starts chromedriver on a free loopback port.
     pub fn start() -> Self {
         let chromium = tool("WSGATE_CHROMIUM", "/usr/bin/chromium");
         let chromedriver = tool("WSGATE_CHROMEDRIVER", "/usr/bin/chromedriver");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own group, so dropping it ends the browsers it started too.
-            .process_group(0)
-            .spawn()
-            .expect("start chromedriver");
+        let log = tempfile::tempdir().expect("chromedriver log dir");
+        let (child, port) = spawn_chromedriver(&chromedriver, &log);
         Self {
             child,
             port,
+            chromedriver,
             chromium,
+            log,
             profiles: Vec::new(),
         }
+    }
+
+    /// Kills chromedriver and its browsers, and starts a fresh one.
+    fn restart(&mut self) {
+        self.kill();
+        let (child, port) = spawn_chromedriver(&self.chromedriver, &self.log);
+        self.child = child;
+        self.port = port;
+    }
+
+    fn kill(&mut self) {
+        // The whole group: chromedriver and every browser process it started.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
     }
 
     /// Opens a new headless browser session (its own profile, so two
     /// sessions are two independent browsers).
     pub async fn session(&mut self) -> Page {
+        let _starting = STARTING.acquire().await.expect("never closed");
+        let mut failures = Vec::new();
+        for attempt in 1..=SESSION_ATTEMPTS {
+            if attempt > 1 {
+                self.restart();
+            }
+            match self.try_session().await {
+                Ok(client) => return Page { client },
+                Err(e) => failures.push(format!("attempt {attempt}: {e}")),
+            }
+        }
+        let log =
+            std::fs::read_to_string(self.log.path().join("chromedriver.log")).unwrap_or_default();
+        // Its own lines and the browsers', without the JSON it dumps.
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.starts_with([' ', '}']))
+            .rev()
+            .take(40)
+            .collect();
+        panic!(
+            "no browser session from chromedriver:\n{}\nthe end of its log:\n{}",
+            failures.join("\n"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+
+    /// One attempt: waits for chromedriver to listen, then asks it once for
+    /// a browser.
+    async fn try_session(&mut self) -> Result<Client, fantoccini::error::NewSessionError> {
         let profile = tempfile::tempdir().expect("profile dir");
         let mut args = vec![
             "--headless=new".to_string(),
+            // chromedriver talks to the browser over a pipe rather than a
+            // port the browser announces in a file: what chromedriver's log
+            // calls more reliable, against "chrome not reachable".
+            "--remote-debugging-pipe".into(),
             "--disable-gpu".into(),
             "--disable-dev-shm-usage".into(),
             // The machine's network is closed: no background fetches.
@@ -117,24 +174,53 @@ impl Driver {
                 ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
             builder.capabilities(caps.clone());
             match builder.connect(&url).await {
-                Ok(client) => return Page { client },
-                // chromedriver not listening yet.
-                Err(_) if tokio::time::Instant::now() < deadline => {
+                Ok(client) => return Ok(client),
+                // chromedriver not listening yet: only a refused connection
+                // is worth asking again; a refused session is this attempt's end.
+                Err(
+                    fantoccini::error::NewSessionError::Failed(_)
+                    | fantoccini::error::NewSessionError::FailedC(_),
+                ) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(POLL).await;
                 }
-                Err(e) => panic!("no browser session from chromedriver at {url}: {e}"),
+                Err(e) => return Err(e),
             }
         }
     }
 }
 
+/// chromedriver on a free loopback port, in a process group of its own,
+/// logging (with its browsers' output) into `log`/chromedriver.log.
+fn spawn_chromedriver(chromedriver: &Path, log: &tempfile::TempDir) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // Appended to across restarts, so a failure shows every attempt.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log.path().join("chromedriver.log"))
+        .expect("chromedriver log");
+    let err = out.try_clone().expect("chromedriver log");
+    let child = Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        // The browsers' own output too, on chromedriver's stderr.
+        .arg("--enable-chrome-logs")
+        .arg("--log-level=INFO")
+        .stdout(out)
+        .stderr(err)
+        // Its own group, so dropping it ends the browsers it started too.
+        .process_group(0)
+        .spawn()
+        .expect("start chromedriver");
+    (child, port)
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
-        // The whole group: chromedriver and every browser process it started.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
