@@ -21,15 +21,27 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SLOW: usize = 1000;
 
-async fn start(handshakes: usize) -> TestGateway {
+/// `timeouts.client_handshake` when every slow client must be in wsgate's
+/// hands at once: long beside the time to open a thousand connections,
+/// which a loaded two-core machine stretched past 3 s (then the first
+/// ones timed out before the last arrived, and the count never reached a
+/// thousand).
+const HOLD_ALL: Duration = Duration::from_secs(10);
+
+/// With half as many places: the first 500 must be held together, and
+/// the normal client waits behind two rounds of this timeout.
+const HOLD_HALF: Duration = Duration::from_secs(5);
+
+async fn start(handshakes: usize, client_handshake: Duration) -> TestGateway {
     let dir = tempfile::tempdir().expect("tempdir");
     make_cert(dir.path(), "a", &["a.test"]);
     let toml = format!(
-        "[timeouts]\nclient_handshake = \"3s\"\n\n\
+        "[timeouts]\nclient_handshake = \"{}s\"\n\n\
          [limits]\nmax_handshakes_in_flight = {handshakes}\n\n\
          [[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\n\
          tls = {{ cert = \"a.pem\", key = \"a.key\" }}\n\n\
          [[routes]]\nupstream = \"u\"\n\n[upstreams.u]\nservers = [\"{}\"]\n",
+        client_handshake.as_secs(),
         echo_backend().await
     );
     TestGateway::start_in(dir, &toml).await
@@ -87,9 +99,10 @@ async fn slow_clients(addr: SocketAddr) -> Vec<TcpStream> {
 }
 
 /// Each slow client is closed by wsgate, having received no byte that is
-/// not a TLS alert (a record of type 21).
-async fn all_closed(slow: Vec<TcpStream>) {
-    within("every slow client to be closed", async {
+/// not a TLS alert (a record of type 21). Waits up to the handshake
+/// timeout on top of the usual bound.
+async fn all_closed(slow: Vec<TcpStream>, client_handshake: Duration) {
+    let closed = tokio::time::timeout(WAIT + client_handshake, async {
         for mut tcp in slow {
             let mut got = Vec::new();
             let mut buf = [0u8; 256];
@@ -103,6 +116,10 @@ async fn all_closed(slow: Vec<TcpStream>) {
         }
     })
     .await;
+    assert!(
+        closed.is_ok(),
+        "timed out waiting for every slow client to be closed"
+    );
 }
 
 async fn wait_open(gw: &TestGateway, n: usize) {
@@ -117,25 +134,25 @@ async fn wait_open(gw: &TestGateway, n: usize) {
 
 #[tokio::test]
 async fn a_thousand_slow_tls_clients_do_not_keep_a_normal_one_out() {
-    let gw = start(2 * SLOW).await;
+    let gw = start(2 * SLOW, HOLD_ALL).await;
     let addr = gw.addr("secure");
     let slow = slow_clients(addr).await;
     wait_open(&gw, SLOW).await;
     normal_client(addr, gw.dir.path()).await;
-    all_closed(slow).await;
+    all_closed(slow, HOLD_ALL).await;
     wait_open(&gw, 0).await;
 }
 
 #[tokio::test]
 async fn with_fewer_handshake_places_than_slow_clients_a_normal_client_is_served_once_they_time_out(
 ) {
-    let gw = start(SLOW / 2).await;
+    let gw = start(SLOW / 2, HOLD_HALF).await;
     let addr = gw.addr("secure");
     let slow = slow_clients(addr).await;
     // Half are in wsgate's hands; the rest wait in the kernel's backlog,
     // ahead of the normal client, until the timeout frees places.
     wait_open(&gw, SLOW / 2).await;
     normal_client(addr, gw.dir.path()).await;
-    all_closed(slow).await;
+    all_closed(slow, HOLD_HALF).await;
     wait_open(&gw, 0).await;
 }
