@@ -7,9 +7,11 @@
 //!
 //! Must not: trust any header from a peer outside `trusted_proxies`.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The real client: the peer itself, unless the peer is a trusted proxy;
 /// then the right-most `X-Forwarded-For` entry that is not a trusted proxy
@@ -69,6 +71,14 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
+// Names made once: a `&str` name is parsed on every use, and inserting
+// one that is not a standard header copies it into a fresh allocation
+// (twice, counting the clone of the request for a retry).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Sets the forwarding headers for this hop. From a trusted proxy
 /// (`extend`), incoming `X-Forwarded-For` and `Forwarded` are kept and this
 /// hop appended, and its `X-Forwarded-Proto`/`-Host` kept; from anyone
@@ -81,7 +91,7 @@ pub fn set_forwarding_headers(
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    let joined = |headers: &HeaderMap, name: &str| -> Option<String> {
+    let joined = |headers: &HeaderMap, name: &HeaderName| -> Option<String> {
         let parts: Vec<&str> = headers
             .get_all(name)
             .iter()
@@ -89,63 +99,69 @@ pub fn set_forwarding_headers(
             .collect();
         (!parts.is_empty()).then(|| parts.join(", "))
     };
-    let kept = |name: &str| if extend { joined(headers, name) } else { None };
+    let kept = |name: &HeaderName| if extend { joined(headers, name) } else { None };
     let (xff, fwd, xfp, xfh) = (
-        kept("x-forwarded-for"),
-        kept("forwarded"),
-        kept("x-forwarded-proto"),
-        kept("x-forwarded-host"),
+        kept(&X_FORWARDED_FOR),
+        kept(&header::FORWARDED),
+        kept(&X_FORWARDED_PROTO),
+        kept(&X_FORWARDED_HOST),
     );
     for name in [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "x-real-ip",
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &header::FORWARDED,
+        &X_REAL_IP,
     ] {
         headers.remove(name);
     }
     let proto = if tls { "https" } else { "http" };
-    let ip = peer.to_string();
-    let xff = match xff {
-        Some(chain) => format!("{chain}, {ip}"),
-        None => ip.clone(),
+    // Each value is written once into the buffer that becomes the header.
+    let mut xff = xff.map_or_else(String::new, |chain| chain + ", ");
+    let _ = write!(xff, "{peer}");
+    if let Some(v) = owned_value(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    let xfp = match xfp {
+        Some(chain) => owned_value(chain),
+        None => Some(HeaderValue::from_static(proto)),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(v) = xfp {
+        headers.insert(X_FORWARDED_PROTO.clone(), v);
     }
-    let xfp = xfp.unwrap_or_else(|| proto.to_string());
-    if let Ok(v) = HeaderValue::from_str(&xfp) {
-        headers.insert("x-forwarded-proto", v);
-    }
+    let mut forwarded = fwd.map_or_else(String::new, |chain| chain + ", ");
     // RFC 7239 section 6: IPv6 addresses are bracketed and quoted; a Host with
     // a port holds ':' and must be a quoted-string.
-    let node = match peer {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(_) => format!("\"[{ip}]\""),
+    let _ = match peer {
+        IpAddr::V4(_) => write!(forwarded, "for={peer};proto={proto}"),
+        IpAddr::V6(_) => write!(forwarded, "for=\"[{peer}]\";proto={proto}"),
     };
-    let mut element = format!("for={node};proto={proto}");
-    let host = host.and_then(|h| h.to_str().ok());
-    if let Some(h) = host {
+    let host = host.filter(|h| h.to_str().is_ok());
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
         if h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'*+^`|".contains(&b))
         {
-            element.push_str(&format!(";host={h}"));
+            let _ = write!(forwarded, ";host={h}");
         } else if !h.contains(['"', '\\']) {
-            element.push_str(&format!(";host=\"{h}\""));
+            let _ = write!(forwarded, ";host=\"{h}\"");
         }
     }
-    let xfh = xfh.or_else(|| host.map(str::to_string));
-    if let Some(v) = xfh.and_then(|h| HeaderValue::from_str(&h).ok()) {
-        headers.insert("x-forwarded-host", v);
-    }
-    let forwarded = match fwd {
-        Some(chain) => format!("{chain}, {element}"),
-        None => element,
+    // The client's own Host value, shared rather than copied.
+    let xfh = match xfh {
+        Some(chain) => owned_value(chain),
+        None => host.cloned(),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Some(v) = xfh {
+        headers.insert(X_FORWARDED_HOST.clone(), v);
+    }
+    if let Some(v) = owned_value(forwarded) {
         headers.insert(header::FORWARDED, v);
     }
+}
+
+/// A header value that takes `s`'s buffer instead of copying it.
+fn owned_value(s: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
 }
 
 /// The PROXY protocol header an upstream with `send_proxy_protocol` gets

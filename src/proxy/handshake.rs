@@ -182,29 +182,30 @@ pub fn check_client_request<B>(req: &Request<B>) -> Result<HeaderValue, Handshak
 /// forwarded. `Trailer` is not among them (RFC 9110 section 6.6.2): it is
 /// end to end, and hyper writes a chunked message's trailer fields only
 /// when it names them, so keeping it is what passes trailers on.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
+/// Names made once: a `&str` is parsed again on every removal.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
     // The h2c upgrade's settings are for this hop's connection only (RFC
     // 7540 section 3.2.1), and this hop never takes the h2c upgrade.
-    "http2-settings",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+    HeaderName::from_static("http2-settings"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // `Connection: Upgrade` (or `keep-alive`) names only what goes anyway:
+    // then nothing is collected, and nothing allocated.
     let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !HOP_BY_HOP.contains(n))
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+    for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
     }
 }

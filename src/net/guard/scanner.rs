@@ -139,6 +139,20 @@ impl Scanner {
                     };
                     continue;
                 }
+                State::Head | State::Trailer if !self.cr && !self.line.is_empty() => {
+                    // Inside a line every byte up to the next CR, LF or
+                    // control byte is kept as it is: one copy for the run
+                    // rather than a call per byte. A line's first byte (an
+                    // obs-fold?) and whatever ends the run go byte by byte.
+                    let rest = &buf[i..];
+                    let run = rest.iter().position(|&b| !in_line(b)).unwrap_or(rest.len());
+                    let take = run.min(self.max_line.saturating_sub(self.line.len()));
+                    if take > 0 {
+                        self.line.extend_from_slice(&rest[..take]);
+                        i += take;
+                        continue;
+                    }
+                }
                 _ => {}
             }
             let before = self.state;
@@ -340,6 +354,12 @@ impl Scanner {
         self.cr = false;
         State::Head
     }
+}
+
+/// A byte that [`Scanner::scan`] keeps inside a head or trailer line, past
+/// its first byte: tab, visible ASCII, space, and obs-text.
+fn in_line(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
 }
 
 fn trim(mut v: &[u8]) -> &[u8] {
