@@ -241,9 +241,13 @@ async fn accept_loop(
                 };
                 let shared2 = shared.clone();
                 let name = me.name.clone();
-                shared
-                    .tasks
-                    .spawn(async move { serve(tcp, place, permit, peer, &name, shared2).await });
+                let fut = async move { serve(tcp, place, permit, peer, &name, shared2).await };
+                // Boxed: the connection's future is about 3.8 KiB (hyper's
+                // connection, the TLS state), and tokio copies a task's
+                // future into its cell and its stage over again; a pointer
+                // copies for free. (The tunnel's own task stays unboxed:
+                // there the box would cost 90 bytes per idle tunnel.)
+                shared.tasks.spawn(Box::pin(fut));
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.

@@ -447,9 +447,8 @@ async fn upgrade(
                 },
             };
             let client_upgrade = hyper::upgrade::on(&mut req);
-            shared
-                .tasks
-                .spawn(tunnel::session::serve(session, client_upgrade));
+            let fut = tunnel::session::serve(session, client_upgrade);
+            shared.tasks.spawn(fut);
             Ok(Forwarded::Tunnel(switching_protocols(headers)))
         }
     }
