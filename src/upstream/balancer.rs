@@ -78,6 +78,9 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The host name it was resolved from: the default TLS name.
     pub host: Option<Arc<str>>,
+    /// `addr` as metrics label it, formatted once rather than at every
+    /// tunnel's end and for every open tunnel at every scrape.
+    pub label: Arc<str>,
     /// Relative share of connections, at least 1; a reload may change it in place.
     weight: AtomicU32,
     /// Tunnels currently open to this server.
@@ -111,6 +114,7 @@ impl Server {
         Self {
             addr,
             host,
+            label: addr.to_string().into(),
             weight: AtomicU32::new(weight.max(1)),
             active: AtomicU64::new(0),
             enabled: AtomicBool::new(true),

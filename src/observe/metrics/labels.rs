@@ -24,7 +24,7 @@ pub struct TunnelLabels {
     /// Upstream name.
     pub upstream: Arc<str>,
     /// Server address.
-    pub server: String,
+    pub server: Arc<str>,
 }
 
 impl TunnelLabels {
@@ -34,7 +34,7 @@ impl TunnelLabels {
             listener: info.listener.clone(),
             route: info.route.clone(),
             upstream: info.upstream.clone(),
-            server: info.backend.to_string(),
+            server: info.server.label.clone(),
         }
     }
 }

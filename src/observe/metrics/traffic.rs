@@ -30,7 +30,7 @@ pub(super) struct TrafficLabels {
     pub(super) listener: Arc<str>,
     pub(super) route: Arc<str>,
     pub(super) upstream: Arc<str>,
-    pub(super) server: String,
+    pub(super) server: Arc<str>,
     pub(super) direction: &'static str,
 }
 
@@ -104,9 +104,9 @@ impl TrafficCollector {
             .collect();
         let gone: Vec<TunnelLabels> = closed
             .keys()
-            .filter(|l| l.server != REMOVED_SERVER)
+            .filter(|l| &*l.server != REMOVED_SERVER)
             .filter(|l| {
-                let key = (l.upstream.to_string(), l.server.clone());
+                let key = (l.upstream.to_string(), l.server.to_string());
                 !configured.contains(&key) && !live.contains(&key)
             })
             .cloned()
@@ -114,7 +114,7 @@ impl TrafficCollector {
         for labels in gone {
             if let Some(sums) = closed.remove(&labels) {
                 let folded = TunnelLabels {
-                    server: REMOVED_SERVER.to_string(),
+                    server: REMOVED_SERVER.into(),
                     ..labels
                 };
                 closed.entry(folded).or_default().merge(&sums);
