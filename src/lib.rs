@@ -180,6 +180,20 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Starts a graceful stop (cancels `drain`), and asks every tunnel to
+    /// close before returning.
+    pub fn begin_drain(&self) {
+        self.drain.cancel();
+        self.registry.close_all();
+    }
+
+    /// Stops now (cancels `shutdown`), and cuts every tunnel before
+    /// returning.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+        self.registry.cut_all();
+    }
+
     /// The resolver for host-named servers.
     pub fn resolver(&self) -> resolve::Resolver {
         *self.resolver.lock().unwrap_or_else(|e| e.into_inner())
@@ -403,6 +417,13 @@ impl Gateway {
         }
         health::start(&shared);
         control::eject::sync(&shared);
+        // Among the pools' tasks, which outlive the connections': it has
+        // tunnels to tell of a shutdown until the last one has ended.
+        shared.pool_tasks.spawn(shared.registry.clone().obey(
+            shared.drain.clone(),
+            shared.shutdown.clone(),
+            shared.pool_stop.clone(),
+        ));
         let (watch, source) = {
             let s = shared.snapshot.load();
             (s.config.runtime.watch_config, s.config.source.clone())
@@ -477,7 +498,7 @@ impl Gateway {
     /// connections end, and every tunnel is closed with Close 1001 at a frame
     /// boundary, each within `timeouts.close`.
     pub fn drain(&self) {
-        self.shared.drain.cancel();
+        self.shared.begin_drain();
     }
 
     /// The token that starts a graceful stop when cancelled.

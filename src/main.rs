@@ -280,7 +280,7 @@ fn on_signals(
             _ = lifecycle::stop(shared.clone(), plan) => {}
             _ = signals.recv() => {
                 tracing::info!("second signal: stopping now");
-                shared.shutdown.cancel();
+                shared.shut_down();
             }
         }
     });

@@ -335,6 +335,7 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
     let (proxy_backend, mut backend) = socket_pair(true).await;
     let registry = std::sync::Arc::new(Registry::default());
     let drain = tokio_util::sync::CancellationToken::new();
+    let hard = tokio_util::sync::CancellationToken::new();
     let guard = registry.open(
         ConnInfo {
             client: client.local_addr().expect("addr"),
@@ -349,9 +350,12 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
             path: "/".into(),
         },
         &drain,
+        &hard,
     );
+    // As the gateway runs it: the registry passes the drain on.
+    let done = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(registry.clone().obey(drain.clone(), hard.clone(), done));
     let stats = guard.stats.clone();
-    let hard = tokio_util::sync::CancellationToken::new();
     let timeouts = TunnelTimeouts {
         half_close: std::time::Duration::from_secs(30),
         close: std::time::Duration::from_secs(30),
@@ -366,7 +370,6 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
             stats,
             timeouts,
             &tunnel::FramePolicy::default(),
-            hard,
         )
         .await
     });

@@ -91,7 +91,7 @@ pub async fn close_until_empty(
         let Some(up) = upstream() else { return };
         let conns: Vec<Arc<ConnStats>> = tunnels_of(shared, &up, server)
             .into_iter()
-            .filter(|c| !c.close.token().is_cancelled())
+            .filter(|c| !c.close.is_requested())
             .collect();
         if conns.is_empty() {
             // Closing tunnels and handshakes in flight still count as active.
@@ -254,6 +254,7 @@ mod tests {
                         path: "/".to_string(),
                     },
                     &drain,
+                    &CancellationToken::new(),
                 )
             })
             .collect();
@@ -276,7 +277,7 @@ mod tests {
         let watch = async {
             let mut fired = Vec::new();
             for c in &conns {
-                c.close.token().cancelled().await;
+                c.close.requested().await;
                 fired.push(Instant::now() - start);
             }
             fired
@@ -302,12 +303,12 @@ mod tests {
         let stop = CancellationToken::new();
         let closer = spread_close(&conns, Duration::from_secs(9), &order, &stop, &drain);
         let stopper = async {
-            conns[0].close.token().cancelled().await;
+            conns[0].close.requested().await;
             stop.cancel();
         };
         tokio::join!(closer, stopper);
-        assert!(conns[0].close.token().is_cancelled());
-        assert!(!conns[1].close.token().is_cancelled());
-        assert!(!conns[2].close.token().is_cancelled());
+        assert!(conns[0].close.is_requested());
+        assert!(!conns[1].close.is_requested());
+        assert!(!conns[2].close.is_requested());
     }
 }

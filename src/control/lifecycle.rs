@@ -134,7 +134,7 @@ pub async fn stop(shared: Arc<Shared>, plan: StopPlan) -> Stopped {
         .registry
         .live()
         .into_iter()
-        .filter(|c| !c.close.token().is_cancelled())
+        .filter(|c| !c.close.is_requested())
         .collect();
     tracing::info!(
         tunnels = tunnels.len(),
@@ -154,7 +154,7 @@ pub async fn stop(shared: Arc<Shared>, plan: StopPlan) -> Stopped {
         _ = tokio::time::sleep_until(deadline) => {}
     }
     // Tunnels opened meanwhile, by upgrades already in flight, close now.
-    shared.drain.cancel();
+    shared.begin_drain();
     shared.tasks.close();
     tokio::select! {
         _ = shared.tasks.wait() => {
@@ -170,7 +170,7 @@ pub async fn stop(shared: Arc<Shared>, plan: StopPlan) -> Stopped {
 fn cut_now(shared: &Shared) -> Stopped {
     let tunnels = shared.registry.live_count();
     tracing::warn!(tunnels, "stopping now: cutting what is left");
-    shared.shutdown.cancel();
+    shared.shut_down();
     Stopped::Cut { tunnels }
 }
 
@@ -208,6 +208,7 @@ mod tests {
                         path: "/".to_string(),
                     },
                     &shared.drain,
+                    &shared.shutdown,
                 )
             })
             .collect();
@@ -228,7 +229,7 @@ mod tests {
         let watch = async {
             let mut fired = Vec::new();
             for g in &guards {
-                g.stats.close.token().cancelled().await;
+                g.stats.close.requested().await;
                 // At the moment of each close, the stop had long begun.
                 assert!(shared.stopping.is_cancelled());
                 fired.push(Instant::now() - start);

@@ -10,10 +10,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -79,49 +81,108 @@ pub struct ConnStats {
 /// Close code 1001 (Going Away): sent to every tunnel when wsgate shuts down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
-/// The channel from the control path to one tunnel: a token that fires the
-/// close, and the order saying which code to send. Cancelling the parent
-/// token (drain) without an order means [`CLOSE_GOING_AWAY`].
-#[derive(Debug)]
+/// Bit of [`CloseControl`]'s state: close with Close frames.
+const CLOSE: u8 = 1;
+/// Bit of [`CloseControl`]'s state: end now (wsgate's hard shutdown).
+const CUT: u8 = 2;
+
+/// The channel from the control path to one tunnel: what it is asked to
+/// do (close with Close frames, or end now), the order saying which code
+/// to send, and the tunnel's task to wake. A close without an order
+/// (drain) means [`CLOSE_GOING_AWAY`].
+///
+/// Two bits and a waker rather than cancellation tokens: a child token of
+/// the drain's and a wait on the shutdown token cost each tunnel about
+/// 260 bytes, and a lock on every poll of its task (the shutdown token's
+/// shared by every tunnel). The registry passes a drain or shutdown on to
+/// each tunnel instead (see [`Registry::obey`]).
+#[derive(Debug, Default)]
 pub struct CloseControl {
-    token: CancellationToken,
+    state: AtomicU8,
+    /// The task running the tunnel: the one waiter there is.
+    waker: AtomicWaker,
     order: OnceLock<CloseOrder>,
 }
 
-impl CloseControl {
-    /// A control that also fires when `parent` is cancelled.
-    pub fn new(parent: &CancellationToken) -> Self {
-        Self {
-            token: parent.child_token(),
-            order: OnceLock::new(),
-        }
+/// What a tunnel has been asked so far (see [`CloseControl::poll_asked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asked(u8);
+
+impl Asked {
+    /// To close with Close frames.
+    pub fn close(self) -> bool {
+        self.0 & CLOSE != 0
     }
 
+    /// To end now, without them.
+    pub fn cut(self) -> bool {
+        self.0 & CUT != 0
+    }
+}
+
+impl CloseControl {
     /// Asks the tunnel to close with `order`; the first order wins, and a
-    /// drain or shutdown that already fired the token is an order too
+    /// drain or shutdown that already asked for a close is an order too
     /// ([`CLOSE_GOING_AWAY`]). Returns whether this one was taken.
     pub fn request(&self, order: CloseOrder) -> bool {
         // The tunnel may already be closing with the drain's code: setting
         // an order now could change the code it sends, or be ignored.
-        if self.token.is_cancelled() {
+        if self.is_requested() {
             return false;
         }
         let taken = self.order.set(order).is_ok();
-        self.token.cancel();
+        self.raise(CLOSE);
         taken
     }
 
-    /// The order to carry out once the token fired.
+    /// A drain: close with [`CLOSE_GOING_AWAY`], unless an order came first.
+    pub fn close(&self) {
+        self.raise(CLOSE);
+    }
+
+    /// wsgate's hard shutdown: end now, without Close frames.
+    pub fn cut(&self) {
+        self.raise(CUT);
+    }
+
+    fn raise(&self, bit: u8) {
+        if self.state.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+            self.waker.wake();
+        }
+    }
+
+    /// Whether a close was asked for (by order, drain or shutdown).
+    pub fn is_requested(&self) -> bool {
+        self.state.load(Ordering::Acquire) & CLOSE != 0
+    }
+
+    /// What was asked so far; the calling task is woken at the next ask.
+    /// Only the tunnel's own task may call this: there is one waker.
+    pub fn poll_asked(&self, cx: &mut Context<'_>) -> Asked {
+        // Registered before the load: an ask between the two still wakes.
+        self.waker.register(cx.waker());
+        Asked(self.state.load(Ordering::Acquire))
+    }
+
+    /// Waits until a close is asked for. For a task that stands in for a
+    /// tunnel (tests, a tunnel not running yet): it takes the one waker.
+    pub async fn requested(&self) {
+        std::future::poll_fn(|cx| {
+            if self.poll_asked(cx).close() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// The order to carry out once a close was asked for.
     pub fn order(&self) -> CloseOrder {
         self.order.get().cloned().unwrap_or(CloseOrder {
             code: CLOSE_GOING_AWAY,
             reason: "going away".to_string(),
         })
-    }
-
-    /// Fires when a close is requested, directly or by drain.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
     }
 }
 
@@ -215,9 +276,15 @@ pub struct ConnInfo {
 
 impl Registry {
     /// Registers a new tunnel; the returned guard removes it when dropped,
-    /// so an entry never outlives its connection on any path.
-    /// `drain` is the token whose cancellation asks every tunnel to close.
-    pub fn open(self: &Arc<Self>, info: ConnInfo, drain: &CancellationToken) -> RegistryGuard {
+    /// so an entry never outlives its connection on any path. A `drain` or
+    /// `shutdown` that fired already is passed on to it here; one that
+    /// fires later, by [`Registry::obey`].
+    pub fn open(
+        self: &Arc<Self>,
+        info: ConnInfo,
+        drain: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> RegistryGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(ConnStats {
             id,
@@ -227,13 +294,69 @@ impl Registry {
             to_backend: DirectionCounters::default(),
             to_client: DirectionCounters::default(),
             last_activity_ms: AtomicU64::new(now_ms()),
-            close: CloseControl::new(drain),
+            close: CloseControl::default(),
         });
         self.lock().insert(id, stats.clone());
+        // After the insert: a stop that fired before this check is seen
+        // here, one that fires after it finds the tunnel listed.
+        if drain.is_cancelled() {
+            stats.close.close();
+        }
+        if shutdown.is_cancelled() {
+            stats.close.cut();
+        }
         RegistryGuard {
             registry: self.clone(),
             stats,
             listed: true,
+        }
+    }
+
+    /// Passes wsgate's stops on to every live tunnel: when `drain` fires,
+    /// each is asked to close ([`CLOSE_GOING_AWAY`] unless it has an
+    /// order); when `shutdown` fires, each is cut. One task per gateway,
+    /// ending after the cut, or at `done` (no tunnel can be left to tell);
+    /// tunnels opened after a stop learn of it in [`Registry::open`].
+    pub async fn obey(
+        self: Arc<Self>,
+        drain: CancellationToken,
+        shutdown: CancellationToken,
+        done: CancellationToken,
+    ) {
+        // Biased: a shutdown also fires the drain, and may fire `done`, in
+        // the same stroke, and must still be passed on.
+        let drained = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => false,
+            _ = drain.cancelled() => true,
+            _ = done.cancelled() => return,
+        };
+        if drained {
+            self.close_all();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {}
+                _ = done.cancelled() => return,
+            }
+        }
+        self.cut_all();
+    }
+
+    /// Asks every live tunnel to close ([`CLOSE_GOING_AWAY`] unless it has
+    /// an order). Whoever fires the drain calls this too, so that every
+    /// tunnel has been asked by the time it returns, not once
+    /// [`Registry::obey`] next runs: a frame sent after that waits for no
+    /// task to be relayed.
+    pub fn close_all(&self) {
+        for conn in self.lock().values() {
+            conn.close.close();
+        }
+    }
+
+    /// Cuts every live tunnel (wsgate's hard shutdown).
+    pub fn cut_all(&self) {
+        for conn in self.lock().values() {
+            conn.close.cut();
         }
     }
 
@@ -318,5 +441,107 @@ impl Drop for RegistryGuard {
         if self.listed {
             self.registry.lock().remove(&self.stats.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::balancer::Server;
+
+    fn info() -> ConnInfo {
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("literal address");
+        ConnInfo {
+            client: addr,
+            listener: "l".into(),
+            route: "r".into(),
+            upstream: "u".into(),
+            backend: addr,
+            server: Arc::new(Server::new(addr, 1)),
+            path: "/".into(),
+        }
+    }
+
+    fn asked(stats: &ConnStats) -> Asked {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        stats.close.poll_asked(&mut cx)
+    }
+
+    /// A drain or shutdown that fired before a tunnel was listed (an
+    /// upgrade in flight) reaches it when it opens.
+    #[tokio::test]
+    async fn a_tunnel_opened_after_a_stop_obeys_it() {
+        let registry = Arc::new(Registry::default());
+        let (drain, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let before = registry.open(info(), &drain, &shutdown);
+        drain.cancel();
+        let drained = registry.open(info(), &drain, &shutdown);
+        assert!(!before.stats.close.is_requested(), "nothing passed it on");
+        assert_eq!(asked(&drained.stats), Asked(CLOSE));
+        assert_eq!(drained.stats.close.order().code, CLOSE_GOING_AWAY);
+        shutdown.cancel();
+        let cut = registry.open(info(), &drain, &shutdown);
+        assert!(asked(&cut.stats).cut());
+    }
+
+    /// `obey` passes a drain on as a close, then a shutdown as a cut, to
+    /// every live tunnel, waking the task that waits; an order given
+    /// before the drain keeps its code.
+    #[tokio::test]
+    async fn obey_passes_the_drain_then_the_shutdown_on() {
+        let registry = Arc::new(Registry::default());
+        let (drain, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let (a, b) = (
+            registry.open(info(), &drain, &shutdown),
+            registry.open(info(), &drain, &shutdown),
+        );
+        let order = CloseOrder {
+            code: 4000,
+            reason: "mine".into(),
+        };
+        assert!(b.stats.close.request(order.clone()));
+        let obeying = tokio::spawn(registry.clone().obey(
+            drain.clone(),
+            shutdown.clone(),
+            CancellationToken::new(),
+        ));
+        let waiter = tokio::spawn({
+            let stats = a.stats.clone();
+            async move { stats.close.requested().await }
+        });
+        drain.cancel();
+        let within = Duration::from_secs(10);
+        tokio::time::timeout(within, waiter)
+            .await
+            .expect("the waiting task is woken")
+            .expect("no panic");
+        assert_eq!(a.stats.close.order().code, CLOSE_GOING_AWAY);
+        assert_eq!(b.stats.close.order(), order, "the first order wins");
+        assert!(!asked(&a.stats).cut());
+        shutdown.cancel();
+        tokio::time::timeout(within, obeying)
+            .await
+            .expect("obey ends after the cut")
+            .expect("no panic");
+        assert!(asked(&a.stats).cut() && asked(&b.stats).cut());
+    }
+
+    /// With nothing left to tell (`done`), obey ends without a stop.
+    #[tokio::test]
+    async fn obey_ends_when_done() {
+        let registry = Arc::new(Registry::default());
+        let (drain, shutdown, done) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let live = registry.open(info(), &drain, &shutdown);
+        let obeying = tokio::spawn(registry.clone().obey(drain, shutdown, done.clone()));
+        done.cancel();
+        tokio::time::timeout(Duration::from_secs(10), obeying)
+            .await
+            .expect("obey ends")
+            .expect("no panic");
+        assert_eq!(asked(&live.stats), Asked(0), "nothing was asked");
     }
 }

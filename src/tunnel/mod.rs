@@ -41,7 +41,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::net::tls::{MaybeTls, OverTcp};
 use crate::observe::access::{CloseOrder, Side};
@@ -95,7 +94,8 @@ impl<T: OverTcp + AsyncRead + AsyncWrite + Unpin> Splice for MaybeTls<T> {
 }
 
 /// Splices `client` and `backend` until both have closed, an error, a
-/// deadline, a close ordered through `stats.close`, or a hard `shutdown`.
+/// deadline, or what `stats.close` asks: a close with Close frames, or a
+/// cut (wsgate's hard shutdown).
 /// `*_leftover` are bytes each side sent that hyper read past the
 /// handshake; they are delivered first.
 ///
@@ -114,7 +114,6 @@ pub fn run<C: Splice, B: Splice>(
     stats: Arc<ConnStats>,
     timeouts: TunnelTimeouts,
     policy: &FramePolicy,
-    shutdown: CancellationToken,
 ) -> Tunnel<C, B> {
     let mut up = Half::with_policy(Sender::Client, policy);
     let mut down = Half::with_policy(Sender::Server, policy);
@@ -126,8 +125,6 @@ pub fn run<C: Splice, B: Splice>(
         },
     };
     Tunnel {
-        shutdown: shutdown.cancelled_owned(),
-        close_requested: stats.close.token().clone().cancelled_owned(),
         client,
         backend,
         up,
@@ -159,12 +156,6 @@ pin_project_lite::pin_project! {
     /// tunnel's task is mostly this (an async fn keeps its arguments beside
     /// the locals made from them, and every nested await adds a frame).
     pub struct Tunnel<C, B> {
-        // Hard shutdown of wsgate: cut now.
-        #[pin]
-        shutdown: WaitForCancellationFutureOwned,
-        // A close ordered through `stats.close` (operator, drain).
-        #[pin]
-        close_requested: WaitForCancellationFutureOwned,
         client: C,
         backend: B,
         up: Half,
@@ -196,7 +187,10 @@ impl<C: Splice, B: Splice> Future for Tunnel<C, B> {
         let (close_timer, keep) = (this.close_timer, this.keep);
         let stats: &ConnStats = this.stats;
         let timeouts = *this.timeouts;
-        if this.shutdown.poll(cx).is_ready() {
+        // Asked through `stats.close`: by wsgate's hard shutdown (cut
+        // now), or an operator, a drain, a policy (close with frames).
+        let asked = stats.close.poll_asked(cx);
+        if asked.cut() {
             return Poll::Ready(state.end(Side::Proxy, TunnelError::Shutdown));
         }
         // After a violation or a stall the tunnel is already closing, with
@@ -204,7 +198,7 @@ impl<C: Splice, B: Splice> Future for Tunnel<C, B> {
         if state.proxy_close.is_none()
             && state.violation.is_none()
             && state.stall.is_none()
-            && this.close_requested.poll(cx).is_ready()
+            && asked.close()
         {
             let order = stats.close.order();
             let mask = mask_key(stats.id);

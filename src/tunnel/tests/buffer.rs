@@ -19,7 +19,7 @@ async fn a_direction_holds_a_buffer_only_while_data_moves() {
     // A pipe shorter than a frame, so writing stalls until the backend reads.
     let (to, mut backend) = tokio::io::duplex(16);
     let (mut from, mut to) = (Mem::new(from), Mem::new(to));
-    let stats = stats(&CancellationToken::new());
+    let stats = stats();
     let mut half = Half::new(Sender::Client);
     assert!(!half.holds_buffer(), "a new direction holds nothing");
     assert!(poll_once(&mut half, &mut from, &mut to, &stats).await);
@@ -55,7 +55,7 @@ async fn a_direction_holds_a_buffer_only_while_data_moves() {
 /// cleared: what one direction forwards must be only what it read itself.
 #[tokio::test]
 async fn a_reused_buffer_carries_nothing_of_the_tunnel_that_had_it_before() {
-    let stats = stats(&CancellationToken::new());
+    let stats = stats();
     // The first direction fills a whole buffer with one byte value.
     let (mut client, from) = tokio::io::duplex(64 * 1024);
     let (to, mut backend) = tokio::io::duplex(64 * 1024);

@@ -35,7 +35,7 @@ use super::direction::Half;
 use super::frames::{FrameError, Sender};
 use super::{FramePolicy, Splice, TunnelError, TunnelOutcome, TunnelTimeouts};
 use crate::observe::access::{CloseOrder, DirectionTotals, Side};
-use crate::observe::registry::{ConnInfo, ConnStats, Registry};
+use crate::observe::registry::{ConnInfo, ConnStats, Registry, RegistryGuard};
 use crate::upstream::balancer::Server;
 
 mod buffer;
@@ -186,12 +186,15 @@ async fn read_n(peer: &mut DuplexStream, n: usize, what: &str) -> Vec<u8> {
     got
 }
 
-/// A fresh tunnel's live stats, from the registry as the proxy gets them,
-/// so that `drain` reaches them the way the control path's drain does.
-fn stats(drain: &CancellationToken) -> Arc<ConnStats> {
+/// A fresh tunnel's entry in a registry that obeys `drain` and
+/// `shutdown`, as the gateway's does, so that they reach the tunnel the
+/// way wsgate's own do. Listed for as long as the guard lives.
+fn registered(drain: &CancellationToken, shutdown: &CancellationToken) -> RegistryGuard {
     let addr: SocketAddr = "127.0.0.1:9".parse().expect("literal address");
     let registry = Arc::new(Registry::default());
-    let guard = registry.open(
+    let done = CancellationToken::new();
+    tokio::spawn(registry.clone().obey(drain.clone(), shutdown.clone(), done));
+    registry.open(
         ConnInfo {
             client: addr,
             listener: "l".into(),
@@ -202,8 +205,14 @@ fn stats(drain: &CancellationToken) -> Arc<ConnStats> {
             path: "/".into(),
         },
         drain,
-    );
-    guard.stats.clone()
+        shutdown,
+    )
+}
+
+/// Live stats for a test that only counts what a direction passes.
+fn stats() -> Arc<ConnStats> {
+    let never = CancellationToken::new();
+    registered(&never, &never).stats.clone()
 }
 
 /// How a test's tunnel starts.
@@ -249,11 +258,13 @@ struct Tunnel {
     /// The backend's end.
     backend: DuplexStream,
     stats: Arc<ConnStats>,
-    /// The drain token the tunnel's close control descends from.
+    /// wsgate's drain, passed on to the tunnel by its registry.
     drain: CancellationToken,
-    /// The hard shutdown.
+    /// The hard shutdown, passed on the same way.
     shutdown: CancellationToken,
     task: JoinHandle<TunnelOutcome>,
+    /// Keeps the tunnel listed, where the drain and shutdown find it.
+    _listed: RegistryGuard,
 }
 
 impl Setup {
@@ -272,12 +283,13 @@ impl Setup {
         let (backend, backend_side) = tokio::io::duplex(backend_pipe);
         let drain = CancellationToken::new();
         let shutdown = CancellationToken::new();
-        let stats = stats(&drain);
+        let listed = registered(&drain, &shutdown);
+        let stats = listed.stats.clone();
         if let Some(order) = order {
             stats.close.request(order);
         }
         let task = tokio::spawn({
-            let (stats, shutdown) = (stats.clone(), shutdown.clone());
+            let stats = stats.clone();
             async move {
                 super::run(
                     Mem::new(client_side)
@@ -289,7 +301,6 @@ impl Setup {
                     stats,
                     timeouts,
                     &policy,
-                    shutdown,
                 )
                 .await
             }
@@ -301,6 +312,7 @@ impl Setup {
             drain,
             shutdown,
             task,
+            _listed: listed,
         }
     }
 }
