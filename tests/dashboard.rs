@@ -54,7 +54,7 @@ async fn the_page_shows_the_tunnels_opened_with_their_bytes_growing() {
         .await;
     for c in [&c1, &c2] {
         let row = format!("#conns tr[data-id=\"{}\"]", c.id);
-        let server = c.info.backend.to_string();
+        let server = c.info.backend().to_string();
         page.wait_text("the tunnel's server", &format!("{row} td.server"), |t| {
             t == server
         })
@@ -90,7 +90,7 @@ async fn the_page_shows_the_tunnels_opened_with_their_bytes_growing() {
     // Filtering by server leaves only that server's tunnel.
     page.element("#f-server")
         .await
-        .select_by_value(&c1.info.backend.to_string())
+        .select_by_value(&c1.info.backend().to_string())
         .await
         .expect("filter by server");
     page.wait_for("only the filtered server's tunnel", || async {

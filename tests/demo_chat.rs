@@ -107,7 +107,7 @@ async fn a_message_through_one_backend_reaches_clients_on_both() {
         .registry()
         .live()
         .iter()
-        .map(|c| c.info.backend.to_string())
+        .map(|c| c.info.backend().to_string())
         .collect();
     assert_ne!(backends[0], backends[1], "one client on each backend");
     let plain_backend = backends

@@ -342,7 +342,6 @@ async fn a_close_during_a_stalled_write_loses_no_byte() {
             listener: "t".into(),
             route: "r".into(),
             upstream: "u".into(),
-            backend: backend.local_addr().expect("addr"),
             server: std::sync::Arc::new(wsgate::upstream::balancer::Server::new(
                 backend.local_addr().expect("addr"),
                 1,

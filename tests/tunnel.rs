@@ -373,7 +373,7 @@ async fn stats_and_access_record_match_what_was_sent() {
     assert_eq!(&*conn.info.listener, "public");
     assert_eq!(&*conn.info.route, "*/");
     assert_eq!(&*conn.info.upstream, "u");
-    assert_eq!(conn.info.backend, backend.addr);
+    assert_eq!(conn.info.backend(), backend.addr);
     assert_eq!(conn.info.path, "/chat/room?id=7");
     assert_eq!(conn.to_backend.totals().bytes, 7 + 8 + 9);
     within("server bytes to be counted", async {

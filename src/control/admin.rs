@@ -328,7 +328,7 @@ fn list_connections(shared: &Shared, q: &HashMap<String, String>) -> AdminRespon
         q.get("route").is_none_or(|r| *c.info.route == **r)
             && q.get("listener").is_none_or(|l| *c.info.listener == **l)
             && q.get("upstream").is_none_or(|u| *c.info.upstream == **u)
-            && server.is_none_or(|s| c.info.backend == s)
+            && server.is_none_or(|s| c.info.backend() == s)
     };
     let views: Vec<ConnView> = shared
         .registry
@@ -504,7 +504,7 @@ fn rebalance(shared: &Arc<Shared>, name: &str, q: &HashMap<String, String>) -> A
     let victims = drain::rebalance_victims(shared, &up, fraction);
     let mut per_server: HashMap<String, usize> = HashMap::new();
     for v in &victims {
-        *per_server.entry(v.info.backend.to_string()).or_default() += 1;
+        *per_server.entry(v.info.backend().to_string()).or_default() += 1;
     }
     let order = CloseOrder {
         code: drain::CLOSE_SERVICE_RESTART,

@@ -249,7 +249,6 @@ mod tests {
                         listener: Arc::from("l"),
                         route: Arc::from("r"),
                         upstream: Arc::from("u"),
-                        backend: addr,
                         server: Arc::new(Server::new(addr, 1)),
                         path: "/".to_string(),
                     },

@@ -203,7 +203,7 @@ impl ConnStats {
             listener: self.info.listener.to_string(),
             route: self.info.route.to_string(),
             upstream: self.info.upstream.to_string(),
-            server: self.info.backend,
+            server: self.info.backend(),
             path: self.info.path.clone(),
             to_backend: self.to_backend.totals(),
             to_client: self.to_client.totals(),
@@ -265,13 +265,18 @@ pub struct ConnInfo {
     pub route: Arc<str>,
     /// Upstream name.
     pub upstream: Arc<str>,
-    /// Backend address.
-    pub backend: SocketAddr,
     /// The server object itself: drains match tunnels by identity, so a
     /// server removed and added again is not confused with its old self.
     pub server: Arc<crate::upstream::balancer::Server>,
     /// Forwarded path.
     pub path: String,
+}
+
+impl ConnInfo {
+    /// Backend address: the server's (not kept twice, 32 bytes a tunnel).
+    pub fn backend(&self) -> SocketAddr {
+        self.server.addr
+    }
 }
 
 impl Registry {
@@ -419,7 +424,7 @@ impl RegistryGuard {
             listener: s.info.listener.to_string(),
             route: s.info.route.to_string(),
             upstream: s.info.upstream.to_string(),
-            backend: s.info.backend,
+            backend: s.info.backend(),
             path: s.info.path.clone(),
             started: humantime::format_rfc3339_millis(s.started_at),
             duration_ms: u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -456,7 +461,6 @@ mod tests {
             listener: "l".into(),
             route: "r".into(),
             upstream: "u".into(),
-            backend: addr,
             server: Arc::new(Server::new(addr, 1)),
             path: "/".into(),
         }

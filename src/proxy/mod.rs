@@ -423,7 +423,6 @@ async fn upgrade(
                     listener: ctx.listener.name.clone(),
                     route: routed.route.label.clone(),
                     upstream: routed.route.upstream.name.clone(),
-                    backend: server.addr,
                     server,
                     path: routed.target,
                 },

@@ -405,7 +405,6 @@ mod tests {
                 listener: "l".into(),
                 route: "r".into(),
                 upstream: "u".into(),
-                backend: addr,
                 server: server.clone(),
                 path: "/".to_string(),
             },

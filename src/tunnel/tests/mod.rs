@@ -200,7 +200,6 @@ fn registered(drain: &CancellationToken, shutdown: &CancellationToken) -> Regist
             listener: "l".into(),
             route: "r".into(),
             upstream: "u".into(),
-            backend: addr,
             server: Arc::new(Server::new(addr, 1)),
             path: "/".into(),
         },
