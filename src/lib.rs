@@ -501,11 +501,6 @@ impl Gateway {
         self.shared.begin_drain();
     }
 
-    /// The token that starts a graceful stop when cancelled.
-    pub fn drain_token(&self) -> CancellationToken {
-        self.shared.drain.clone()
-    }
-
     /// Stops in phases, with the timing of `plan` (see
     /// [`lifecycle::stop`]); [`Gateway::wait`] then returns.
     pub async fn stop(&self, plan: lifecycle::StopPlan) -> lifecycle::Stopped {

@@ -140,13 +140,15 @@ impl CloseControl {
         self.raise(CLOSE);
     }
 
-    /// wsgate's hard shutdown: end now, without Close frames.
+    /// wsgate's hard shutdown: end now, without Close frames. A cut
+    /// tunnel counts as closing too (a later order is refused), as one
+    /// opened after the shutdown does, which finds the drain fired.
     pub fn cut(&self) {
-        self.raise(CUT);
+        self.raise(CLOSE | CUT);
     }
 
-    fn raise(&self, bit: u8) {
-        if self.state.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+    fn raise(&self, bits: u8) {
+        if self.state.fetch_or(bits, Ordering::AcqRel) & bits != bits {
             self.waker.wake();
         }
     }
@@ -370,8 +372,10 @@ impl Registry {
         self.lock().values().cloned().collect()
     }
 
-    /// Takes a tunnel out of the live set (its guard's drop is then a no-op).
-    pub fn remove(&self, id: u64) {
+    /// Takes an ending tunnel out of the live set (its guard's drop is then
+    /// a no-op); from then on no drain or shutdown reaches it, so only the
+    /// tunnel's own end calls this.
+    pub(crate) fn remove(&self, id: u64) {
         self.lock().remove(&id);
     }
 
@@ -486,6 +490,28 @@ mod tests {
         shutdown.cancel();
         let cut = registry.open(info(), &drain, &shutdown);
         assert!(asked(&cut.stats).cut());
+    }
+
+    /// A tunnel cut by a shutdown counts as closing, like one opened
+    /// after it: an operator's order comes too late for either.
+    #[test]
+    fn a_cut_tunnel_refuses_a_later_order() {
+        let registry = Arc::new(Registry::default());
+        let shutdown = CancellationToken::new();
+        let drain = shutdown.child_token();
+        let listed = registry.open(info(), &drain, &shutdown);
+        shutdown.cancel();
+        registry.cut_all();
+        let later = registry.open(info(), &drain, &shutdown);
+        let order = CloseOrder {
+            code: 4000,
+            reason: "too late".into(),
+        };
+        for g in [&listed, &later] {
+            assert!(g.stats.close.is_requested());
+            assert!(!g.stats.close.request(order.clone()));
+            assert_eq!(g.stats.close.order().code, CLOSE_GOING_AWAY);
+        }
     }
 
     /// `obey` passes a drain on as a close, then a shutdown as a cut, to
