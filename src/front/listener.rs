@@ -150,6 +150,7 @@ pub fn accept_on_workers(
                 match TcpListener::from_std(socket) {
                     Ok(socket) => {
                         let this = Acceptor {
+                            local: own_address(&socket),
                             socket,
                             name,
                             accepted: shared2.metrics.worker_accepted(worker),
@@ -198,9 +199,22 @@ impl HandshakePlaces {
 /// One worker's side of a listener.
 struct Acceptor {
     socket: TcpListener,
+    /// The address every connection accepted here arrives at, when the
+    /// listener is bound to one IP; `None` on an unspecified one (0.0.0.0,
+    /// [::]), where each connection's own is asked of the kernel.
+    local: Option<SocketAddr>,
     name: Arc<str>,
     /// This worker's `wsgate_worker_connections_accepted`.
     accepted: prometheus_client::metrics::counter::Counter,
+}
+
+/// The listener's address, if it is the local address of every connection
+/// it accepts: saves a `getsockname` per connection.
+fn own_address(socket: &TcpListener) -> Option<SocketAddr> {
+    socket
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified())
 }
 
 /// Accepts connections until `stop`, at most
@@ -240,8 +254,9 @@ async fn accept_loop(
                     continue;
                 };
                 let shared2 = shared.clone();
-                let name = me.name.clone();
-                let fut = async move { serve(tcp, place, permit, peer, &name, shared2).await };
+                let (name, local) = (me.name.clone(), me.local);
+                let fut =
+                    async move { serve(tcp, place, permit, peer, local, &name, shared2).await };
                 // Boxed: the connection's future is about 3.8 KiB (hyper's
                 // connection, the TLS state), and tokio copies a task's
                 // future into its cell and its stage over again; a pointer
@@ -363,6 +378,7 @@ async fn serve(
     mut place: Admitted,
     handshake: OwnedSemaphorePermit,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     name: &str,
     shared: Arc<Shared>,
 ) {
@@ -389,7 +405,7 @@ async fn serve(
         };
         (tcp, c.client, c.local)
     } else {
-        let local = tcp.local_addr().unwrap_or(peer);
+        let local = local.or_else(|| tcp.local_addr().ok()).unwrap_or(peer);
         (tcp, peer, local)
     };
     let Some(stream) = terminate_tls(tcp, peer, name, &settings, timeouts, &shared).await else {
