@@ -244,14 +244,7 @@ mod tests {
         let guards = (0..n)
             .map(|_| {
                 registry.open(
-                    crate::observe::registry::ConnInfo {
-                        client: addr,
-                        listener: Arc::from("l"),
-                        route: Arc::from("r"),
-                        upstream: Arc::from("u"),
-                        server: Arc::new(Server::new(addr, 1)),
-                        path: "/".to_string(),
-                    },
+                    crate::observe::registry::ConnInfo::test(addr),
                     &drain,
                     &CancellationToken::new(),
                 )

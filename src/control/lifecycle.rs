@@ -178,7 +178,6 @@ fn cut_now(shared: &Shared) -> Stopped {
 mod tests {
     use super::*;
     use crate::observe::registry::{ConnInfo, RegistryGuard};
-    use crate::upstream::balancer::Server;
 
     /// A started wsgate with no bound listener, and `n` tunnels in its
     /// registry as the stop sees them; no socket involved.
@@ -197,18 +196,9 @@ mod tests {
         let shared = gw.shared().clone();
         let guards = (0..n)
             .map(|_| {
-                shared.registry.open(
-                    ConnInfo {
-                        client: addr,
-                        listener: Arc::from("l"),
-                        route: Arc::from("r"),
-                        upstream: Arc::from("u"),
-                        server: Arc::new(Server::new(addr, 1)),
-                        path: "/".to_string(),
-                    },
-                    &shared.drain,
-                    &shared.shutdown,
-                )
+                shared
+                    .registry
+                    .open(ConnInfo::test(addr), &shared.drain, &shared.shutdown)
             })
             .collect();
         (gw, guards, dir)

@@ -274,6 +274,22 @@ pub struct ConnInfo {
     pub path: String,
 }
 
+#[cfg(test)]
+impl ConnInfo {
+    /// A tunnel for unit tests: listener `l`, route `r`, upstream `u`, the
+    /// client and a fresh server at `addr`, path `/`.
+    pub(crate) fn test(addr: SocketAddr) -> Self {
+        Self {
+            client: addr,
+            listener: "l".into(),
+            route: "r".into(),
+            upstream: "u".into(),
+            server: Arc::new(crate::upstream::balancer::Server::new(addr, 1)),
+            path: "/".into(),
+        }
+    }
+}
+
 impl ConnInfo {
     /// Backend address: the server's (not kept twice, 32 bytes a tunnel).
     pub fn backend(&self) -> SocketAddr {
@@ -456,18 +472,9 @@ impl Drop for RegistryGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::balancer::Server;
 
     fn info() -> ConnInfo {
-        let addr: SocketAddr = "127.0.0.1:9".parse().expect("literal address");
-        ConnInfo {
-            client: addr,
-            listener: "l".into(),
-            route: "r".into(),
-            upstream: "u".into(),
-            server: Arc::new(Server::new(addr, 1)),
-            path: "/".into(),
-        }
+        ConnInfo::test(SocketAddr::from(([127, 0, 0, 1], 9)))
     }
 
     fn asked(stats: &ConnStats) -> Asked {

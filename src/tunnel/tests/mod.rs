@@ -36,7 +36,6 @@ use super::frames::{FrameError, Sender};
 use super::{FramePolicy, Splice, TunnelError, TunnelOutcome, TunnelTimeouts};
 use crate::observe::access::{CloseOrder, DirectionTotals, Side};
 use crate::observe::registry::{ConnInfo, ConnStats, Registry, RegistryGuard};
-use crate::upstream::balancer::Server;
 
 mod buffer;
 mod close;
@@ -194,18 +193,7 @@ fn registered(drain: &CancellationToken, shutdown: &CancellationToken) -> Regist
     let registry = Arc::new(Registry::default());
     let done = CancellationToken::new();
     tokio::spawn(registry.clone().obey(drain.clone(), shutdown.clone(), done));
-    registry.open(
-        ConnInfo {
-            client: addr,
-            listener: "l".into(),
-            route: "r".into(),
-            upstream: "u".into(),
-            server: Arc::new(Server::new(addr, 1)),
-            path: "/".into(),
-        },
-        drain,
-        shutdown,
-    )
+    registry.open(ConnInfo::test(addr), drain, shutdown)
 }
 
 /// Live stats for a test that only counts what a direction passes.
