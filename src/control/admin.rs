@@ -504,7 +504,9 @@ fn rebalance(shared: &Arc<Shared>, name: &str, q: &HashMap<String, String>) -> A
     let victims = drain::rebalance_victims(shared, &up, fraction);
     let mut per_server: HashMap<String, usize> = HashMap::new();
     for v in &victims {
-        *per_server.entry(v.info.backend().to_string()).or_default() += 1;
+        *per_server
+            .entry(v.info.server.label.to_string())
+            .or_default() += 1;
     }
     let order = CloseOrder {
         code: drain::CLOSE_SERVICE_RESTART,

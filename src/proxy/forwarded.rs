@@ -136,8 +136,8 @@ pub fn set_forwarding_headers(
         IpAddr::V4(_) => write!(forwarded, "for={peer};proto={proto}"),
         IpAddr::V6(_) => write!(forwarded, "for=\"[{peer}]\";proto={proto}"),
     };
-    let host = host.filter(|h| h.to_str().is_ok());
-    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+    let host_text = host.and_then(|h| h.to_str().ok());
+    if let Some(h) = host_text {
         if h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'*+^`|".contains(&b))
         {
@@ -149,7 +149,7 @@ pub fn set_forwarding_headers(
     // The client's own Host value, shared rather than copied.
     let xfh = match xfh {
         Some(chain) => owned_value(chain),
-        None => host.cloned(),
+        None => host.filter(|_| host_text.is_some()).cloned(),
     };
     if let Some(v) = xfh {
         headers.insert(X_FORWARDED_HOST.clone(), v);

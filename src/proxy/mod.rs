@@ -446,8 +446,9 @@ async fn upgrade(
                 },
             };
             let client_upgrade = hyper::upgrade::on(&mut req);
-            let fut = tunnel::session::serve(session, client_upgrade);
-            shared.tasks.spawn(fut);
+            shared
+                .tasks
+                .spawn(tunnel::session::serve(session, client_upgrade));
             Ok(Forwarded::Tunnel(switching_protocols(headers)))
         }
     }

@@ -100,7 +100,7 @@ impl TrafficCollector {
             .live
             .live()
             .iter()
-            .map(|c| (c.info.upstream.to_string(), c.info.backend().to_string()))
+            .map(|c| (c.info.upstream.to_string(), c.info.server.label.to_string()))
             .collect();
         let gone: Vec<TunnelLabels> = closed
             .keys()
